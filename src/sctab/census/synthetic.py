@@ -1,0 +1,433 @@
+"""The embedded default census: a synthetic CELLxGENE-like census written in the real SOMA format.
+
+Why synthetic: the real census cannot be reached here, but the extraction code must be the same for
+both. So this writes a SOMA collection laid out like the census (`census_info`, `census_data/
+homo_sapiens` with obs and `ms/RNA` holding var and raw integer counts in X layer `raw`) that
+`cellxgene_census.open_soma(uri=...)` opens.
+
+What makes it behave like real data (and makes every filter of the paper do something):
+- real Cell Ontology terms (bundled CL) and real GENCODE protein-coding gene ids, plus some
+  non-coding genes that the protein-coding gene selection must drop;
+- cell-type programs that follow the ontology: a term's log-expression is the sum of effects of its
+  ancestors, so a subtype shares its parent's program and siblings differ only in a few genes;
+- type x state interactions: within a sibling group, which marker module a type expresses depends on
+  the cell's state (resting / activated / cycling), an XOR-like pattern that a linear model on
+  log-expression cannot fully resolve but a nonlinear one can;
+- donor effects scaled per lineage (donor x lineage interaction), assay-specific capture efficiencies
+  and dynamic-range compression (not additive in log space), dataset batch shifts;
+- negative-binomial counts with log-normal library sizes, 10x-like sparsity;
+- non-primary duplicate cells (atlas re-uploads), non-10x datasets, non-CL labels ("unknown"),
+  broad labels with few ontology ancestors, rare types, and types seen in too few donors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from sctab.census.genes import gencode_genes
+from sctab.ontology.bundled import load_bundled_cl
+
+TENX_ASSAYS = {
+    "10x 3' v2": "EFO:0009899",
+    "10x 3' v3": "EFO:0009922",
+    "10x 5' v1": "EFO:0011025",
+    "10x 5' v2": "EFO:0009900",
+}
+OTHER_ASSAYS = {"Smart-seq2": "EFO:0008931", "Drop-seq": "EFO:0008722", "microwell-seq": "EFO:0030002"}
+
+STATES = ("resting", "activated", "cycling")
+
+
+@dataclass(frozen=True)
+class TypeSpec:
+    """One annotated label: its CL id, sibling group (for state-dependent modules) and how it is drawn."""
+
+    term: str
+    group: str
+    weight: float = 1.0
+    # label written instead of the true type in some datasets (coarse annotation), e.g. T cell
+    expression_of: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TissueSpec:
+    tissue_general: str
+    tissues: tuple[str, ...]
+    tissue_ids: tuple[str, ...]
+    types: tuple[TypeSpec, ...]
+    n_datasets: int = 2
+
+
+def _t(term, group, weight=1.0, expression_of=()):
+    return TypeSpec(term, group, weight, tuple(expression_of))
+
+
+# Real CL terms per tissue. Comments say which filter a term exercises in the tiny profile.
+TISSUES: tuple[TissueSpec, ...] = (
+    TissueSpec("blood", ("blood", "venous blood"), ("UBERON:0000178", "UBERON:0013756"), (
+        _t("CL:0000624", "T"), _t("CL:0000625", "T"),  # CD4 / CD8 alpha-beta T cell
+        _t("CL:0000788", "B"), _t("CL:0000787", "B"),  # naive / memory B cell
+        _t("CL:0000860", "mono"), _t("CL:0000875", "mono", 0.5),  # classical / non-classical monocyte
+        _t("CL:0000623", "NK"),  # natural killer cell
+        _t("CL:0000784", "DC", 0.04),  # plasmacytoid dendritic cell: rare -> min cells filter
+        _t("CL:0000738", "broad", 0.3, ("CL:0000624", "CL:0000788", "CL:0000860")),  # leukocyte: 5 ancestors
+    ), 4),
+    TissueSpec("lung", ("lung", "upper lobe of left lung"), ("UBERON:0002048", "UBERON:0008952"), (
+        _t("CL:0002063", "lung_epi"), _t("CL:0002062", "lung_epi"),  # alveolar type 2 / type 1
+        _t("CL:0000158", "lung_epi", 0.6), _t("CL:1000271", "lung_epi", 0.6),  # club / multiciliated
+        _t("CL:0000583", "macro"),  # alveolar macrophage
+        _t("CL:0000624", "T", 0.6), _t("CL:0000625", "T", 0.6), _t("CL:0000860", "mono", 0.5),
+        _t("CL:0002553", "broad", 0.5, ("CL:0002062",)),  # fibroblast of lung: 5 ancestors
+        _t("CL:0000097", "mast", 0.03),  # mast cell: rare
+        _t("unknown", "unknown", 0.2, ("CL:0002063", "CL:0000583")),  # not a CL term
+    ), 4),
+    TissueSpec("colon", ("colon", "transverse colon"), ("UBERON:0001155", "UBERON:0001157"), (
+        _t("CL:0000584", "gut_epi"), _t("CL:0000160", "gut_epi"),  # enterocyte / goblet cell
+        _t("CL:0002250", "gut_epi", 0.7),  # intestinal crypt stem cell
+        _t("CL:0000786", "plasma"), _t("CL:0000235", "macro", 0.6), _t("CL:0000624", "T", 0.5),
+    ), 3),
+    TissueSpec("liver", ("liver", "caudate lobe of liver"), ("UBERON:0002107", "UBERON:0001117"), (
+        _t("CL:0000182", "broad", 1.5, ("CL:0000584",)),  # hepatocyte: 5 ancestors in current CL
+        _t("CL:0000091", "macro"),  # Kupffer cell
+        _t("CL:0000623", "NK", 0.6), _t("CL:0000625", "T", 0.5),
+    ), 2),
+    TissueSpec("kidney", ("kidney", "cortex of kidney"), ("UBERON:0002113", "UBERON:0001225"), (
+        _t("CL:1000838", "kidney_epi"), _t("CL:1001106", "kidney_epi"),  # proximal tubule / thick ascending limb
+        _t("CL:0000235", "macro", 0.5),
+        _t("CL:0000115", "broad", 0.4, ("CL:1000838",)),  # endothelial cell: 2 ancestors
+    ), 2),
+    TissueSpec("brain", ("cerebral cortex",), ("UBERON:0000956",), (
+        _t("CL:0000128", "glia"), _t("CL:0000129", "macro", 0.8),  # oligodendrocyte / microglial cell
+        _t("CL:0000127", "broad", 0.5, ("CL:0000128",)),  # astrocyte: 6 ancestors
+    ), 2),
+    TissueSpec("skin of body", ("skin of body", "skin of leg"), ("UBERON:0002097", "UBERON:0001511"), (
+        _t("CL:0000312", "skin_epi"), _t("CL:0000624", "T", 0.5), _t("CL:0000235", "macro", 0.4),
+        _t("CL:0000097", "mast", 0.03),
+    ), 2),
+)
+
+# A type seen in one dataset only (so in too few donors): microglia appear in the first brain dataset
+# only; a coarse "T cell" annotation replaces CD4/CD8 in two blood datasets (a parent label that stays in).
+SINGLE_DATASET_TYPES = {"CL:0000129"}
+COARSE_T = ("CL:0000084", ("CL:0000624", "CL:0000625"))
+
+DISEASES = (("normal", "PATO:0000461"), ("COVID-19", "MONDO:0100096"), ("lung adenocarcinoma", "MONDO:0005061"))
+DEV_STAGES = tuple((f"{age}-year-old human stage", f"HsapDv:{age + 80:07d}") for age in range(22, 80, 3))
+
+
+@dataclass
+class SyntheticCensusConfig:
+    seed: int = 0
+    n_genes: int = 1500
+    n_datasets: int = 12
+    donors_per_dataset: Sequence[int] = (4, 9)
+    cells_per_donor: Sequence[int] = (250, 700)
+    secondary_fraction: float = 0.15
+    non10x_fraction: float = 0.25
+    n_noncoding_genes: int | None = None  # default: 10% of n_genes
+    cl_version: str = "v2026-03-26"
+    # effect sizes (log scale)
+    ancestor_lfc: float = 1.0
+    own_lfc: float = 0.35
+    module_lfc: float = 1.8
+    state_lfc: float = 1.2
+    donor_sd: float = 0.35
+    assay_sd: float = 0.3
+    dataset_sd: float = 0.15
+    library_size: float = 1800.0
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_params(cls, params: dict) -> "SyntheticCensusConfig":
+        syn = dict(params.get("synthetic", {}))
+        syn.setdefault("cl_version", params.get("ontology", {}).get("cl_version", cls.cl_version))
+        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        unknown = set(syn) - known
+        if unknown:
+            raise ValueError(f"unknown synthetic census parameter(s): {', '.join(sorted(unknown))}")
+        return cls(**syn)
+
+
+def _term_rng(seed: int, key: str) -> np.random.Generator:
+    """A generator seeded by (seed, key): effects of a term do not depend on which other terms exist."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def _sparse_effect(rng: np.random.Generator, n_genes: int, n_hit: int, lfc: float, neg_frac: float = 0.2,
+                   pool: np.ndarray | None = None) -> np.ndarray:
+    """`n_hit` genes (from `pool` if given) shifted by gamma-distributed log-fold changes around `lfc`."""
+    eff = np.zeros(n_genes, dtype=np.float64)
+    pool = np.arange(n_genes) if pool is None else pool
+    idx = rng.choice(pool, size=min(n_hit, len(pool)), replace=False)
+    signs = np.where(rng.random(idx.size) < neg_frac, -1.0, 1.0)
+    eff[idx] = signs * rng.gamma(shape=4.0, scale=lfc / 4.0, size=idx.size)
+    return eff
+
+
+class _ExpressionModel:
+    """Log-rate programs for types, states, donors, assays and datasets."""
+
+    def __init__(self, cfg: SyntheticCensusConfig, cl: dict, n_genes: int):
+        self.cfg, self.cl, self.G = cfg, cl, n_genes
+        rng = _term_rng(cfg.seed, "base")
+        # heavy-tailed baseline: a few very high genes, most low (10x-like sparsity after sampling)
+        self.base = rng.normal(-0.5, 2.2, n_genes)
+        self.dispersion = np.exp(rng.normal(np.log(1.5), 0.6, n_genes))  # NB theta per gene
+        # markers of states and modules are genes that are actually detected (upper 40% of baseline)
+        self.expressed = np.flatnonzero(self.base >= np.quantile(self.base, 0.6))
+        self.state_effects = {s: _sparse_effect(_term_rng(cfg.seed, f"state:{s}"), n_genes, max(8, n_genes // 60), cfg.state_lfc, 0.0, self.expressed)
+                              for s in STATES[1:]}
+        self._programs: dict[str, np.ndarray] = {}
+        self._modules: dict[str, np.ndarray] = {}
+        self._lineage_of: dict[str, str] = {}
+
+    def ancestor_program(self, term: str) -> np.ndarray:
+        """Sum of effects of the term and its ancestors; deeper terms touch fewer genes."""
+        if term in self._programs:
+            return self._programs[term]
+        cfg, G = self.cfg, self.G
+        prog = np.zeros(G)
+        anc = self.cl[term]["ancestors"]
+        for a, dist in anc.items():
+            depth = len(self.cl[a]["ancestors"]) if a in self.cl else 0
+            if depth < 2:  # 'cell', 'eukaryotic cell' ...: shared by all, no information
+                continue
+            n_hit = max(4, int(G * 0.03 / (1 + 0.15 * depth)))
+            lfc = cfg.ancestor_lfc * max(0.25, 1.0 - depth / 14.0)
+            prog += _sparse_effect(_term_rng(cfg.seed, f"term:{a}"), G, n_hit, lfc)
+        prog += _sparse_effect(_term_rng(cfg.seed, f"own:{term}"), G, max(4, G // 250), cfg.own_lfc)
+        self._programs[term] = prog
+        return prog
+
+    def modules(self, group: str, n: int) -> np.ndarray:
+        """`n` marker modules shared by a sibling group (which one a type uses depends on its state)."""
+        key = f"{group}:{n}"
+        if key not in self._modules:
+            rng = _term_rng(self.cfg.seed, f"modules:{group}")
+            self._modules[key] = np.stack([_sparse_effect(rng, self.G, max(6, self.G // 150), self.cfg.module_lfc, 0.0, self.expressed) for _ in range(n)])
+        return self._modules[key]
+
+
+def _pick_genes(cfg: SyntheticCensusConfig) -> pd.DataFrame:
+    genes = gencode_genes()
+    rng = np.random.default_rng(cfg.seed)
+    pc = genes[genes["feature_biotype"] == "protein_coding"]
+    nc = genes[genes["feature_biotype"] == "lncRNA"]
+    n_nc = cfg.n_noncoding_genes if cfg.n_noncoding_genes is not None else max(1, cfg.n_genes // 10)
+    if cfg.n_genes > len(pc):
+        raise ValueError(f"synthetic.n_genes={cfg.n_genes} exceeds the {len(pc)} protein-coding genes of GENCODE")
+    chosen = pd.concat([pc.iloc[np.sort(rng.choice(len(pc), cfg.n_genes, replace=False))],
+                        nc.iloc[np.sort(rng.choice(len(nc), n_nc, replace=False))]])
+    chosen = chosen.sort_values("feature_id").reset_index(drop=True)
+    return pd.DataFrame({
+        "feature_id": chosen["feature_id"].astype(str).to_numpy(),
+        "feature_name": chosen["feature_name"].astype(str).to_numpy(),
+        "feature_length": chosen["feature_length"].astype(np.int64).to_numpy(),
+    })
+
+
+def _dataset_plan(cfg: SyntheticCensusConfig, rng: np.random.Generator) -> list[dict]:
+    """Assign datasets to tissues (at least the spec's number each), assays and donors."""
+    slots = [t for t in TISSUES for _ in range(t.n_datasets)]
+    scale = max(cfg.n_datasets, 1) / len(slots)
+    n_per = {t.tissue_general: max(2, int(round(t.n_datasets * scale))) for t in TISSUES}
+    plan = []
+    tenx = list(TENX_ASSAYS)
+    others = list(OTHER_ASSAYS)
+    k = 0
+    for t in TISSUES:
+        for j in range(n_per[t.tissue_general]):
+            is_10x = j > 0 and rng.random() < cfg.non10x_fraction  # the first dataset of a tissue is 10x
+            assay = others[k % len(others)] if is_10x else tenx[k % len(tenx)]
+            disease = DISEASES[1] if (t.tissue_general == "lung" and j == 1) else (
+                DISEASES[2] if (t.tissue_general == "lung" and j == 2) else DISEASES[0])
+            n_donors = int(rng.integers(cfg.donors_per_dataset[0], cfg.donors_per_dataset[1] + 1))
+            plan.append({"dataset_id": _uuid_like(cfg.seed, k), "tissue": t, "assay": assay, "disease": disease,
+                         "n_donors": n_donors, "index_in_tissue": j, "k": k})
+            k += 1
+    return plan
+
+
+def _uuid_like(seed: int, k: int) -> str:
+    h = hashlib.sha256(f"dataset:{seed}:{k}".encode()).hexdigest()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
+
+
+def generate_census_anndata(cfg: SyntheticCensusConfig) -> tuple[ad.AnnData, dict]:
+    """Generate the census content in memory (cells x genes raw counts, obs and var like the census)."""
+    cl = load_bundled_cl(cfg.cl_version)
+    var = _pick_genes(cfg)
+    n_pc = cfg.n_genes
+    is_coding = np.isin(var["feature_id"], gencode_genes().query("feature_biotype == 'protein_coding'")["feature_id"])
+    G = len(var)
+    model = _ExpressionModel(cfg, cl, G)
+    rng = np.random.default_rng(cfg.seed + 1)
+    plan = _dataset_plan(cfg, rng)
+
+    assay_gene = {a: _term_rng(cfg.seed, f"assay:{a}").normal(0, cfg.assay_sd, G) for a in {**TENX_ASSAYS, **OTHER_ASSAYS}}
+    assay_alpha = {a: float(_term_rng(cfg.seed, f"alpha:{a}").uniform(0.8, 1.1)) for a in {**TENX_ASSAYS, **OTHER_ASSAYS}}
+    groups: dict[str, list[str]] = {}
+    for t in TISSUES:
+        for ts in t.types:
+            if ts.term != "unknown" and not ts.expression_of and ts.term not in groups.setdefault(ts.group, []):
+                groups[ts.group].append(ts.term)
+    lineages = sorted(groups)
+    group_of = {term: g for g, members in groups.items() for term in members}
+
+    obs_parts, x_parts = [], []
+    coarse_label, coarse_of = COARSE_T
+    for ds in plan:
+        t: TissueSpec = ds["tissue"]
+        drng = _term_rng(cfg.seed, f"dataset:{ds['k']}")
+        ds_shift = drng.normal(0, cfg.dataset_sd, G)
+        types = [ts for ts in t.types if not (ts.term in SINGLE_DATASET_TYPES and ds["index_in_tissue"] > 0)]
+        coarse = t.tissue_general == "blood" and ds["index_in_tissue"] in (1, 2)
+        for d in range(ds["n_donors"]):
+            donor_id = f"donor_{ds['k']:02d}_{d:02d}"
+            dr = _term_rng(cfg.seed, f"donor:{ds['k']}:{d}")
+            donor_eff = dr.normal(0, cfg.donor_sd, G) * (dr.random(G) < 0.3)
+            lineage_scale = {g: dr.uniform(0.0, 2.0) for g in lineages}
+            p_activated = dr.uniform(0.3, 0.7)
+            p_cycling = dr.uniform(0.02, 0.15)
+            n_cells = int(dr.integers(cfg.cells_per_donor[0], cfg.cells_per_donor[1] + 1))
+            w = np.array([ts.weight for ts in types]) * dr.lognormal(0, 0.35, len(types))
+            which = dr.choice(len(types), size=n_cells, p=w / w.sum())
+            stage = DEV_STAGES[int(dr.integers(len(DEV_STAGES)))]
+            tissue_i = int(dr.integers(len(t.tissues)))
+            eta = np.empty((n_cells, G))
+            labels = np.empty(n_cells, dtype=object)
+            for i, ti in enumerate(which):
+                ts = types[ti]
+                true_term = ts.term if not ts.expression_of else ts.expression_of[int(dr.integers(len(ts.expression_of)))]
+                label = ts.term
+                if coarse and true_term in coarse_of:
+                    label = coarse_label
+                labels[i] = label
+                eta[i] = model.ancestor_program(true_term)
+                # state-dependent marker module (type x state interaction)
+                tspec_group = group_of.get(true_term)
+                activated = bool(dr.random() < p_activated)
+                if activated:
+                    eta[i] += model.state_effects["activated"]
+                if dr.random() < p_cycling:
+                    eta[i] += model.state_effects["cycling"]
+                if tspec_group in groups and len(groups[tspec_group]) > 1:
+                    # XOR-like: the module a type shows flips with activation
+                    members = groups[tspec_group]
+                    mods = model.modules(tspec_group, len(members))
+                    eta[i] += mods[(members.index(true_term) + int(activated)) % len(members)]
+                eta[i] += donor_eff * lineage_scale.get(tspec_group, 1.0)
+            eta += ds_shift + model.base + assay_gene[ds["assay"]]
+            eta = eta.mean(axis=1, keepdims=True) + assay_alpha[ds["assay"]] * (eta - eta.mean(axis=1, keepdims=True))
+            eta[:, ~is_coding] -= 1.0  # non-coding genes: lower but present
+            p = np.exp(eta - eta.max(axis=1, keepdims=True))
+            p /= p.sum(axis=1, keepdims=True)
+            lib = dr.lognormal(np.log(cfg.library_size * (2.0 if ds["assay"] == "Smart-seq2" else 1.0)), 0.45, n_cells)
+            mu = p * lib[:, None]
+            theta = model.dispersion[None, :]
+            counts = dr.poisson(dr.gamma(theta, mu / theta)).astype(np.float32)
+            empty = counts.sum(axis=1) == 0
+            counts[empty, int(np.argmax(model.base))] = 1.0
+            x_parts.append(sp.csr_matrix(counts))
+            obs_parts.append(pd.DataFrame({
+                "dataset_id": ds["dataset_id"], "donor_id": donor_id,
+                "assay": ds["assay"], "assay_ontology_term_id": {**TENX_ASSAYS, **OTHER_ASSAYS}[ds["assay"]],
+                "cell_type": [cl[x]["label"] if x in cl else "unknown" for x in labels],
+                "cell_type_ontology_term_id": labels.astype(str),
+                "tissue": t.tissues[tissue_i], "tissue_ontology_term_id": t.tissue_ids[tissue_i],
+                "tissue_general": t.tissue_general,
+                "disease": ds["disease"][0], "disease_ontology_term_id": ds["disease"][1],
+                "development_stage": stage[0], "development_stage_ontology_term_id": stage[1],
+                "is_primary_data": True,
+            }))
+    obs = pd.concat(obs_parts, ignore_index=True)
+    X = sp.vstack(x_parts, format="csr")
+
+    # atlas re-uploads: copies of primary cells under new dataset ids, is_primary_data False
+    n_sec = int(round(cfg.secondary_fraction * obs.shape[0]))
+    if n_sec:
+        src = np.sort(rng.choice(obs.shape[0], size=n_sec, replace=False))
+        sec = obs.iloc[src].copy()
+        sec["is_primary_data"] = False
+        atlas = {d: _uuid_like(cfg.seed, 1000 + i % 2) for i, d in enumerate(sorted(sec["dataset_id"].unique()))}
+        sec["dataset_id"] = sec["dataset_id"].map(atlas)
+        obs = pd.concat([obs, sec], ignore_index=True)
+        X = sp.vstack([X, X[src]], format="csr")
+
+    # census row order is by dataset; keep it stable and deterministic
+    order = np.argsort(obs["dataset_id"].to_numpy(), kind="stable")
+    obs = obs.iloc[order].reset_index(drop=True)
+    X = X[order]
+    for c in obs.columns:
+        if obs[c].dtype == object:
+            obs[c] = obs[c].astype(str)
+    obs.index = obs.index.astype(str)
+    var.index = var["feature_id"].to_numpy()
+    X.data = X.data.astype(np.float32)
+    adata = ad.AnnData(X=X, obs=obs, var=var)
+    info = {"n_cells": int(adata.n_obs), "n_genes": int(adata.n_vars), "n_protein_coding": int(n_pc),
+            "n_datasets": int(obs["dataset_id"].nunique()),
+            "n_donors": int((obs["dataset_id"] + "_" + obs["donor_id"]).nunique()),
+            "n_cell_type_labels": int(obs["cell_type_ontology_term_id"].nunique()),
+            "density": float(X.nnz / (X.shape[0] * X.shape[1]))}
+    return adata, info
+
+
+def write_census(adata: ad.AnnData, uri: str | Path, info: dict | None = None) -> Path:
+    """Write an AnnData as a census-shaped SOMA collection (atomically: temp folder, then rename)."""
+    import tiledbsoma
+    import tiledbsoma.io
+
+    from sctab.io import atomic_dir
+
+    uri = Path(uri)
+    with atomic_dir(uri) as tmp:
+        with tiledbsoma.Collection.create(str(tmp)) as root:
+            root.metadata["created_by"] = "sctab synthetic census"
+            root.metadata["census_schema_version"] = "synthetic-1"
+            info_coll = root.add_new_collection("census_info")
+            summary = pd.DataFrame({"label": list((info or {}).keys()), "value": [str(v) for v in (info or {}).values()]})
+            _add_dataframe(info_coll, "summary", summary)
+            ds = adata.obs.groupby("dataset_id", observed=True).agg(
+                dataset_total_cell_count=("assay", "size")).reset_index()
+            _add_dataframe(info_coll, "datasets", ds)
+            root.add_new_collection("census_data")
+        exp_uri = str(tmp / "census_data" / "homo_sapiens")
+        tiledbsoma.io.from_anndata(exp_uri, adata, measurement_name="RNA", X_layer_name="raw",
+                                   obs_id_name="obs_id", var_id_name="var_id")
+        with tiledbsoma.Collection.open(str(tmp / "census_data"), "w") as cd:
+            cd.set("homo_sapiens", tiledbsoma.Experiment.open(exp_uri), use_relative_uri=True)
+    return uri
+
+
+def _add_dataframe(coll, key: str, df: pd.DataFrame) -> None:
+    import pyarrow as pa
+
+    tbl = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
+    tbl = tbl.append_column("soma_joinid", pa.array(np.arange(len(df), dtype=np.int64)))
+    with coll.add_new_dataframe(key, schema=tbl.schema, index_column_names=["soma_joinid"],
+                                domain=[(0, max(len(df) - 1, 0))]) as sdf:
+        sdf.write(tbl)
+
+
+def build_synthetic_census(params: dict, uri: str | Path | None = None) -> dict:
+    """Generate and write the embedded census described by `params['synthetic']`; returns its summary."""
+    cfg = SyntheticCensusConfig.from_params(params)
+    adata, info = generate_census_anndata(cfg)
+    target = Path(uri or params["census"]["uri"])
+    write_census(adata, target, info)
+    return info
+
+
+def remove_census(uri: str | Path) -> None:
+    shutil.rmtree(uri, ignore_errors=True)

@@ -1,0 +1,69 @@
+"""Parameters: profiles under conf/profiles/, materialised into params.yaml (what DVC tracks).
+
+A profile holds every number of the paper's Methods: `census-2023-05-15` has the paper's values,
+`tiny` (the embedded default) scaled ones. Switching profile rewrites params.yaml; the code is the same.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PROFILES_DIR = REPO_ROOT / "conf" / "profiles"
+REQUIRED_SECTIONS = ("profile", "census", "ontology", "filters", "split", "store")
+
+
+class ConfigError(ValueError):
+    """A parameter file or profile is missing, unknown or malformed."""
+
+
+def available_profiles(profiles_dir: Path = PROFILES_DIR) -> list[str]:
+    return sorted(p.stem for p in Path(profiles_dir).glob("*.yaml"))
+
+
+def profile_path(name: str, profiles_dir: Path = PROFILES_DIR) -> Path:
+    path = Path(profiles_dir) / f"{name}.yaml"
+    if not path.exists():
+        raise ConfigError(
+            f"unknown profile {name!r}; available profiles: {', '.join(available_profiles(profiles_dir)) or 'none'} "
+            f"(in {profiles_dir})"
+        )
+    return path
+
+
+def load_params(path: str | os.PathLike = "params.yaml") -> dict[str, Any]:
+    """Load a params file and check that the sections every stage needs are there."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"parameter file {path} does not exist (create it with `sctab params --profile tiny`)")
+    with open(path) as fh:
+        params = yaml.safe_load(fh)
+    if not isinstance(params, dict):
+        raise ConfigError(f"parameter file {path} is not a YAML mapping")
+    missing = [s for s in REQUIRED_SECTIONS if s not in params]
+    if missing:
+        raise ConfigError(f"parameter file {path} lacks section(s): {', '.join(missing)}")
+    return params
+
+
+def load_profile(name: str, profiles_dir: Path = PROFILES_DIR) -> dict[str, Any]:
+    params = load_params(profile_path(name, profiles_dir))
+    if params.get("profile") != name:
+        raise ConfigError(f"profile file {name}.yaml declares profile {params.get('profile')!r}")
+    return params
+
+
+def get(params: dict, dotted: str, default: Any = ...) -> Any:
+    """`get(params, "filters.min_cells_per_type")` with an error naming the missing key."""
+    node: Any = params
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            if default is not ...:
+                return default
+            raise ConfigError(f"parameter {dotted!r} is missing (profile {params.get('profile')!r})")
+        node = node[part]
+    return node

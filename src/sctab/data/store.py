@@ -1,0 +1,349 @@
+"""The training store, in the published scTab (Merlin-compatible) parquet layout, and its reader.
+
+Layout (../shared/reference/published-sctab-artifacts.md):
+    train/ val/ test/            part.N.parquet: X list<float32> (fixed length n_genes, normalised),
+                                 cell_type and other obs columns as int64 codes, is_primary_data bool
+    categorical_lookup/<col>.parquet   column `label` (row position = code); cell_type also has
+                                       `ontology_term_id` here (an extra column, ignored by old readers)
+    var.parquet                  feature_id, feature_name in model-input order
+    class_weights.npy            sklearn 'balanced' weights over the classes (train split)
+    cell_type_hierarchy/child_matrix.npy   [i, j] = 1 when class j is class i or a subtype of it
+    train_subsets/<kind>_<pct>.npy         row positions in train of the nested subsets (ours)
+    store_report.json            rows per split, dropped cells, timings (ours)
+
+The writer streams X from the census one chunk of cells at a time and writes the whole store into a
+temporary folder that is renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from sctab.data.normalize import normalize_log1p
+from sctab.data.split import SPLITS
+from sctab.io import atomic_dir, write_json
+
+CODE_COLUMNS = ["cell_type", "dataset_id", "donor_id", "assay", "development_stage", "disease", "tissue",
+                "tissue_general", "tech_sample"]
+
+
+class StoreError(ValueError):
+    """The store on disk is missing pieces or does not match what the reader expects."""
+
+
+# ----------------------------------------------------------------------------------------------- writer
+def _lookups(obs: pd.DataFrame, ontology) -> dict[str, pd.DataFrame]:
+    """Codes are positions in the sorted label list, identical for every split."""
+    out = {}
+    for c in CODE_COLUMNS:
+        labels = sorted(obs[c].astype(str).unique())
+        out[c] = pd.DataFrame({"label": labels})
+    term_of = obs.groupby(obs["cell_type"].astype(str), observed=True)["cell_type_ontology_term_id"].first()
+    out["cell_type"]["ontology_term_id"] = [str(term_of[lab]) for lab in out["cell_type"]["label"]]
+    return out
+
+
+def _x_array(x: np.ndarray) -> pa.Array:
+    n, g = x.shape
+    offsets = pa.array(np.arange(0, (n + 1) * g, g, dtype=np.int32) if (n + 1) * g < 2**31
+                       else np.arange(0, (n + 1) * g, g, dtype=np.int64))
+    values = pa.array(x.reshape(-1), type=pa.float32())
+    arr = (pa.ListArray if offsets.type == pa.int32() else pa.LargeListArray).from_arrays(offsets, values)
+    return arr.cast(pa.list_(pa.float32())) if offsets.type != pa.int32() else arr
+
+
+def write_store(params: dict, obs: pd.DataFrame, var: pd.DataFrame, assignment: pd.DataFrame,
+                subsets: dict[str, np.ndarray], ontology, out_dir: str | Path) -> dict:
+    """Fetch raw counts for the kept cells, normalise, and write the store atomically. Returns the report."""
+    from sctab.census.source import get_experiment, open_census
+
+    st = params["store"]
+    target_sum = float(st.get("target_sum", 10_000))
+    rg = int(st.get("row_group_size", 1024))
+    chunk = max(rg, int(st.get("chunk_size", 50_000)) // rg * rg)
+    truncate = bool(st.get("truncate_to_row_group", False))
+    seed = int(params.get("seed", 0))
+    t0 = time.perf_counter()
+
+    obs = obs.merge(assignment[["soma_joinid", "split"]], on="soma_joinid", how="inner", validate="one_to_one")
+    if len(obs) != len(assignment):
+        raise StoreError(f"split assignment ({len(assignment)} cells) does not match extracted obs ({len(obs)} cells)")
+    lookups = _lookups(obs, ontology)
+    codes = {c: pd.Categorical(obs[c].astype(str), categories=lookups[c]["label"]).codes.astype(np.int64)
+             for c in CODE_COLUMNS}
+    var_ids = var["soma_joinid"].to_numpy(np.int64)
+    report = {"rows": {}, "dropped_zero_count": {}, "truncated": {}, "n_genes": int(len(var)),
+              "n_classes": int(len(lookups["cell_type"])), "row_group_size": rg, "target_sum": target_sum}
+    positions: dict[str, dict[int, int]] = {}
+
+    with atomic_dir(out_dir) as tmp, open_census(params) as census:
+        exp = get_experiment(census, params)
+        X = exp.ms["RNA"].X[params["census"].get("x_layer", "raw")]
+        for split_i, split in enumerate(SPLITS):
+            rows = np.flatnonzero(obs["split"].to_numpy() == split)
+            rows = np.random.default_rng([seed, 11, split_i]).permutation(rows)  # shuffled on disk
+            (tmp / split).mkdir()
+            parts = _PartWriter(tmp / split, rows_per_part=chunk, row_group_size=rg)
+            dropped = 0
+            bar = tqdm(total=len(rows), desc=f"store {split}", unit="cells", disable=None)
+            for start in range(0, len(rows), chunk):
+                sel = rows[start:start + chunk]
+                joinids = obs["soma_joinid"].to_numpy(np.int64)[sel]
+                counts = _read_counts(X, joinids, var_ids)
+                ok = np.asarray(counts.sum(axis=1)).ravel() > 0
+                dropped += int((~ok).sum())
+                sel, joinids, counts = sel[ok], joinids[ok], counts[ok]
+                cols = {"X": _x_array(normalize_log1p(counts, target_sum))}
+                for c in CODE_COLUMNS:
+                    cols[c] = pa.array(codes[c][sel], type=pa.int64())
+                cols["soma_joinid"] = pa.array(joinids, type=pa.int64())
+                cols["is_primary_data"] = pa.array(obs["is_primary_data"].to_numpy(bool)[sel])
+                parts.add(pa.table(cols))
+                bar.update(len(rows[start:start + chunk]))
+            bar.close()
+            report["truncated"][split] = parts.close(truncate)
+            n_written, joinid_pos = parts.n_written, parts.joinid_pos
+            if n_written == 0:
+                raise StoreError(f"split {split!r} has no cells to write (after dropping {dropped} zero-count cells)")
+            report["rows"][split] = n_written
+            report["dropped_zero_count"][split] = dropped
+            report["truncated"].setdefault(split, 0)
+            positions[split] = joinid_pos
+
+        lk = tmp / "categorical_lookup"
+        lk.mkdir()
+        for c, df in lookups.items():
+            df.to_parquet(lk / f"{c}.parquet", index=False)
+        var[["feature_id", "feature_name"]].to_parquet(tmp / "var.parquet", index=False)
+        train_labels = codes["cell_type"][obs["split"].to_numpy() == "train"]
+        np.save(tmp / "class_weights.npy", balanced_class_weights(train_labels, len(lookups["cell_type"])))
+        (tmp / "cell_type_hierarchy").mkdir()
+        np.save(tmp / "cell_type_hierarchy" / "child_matrix.npy",
+                ontology.child_matrix(lookups["cell_type"]["ontology_term_id"].tolist()))
+        (tmp / "train_subsets").mkdir()
+        tp = positions["train"]
+        for name, joinids in subsets.items():
+            pos = np.sort(np.array([tp[int(j)] for j in joinids if int(j) in tp], dtype=np.int64))
+            np.save(tmp / "train_subsets" / f"{name}.npy", pos)
+        report["subsets"] = {k: int(len(v)) for k, v in subsets.items()}
+        report["seconds"] = round(time.perf_counter() - t0, 2)
+        write_json(tmp / "store_report.json", report)
+    return report
+
+
+class _PartWriter:
+    """Buffers normalised rows and writes `part.N.parquet` files of `rows_per_part` rows in row groups."""
+
+    def __init__(self, folder: Path, rows_per_part: int, row_group_size: int):
+        self.folder, self.rows_per_part, self.rg = folder, rows_per_part, row_group_size
+        self.pending: list[pa.Table] = []
+        self.n_pending = 0
+        self.n_written = 0
+        self.part = 0
+        self.joinid_pos: dict[int, int] = {}
+
+    def add(self, tbl: pa.Table) -> None:
+        self.pending.append(tbl)
+        self.n_pending += tbl.num_rows
+        while self.n_pending >= self.rows_per_part:
+            buf = pa.concat_tables(self.pending)
+            self._write(buf.slice(0, self.rows_per_part))
+            rest = buf.slice(self.rows_per_part)
+            self.pending, self.n_pending = ([rest] if rest.num_rows else []), rest.num_rows
+
+    def close(self, truncate: bool) -> int:
+        """Write the remainder; with `truncate`, drop rows past the last full row group. Returns rows dropped."""
+        if not self.n_pending:
+            return 0
+        buf = pa.concat_tables(self.pending)
+        keep = (self.n_written + buf.num_rows) // self.rg * self.rg - self.n_written if truncate else buf.num_rows
+        if keep > 0:
+            self._write(buf.slice(0, keep))
+        self.pending, self.n_pending = [], 0
+        return int(buf.num_rows - max(keep, 0))
+
+    def _write(self, tbl: pa.Table) -> None:
+        idx = pa.array(np.arange(self.n_written, self.n_written + tbl.num_rows, dtype=np.int64))
+        tbl = tbl.append_column("idx", idx)
+        pq.write_table(tbl, self.folder / f"part.{self.part}.parquet", row_group_size=self.rg, compression="snappy")
+        for j, sj in enumerate(tbl.column("soma_joinid").to_numpy()):
+            self.joinid_pos[int(sj)] = self.n_written + j
+        self.part += 1
+        self.n_written += tbl.num_rows
+
+
+def _read_counts(X, joinids: np.ndarray, var_ids: np.ndarray):
+    """Raw counts (cells in `joinids` order, genes in `var_ids` order) as CSR, from a SOMA sparse X."""
+    import scipy.sparse as sp
+
+    order = np.argsort(joinids)
+    sorted_ids = joinids[order]
+    tbl = X.read(coords=(sorted_ids, np.sort(var_ids))).tables().concat()
+    row = tbl.column("soma_dim_0").to_numpy()
+    col = tbl.column("soma_dim_1").to_numpy()
+    val = tbl.column("soma_data").to_numpy()
+    r = np.searchsorted(sorted_ids, row)
+    gene_pos = pd.Series(np.arange(len(var_ids)), index=var_ids)
+    c = gene_pos.reindex(col).to_numpy()
+    m = sp.csr_matrix((val.astype(np.float64), (r, c)), shape=(len(joinids), len(var_ids)))
+    inv = np.empty_like(order)
+    inv[order] = np.arange(len(order))
+    return m[inv]
+
+
+def balanced_class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """n_samples / (n_classes * count) per class (sklearn's 'balanced'); classes absent from train get 0."""
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    w = np.zeros(n_classes, dtype=np.float64)
+    present = counts > 0
+    w[present] = labels.size / (present.sum() * counts[present])
+    return w.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------- reader
+@dataclass
+class StoreSplit:
+    name: str
+    files: list[Path]
+    n_rows: int
+    row_groups: list[tuple[Path, int, int]]  # (file, row group index, rows)
+
+
+class Store:
+    """Read a store in the published scTab layout (ours or the downloaded one) without loading it whole."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise StoreError(f"store {self.root} does not exist")
+        var_path = self.root / "var.parquet"
+        if not var_path.exists():
+            raise StoreError(f"store {self.root} has no var.parquet")
+        self.var = pd.read_parquet(var_path)
+        for c in ("feature_id", "feature_name"):
+            if c not in self.var.columns:
+                raise StoreError(f"{var_path} lacks column {c!r} (has {list(self.var.columns)})")
+        self._splits: dict[str, StoreSplit] = {}
+
+    # metadata ---------------------------------------------------------------
+    @property
+    def n_genes(self) -> int:
+        return int(len(self.var))
+
+    def lookup(self, column: str) -> pd.DataFrame:
+        path = self.root / "categorical_lookup" / f"{column}.parquet"
+        if not path.exists():
+            raise StoreError(f"store {self.root} has no lookup for {column!r} ({path})")
+        df = pd.read_parquet(path)
+        if "label" not in df.columns:
+            raise StoreError(f"{path} lacks column 'label'")
+        return df
+
+    @property
+    def classes(self) -> list[str]:
+        return self.lookup("cell_type")["label"].astype(str).tolist()
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    def class_weights(self) -> np.ndarray:
+        return self._npy("class_weights.npy", (self.n_classes,))
+
+    def child_matrix(self) -> np.ndarray:
+        return self._npy("cell_type_hierarchy/child_matrix.npy", (self.n_classes, self.n_classes))
+
+    def train_subset(self, name: str) -> np.ndarray:
+        path = self.root / "train_subsets" / f"{name}.npy"
+        if not path.exists():
+            avail = sorted(p.stem for p in (self.root / "train_subsets").glob("*.npy")) if (self.root / "train_subsets").exists() else []
+            raise StoreError(f"store {self.root} has no train subset {name!r}; available: {avail or 'none'}")
+        return np.load(path, allow_pickle=False)
+
+    def report(self) -> dict:
+        path = self.root / "store_report.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def _npy(self, rel: str, shape: tuple) -> np.ndarray:
+        path = self.root / rel
+        if not path.exists():
+            raise StoreError(f"store {self.root} has no {rel}")
+        arr = np.load(path, allow_pickle=False)
+        if arr.shape != shape:
+            raise StoreError(f"{path} has shape {arr.shape}, expected {shape}")
+        return arr
+
+    # rows -------------------------------------------------------------------
+    def split(self, name: str) -> StoreSplit:
+        if name in self._splits:
+            return self._splits[name]
+        d = self.root / name
+        files = sorted(d.glob("part.*.parquet"), key=lambda p: int(p.name.split(".")[1])) if d.is_dir() else []
+        if not files:
+            raise StoreError(f"store {self.root} has no parquet parts under {name}/")
+        groups, n = [], 0
+        for f in files:
+            try:
+                meta = pq.ParquetFile(f).metadata
+            except Exception as e:
+                raise StoreError(f"cannot read parquet part {f}: {e}") from e
+            for i in range(meta.num_row_groups):
+                rows = meta.row_group(i).num_rows
+                groups.append((f, i, rows))
+                n += rows
+            schema = meta.schema.to_arrow_schema()
+            if "X" not in schema.names or "cell_type" not in schema.names:
+                raise StoreError(f"parquet part {f} lacks column 'X' or 'cell_type' (has {schema.names})")
+        s = StoreSplit(name=name, files=files, n_rows=n, row_groups=groups)
+        self._splits[name] = s
+        return s
+
+    def read_row_group(self, path: Path, index: int, columns=("X", "cell_type")) -> dict[str, np.ndarray]:
+        """One row group as numpy: X -> (rows, n_genes) float32, other columns 1-d."""
+        try:
+            tbl = pq.ParquetFile(path).read_row_group(index, columns=list(columns))
+        except Exception as e:
+            raise StoreError(f"cannot read row group {index} of {path}: {e}") from e
+        out = {}
+        for c in columns:
+            col = tbl.column(c)
+            if c == "X":
+                out[c] = list_column_to_dense(col, self.n_genes, path)
+            else:
+                out[c] = col.to_numpy()
+        return out
+
+    def iter_row_groups(self, split: str, columns=("X", "cell_type")):
+        for path, i, _ in self.split(split).row_groups:
+            yield self.read_row_group(path, i, columns)
+
+    def read_obs(self, split: str, columns=("cell_type",)) -> pd.DataFrame:
+        """Non-X columns of a split (cheap: parquet reads only the named columns)."""
+        tables = [pq.read_table(f, columns=list(columns)) for f in self.split(split).files]
+        return pa.concat_tables(tables).to_pandas()
+
+
+def list_column_to_dense(col: pa.ChunkedArray, n_genes: int, where: Path | str = "") -> np.ndarray:
+    """Flatten a list<float32> column into a (rows, n_genes) array, checking every row's length."""
+    arrs = []
+    for chunk in col.chunks:
+        if len(chunk) == 0:
+            continue
+        offsets = chunk.offsets.to_numpy()
+        lengths = np.diff(offsets)
+        bad = np.flatnonzero(lengths != n_genes)
+        if bad.size:
+            raise StoreError(f"{where}: row {int(bad[0])} of X has {int(lengths[bad[0]])} values, "
+                             f"expected {n_genes} (the length of var.parquet)")
+        vals = chunk.values.to_numpy(zero_copy_only=False)[offsets[0]:offsets[-1]]
+        arrs.append(vals.reshape(-1, n_genes).astype(np.float32, copy=False))
+    return np.concatenate(arrs) if arrs else np.empty((0, n_genes), np.float32)

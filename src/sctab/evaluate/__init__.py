@@ -1,0 +1,1 @@
+"""sctab.evaluate."""
