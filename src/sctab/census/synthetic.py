@@ -137,13 +137,13 @@ class SyntheticCensusConfig:
     cl_version: str = "v2026-03-26"
     # effect sizes (log scale)
     ancestor_lfc: float = 1.0
-    own_lfc: float = 0.35
-    module_lfc: float = 1.8
+    own_lfc: float = 0.1
+    module_lfc: float = 2.5
     state_lfc: float = 1.2
     donor_sd: float = 0.35
     assay_sd: float = 0.3
     dataset_sd: float = 0.15
-    library_size: float = 1800.0
+    library_size: float = 600.0
     extra: dict = field(default_factory=dict)
 
     @classmethod

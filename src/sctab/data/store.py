@@ -74,9 +74,11 @@ def write_store(params: dict, obs: pd.DataFrame, var: pd.DataFrame, assignment: 
     seed = int(params.get("seed", 0))
     t0 = time.perf_counter()
 
+    n_obs = len(obs)
     obs = obs.merge(assignment[["soma_joinid", "split"]], on="soma_joinid", how="inner", validate="one_to_one")
-    if len(obs) != len(assignment):
-        raise StoreError(f"split assignment ({len(assignment)} cells) does not match extracted obs ({len(obs)} cells)")
+    if len(obs) != n_obs or len(obs) != len(assignment):
+        raise StoreError(f"split assignment ({len(assignment)} cells) does not match extracted obs ({n_obs} cells, "
+                         f"{len(obs)} in common): re-run the split stage")
     lookups = _lookups(obs, ontology)
     codes = {c: pd.Categorical(obs[c].astype(str), categories=lookups[c]["label"]).codes.astype(np.int64)
              for c in CODE_COLUMNS}

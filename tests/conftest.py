@@ -1,0 +1,77 @@
+"""Shared fixtures: one small embedded census and one Cell Ontology per test session."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sctab.config import PROFILES_DIR
+
+CL_VERSION = "v2026-03-26"
+
+
+def small_params(census_uri: Path) -> dict:
+    """The tiny profile, shrunk further so the census builds in seconds (same code path)."""
+    params = yaml.safe_load((PROFILES_DIR / "tiny.yaml").read_text())
+    params["census"]["uri"] = str(census_uri)
+    params["synthetic"].update({"n_genes": 300, "donors_per_dataset": [3, 5], "cells_per_donor": [60, 140]})
+    params["filters"].update({"min_cells_per_type": 60, "min_donors_per_type": 5})
+    params["store"].update({"row_group_size": 64, "chunk_size": 512})
+    return params
+
+
+@pytest.fixture(scope="session")
+def obo_file(tmp_path_factory) -> Path:
+    from sctab.ontology import write_cl_obo
+
+    return write_cl_obo(CL_VERSION, tmp_path_factory.mktemp("ontology") / "cl.obo")
+
+
+@pytest.fixture(scope="session")
+def ontology(obo_file):
+    from sctab.ontology import CellOntology
+
+    return CellOntology.from_obo(obo_file)
+
+
+@pytest.fixture(scope="session")
+def census_params(tmp_path_factory) -> dict:
+    """Params of a small embedded census written once per session with the real SOMA writer."""
+    from sctab.census.synthetic import build_synthetic_census
+
+    params = small_params(tmp_path_factory.mktemp("census") / "soma")
+    info = build_synthetic_census(params)
+    params["_census_info"] = info
+    return params
+
+
+@pytest.fixture
+def params(census_params) -> dict:
+    return copy.deepcopy(census_params)
+
+
+@pytest.fixture(scope="session")
+def extraction(census_params, ontology):
+    from sctab.census.extract import extract
+
+    return extract(census_params, ontology)
+
+
+@pytest.fixture(scope="session")
+def split_result(extraction, census_params):
+    from sctab.data.split import split_cells
+
+    return split_cells(extraction.obs, census_params)
+
+
+@pytest.fixture(scope="session")
+def store_dir(tmp_path_factory, census_params, extraction, split_result, ontology) -> Path:
+    from sctab.data.store import write_store
+
+    out = tmp_path_factory.mktemp("store") / "store"
+    write_store(census_params, extraction.obs, extraction.var, split_result.assignment, split_result.subsets,
+                ontology, out)
+    return out
