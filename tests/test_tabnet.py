@@ -1,0 +1,261 @@
+"""scTab TabNet (checkpoint layout, forward semantics) and the MLP / linear baselines."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from sctab.models import MLP, LinearModel, TabNet, build_model
+from sctab.models.entmax import entmax15_sort
+from sctab.models.tabnet import GhostBatchNorm
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small tensors: avoid OpenMP wake-up latency on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+LAYOUT = Path("/work/shared/reference/sctab_checkpoint_layout.json")
+
+SMALL = dict(n_d=8, n_a=4, n_steps=2, n_shared=2, n_independent=2, virtual_batch_size=16)
+
+
+def _data(n=64, genes=50, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    counts = torch.poisson(torch.rand(n, genes, generator=gen) * 2, generator=gen)
+    return torch.log1p(counts)
+
+
+@pytest.mark.skipif(not LAYOUT.exists(), reason="reference layout not available")
+def test_state_dict_layout_matches_published_checkpoint():
+    layout = json.loads(LAYOUT.read_text())["state_dict"]
+    with torch.device("meta"):
+        model = TabNet(19331, 164)  # paper defaults
+    got = {"classifier." + k: list(v.shape) for k, v in model.state_dict().items()}
+    assert set(got) == set(layout), (set(got) ^ set(layout))
+    mismatched = {k: (got[k], layout[k]) for k in layout if got[k] != layout[k]}
+    assert not mismatched
+
+
+def test_shared_layers_are_one_tensor_across_blocks():
+    model = TabNet(50, 7, **SMALL)
+    enc = model.encoder
+    w = enc.initial_splitter.shared.shared_layers[0].weight
+    assert enc.initial_splitter.shared.glu_layers[0].fc.weight is w
+    for ft in enc.feat_transformers:
+        assert ft.shared.shared_layers[0].weight is w
+        assert ft.shared.glu_layers[1].fc.weight is enc.initial_splitter.shared.shared_layers[1].weight
+    # the independent (specific) layers are not shared
+    assert ft.specifics.glu_layers[0].fc.weight is not enc.initial_splitter.specifics.glu_layers[0].fc.weight
+    # batch norms are per block
+    assert ft.shared.glu_layers[0].bn.bn is not enc.initial_splitter.shared.glu_layers[0].bn.bn
+
+
+def test_forward_shapes_masks_and_loss():
+    torch.manual_seed(0)
+    model = TabNet(50, 7, **SMALL)
+    x = _data()
+    logits, m_loss = model(x)
+    assert logits.shape == (64, 7)
+    assert m_loss.shape == () and torch.isfinite(m_loss)
+    masks = model.forward_masks(x)
+    assert len(masks) == 2
+    for m in masks:
+        assert m.shape == (64, 50)
+        assert (m >= 0).all()
+        torch.testing.assert_close(m.sum(1), torch.ones(64), atol=1e-5, rtol=0)
+    # M_loss is the mean (over cells) mask entropy averaged over steps
+    model.eval()
+    _, m_loss = model(x)
+    masks = model.forward_masks(x)
+    ent = [(-(m * torch.log(m + 1e-15)).sum(1)).mean() for m in masks]
+    torch.testing.assert_close(m_loss, sum(ent) / 2, atol=1e-5, rtol=1e-5)
+    assert 0 <= m_loss <= math.log(50)
+
+
+def _reference_forward(model: TabNet, x: torch.Tensor):
+    """Straightforward dense re-implementation of the encoder (eval mode only)."""
+    enc = model.encoder
+    x = enc.initial_bn(x)
+    att = enc.initial_splitter(x)[:, enc.n_d:]
+    prior = torch.ones_like(x)
+    res, m_loss = 0, 0
+    for step in range(enc.n_steps):
+        at = enc.att_transformers[step]
+        mask = entmax15_sort(at.bn(at.fc(att)) * prior)
+        m_loss = m_loss + (-(mask * torch.log(mask + enc.epsilon)).sum(1)).mean()
+        prior = (enc.gamma - mask) * prior
+        out = enc.feat_transformers[step](mask * x)  # dense tensor input
+        res = res + torch.relu(out[:, : enc.n_d])
+        att = out[:, enc.n_d:]
+    return model.final_mapping(res), m_loss / enc.n_steps
+
+
+@pytest.mark.parametrize("mask_type", ["entmax", "sparsemax"])
+def test_forward_matches_dense_reference(mask_type):
+    torch.manual_seed(1)
+    model = TabNet(300, 7, mask_type=mask_type, **SMALL)
+    for at in model.encoder.att_transformers:
+        at.selector.k = 4  # small enough for the top-k path on 300 genes
+        at.bn.bn.weight.data.fill_(4.0)
+    x = _data(genes=300)
+    model.train()
+    for _ in range(3):
+        model(x)
+    model.eval()
+    with torch.no_grad():
+        logits, m_loss = model(x)
+        info = model.encoder.att_transformers[0].selector.last_info
+        assert (info.path >= 0).any()  # the sparse (top-k) path was exercised
+        if mask_type == "entmax":
+            ref_logits, ref_loss = _reference_forward(model, x)
+            torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(m_loss, ref_loss, atol=1e-5, rtol=1e-5)
+        model.encoder.sparse_masked_input = False
+        dense_logits, dense_loss = model(x)
+    torch.testing.assert_close(logits, dense_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(m_loss, dense_loss, atol=1e-6, rtol=1e-6)
+
+
+def test_sparse_masked_input_gives_same_gradients():
+    torch.manual_seed(2)
+    model = TabNet(400, 5, **SMALL)
+    for at in model.encoder.att_transformers:
+        at.selector.k = 4  # fixed small k: rows solved by 1st/2nd top-k attempt or by the sort
+        at.bn.bn.weight.data.fill_(4.0)  # sharper masks, supports of ~2..50 genes
+    x = _data(genes=400)
+    y = torch.randint(0, 5, (64,))
+
+    def grads(sparse: bool):
+        torch.manual_seed(3)
+        model.encoder.sparse_masked_input = sparse
+        model.zero_grad()
+        logits, m_loss = model(x)
+        (torch.nn.functional.cross_entropy(logits, y) + 0.1 * m_loss).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    g_sparse = grads(True)
+    paths = torch.cat([at.selector.last_info.path for at in model.encoder.att_transformers])
+    assert {0, 1, -1} <= set(paths.tolist())  # every MaskedInput branch was used
+    model.load_state_dict(state)  # undo the BN running-stat update
+    g_dense = grads(False)
+    for name in g_dense:
+        torch.testing.assert_close(g_sparse[name], g_dense[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_gradients_reach_every_parameter():
+    torch.manual_seed(4)
+    model = TabNet(50, 7, **SMALL)
+    logits, m_loss = model(_data())
+    (logits.square().mean() + m_loss).backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not no_grad
+
+
+def test_train_vs_eval_mode():
+    torch.manual_seed(5)
+    model = TabNet(50, 7, **SMALL)
+    x = _data()
+    bn = model.encoder.initial_bn
+    before = bn.running_mean.clone()
+    model.train()
+    out_train, _ = model(x)
+    assert not torch.equal(bn.running_mean, before)  # running stats moved
+    assert bn.num_batches_tracked.item() == 1
+    model.eval()
+    frozen = {k: v.clone() for k, v in model.state_dict().items()}
+    out_a, _ = model(x)
+    out_b, _ = model(x[:10])
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in frozen.items())
+    torch.testing.assert_close(out_a[:10], out_b, atol=1e-5, rtol=1e-5)  # per-cell in eval
+    assert not torch.allclose(out_a, out_train, atol=1e-4)
+
+
+def test_ghost_batch_norm_uses_virtual_batches():
+    torch.manual_seed(6)
+    gbn = GhostBatchNorm(3, virtual_batch_size=4, momentum=0.1)
+    x = torch.randn(8, 3)
+    x[4:] += 10  # second virtual batch has a different mean
+    y = gbn(x)
+    torch.testing.assert_close(y[:4].mean(0), torch.zeros(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(y[4:].mean(0), torch.zeros(3), atol=1e-5, rtol=0)
+    assert gbn.bn.num_batches_tracked.item() == 2
+    assert GhostBatchNorm(3, 4).bn.momentum == 0.02
+
+
+def test_defaults_and_invalid_arguments():
+    model = TabNet(20, 3)
+    enc = model.encoder
+    assert (enc.n_d, enc.n_a, enc.n_steps, enc.gamma, enc.epsilon) == (128, 64, 1, 1.3, 1e-15)
+    assert len(enc.initial_splitter.shared.glu_layers) == 3
+    assert len(enc.initial_splitter.specifics.glu_layers) == 5
+    bn = enc.att_transformers[0].bn
+    assert bn.virtual_batch_size == 256 and bn.bn.momentum == 0.02
+    assert enc.initial_bn.momentum == 0.01
+    with pytest.raises(ValueError, match="mask_type"):
+        TabNet(20, 3, mask_type="softmax")
+    with pytest.raises(ValueError, match="n_steps"):
+        TabNet(20, 3, n_steps=0)
+
+
+def test_no_shared_layers_variant_runs():
+    model = TabNet(30, 4, n_d=8, n_a=4, n_shared=0, n_independent=2, virtual_batch_size=16)
+    logits, _ = model(_data(genes=30))
+    assert logits.shape == (64, 4)
+    assert not any("shared_layers" in k for k in model.state_dict())
+
+
+def test_mlp_and_linear_shapes():
+    x = _data(n=32, genes=50)
+    mlp = MLP(50, 7)
+    assert mlp(x).shape == (32, 7)
+    linears = [m for m in mlp.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 9 and linears[0].in_features == 50 and linears[0].out_features == 128
+    assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in mlp.modules()) == 8
+    assert sum(isinstance(m, torch.nn.SiLU) for m in mlp.modules()) == 8
+    drops = [m for m in mlp.modules() if isinstance(m, torch.nn.Dropout)]
+    assert len(drops) == 8 and all(d.p == 0.1 for d in drops)
+    mlp.eval()
+    assert torch.equal(mlp(x), mlp(x))  # dropout off in eval
+    lin = LinearModel(50, 7)
+    assert lin(x).shape == (32, 7)
+    assert sum(p.numel() for p in lin.parameters()) == 50 * 7 + 7
+
+
+def test_build_model_factory():
+    assert isinstance(build_model("sctab", 50, 7, n_d=8, n_a=4, virtual_batch_size=16), TabNet)
+    assert isinstance(build_model("mlp", 50, 7, n_hidden=2), MLP)
+    assert isinstance(build_model("linear", 50, 7), LinearModel)
+    with pytest.raises(ValueError, match="sctab, mlp, linear"):
+        build_model("xgboost", 50, 7)
+    with pytest.raises(TypeError, match="n_dd"):
+        build_model("sctab", 50, 7, n_dd=8)
+
+
+def test_glu_block_residual_scaling():
+    from sctab.models.tabnet import GLUBlock
+
+    torch.manual_seed(7)
+    x = torch.randn(32, 6)
+    for first in (True, False):
+        block = GLUBlock(6, 6, n_glu=3, first=first, virtual_batch_size=8).eval()
+        for layer in block.glu_layers:  # non-trivial running stats
+            layer.bn.bn.running_mean.uniform_(-1, 1)
+            layer.bn.bn.running_var.uniform_(0.5, 2)
+
+        def glu(layer, h):
+            z = layer.bn.bn(h @ layer.fc.weight.T)
+            return z[:, :6] * torch.sigmoid(z[:, 6:])
+
+        h = x
+        for i, layer in enumerate(block.glu_layers):
+            h = glu(layer, h) if (first and i == 0) else (h + glu(layer, h)) * math.sqrt(0.5)
+        torch.testing.assert_close(block(x), h, atol=1e-6, rtol=1e-6)
