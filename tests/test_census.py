@@ -53,3 +53,22 @@ def test_subtype_shares_parent_program_more_than_unrelated_type():
     m = _ExpressionModel(cfg, load_bundled_cl(cfg.cl_version), 400)
     cd4, cd8, at2 = (m.ancestor_program(t) for t in ("CL:0000624", "CL:0000625", "CL:0002063"))
     assert np.abs(cd4 - cd8).sum() < 0.5 * np.abs(cd4 - at2).sum()
+
+
+def test_extra_types_add_real_cl_terms():
+    from sctab.ontology import load_bundled_cl
+
+    base = SyntheticCensusConfig(n_genes=80, donors_per_dataset=(3, 3), cells_per_donor=(30, 40))
+    more = SyntheticCensusConfig(n_genes=80, donors_per_dataset=(3, 3), cells_per_donor=(30, 40), extra_types=12)
+    a, _ = generate_census_anndata(base)
+    b, _ = generate_census_anndata(more)
+    new = set(b.obs["cell_type_ontology_term_id"]) - set(a.obs["cell_type_ontology_term_id"])
+    cl = load_bundled_cl(more.cl_version)
+    assert len(new) >= 10 and all(t in cl and len(cl[t]["ancestors"]) >= 8 for t in new)
+
+
+def test_bench_profile_is_at_the_paper_dimension():
+    from sctab.config import load_profile
+
+    bench = load_profile("bench")
+    assert bench["synthetic"]["n_genes"] == 19331 and bench["store"]["row_group_size"] == 1024

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -144,6 +144,8 @@ class SyntheticCensusConfig:
     assay_sd: float = 0.3
     dataset_sd: float = 0.15
     library_size: float = 600.0
+    # extra real CL types spread over the tissues (the `bench` profile uses them to reach 164 classes)
+    extra_types: int = 0
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -236,16 +238,31 @@ def _pick_genes(cfg: SyntheticCensusConfig) -> pd.DataFrame:
     })
 
 
-def _dataset_plan(cfg: SyntheticCensusConfig, rng: np.random.Generator) -> list[dict]:
+def tissue_specs(cfg: SyntheticCensusConfig, cl: dict) -> tuple[TissueSpec, ...]:
+    """The hand-picked tissues plus `cfg.extra_types` further real CL terms (>= 8 ancestors), round-robin."""
+    if cfg.extra_types <= 0:
+        return TISSUES
+    used = {ts.term for t in TISSUES for ts in t.types} | {COARSE_T[0]}
+    pool = sorted(t for t, m in cl.items() if not m["deprecated"] and len(m["ancestors"]) >= 8 and t not in used)
+    if cfg.extra_types > len(pool):
+        raise ValueError(f"synthetic.extra_types={cfg.extra_types} exceeds the {len(pool)} eligible CL terms")
+    pick = sorted(_term_rng(cfg.seed, "extra-types").choice(len(pool), cfg.extra_types, replace=False))
+    extra: dict[int, list[TypeSpec]] = {}
+    for i, j in enumerate(pick):
+        extra.setdefault(i % len(TISSUES), []).append(_t(pool[j], f"extra:{pool[j]}", 0.5))
+    return tuple(replace(t, types=t.types + tuple(extra.get(k, ()))) for k, t in enumerate(TISSUES))
+
+
+def _dataset_plan(cfg: SyntheticCensusConfig, rng: np.random.Generator, tissues=TISSUES) -> list[dict]:
     """Assign datasets to tissues (at least the spec's number each), assays and donors."""
-    slots = [t for t in TISSUES for _ in range(t.n_datasets)]
+    slots = [t for t in tissues for _ in range(t.n_datasets)]
     scale = max(cfg.n_datasets, 1) / len(slots)
-    n_per = {t.tissue_general: max(2, int(round(t.n_datasets * scale))) for t in TISSUES}
+    n_per = {t.tissue_general: max(2, int(round(t.n_datasets * scale))) for t in tissues}
     plan = []
     tenx = list(TENX_ASSAYS)
     others = list(OTHER_ASSAYS)
     k = 0
-    for t in TISSUES:
+    for t in tissues:
         for j in range(n_per[t.tissue_general]):
             is_10x = j > 0 and rng.random() < cfg.non10x_fraction  # the first dataset of a tissue is 10x
             assay = others[k % len(others)] if is_10x else tenx[k % len(tenx)]
@@ -272,12 +289,13 @@ def generate_census_anndata(cfg: SyntheticCensusConfig) -> tuple[ad.AnnData, dic
     G = len(var)
     model = _ExpressionModel(cfg, cl, G)
     rng = np.random.default_rng(cfg.seed + 1)
-    plan = _dataset_plan(cfg, rng)
+    tissues = tissue_specs(cfg, cl)
+    plan = _dataset_plan(cfg, rng, tissues)
 
     assay_gene = {a: _term_rng(cfg.seed, f"assay:{a}").normal(0, cfg.assay_sd, G) for a in {**TENX_ASSAYS, **OTHER_ASSAYS}}
     assay_alpha = {a: float(_term_rng(cfg.seed, f"alpha:{a}").uniform(0.8, 1.1)) for a in {**TENX_ASSAYS, **OTHER_ASSAYS}}
     groups: dict[str, list[str]] = {}
-    for t in TISSUES:
+    for t in tissues:
         for ts in t.types:
             if ts.term != "unknown" and not ts.expression_of and ts.term not in groups.setdefault(ts.group, []):
                 groups[ts.group].append(ts.term)
