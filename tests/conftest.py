@@ -75,3 +75,14 @@ def store_dir(tmp_path_factory, census_params, extraction, split_result, ontolog
     write_store(census_params, extraction.obs, extraction.var, split_result.assignment, split_result.subsets,
                 ontology, out)
     return out
+
+
+@pytest.fixture
+def torch_one_thread():
+    """Small tensors: one thread avoids OpenMP wake-up latency on a busy 2-core machine."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -13,13 +13,7 @@ from sctab.models import TabNet, load_published_sctab, save_published_style_chec
 from sctab.models.checkpoint import CheckpointError, read_hparams_yaml
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: avoid OpenMP wake-up latency on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 HP = dict(

@@ -19,13 +19,7 @@ from sctab.models.entmax import (
     support_entropy,
 )
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: avoid OpenMP wake-up latency on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 VALUE_ATOL = 1e-6

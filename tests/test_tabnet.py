@@ -13,16 +13,10 @@ from sctab.models import MLP, LinearModel, TabNet, build_model
 from sctab.models.entmax import entmax15_sort
 from sctab.models.tabnet import GhostBatchNorm
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: avoid OpenMP wake-up latency on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
-LAYOUT = Path("/work/shared/reference/sctab_checkpoint_layout.json")
+LAYOUT = Path(__file__).parent / "data" / "sctab_checkpoint_layout.json"
 
 SMALL = dict(n_d=8, n_a=4, n_steps=2, n_shared=2, n_independent=2, virtual_batch_size=16)
 

@@ -2,7 +2,7 @@
 
 Layout and semantics follow the TabNet encoder used by scTab so that published
 scTab checkpoints load with ``strict=True`` (see
-``/work/shared/reference/sctab_checkpoint_layout.json``):
+``tests/data/sctab_checkpoint_layout.json``, from the published-artifact reference):
 
 * ``encoder.initial_bn``: BatchNorm1d over the genes (momentum 0.01).
 * ``encoder.initial_splitter`` and ``encoder.feat_transformers.<step>``: feature
