@@ -8,7 +8,6 @@ the number of cells in X.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,7 +101,6 @@ def extract(params: dict, ontology) -> Extraction:
     """Run the six filters over the census named by params and choose the gene space."""
     fp = FilterParams.from_params(params)
     chunk = int(params["census"].get("chunk_size", 100_000))
-    t0 = time.perf_counter()
     with open_census(params) as census:
         exp = get_experiment(census, params)
         obs, steps = _stream_obs(exp, fp, chunk)
@@ -118,7 +116,6 @@ def extract(params: dict, ontology) -> Extraction:
                  "datasets": int(obs["dataset_id"].nunique())},
         "genes": {"census": n_census_genes, "selected": int(len(var))},
         "cell_ontology": ontology.version,
-        "seconds": round(time.perf_counter() - t0, 2),
     }
     obs["soma_joinid"] = obs["soma_joinid"].astype(np.int64)
     return Extraction(obs=obs, var=var, report=report)

@@ -18,7 +18,6 @@ temporary folder that is renamed into place only when complete.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,7 +71,6 @@ def write_store(params: dict, obs: pd.DataFrame, var: pd.DataFrame, assignment: 
     chunk = max(rg, int(st.get("chunk_size", 50_000)) // rg * rg)
     truncate = bool(st.get("truncate_to_row_group", False))
     seed = int(params.get("seed", 0))
-    t0 = time.perf_counter()
 
     n_obs = len(obs)
     obs = obs.merge(assignment[["soma_joinid", "split"]], on="soma_joinid", how="inner", validate="one_to_one")
@@ -137,7 +135,6 @@ def write_store(params: dict, obs: pd.DataFrame, var: pd.DataFrame, assignment: 
             pos = np.sort(np.array([tp[int(j)] for j in joinids if int(j) in tp], dtype=np.int64))
             np.save(tmp / "train_subsets" / f"{name}.npy", pos)
         report["subsets"] = {k: int(len(v)) for k, v in subsets.items()}
-        report["seconds"] = round(time.perf_counter() - t0, 2)
         write_json(tmp / "store_report.json", report)
     return report
 
