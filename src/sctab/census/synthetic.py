@@ -23,8 +23,7 @@ What makes it behave like real data (and makes every filter of the paper do some
 from __future__ import annotations
 
 import hashlib
-import shutil
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -146,13 +145,12 @@ class SyntheticCensusConfig:
     library_size: float = 600.0
     # extra real CL types spread over the tissues (the `bench` profile uses them to reach 164 classes)
     extra_types: int = 0
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def from_params(cls, params: dict) -> "SyntheticCensusConfig":
         syn = dict(params.get("synthetic", {}))
         syn.setdefault("cl_version", params.get("ontology", {}).get("cl_version", cls.cl_version))
-        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        known = set(cls.__dataclass_fields__)
         unknown = set(syn) - known
         if unknown:
             raise ValueError(f"unknown synthetic census parameter(s): {', '.join(sorted(unknown))}")
@@ -445,7 +443,3 @@ def build_synthetic_census(params: dict, uri: str | Path | None = None) -> dict:
     target = Path(uri or params["census"]["uri"])
     write_census(adata, target, info)
     return info
-
-
-def remove_census(uri: str | Path) -> None:
-    shutil.rmtree(uri, ignore_errors=True)

@@ -73,8 +73,8 @@ def split_cells(obs: pd.DataFrame, params: dict) -> Split:
     else:
         raise SplitError(
             f"no donor split within {attempts} attempts puts every cell type in train, val and test; "
-            f"best attempt still misses {worst[1]} — lower filters.min_donors_per_type is NOT the fix; raise it, "
-            f"or increase split.max_attempts")
+            f"best attempt still misses {worst[1]}; raise filters.min_donors_per_type (types need donors in "
+            f"every split) or split.max_attempts")
     assignment = pd.DataFrame({
         "soma_joinid": obs["soma_joinid"].to_numpy(np.int64),
         "tech_sample": cell_donor,
