@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv repro test test-fast params status push pull clean help
+.PHONY: venv repro test test-fast params status push pull clean help merlin-env test-merlin
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -42,6 +42,30 @@ test: venv  ## the whole test suite, slow end-to-end tests included
 
 test-fast: venv  ## unit tests only
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# merlin-dataloader 23.8 (optional loader backend) cannot share the main env: it needs pip 23.2 to install,
+# pandas<1.6 (so numpy<2) and dask 2023.9.x (../shared/reference/known-pitfalls.md). Pins: the `merlin`
+# extra of pyproject.toml. dask-cuda is pinned (merlin-core needs it) because later releases depend on
+# rapids-dask-dependency, a stub that downloads from an NVIDIA index; 23.10 pins dask/distributed 2023.9.2
+# (not the 2023.9.3 of the pitfalls note). pyarrow 22+ refuses numpy 1.x at import. The project goes in
+# with --no-deps, plus only what sctab.data.loaders and tests/test_loaders.py import.
+MERLIN_VENV ?= .venv-merlin
+MERLIN_PY   := $(MERLIN_VENV)/bin/python
+
+$(MERLIN_VENV)/.installed: pyproject.toml
+	python3 -m venv $(MERLIN_VENV)
+	$(MERLIN_PY) -m pip install --quiet "pip==23.2"
+	$(MERLIN_PY) -m pip install --quiet torch==2.13.0
+	$(MERLIN_PY) -m pip install --quiet $$($(MERLIN_PY) -c "import tomllib; \
+		print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['merlin']))") \
+		scipy tqdm pyyaml "pytest>=8" "pytest-timeout>=2.3"
+	$(MERLIN_PY) -m pip install --quiet --no-deps -e .
+	touch $@
+
+merlin-env: $(MERLIN_VENV)/.installed  ## create .venv-merlin with merlin-dataloader 23.8 (optional backend)
+
+test-merlin: merlin-env  ## the merlin loader tests, in .venv-merlin
+	$(MERLIN_PY) -m pytest tests/test_loaders.py -k merlin $(PYTEST_ARGS)
 
 clean:  ## remove pipeline outputs (not the venv, not the DVC cache)
 	rm -rf data reports

@@ -20,6 +20,14 @@ def small_params(census_uri: Path) -> dict:
     params["synthetic"].update({"n_genes": 300, "donors_per_dataset": [3, 5], "cells_per_donor": [60, 140]})
     params["filters"].update({"min_cells_per_type": 60, "min_donors_per_type": 5})
     params["store"].update({"row_group_size": 64, "chunk_size": 512})
+    params["augment"].update({"n_cells": 1900, "n_clusters": 5, "min_cluster_size": 50, "n_vectors": 500})
+    params["train"].update({"cpus_per_worker": 1, "block_row_groups": 4, "eval_batch_size": 1024})
+    small_sctab = {"n_d": 16, "n_a": 8, "n_shared": 1, "n_independent": 1, "virtual_batch_size": 64}
+    for name, epochs in (("linear", 4), ("mlp", 4), ("sctab", 10)):
+        params["models"][name].update({"batch_size": 64, "epochs": epochs, "patience": None})
+    params["models"]["sctab"]["arch"].update(small_sctab)
+    params["models"]["sctab"]["lr"] = 0.02  # the small net on 3k cells needs a push to start attending
+    params["ensemble"]["seeds"] = [0, 1]
     return params
 
 
@@ -75,6 +83,15 @@ def store_dir(tmp_path_factory, census_params, extraction, split_result, ontolog
     write_store(census_params, extraction.obs, extraction.var, split_result.assignment, split_result.subsets,
                 ontology, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def augment_dir(store_dir, census_params, tmp_path_factory) -> Path:
+    from sctab.data.augment import compute_augmentations, write_augmentations
+    from sctab.data.store import Store
+
+    vectors, report = compute_augmentations(Store(store_dir), census_params["augment"])
+    return write_augmentations(vectors, report, tmp_path_factory.mktemp("aug") / "augment")
 
 
 @pytest.fixture

@@ -1,0 +1,394 @@
+"""Mini-batch loaders over a store split: one interface, three backends that yield the same batches.
+
+Why three: "stream" reads parquet row groups on the fly, so memory stays bounded whatever the store's size
+(the published train split is 15 M cells x 19,331 genes, about 1.2 TB dense); "memory" holds a small
+split in RAM and skips re-decoding parquet every epoch; "merlin" is the reference's loader
+(merlin-dataloader, optional extra `sctab[merlin]`, in its own venv: `make merlin-env`), kept to compare.
+
+Shuffling is a block shuffle, as in the reference: the split is written shuffled on disk, so permuting
+row groups and then rows inside a block of `block_row_groups` row groups gives well-mixed batches while
+reading whole row groups. The plan of an epoch (`epoch_plan`) is a pure function of (seed, epoch, rank,
+world_size) shared by all backends, so they agree batch for batch and runs are reproducible.
+
+This module imports only numpy, pyarrow, torch and sctab.data.store (no mlflow, ray, census stack), so it
+also works in the slim merlin venv.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from sctab.data.store import Store, StoreError
+
+BACKENDS = ("stream", "memory", "merlin")
+
+
+class LoaderError(ValueError):
+    """Bad loader arguments or data that must not be trained on silently."""
+
+
+class MerlinNotInstalled(LoaderError, ImportError):
+    """The merlin backend was asked for in an environment without merlin-dataloader."""
+
+
+@dataclass
+class Batch:
+    x: torch.Tensor  # (b, n_genes) float32, contiguous
+    y: torch.Tensor  # (b,) int64 cell_type codes
+    obs: dict[str, torch.Tensor] = field(default_factory=dict)  # extra `columns`, int64
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+
+# ------------------------------------------------------------------------------------------- the plan
+@dataclass(frozen=True)
+class Block:
+    """Row groups read together; their rows are concatenated (group order, kept rows ascending) then
+    permuted by `order()`."""
+
+    groups: tuple[int, ...]  # indices into StoreSplit.row_groups, in read order
+    select: tuple[np.ndarray | None, ...]  # per group: rows kept (positions inside the group); None = all
+    n_rows: int
+    perm_key: tuple[int, ...] | None  # seeds the in-block permutation; None = no shuffle
+
+    def order(self) -> np.ndarray:
+        """Computed on demand, so a plan for millions of rows costs no memory up front."""
+        if self.perm_key is None:
+            return np.arange(self.n_rows)
+        return np.random.default_rng(self.perm_key).permutation(self.n_rows)
+
+
+def group_selections(sizes: Sequence[int], rows: np.ndarray | None) -> list[np.ndarray | None]:
+    """Per row group, the kept rows (positions inside the group; None = all). `rows`: sorted split positions."""
+    if rows is None:
+        return [None] * len(sizes)
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    bounds = np.searchsorted(rows, starts)
+    out = []
+    for g, n in enumerate(sizes):
+        sel = rows[bounds[g]:bounds[g + 1]] - starts[g]
+        out.append(None if len(sel) == n else sel)
+    return out
+
+
+def epoch_plan(row_groups: Sequence, rows_subset: np.ndarray | None, seed: int, epoch: int, rank: int,
+               world_size: int, block_row_groups: int, shuffle: bool) -> list[Block]:
+    """The blocks one rank reads in one epoch.
+
+    `row_groups`: StoreSplit.row_groups ((path, index, rows) tuples) or just the row counts.
+    Row groups without a selected row are dropped before sharding; the rest are (when `shuffle`) permuted
+    with a generator seeded by (seed, epoch), identical on every rank, and dealt round-robin
+    (perm[rank::world_size]): every row is seen exactly once per epoch across ranks.
+    """
+    sizes = [int(g[-1]) if isinstance(g, tuple) else int(g) for g in row_groups]
+    sel = group_selections(sizes, rows_subset)
+    count = [sizes[g] if s is None else len(s) for g, s in enumerate(sel)]
+    eligible = np.array([g for g in range(len(sizes)) if count[g] > 0], dtype=np.int64)
+    if shuffle:
+        eligible = np.random.default_rng([seed, epoch, 0]).permutation(eligible)
+    mine = eligible[rank::world_size]
+    blocks = []
+    for b, start in enumerate(range(0, len(mine), block_row_groups)):
+        groups = tuple(int(g) for g in mine[start:start + block_row_groups])
+        key = (seed, epoch, 1, rank, b) if shuffle else None
+        blocks.append(Block(groups, tuple(sel[g] for g in groups), sum(count[g] for g in groups), key))
+    return blocks
+
+
+# ------------------------------------------------------------------------------------------- reading
+class _GroupReader:
+    """Reads one row group into preallocated arrays, checking what training relies on.
+
+    X comes from the arrow ListArray's values buffer reshaped to (rows, n_genes) (no Python loop, no
+    intermediate copy) after checking every row has n_genes values; cell_type codes are range-checked.
+    """
+
+    def __init__(self, store: Store, split: str, columns: tuple[str, ...]):
+        self.store, self.split, self.columns = store, store.split(split), columns
+        self.n_genes = store.n_genes
+        self.n_classes = store.n_classes
+        self._files: dict[Path, pq.ParquetFile] = {}
+        if "X" in columns:
+            raise LoaderError("`columns` names extra obs columns; X is always loaded (Batch.x)")
+        self._read = ["X", "cell_type", *[c for c in columns if c != "cell_type"]]
+        schema = pq.read_schema(self.split.files[0])
+        missing = [c for c in columns if c not in schema.names]
+        if missing:
+            raise LoaderError(f"columns {missing} are not in {self.split.files[0]} (has {schema.names})")
+
+    def read_into(self, g: int, sel: np.ndarray | None, out: dict[str, np.ndarray], at: int) -> int:
+        path, index, _ = self.split.row_groups[g]
+        try:
+            if path not in self._files:
+                self._files[path] = pq.ParquetFile(path)
+            tbl = self._files[path].read_row_group(index, columns=self._read)
+        except Exception as e:
+            raise StoreError(f"cannot read row group {index} of {path}: {e}") from e
+        n = tbl.num_rows if sel is None else len(sel)
+        col = tbl.column("X")
+        x = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()  # one chunk per row group: no copy
+        offsets = x.offsets.to_numpy()
+        bad = np.flatnonzero(np.diff(offsets) != self.n_genes)
+        if bad.size or x.null_count:
+            r = int(bad[0]) if bad.size else 0
+            raise StoreError(f"{path} row group {index}: row {r} of X has {int(offsets[r + 1] - offsets[r])} "
+                             f"values (or is null), expected {self.n_genes} (the length of var.parquet)")
+        dense = x.values.to_numpy(zero_copy_only=False)[offsets[0]:offsets[-1]].reshape(-1, self.n_genes)
+        _take(dense, sel, out["x"][at:at + n])
+        _take(tbl.column("cell_type").to_numpy().astype(np.int64, copy=False), sel, out["y"][at:at + n])
+        y = out["y"][at:at + n]
+        bad = np.flatnonzero((y < 0) | (y >= self.n_classes))
+        if bad.size:
+            raise LoaderError(f"{path} row group {index}: cell_type code {int(y[bad[0]])} outside "
+                              f"[0, {self.n_classes}) at row {int(bad[0] if sel is None else sel[bad[0]])}")
+        for c in self.columns:
+            _take(tbl.column(c).to_numpy().astype(np.int64, copy=False), sel, out[c][at:at + n])
+        return n
+
+    def empty(self, n: int) -> dict[str, np.ndarray]:
+        out = {"x": np.empty((n, self.n_genes), np.float32), "y": np.empty(n, np.int64)}
+        out.update({c: np.empty(n, np.int64) for c in self.columns})
+        return out
+
+
+def _take(src: np.ndarray, sel: np.ndarray | None, out: np.ndarray) -> None:
+    if sel is None:
+        out[...] = src
+    else:
+        np.take(src, sel, axis=0, out=out)
+
+
+# ------------------------------------------------------------------------------------------- loaders
+class Loader:
+    """Common part: arguments, plan, batch cutting. Backends say where a block's rows are (`_fetch`)."""
+
+    def __init__(self, store: Store, split: str, *, batch_size: int, shuffle: bool, seed: int, rank: int,
+                 world_size: int, block_row_groups: int, rows: np.ndarray | None, drop_last: bool,
+                 columns: tuple[str, ...]):
+        self.store, self.split_name = store, split
+        self.split = store.split(split)
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.rank, self.world_size, self.block_row_groups = rank, world_size, block_row_groups
+        self.drop_last, self.columns = drop_last, tuple(columns)
+        self.rows = _check_rows(rows, self.split.n_rows)
+        self.epoch = 0
+        self.max_rows_buffered = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Like DistributedSampler.set_epoch: call before each epoch so the order changes."""
+        self.epoch = int(epoch)
+
+    def plan(self) -> list[Block]:
+        return epoch_plan(self.split.row_groups, self.rows, self.seed, self.epoch, self.rank,
+                          self.world_size, self.block_row_groups, self.shuffle)
+
+    @property
+    def n_genes(self) -> int:
+        return self.store.n_genes
+
+    @property
+    def n_rows(self) -> int:
+        """Rows this rank sees this epoch (with shuffle and several ranks it may vary between epochs)."""
+        return sum(b.n_rows for b in self.plan())
+
+    def __len__(self) -> int:
+        n = self.n_rows
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        b = self.batch_size
+        pending: dict[str, np.ndarray] | None = None
+        for block in self.plan():
+            arrays, index, held = self._fetch(block)
+            order = block.order() if index is None else index[block.order()]
+            pos = 0
+            self._note(held + (0 if pending is None else len(pending["y"])))
+            if pending is not None:  # leftovers of the previous block come first
+                take = min(b - len(pending["y"]), len(order))
+                pending = {k: np.concatenate([v, arrays[k][order[:take]]]) for k, v in pending.items()}
+                pos = take
+                if len(pending["y"]) < b:
+                    continue
+                yield self._batch(pending)
+                pending = None
+            while len(order) - pos >= b:
+                yield self._batch({k: np.take(v, order[pos:pos + b], axis=0) for k, v in arrays.items()})
+                pos += b
+            if pos < len(order):
+                pending = {k: np.take(v, order[pos:], axis=0) for k, v in arrays.items()}
+        if pending is not None and not self.drop_last:
+            yield self._batch(pending)
+
+    def _fetch(self, block: Block) -> tuple[dict[str, np.ndarray], np.ndarray | None, int]:
+        """(arrays, index, rows held): the block's rows in block order are arrays[k][index] (index None:
+        arrays are exactly those rows)."""
+        raise NotImplementedError
+
+    def _note(self, rows: int) -> None:
+        self.max_rows_buffered = max(self.max_rows_buffered, int(rows))
+
+    def _batch(self, a: dict[str, np.ndarray]) -> Batch:
+        return Batch(torch.from_numpy(a["x"]), torch.from_numpy(a["y"]),
+                     {c: torch.from_numpy(a[c]) for c in self.columns})
+
+
+class StreamLoader(Loader):
+    """Reads each block's row groups from parquet when needed; holds one block (+ < batch_size leftovers).
+
+    The block buffer is reused across blocks: batches are gathered copies, never views of it.
+    """
+
+    def __init__(self, store, split, **kw):
+        super().__init__(store, split, **kw)
+        self._reader = _GroupReader(store, split, self.columns)
+        self._buf: dict[str, np.ndarray] | None = None
+
+    def _fetch(self, block):
+        if self._buf is None or len(self._buf["y"]) < block.n_rows:
+            self._buf = None  # free the old one first
+            self._buf = self._reader.empty(block.n_rows)
+        at = 0
+        for g, sel in zip(block.groups, block.select):
+            at += self._reader.read_into(g, sel, self._buf, at)
+        view = {k: v[:block.n_rows] for k, v in self._buf.items()}
+        return view, None, len(self._buf["y"])
+
+
+class MemoryLoader(Loader):
+    """Reads the rows it can ever need into one dense array on first use, then serves every epoch from it.
+
+    Without shuffle (or with one rank) that is this rank's share; with shuffle and several ranks the
+    row groups a rank gets change every epoch, so it holds all selected rows of the split.
+    """
+
+    def __init__(self, store, split, **kw):
+        super().__init__(store, split, **kw)
+        self._reader = _GroupReader(store, split, self.columns)
+        self._mem: dict[str, np.ndarray] | None = None
+        self._start: dict[int, int] = {}
+
+    def _load(self) -> None:
+        if self.shuffle and self.world_size > 1:
+            sizes = [r for _, _, r in self.split.row_groups]
+            sel = group_selections(sizes, self.rows)
+            todo = [(g, s) for g, s in enumerate(sel) if (sizes[g] if s is None else len(s)) > 0]
+        else:
+            todo = [(g, s) for blk in self.plan() for g, s in zip(blk.groups, blk.select)]
+        n = sum(self.split.row_groups[g][2] if s is None else len(s) for g, s in todo)
+        mem, at = self._reader.empty(n), 0
+        for g, s in todo:
+            self._start[g] = at
+            at += self._reader.read_into(g, s, mem, at)
+        self._mem = mem
+
+    def _fetch(self, block):
+        if self._mem is None:
+            self._load()
+        index = np.concatenate([self._start[g] + np.arange(self.split.row_groups[g][2] if s is None else len(s))
+                                for g, s in zip(block.groups, block.select)])
+        return self._mem, index, len(self._mem["y"])
+
+
+class MerlinLoader(Loader):
+    """merlin-dataloader's torch Loader over the split's parquet files, its outputs converted to Batch.
+
+    Without shuffle it reads the files in order, which gives the same batches as "stream"; with shuffle
+    it uses merlin's own order (same rows per epoch, different batches; merlin shuffles with numpy's global
+    RNG, which it reseeds from `seed_fn`). It shards by contiguous partitions, not by our plan. `rows`
+    subsets are not supported. CPU merlin is slow (about 120 cells/s at 19,331 genes, per the reference
+    notes): it is here to compare against, not to train with.
+    """
+
+    def __init__(self, store, split, **kw):
+        super().__init__(store, split, **kw)
+        if self.rows is not None:
+            raise LoaderError("the merlin backend does not support `rows` subsets; use 'stream' or 'memory'")
+        try:
+            from merlin.dataloader.torch import Loader as _MerlinTorchLoader  # noqa: F401
+            import merlin.io  # noqa: F401
+        except ImportError as e:
+            raise MerlinNotInstalled(
+                f"the merlin backend needs merlin-dataloader ({e}); it cannot live in the main environment: "
+                "run `make merlin-env` (creates .venv-merlin with `sctab[merlin]` pins) and use that venv"
+            ) from e
+        self.n_classes = store.n_classes
+
+    def _merlin_loader(self):
+        import merlin.io
+        from merlin.dataloader.torch import Loader as MerlinTorchLoader
+
+        cols = ["X", "cell_type", *[c for c in self.columns if c != "cell_type"]]
+        ds = merlin.io.Dataset([str(f) for f in self.split.files], engine="parquet")
+        ds.schema = ds.schema.select_by_name(cols)  # the loader reads the schema's columns only
+        epoch, seed = self.epoch, self.seed
+        return MerlinTorchLoader(ds, batch_size=self.batch_size, shuffle=self.shuffle,
+                                 seed_fn=lambda: seed * 100_003 + epoch, global_size=self.world_size,
+                                 global_rank=self.rank, drop_last=self.drop_last)
+
+    def __iter__(self) -> Iterator[Batch]:
+        g = self.n_genes
+        for feats, _ in self._merlin_loader():
+            y = feats["cell_type"].reshape(-1).to(torch.int64).contiguous()
+            if "X" in feats:  # a fixed-shape list column comes as one 2-d tensor
+                x = feats["X"]
+            else:  # a ragged one as values + offsets
+                x, offsets = feats["X__values"], feats["X__offsets"]
+                if len(offsets) != len(y) + 1 or bool((offsets.diff() != g).any()):
+                    raise LoaderError(f"split {self.split_name!r}: a row of X does not have {g} values")
+            x = x.reshape(-1, g).to(torch.float32).contiguous()
+            if ((y < 0) | (y >= self.n_classes)).any():
+                raise LoaderError(f"split {self.split_name!r}: cell_type code outside [0, {self.n_classes})")
+            self._note(len(y))
+            yield Batch(x, y, {c: feats[c].reshape(-1).to(torch.int64).contiguous() for c in self.columns})
+
+    def __len__(self) -> int:
+        if self.world_size == 1:
+            return super().__len__()
+        return len(self._merlin_loader())
+
+
+def _check_rows(rows, n_rows: int) -> np.ndarray | None:
+    if rows is None:
+        return None
+    rows = np.asarray(rows)
+    if rows.ndim != 1 or (rows.size and not np.issubdtype(rows.dtype, np.integer)):
+        raise LoaderError(f"`rows` must be a 1-d array of integer row positions, got {rows.dtype} {rows.shape}")
+    rows = np.sort(rows.astype(np.int64))
+    if rows.size and (rows[0] < 0 or rows[-1] >= n_rows):
+        bad = rows[0] if rows[0] < 0 else rows[-1]
+        raise LoaderError(f"`rows` has position {int(bad)} outside the split's [0, {n_rows})")
+    if rows.size > 1 and (np.diff(rows) == 0).any():
+        raise LoaderError("`rows` has duplicate positions: every row would not be seen exactly once")
+    return rows
+
+
+_BACKEND_CLASSES = {"stream": StreamLoader, "memory": MemoryLoader, "merlin": MerlinLoader}
+
+
+def make_loader(store: Store | str | Path, split: str, *, batch_size: int, backend: str = "stream",
+                shuffle: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1,
+                block_row_groups: int = 8, rows: np.ndarray | None = None, drop_last: bool = False,
+                columns: tuple[str, ...] = ()) -> Loader:
+    """A loader over `split` of `store` for one rank of `world_size`; see the module docstring."""
+    if backend not in _BACKEND_CLASSES:
+        raise LoaderError(f"unknown loader backend {backend!r}; known: {', '.join(BACKENDS)}")
+    if int(batch_size) < 1:
+        raise LoaderError(f"batch_size must be >= 1, got {batch_size}")
+    if int(world_size) < 1 or not 0 <= int(rank) < int(world_size):
+        raise LoaderError(f"rank {rank} is outside [0, world_size={world_size})")
+    if int(block_row_groups) < 1:
+        raise LoaderError(f"block_row_groups must be >= 1, got {block_row_groups}")
+    if not isinstance(store, Store):
+        store = Store(store)
+    return _BACKEND_CLASSES[backend](
+        store, split, batch_size=int(batch_size), shuffle=bool(shuffle), seed=int(seed), rank=int(rank),
+        world_size=int(world_size), block_row_groups=int(block_row_groups), rows=rows, drop_last=bool(drop_last),
+        columns=tuple(columns))

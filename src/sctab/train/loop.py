@@ -1,0 +1,246 @@
+"""The training loop every model shares (paper, Methods "Model details"), runner-agnostic.
+
+Class-weighted cross entropy (+ lambda_sparse x the mask entropy for scTab), AdamW, StepLR stepped once
+per epoch, online augmentation on training batches only, and model selection on the validation
+ontology-corrected macro F1. The loop talks to its runner through a small ``Session`` (Ray Train's
+workers in production, a plain in-process one for quick local runs), so the same code is tested either way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sctab.data.store import Store
+from sctab.evaluate.metrics import f1_from_confusion
+from sctab.models import build_model
+from sctab.train.spec import TrainSpec
+
+STATE_FILE = "state.pt"
+BEST_FILE = "best_model.pt"
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (bad data, diverged loss); the message says where."""
+
+
+class Session(Protocol):
+    rank: int
+    world_size: int
+    device: torch.device
+
+    def load_state(self) -> tuple[dict, dict] | None: ...
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module: ...
+    def all_reduce(self, t: torch.Tensor) -> torch.Tensor: ...
+    def report(self, metrics: dict, checkpoint_dir: Path | None) -> None: ...
+
+
+@dataclass
+class EpochLogger:
+    """Called on rank 0 after each reported epoch (MLflow in production)."""
+    log_epoch: Callable[[dict, int], None] = lambda metrics, epoch: None
+    log_resume: Callable[[int], None] = lambda epoch: None
+
+
+def model_outputs(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(logits, auxiliary loss or None): scTab returns its mask-entropy term beside the logits."""
+    out = model(x)
+    if isinstance(out, tuple):
+        return out[0], out[1]
+    return out, None
+
+
+def _check_labels(y: torch.Tensor, n_classes: int, where: str) -> None:
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= n_classes):
+        raise TrainingError(f"{where}: cell_type code outside the lookup's {n_classes} classes "
+                            f"(min {int(y.min())}, max {int(y.max())})")
+
+
+@torch.no_grad()
+def evaluate_loader(model: torch.nn.Module, loader, class_weights: torch.Tensor, child_matrix: torch.Tensor,
+                    device: torch.device, all_reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> dict:
+    """Weighted CE loss and ontology-corrected macro F1 over a (sharded) split, summed across workers."""
+    n_classes = child_matrix.shape[0]
+    was_training = model.training
+    model.eval()
+    cm = torch.zeros(n_classes * n_classes, dtype=torch.float64, device=device)
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # weighted loss sum, weight sum, rows
+    for batch in loader:
+        x, y = batch.x.to(device, non_blocking=True), batch.y.to(device, non_blocking=True)
+        _check_labels(y, n_classes, "validation split")
+        logits, _ = model_outputs(model, x)
+        loss = F.cross_entropy(logits, y, weight=class_weights, reduction="sum")
+        pred = logits.argmax(dim=1)
+        pred = torch.where(child_matrix[y, pred] > 0, y, pred)  # subtype of the truth counts as right
+        cm += torch.bincount(y * n_classes + pred, minlength=n_classes * n_classes).to(cm.dtype)
+        sums += torch.stack([loss.double(), class_weights[y].sum().double(), torch.tensor(float(len(y)), device=device,
+                                                                                          dtype=torch.float64)])
+    model.train(was_training)
+    cm, sums = all_reduce(cm), all_reduce(sums)
+    f1, _, _ = f1_from_confusion(cm.reshape(n_classes, n_classes).cpu().numpy())
+    return {"loss": float(sums[0] / sums[1]) if sums[1] > 0 else float("nan"), "f1_macro": f1, "rows": int(sums[2])}
+
+
+def _join(model: torch.nn.Module, world_size: int):
+    """DDP over uneven shards: the rank with fewer batches shadows the others' all-reduces (no data dropped)."""
+    if world_size > 1 and isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        from torch.distributed.algorithms.join import Join
+
+        return Join([model])
+    return contextlib.nullcontext()
+
+
+def run_training(spec: TrainSpec, session: Session, logger: EpochLogger | None = None) -> dict:
+    """Train ``spec`` in this worker; return the final metrics (identical on every rank)."""
+    from sctab.data.augment import Augmenter, load_augmentations
+    from sctab.data.loaders import make_loader
+
+    logger = logger or EpochLogger()
+    rank, world, device = session.rank, session.world_size, session.device
+    torch.manual_seed(spec.seed)
+    np.random.seed(spec.seed)
+    store = Store(spec.store)
+    n_genes, n_classes = store.n_genes, store.n_classes
+    model = build_model(spec.model, n_genes, n_classes, **spec.arch).to(device)
+    lambda_sparse = float(getattr(model, "lambda_sparse", 0.0))
+    class_weights = torch.as_tensor(store.class_weights(), dtype=torch.float32, device=device)
+    child = torch.as_tensor(store.child_matrix(), dtype=torch.float32, device=device)
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=spec.lr_gamma)
+
+    start_epoch, history = 0, []
+    best = {"f1": -1.0, "epoch": -1, "loss": float("nan")}
+    best_state = None
+    restored = session.load_state()
+    if restored is not None:
+        state, best_state = restored
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            raise TrainingError(f"the checkpoint to resume from does not fit the {spec.model} model built for store "
+                                f"{spec.store} ({n_genes} genes, {n_classes} classes): {str(e).splitlines()[0]} "
+                                f"{str(e).splitlines()[1] if len(str(e).splitlines()) > 1 else ''}") from e
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start_epoch, history, best = state["epoch"] + 1, list(state["history"]), dict(state["best"])
+        if rank == 0:
+            logger.log_resume(start_epoch)
+    train_model = session.wrap(model)
+
+    rows = store.train_subset(spec.subset) if spec.subset else None
+    train_loader = make_loader(store, "train", batch_size=spec.batch_size, backend=spec.loader, shuffle=True,
+                               seed=spec.seed, rank=rank, world_size=world, block_row_groups=spec.block_row_groups,
+                               rows=rows)
+    val_loader = make_loader(store, "val", batch_size=spec.eval_batch_size, backend=spec.loader, shuffle=False,
+                             rank=rank, world_size=world, block_row_groups=spec.block_row_groups)
+    augmenter = None
+    if spec.augment:
+        augmenter = Augmenter(load_augmentations(spec.augmentations, n_genes), clip=spec.augment_clip).to(device)
+
+    metrics: dict = history[-1] if history else {}
+    for epoch in range(start_epoch, spec.epochs):
+        train_loader.set_epoch(epoch)
+        gen = torch.Generator(device=device).manual_seed(spec.seed * 1_000_003 + epoch * 1_009 + rank)
+        model.train()
+        sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss x rows, rows, batches
+        t0 = time.perf_counter()
+        with _join(train_model, world):
+            for batch in train_loader:
+                x, y = batch.x.to(device, non_blocking=True), batch.y.to(device, non_blocking=True)
+                _check_labels(y, n_classes, "training split")
+                if augmenter is not None:
+                    x = augmenter(x, generator=gen)
+                logits, aux = model_outputs(train_model, x)
+                loss = F.cross_entropy(logits, y, weight=class_weights)
+                if aux is not None and lambda_sparse:
+                    loss = loss + lambda_sparse * aux
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sums += torch.tensor([loss.item() * len(y), len(y), 1.0], dtype=torch.float64, device=device)
+        train_seconds = time.perf_counter() - t0
+        lr = opt.param_groups[0]["lr"]
+        sched.step()
+        sums = session.all_reduce(sums)
+        train_loss = float(sums[0] / sums[1]) if sums[1] > 0 else float("nan")
+        if not math.isfinite(train_loss):
+            raise TrainingError(f"training loss became {train_loss} in epoch {epoch} (lr {lr}); lower the learning rate")
+        val = evaluate_loader(model, val_loader, class_weights, child, device, session.all_reduce)
+        if val["f1_macro"] > best["f1"]:
+            best = {"f1": val["f1_macro"], "epoch": epoch, "loss": val["loss"]}
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        metrics = {
+            "epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"], "val_f1_macro": val["f1_macro"],
+            "lr": lr, "train_cells_per_s": float(sums[1]) / max(train_seconds, 1e-9),
+            "train_rows": int(sums[1]), "val_rows": val["rows"], "epoch_seconds": time.perf_counter() - t0,
+            "best_val_f1_macro": best["f1"], "best_epoch": best["epoch"],
+        }
+        history.append(metrics)
+        stop = spec.patience is not None and epoch - best["epoch"] >= spec.patience
+        with tempfile.TemporaryDirectory(prefix="sctab-ckpt-") as tmp:
+            ckpt = None
+            if rank == 0:
+                ckpt = Path(tmp)
+                torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                            "scheduler": sched.state_dict(), "epoch": epoch, "history": history, "best": best},
+                           ckpt / STATE_FILE)
+                torch.save(best_state, ckpt / BEST_FILE)
+            if rank == 0:  # before the report: an epoch that reached a checkpoint always has its metrics logged
+                logger.log_epoch(metrics, epoch)
+            session.report(dict(metrics, stopped_early=stop), ckpt)
+        if stop:
+            break
+    return {**metrics, "history": history}
+
+
+def load_checkpoint_dir(path: str | Path) -> tuple[dict, dict]:
+    """(training state, best model weights) from a checkpoint folder, without unpickling code."""
+    path = Path(path)
+    for f in (STATE_FILE, BEST_FILE):
+        if not (path / f).exists():
+            raise TrainingError(f"checkpoint {path} lacks {f}")
+    state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    best = torch.load(path / BEST_FILE, map_location="cpu", weights_only=True)
+    return state, best
+
+
+class LocalSession:
+    """One process, no Ray: for unit tests and quick experiments. Keeps the last checkpoint in a folder."""
+
+    rank, world_size = 0, 1
+
+    def __init__(self, checkpoint_dir: str | Path, device: str | torch.device | None = None):
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.reports: list[dict] = []
+
+    def load_state(self):
+        if (self.checkpoint_dir / STATE_FILE).exists():
+            return load_checkpoint_dir(self.checkpoint_dir)
+        return None
+
+    def wrap(self, model):
+        return model
+
+    def all_reduce(self, t):
+        return t
+
+    def report(self, metrics, checkpoint_dir):
+        self.reports.append(copy.deepcopy(metrics))
+        if checkpoint_dir is not None:
+            from sctab.io import atomic_dir
+            import shutil
+
+            with atomic_dir(self.checkpoint_dir) as tmp:
+                for f in Path(checkpoint_dir).iterdir():
+                    shutil.copy2(f, tmp / f.name)

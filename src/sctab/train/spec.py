@@ -1,0 +1,100 @@
+"""What one training run needs, read from params.yaml (``train`` and ``models.<name>`` sections).
+
+The paper's values (Methods, "Model details") are the ``census-2023-05-15`` profile's; ``tiny`` scales
+batch size and epochs. Everything a Ray worker needs travels in a plain dict (``TrainSpec.to_dict``).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from sctab.config import ConfigError
+from sctab.models import MODEL_NAMES
+
+
+@dataclass
+class TrainSpec:
+    model: str
+    store: str
+    arch: dict = field(default_factory=dict)
+    batch_size: int = 2048
+    lr: float = 0.005
+    weight_decay: float = 0.05
+    lr_gamma: float = 0.9
+    epochs: int = 50
+    patience: int | None = None          # early stopping on val macro F1; None = train all epochs
+    augment: bool = False
+    augmentations: str | None = None     # augmentations.npy (or its folder) when augment is on
+    augment_clip: tuple[float, float] = (0.0, 9.0)
+    seed: int = 0
+    subset: str | None = None            # a train subset of the store (e.g. donors_30); None = all of train
+    loader: str = "stream"
+    block_row_groups: int = 8
+    eval_batch_size: int = 4096
+    num_workers: int = 1
+    cpus_per_worker: int = 1
+    use_gpu: str | bool = "auto"
+    max_failures: int = 3
+    checkpoints_to_keep: int = 2
+
+    def __post_init__(self):
+        if self.model not in MODEL_NAMES:
+            raise ConfigError(f"unknown model {self.model!r}; known: {', '.join(MODEL_NAMES)}")
+        for name in ("batch_size", "epochs", "num_workers", "cpus_per_worker", "eval_batch_size", "block_row_groups"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ConfigError(f"models.{self.model}/train: {name} must be a positive integer, got {v!r}")
+        for name in ("lr", "weight_decay", "lr_gamma"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or v < 0 or (name != "weight_decay" and v == 0):
+                raise ConfigError(f"models.{self.model}: {name} must be a positive number, got {v!r}")
+        if self.augment and not self.augmentations:
+            raise ConfigError(f"models.{self.model}: augment is on but no augmentation file is given")
+        self.augment_clip = tuple(float(c) for c in self.augment_clip)
+        self.store = str(Path(self.store).resolve())
+        if self.augmentations:
+            self.augmentations = str(Path(self.augmentations).resolve())
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainSpec":
+        return cls(**d)
+
+    def with_(self, **changes) -> "TrainSpec":
+        d = self.to_dict()
+        d.update(changes)
+        return TrainSpec.from_dict(d)
+
+
+_TRAIN_KEYS = {"loader", "block_row_groups", "eval_batch_size", "num_workers", "cpus_per_worker", "use_gpu",
+               "max_failures", "augment_clip", "checkpoints_to_keep"}
+_MODEL_KEYS = {"arch", "batch_size", "lr", "weight_decay", "lr_gamma", "epochs", "patience", "augment"}
+
+
+def spec_from_params(params: dict, model: str, *, store: str = "data/store", augmentations: str | None = None,
+                     seed: int | None = None, **overrides) -> TrainSpec:
+    """Build a TrainSpec from params.yaml; unknown keys are errors so typos never pass silently."""
+    models = params.get("models") or {}
+    if model not in models:
+        raise ConfigError(f"params have no models.{model} section (have: {', '.join(models) or 'none'})")
+    mcfg = copy.deepcopy(models[model])
+    tcfg = copy.deepcopy(params.get("train") or {})
+    for where, cfg, allowed in (("train", tcfg, _TRAIN_KEYS), (f"models.{model}", mcfg, _MODEL_KEYS)):
+        unknown = sorted(set(cfg) - allowed)
+        if unknown:
+            raise ConfigError(f"params {where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+    kwargs = {**tcfg, **mcfg}
+    kwargs["arch"] = kwargs.get("arch") or {}
+    if kwargs.get("augment"):
+        kwargs["augmentations"] = augmentations
+    kwargs["seed"] = int(params.get("seed", 0) if seed is None else seed)
+    known = {f.name for f in fields(TrainSpec)}
+    bad = sorted(set(overrides) - known)
+    if bad:
+        raise ConfigError(f"unknown training setting(s) {bad}")
+    kwargs.update(overrides)
+    return TrainSpec(model=model, store=store, **kwargs)

@@ -1,0 +1,126 @@
+"""The shared training loop without Ray (LocalSession): learning, resuming, settings and bad input."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from sctab.config import ConfigError, load_profile
+from sctab.data.store import Store, StoreError
+from sctab.evaluate.metrics import macro_f1
+from sctab.train.loop import LocalSession, TrainingError, run_training
+from sctab.train.spec import spec_from_params
+
+
+def _spec(census_params, store_dir, augment_dir, model="sctab", **over):
+    return spec_from_params(census_params, model, store=str(store_dir), augmentations=str(augment_dir), **over)
+
+
+def test_paper_defaults_in_the_full_scale_profile():
+    params = load_profile("census-2023-05-15")
+    sctab = spec_from_params(params, "sctab", augmentations="x")
+    assert (sctab.lr, sctab.weight_decay, sctab.batch_size, sctab.lr_gamma, sctab.augment) == (0.005, 0.05, 2048, 0.9, True)
+    assert sctab.arch == {"n_d": 128, "n_a": 64, "n_shared": 3, "n_independent": 5, "n_steps": 1, "gamma": 1.3,
+                          "virtual_batch_size": 256, "mask_type": "entmax", "lambda_sparse": 1e-5}
+    mlp = spec_from_params(params, "mlp", augmentations="x")
+    assert (mlp.lr, mlp.weight_decay, mlp.arch) == (0.002, 0.05, {"n_hidden": 8, "hidden_size": 128, "dropout": 0.1})
+    lin = spec_from_params(params, "linear")
+    assert (lin.lr, lin.weight_decay, lin.augment) == (0.0005, 0.01, False)
+    assert params["ensemble"]["seeds"] == [0, 1, 2, 3, 4]
+
+
+def test_settings_errors(census_params):
+    p = copy.deepcopy(census_params)
+    p["models"]["sctab"]["learning_rate"] = 0.1
+    with pytest.raises(ConfigError, match="unknown key.*learning_rate"):
+        spec_from_params(p, "sctab", augmentations="x")
+    with pytest.raises(ConfigError, match="augment is on but no augmentation file"):
+        spec_from_params(census_params, "mlp")
+    with pytest.raises(ConfigError, match="no models.xgb section"):
+        spec_from_params(census_params, "xgb")
+    with pytest.raises(ConfigError, match="batch_size must be a positive integer"):
+        spec_from_params(census_params, "linear", batch_size=0)
+
+
+def test_sctab_learns_and_beats_majority_class(census_params, store_dir, augment_dir, tmp_path, torch_one_thread):
+    spec = _spec(census_params, store_dir, augment_dir)
+    session = LocalSession(tmp_path / "ckpt", device="cpu")
+    out = run_training(spec, session)
+    hist = out["history"]
+    assert [h["epoch"] for h in hist] == list(range(spec.epochs))
+    assert hist[-1]["train_loss"] < 0.8 * hist[0]["train_loss"]
+    store = Store(store_dir)
+    assert hist[0]["train_rows"] == store.split("train").n_rows  # every training row, every epoch
+    y_val = store.read_obs("val")["cell_type"].to_numpy()
+    y_train = store.read_obs("train")["cell_type"].to_numpy()
+    majority = macro_f1(y_val, np.full_like(y_val, np.bincount(y_train).argmax()), store.child_matrix())
+    best = max(h["val_f1_macro"] for h in hist)
+    assert best > majority + 0.25, (best, majority)
+    assert out["best_val_f1_macro"] == pytest.approx(best)
+
+
+def test_resume_continues_from_the_last_checkpoint(census_params, store_dir, augment_dir, tmp_path, torch_one_thread):
+    spec = _spec(census_params, store_dir, augment_dir, model="mlp", epochs=2)
+    first = LocalSession(tmp_path / "ckpt", device="cpu")
+    run_training(spec, first)
+    again = LocalSession(tmp_path / "ckpt", device="cpu")
+    out = run_training(spec.with_(epochs=4), again)
+    assert [r["epoch"] for r in again.reports] == [2, 3]
+    assert [h["epoch"] for h in out["history"]] == [0, 1, 2, 3]
+    # the resumed run continues the learning-rate schedule instead of restarting it
+    assert out["history"][2]["lr"] == pytest.approx(spec.lr * spec.lr_gamma ** 2)
+
+
+def test_checkpoint_of_another_store_is_refused(census_params, store_dir, augment_dir, tmp_path, torch_one_thread):
+    import torch
+
+    spec = _spec(census_params, store_dir, augment_dir, model="linear", epochs=1)
+    run_training(spec, LocalSession(tmp_path / "ckpt", device="cpu"))
+    state = torch.load(tmp_path / "ckpt" / "state.pt", weights_only=True)
+    state["model"] = {k: v[:, :10] if v.ndim == 2 else v for k, v in state["model"].items()}
+    torch.save(state, tmp_path / "ckpt" / "state.pt")
+    with pytest.raises(TrainingError, match="does not fit"):
+        run_training(spec.with_(epochs=2), LocalSession(tmp_path / "ckpt", device="cpu"))
+
+
+def test_augmentations_of_the_wrong_width_name_the_file(census_params, store_dir, tmp_path):
+    from sctab.data.augment import AugmentError
+
+    bad = tmp_path / "augmentations.npy"
+    np.save(bad, np.zeros((5, 7), np.float32))
+    spec = _spec(census_params, store_dir, bad, model="mlp", epochs=1)
+    with pytest.raises(AugmentError, match="augmentations.npy"):
+        run_training(spec, LocalSession(tmp_path / "ckpt", device="cpu"))
+
+
+def _copy_store(store_dir, tmp_path):
+    dst = tmp_path / "store"
+    shutil.copytree(store_dir, dst)
+    return dst
+
+
+def test_label_outside_the_lookup_names_the_file(census_params, store_dir, augment_dir, tmp_path):
+    dst = _copy_store(store_dir, tmp_path)
+    part = dst / "train" / "part.0.parquet"
+    tbl = pq.read_table(part)
+    codes = tbl.column("cell_type").to_numpy().copy()
+    codes[3] = 999
+    tbl = tbl.set_column(tbl.schema.get_field_index("cell_type"), "cell_type", pa.array(codes))
+    pq.write_table(tbl, part, row_group_size=64)
+    spec = _spec(census_params, dst, augment_dir, model="linear", epochs=1)
+    with pytest.raises(ValueError, match=r"part\.0\.parquet.*999|999.*part\.0\.parquet"):
+        run_training(spec, LocalSession(tmp_path / "ckpt", device="cpu"))
+
+
+def test_corrupt_part_names_the_file(census_params, store_dir, augment_dir, tmp_path):
+    dst = _copy_store(store_dir, tmp_path)
+    part = dst / "train" / "part.0.parquet"
+    part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])
+    spec = _spec(census_params, dst, augment_dir, model="linear", epochs=1)
+    with pytest.raises(StoreError, match="part.0.parquet"):
+        run_training(spec, LocalSession(tmp_path / "ckpt", device="cpu"))
