@@ -7,6 +7,7 @@ store makes the validate stage fail with a message that names the problem.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -57,8 +58,11 @@ def test_repro_twice_status_clean_and_push(project):
     assert "all checks passed" in r.stdout
     for out in ("data/census/soma", "data/extract/obs.parquet", "data/split/assignment.parquet",
                 "data/store/train/part.0.parquet", "reports/validation/summary.json",
-                "reports/validation/data_docs/index.html"):
+                "reports/validation/data_docs/index.html", "data/augment/augmentations.npy",
+                "models/linear/model.pt", "models/mlp/model.pt", "models/sctab/seed_0/model.pt",
+                "models/sctab/seed_1/model.pt", "models/sctab/ensemble.json"):
         assert (project / out).exists(), out
+    _check_training(project)
     again = _run(["dvc", "repro"], project)
     assert "didn't change, skipping" in again.stdout and "Running stage" not in again.stdout
     assert "up to date" in _run(["dvc", "status"], project).stdout
@@ -71,6 +75,30 @@ def test_repro_twice_status_clean_and_push(project):
     _run(["dvc", "pull"], project)
     assert (project / "data/store/train/part.0.parquet").exists()
     assert "up to date" in _run(["dvc", "status"], project).stdout
+
+
+def _check_training(project: Path) -> None:
+    """The train stages: DVC metrics per model, MLflow runs with lineage, ensemble members under one parent."""
+    from mlflow.tracking import MlflowClient
+
+    metrics = _run(["dvc", "metrics", "show", "--json"], project).stdout
+    for model in ("linear", "mlp", "sctab"):
+        assert f"reports/train/{model}.json" in metrics
+    client = MlflowClient(f"sqlite:///{project}/mlruns/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("train").experiment_id])
+    by_type = {}
+    for r in runs:
+        by_type.setdefault(r.data.tags["model_type"], []).append(r)
+        assert r.info.status == "FINISHED"
+        assert r.data.tags["data_version"].startswith("data/store@")
+    assert sorted(by_type) == ["linear", "mlp", "sctab", "sctab-ensemble"]
+    (parent,) = by_type["sctab-ensemble"]
+    members = by_type["sctab"]
+    assert sorted(m.data.tags["seed"] for m in members) == ["0", "1"]
+    assert all(m.data.tags["mlflow.parentRunId"] == parent.info.run_id for m in members)
+    assert all(len(client.get_metric_history(m.info.run_id, "val_f1_macro")) == 10 for m in members)
+    ensemble = json.loads((project / "models/sctab/ensemble.json").read_text())
+    assert set(ensemble["members"].values()) == {m.info.run_id for m in members}
 
 
 def test_validate_stage_fails_on_a_nan_row(project):
