@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv repro test test-fast params status push pull clean help merlin-env test-merlin
+.PHONY: venv repro test test-fast params status push pull clean help merlin-env test-merlin ui metrics
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -36,6 +36,13 @@ push: venv  ## push DVC outputs to the default remote (dvc-remote/ unless config
 
 pull: venv
 	$(VENV)/bin/dvc pull
+
+UI_PORT ?= 5000
+ui: venv  ## MLflow UI on http://127.0.0.1:$(UI_PORT) over the local tracking store
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port $(UI_PORT)
+
+metrics: venv  ## each trained model's validation/test macro F1 (DVC metrics)
+	$(VENV)/bin/dvc metrics show
 
 test: venv  ## the whole test suite, slow end-to-end tests included
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -68,4 +75,4 @@ test-merlin: merlin-env  ## the merlin loader tests, in .venv-merlin
 	$(MERLIN_PY) -m pytest tests/test_loaders.py -k merlin $(PYTEST_ARGS)
 
 clean:  ## remove pipeline outputs (not the venv, not the DVC cache)
-	rm -rf data reports
+	rm -rf data reports/validation models ray_results
