@@ -31,15 +31,16 @@ class FitResult:
     metrics: dict
 
 
-def split_metrics(model: torch.nn.Module, store: Store, split: str, batch_size: int = 4096) -> tuple[dict, np.ndarray]:
-    """Ontology-corrected macro F1, weighted CE and accuracy on a split; also returns the probabilities."""
+def split_metrics(model: torch.nn.Module, store: Store, split: str, batch_size: int = 4096) -> dict:
+    """Ontology-corrected macro F1, class-weighted cross entropy and accuracy of one model on a split."""
     from sctab.evaluate.predict import predict_split
 
     y, p = predict_split(model, store, split, batch_size=batch_size)
-    return metrics_from_probs(y, p, store), p
+    return metrics_from_probs(y, p, store)
 
 
 def metrics_from_probs(y: np.ndarray, p: np.ndarray, store: Store) -> dict:
+    """Metrics of class probabilities ``p`` against codes ``y`` (prediction = argmax, ontology-corrected)."""
     pred = correct_predictions(y, p.argmax(axis=1), store.child_matrix())
     f1, _, _ = f1_from_confusion(confusion(y, pred, store.n_classes))
     w = store.class_weights()
@@ -66,8 +67,7 @@ def fit(spec: TrainSpec, params: dict, out_dir: str | Path, *, experiment: str =
     run = client.create_run(exp, run_name=run_name or f"{spec.model}-seed{spec.seed}",
                             tags=tags)
     run_id = run.info.run_id
-    client.log_batch(run_id, params=[Param(k, v) for k, v in flatten(spec.to_dict()).items() if k != "store"]
-                     + [Param("store", str(spec.store))])
+    client.log_batch(run_id, params=[Param(k, v) for k, v in flatten(spec.to_dict()).items()])
     t0 = time.perf_counter()
     try:
         result = run_on_ray(spec, name=f"{spec.model}-s{spec.seed}-{run_id[:8]}",
@@ -87,7 +87,7 @@ def fit(spec: TrainSpec, params: dict, out_dir: str | Path, *, experiment: str =
             "train_seconds": train_seconds,
         }
         if evaluate_test:
-            test, _ = split_metrics(model, store, "test", spec.eval_batch_size)
+            test = split_metrics(model, store, "test", spec.eval_batch_size)
             metrics.update({f"test_{k}": v for k, v in test.items() if k != "rows"})
         meta = {"run_id": run_id, "seed": spec.seed, "training": {k: v for k, v in spec.to_dict().items()
                                                                   if k not in ("arch", "store", "augmentations")},
@@ -137,16 +137,8 @@ def fit_ensemble(base: TrainSpec, params: dict, seeds: list[int], out_dir: str |
                         extra_tags={"ensemble_parent": pid})
                 members.append(r)
             store = Store(base.store)
-            probs = {}
-            for split in ("val", "test"):
-                acc = None
-                for r in members:
-                    m = load_model_folder(r.out_dir)
-                    y, p = _probs(m.model, store, split, base.eval_batch_size)
-                    acc = p if acc is None else acc + p
-                probs[split] = (y, acc / len(members))
-            ens = {f"{split}_{k}": v for split, (y, p) in probs.items()
-                   for k, v in metrics_from_probs(y, p, store).items() if k != "rows"}
+            ens = ensemble_metrics([load_model_folder(r.out_dir).model for r in members], store,
+                                   base.eval_batch_size)
             per_member = {k: [r.metrics[k] for r in members] for k in ("val_f1_macro", "test_f1_macro")}
             summary = {
                 "model": base.model, "seeds": list(seeds), "parent_run_id": pid,
@@ -167,7 +159,15 @@ def fit_ensemble(base: TrainSpec, params: dict, seeds: list[int], out_dir: str |
     return summary
 
 
-def _probs(model, store, split, batch_size):
+def ensemble_metrics(models: list[torch.nn.Module], store: Store, batch_size: int = 4096) -> dict:
+    """Val and test metrics of a deep ensemble: the mean of its members' softmax."""
     from sctab.evaluate.predict import predict_split
 
-    return predict_split(model, store, split, batch_size=batch_size)
+    out = {}
+    for split in ("val", "test"):
+        mean = None
+        for model in models:
+            y, p = predict_split(model, store, split, batch_size=batch_size)
+            mean = p / len(models) if mean is None else mean + p / len(models)
+        out.update({f"{split}_{k}": v for k, v in metrics_from_probs(y, mean, store).items() if k != "rows"})
+    return out
