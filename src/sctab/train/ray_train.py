@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from sctab.train.loop import BEST_FILE, STATE_FILE, EpochLogger, TrainingError, load_checkpoint_dir, run_training
+from sctab.train.loop import EpochLogger, TrainingError, load_checkpoint_dir, run_training
 from sctab.train.spec import TrainSpec
 
 
@@ -162,7 +162,4 @@ def run_on_ray(spec: TrainSpec, *, name: str, storage_path: str | Path, run_id: 
 def restore_best(result) -> tuple[dict, dict]:
     """(final training state, best weights) from a Ray result's last checkpoint."""
     with result.checkpoint.as_directory() as d:
-        for f in (STATE_FILE, BEST_FILE):
-            if not (Path(d) / f).exists():
-                raise TrainingError(f"checkpoint {d} lacks {f}")
-        return load_checkpoint_dir(d)
+        return load_checkpoint_dir(d)  # checks both files are there
