@@ -28,6 +28,12 @@ def small_params(census_uri: Path) -> dict:
     params["models"]["sctab"]["arch"].update(small_sctab)
     params["models"]["sctab"]["lr"] = 0.02  # the small net on 3k cells needs a push to start attending
     params["ensemble"]["seeds"] = [0, 1]
+    params["pca"].update({"n_components": 32, "batch_size": 512})
+    params["models"]["xgboost"].update({"n_estimators": 30, "max_depth": 4, "nthread": 1})
+    params["models"]["celltypist"].update({"n_cells": 1500, "batch_number": 15, "batch_size": 100, "epochs": 3,
+                                           "top_genes": 50, "n_jobs": 1})
+    params["tune"].update({"num_samples": {"xgboost": 3, "celltypist": 2, "linear": 2, "mlp": 2},
+                           "report_every": 5})
     return params
 
 
@@ -92,6 +98,25 @@ def augment_dir(store_dir, census_params, tmp_path_factory) -> Path:
 
     vectors, report = compute_augmentations(Store(store_dir), census_params["augment"])
     return write_augmentations(vectors, report, tmp_path_factory.mktemp("aug") / "augment")
+
+
+@pytest.fixture(scope="session")
+def pca_dir(store_dir, census_params, tmp_path_factory) -> Path:
+    from sctab.data.pca import write_pca
+    from sctab.data.store import Store
+
+    out = tmp_path_factory.mktemp("pca") / "pca"
+    write_pca(Store(store_dir), out, progress=False, **census_params["pca"])
+    return out
+
+
+@pytest.fixture
+def tracking(tmp_path, monkeypatch) -> str:
+    """A fresh sqlite MLflow store for one test (MLFLOW_TRACKING_URI), run from tmp_path (artifacts go there)."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
 
 
 @pytest.fixture
