@@ -1,0 +1,36 @@
+"""Pipeline stage `pca`: incremental PCA fitted on the train split, applied to every split (XGBoost's input)."""
+
+from __future__ import annotations
+
+import argparse
+
+from sctab.config import get, load_params
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description="Fit an incremental PCA (pca.n_components components, pca.batch_size rows per partial_fit) on "
+        "the train split only, streaming the store one row group at a time, then project the train, val and test "
+        "splits. Writes pca.npz, <split>.npy (float32 embedding), <split>_cell_type.npy (int64 codes) and "
+        "report.json into the output folder (atomically: complete or not at all).")
+    parser.add_argument("--params", default="params.yaml", help="YAML parameter file with a `pca` section "
+                        "(default: %(default)s)")
+    parser.add_argument("--store", default="data/store", help="store folder (default: %(default)s)")
+    parser.add_argument("--out", default="data/pca", help="output folder (default: %(default)s)")
+    args = parser.parse_args(argv)
+
+    from rich.console import Console
+
+    from sctab.data.pca import write_pca
+    from sctab.data.store import Store
+
+    params = load_params(args.params)
+    n_components, batch_size = int(get(params, "pca.n_components")), int(get(params, "pca.batch_size"))
+    r = write_pca(Store(args.store), args.out, n_components, batch_size)
+    rows = ", ".join(f"{s} {n:,}" for s, n in r["rows"].items())
+    Console().print(f"PCA: {r['n_components']} of {r['n_genes']:,} genes explain {r['explained_variance_ratio']:.1%} "
+                    f"of the train variance; projected {rows} rows to {args.out} in {r['seconds']['total']:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
