@@ -1,0 +1,316 @@
+"""CellTypist on a random subsample of the train split (paper, Methods "CellTypist model").
+
+The paper fitted ``celltypist.train`` as in CellTypist's best-practice tutorial, except that mean centring
+was off (``with_mean=False``), on 1.5 million randomly chosen train cells, with feature_selection,
+use_SGD, mini_batch, batch_number=1500 and epochs=10. The store already holds what CellTypist expects
+(counts normalised to 10,000 per cell, then log1p), so rows go in unchanged.
+
+Scoring uses the fitted model's own scaler and classifier on its own genes (``model.features``, a subset
+of the store's genes after CellTypist's feature selection and its dropping of never-expressed genes).
+CellTypist's per-class probabilities are one-vs-rest sigmoids; we normalise them per cell so they can be
+scored like the other models' softmax outputs, keeping CellTypist's "best match" as the argmax.
+
+The model file is CellTypist's own (a pickle): load only files you wrote yourself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+
+from sctab.data.store import Store
+
+log = logging.getLogger(__name__)
+
+# celltypist.train arguments we let through from params / search spaces (CellTypist names).
+TRAIN_KEYS = {
+    "feature_selection", "use_SGD", "mini_batch", "batch_number", "batch_size", "epochs", "with_mean",
+    "top_genes", "alpha", "balance_cell_type", "n_jobs", "C", "solver", "max_iter",
+}
+OWN_KEYS = {"n_cells", "seed"}  # subsample size; seed of the subsample, numpy's global RNG and sklearn
+CELLTYPIST_TRAIN_KEYS = TRAIN_KEYS | OWN_KEYS
+_FLAGS = ("feature_selection", "use_SGD", "mini_batch", "with_mean", "balance_cell_type")
+_POSITIVE_INTS = ("n_cells", "batch_number", "batch_size", "epochs", "top_genes")
+_SOLVERS = ("liblinear", "lbfgs", "newton-cg", "sag", "saga")  # celltypist's list for the LR path
+MODEL_FILE = "model.pkl"
+
+
+class CellTypistConfigError(ValueError):
+    """A CellTypist setting is unknown or out of range, or the data cannot be fitted with it."""
+
+
+def _celltypist():
+    """Import celltypist lazily (it pulls in scanpy and creates ~/.celltypist), without the FutureWarning
+    celltypist 1.7.1 triggers by reading ``scanpy.__version__``."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*__version__.*", category=FutureWarning)
+        import celltypist
+        import celltypist.classifier  # noqa: F401  (the module that reads scanpy.__version__)
+    return celltypist
+
+
+# ---------------------------------------------------------------------------------------------- config
+def _int(key: str, v, lo: int | None = None):
+    """Integers, also as integral floats (search spaces sometimes hand those out)."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(v) or int(v) != v:
+        raise CellTypistConfigError(f"{key} must be an integer, got {v!r}")
+    if lo is not None and v < lo:
+        raise CellTypistConfigError(f"{key} must be >= {lo}, got {v!r}")
+    return int(v)
+
+
+def _lr_path_works() -> bool:
+    """celltypist 1.7.1 passes multi_class='ovr' to LogisticRegression, which scikit-learn 1.8 removed."""
+    from sklearn.linear_model import LogisticRegression
+
+    return "multi_class" in inspect.signature(LogisticRegression.__init__).parameters
+
+
+def check_config(config: dict) -> dict:
+    """The config with every key known and every value plausible; raises naming the culprit.
+
+    Integral values come back as ``int``; nothing is filled in (celltypist's defaults apply to what is
+    left out, except ``n_cells`` and ``seed``, which the caller defaults).
+    """
+    unknown = sorted(set(config) - CELLTYPIST_TRAIN_KEYS)
+    if unknown:
+        raise CellTypistConfigError(f"unknown CellTypist setting(s) {unknown}; allowed: "
+                                    f"{sorted(CELLTYPIST_TRAIN_KEYS, key=str.lower)}")
+    c = dict(config)
+    for key in _FLAGS:
+        if key in c:
+            if not isinstance(c[key], (bool, np.bool_)):
+                raise CellTypistConfigError(f"{key} must be true or false, got {c[key]!r}")
+            c[key] = bool(c[key])
+    for key in _POSITIVE_INTS:
+        if key in c:
+            c[key] = _int(key, c[key], 1)
+    if "seed" in c:
+        c["seed"] = _int("seed", c["seed"], 0)
+    if c.get("max_iter") is not None:
+        c["max_iter"] = _int("max_iter", c["max_iter"], 1)
+    if c.get("n_jobs") is not None:
+        c["n_jobs"] = _int("n_jobs", c["n_jobs"])
+        if c["n_jobs"] == 0 or c["n_jobs"] < -1:
+            raise CellTypistConfigError(f"n_jobs must be a positive integer or -1 (all CPUs), got {c['n_jobs']}")
+    for key in ("alpha", "C"):
+        if key in c:
+            v = c[key]
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.number)) \
+                    or not math.isfinite(v) or v <= 0:
+                raise CellTypistConfigError(f"{key} must be a positive number, got {v!r}")
+            c[key] = float(v)
+    if c.get("solver") is not None and c["solver"] not in _SOLVERS:
+        raise CellTypistConfigError(f"solver must be one of {', '.join(_SOLVERS)} or null, got {c['solver']!r}")
+    if not c.get("use_SGD", False) and not _lr_path_works():
+        import sklearn
+
+        raise CellTypistConfigError(
+            f"use_SGD must be true: celltypist's logistic-regression path passes multi_class='ovr', which "
+            f"scikit-learn {sklearn.__version__} no longer accepts (the paper used SGD anyway)")
+    return c
+
+
+# ------------------------------------------------------------------------------------------- subsample
+def sample_indices(n_rows: int, n_cells: int, seed: int) -> np.ndarray:
+    """Sorted positions of a uniform sample without replacement of ``n_cells`` out of ``n_rows``."""
+    if n_cells >= n_rows:
+        return np.arange(n_rows, dtype=np.int64)
+    rng = np.random.default_rng([int(seed), 17])
+    return np.sort(rng.choice(n_rows, size=int(n_cells), replace=False)).astype(np.int64)
+
+
+def sample_train(store: Store, n_cells: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A random subsample of the train split as dense float32 rows and int64 codes, in store order.
+
+    Positions are drawn up front; the row groups are then streamed and only the chosen rows kept, so memory
+    is the sample (n_cells x n_genes x 4 bytes), not the split.
+    """
+    n_cells = _int("n_cells", n_cells, 1)
+    split = store.split("train")
+    if n_cells >= split.n_rows:
+        log.warning("CellTypist: n_cells=%d >= %d train cells; training on all of them", n_cells, split.n_rows)
+    idx = sample_indices(split.n_rows, n_cells, seed)
+    X = np.empty((len(idx), store.n_genes), dtype=np.float32)
+    y = np.empty(len(idx), dtype=np.int64)
+    start, filled = 0, 0
+    for path, i, rows in split.row_groups:
+        lo, hi = np.searchsorted(idx, [start, start + rows])
+        if hi > lo:
+            g = store.read_row_group(path, i)
+            local = idx[lo:hi] - start
+            X[filled:filled + len(local)] = g["X"][local]
+            y[filled:filled + len(local)] = g["cell_type"][local]
+            filled += len(local)
+        start += rows
+    assert filled == len(idx), (filled, len(idx))
+    log.info("CellTypist: sampled %d of %d train cells (%d cell types)", len(y), split.n_rows, len(np.unique(y)))
+    return X, y
+
+
+# ------------------------------------------------------------------------------------------------- fit
+class _FirstAndLastEpoch(logging.Filter):
+    """CellTypist logs every epoch of both passes; keep the first and last of each pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if "Epochs: [" not in msg:
+            return True
+        done, total = msg.split("[", 1)[1].rstrip("]").split("/")
+        return done in ("1", total)
+
+
+@contextlib.contextmanager
+def _seeded_quiet(seed: int):
+    """Seed numpy's global RNG (CellTypist draws its mini-batches from it) and restore it afterwards."""
+    state = np.random.get_state()
+    ct_log = logging.getLogger("celltypist.logger")  # the logger celltypist's records are made on
+    filt = _FirstAndLastEpoch()
+    ct_log.addFilter(filt)
+    np.random.seed(int(seed) % 2**32)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+        ct_log.removeFilter(filt)
+
+
+def fit_celltypist(X, y: np.ndarray, store: Store, config: dict):
+    """``celltypist.train`` on normalised rows ``X`` (dense; cells x store genes) with codes ``y``.
+
+    Labels are the store's cell-type strings and genes its feature ids, so the model speaks the store's
+    language. ``seed`` seeds the mini-batch sampling (numpy's global RNG, restored afterwards) and is passed
+    as ``random_state`` to the sklearn classifier (celltypist forwards extra keywords to it).
+    """
+    celltypist = _celltypist()
+    c = check_config(config)
+    y = np.asarray(y, dtype=np.int64).ravel()
+    if X.ndim != 2 or X.shape[1] != store.n_genes:
+        raise CellTypistConfigError(f"X has shape {X.shape}; expected (cells, {store.n_genes}) like the store")
+    if X.shape[0] != len(y):
+        raise CellTypistConfigError(f"X has {X.shape[0]} rows but y {len(y)} labels")
+    if len(y) == 0 or len(np.unique(y)) < 2:
+        raise CellTypistConfigError(f"need cells of at least two cell types to fit, got {len(np.unique(y))}")
+    if y.min() < 0 or y.max() >= store.n_classes:
+        raise CellTypistConfigError(f"y holds codes outside [0, {store.n_classes})")
+    if c.get("use_SGD") and c.get("mini_batch") and len(y) <= c.get("batch_size", 1000):
+        raise CellTypistConfigError(f"mini-batch training needs more cells ({len(y)}) than batch_size "
+                                    f"({c.get('batch_size', 1000)})")
+    if c.get("feature_selection"):
+        expressed = int((np.asarray(X.sum(axis=0)).ravel() > 0).sum())
+        if expressed <= c.get("top_genes", 300):
+            raise CellTypistConfigError(f"feature selection needs more expressed genes ({expressed}) than "
+                                        f"top_genes ({c.get('top_genes', 300)})")
+    seed = int(c.get("seed", 0))
+    kwargs = {k: v for k, v in c.items() if k in TRAIN_KEYS}
+    labels = np.asarray(store.classes, dtype=object)[y]
+    genes = store.var["feature_id"].astype(str).to_numpy()
+    with _seeded_quiet(seed):
+        model = celltypist.train(X, labels=labels, genes=genes, check_expression=True, random_state=seed,
+                                 **kwargs)
+    if model is None:  # celltypist returns None instead of raising in one GPU case
+        raise CellTypistConfigError("celltypist.train returned no model")
+    return model
+
+
+# --------------------------------------------------------------------------------------------- predict
+def _feature_columns(model, store: Store) -> np.ndarray:
+    """Store column of each model feature (the model may use a subset of the genes, in its own order)."""
+    pos = {g: i for i, g in enumerate(store.var["feature_id"].astype(str))}
+    missing = [g for g in model.features if str(g) not in pos]
+    if missing:
+        raise CellTypistConfigError(f"{len(missing)} of the model's {len(model.features)} genes are not in the "
+                                    f"store (e.g. {missing[:3]}); was it trained on another gene list?")
+    return np.array([pos[str(g)] for g in model.features], dtype=np.int64)
+
+
+def _class_codes(model, store: Store) -> np.ndarray:
+    code = {lab: i for i, lab in enumerate(store.classes)}
+    missing = [str(t) for t in model.cell_types if str(t) not in code]
+    if missing:
+        raise CellTypistConfigError(f"the model's cell types {missing[:5]} are not classes of the store")
+    return np.array([code[str(t)] for t in model.cell_types], dtype=np.int64)
+
+
+def _scores(model, X: np.ndarray, store: Store) -> tuple[np.ndarray, np.ndarray]:
+    """CellTypist's decision scores and best-match labels, scaled and clipped as ``celltypist.annotate`` does."""
+    X = np.asarray(X)
+    if X.ndim != 2 or X.shape[1] != store.n_genes:
+        raise CellTypistConfigError(f"X has shape {X.shape}; expected (cells, {store.n_genes}) like the store")
+    x = X[:, _feature_columns(model, store)].astype(np.float64)
+    if model.scaler.with_mean:
+        x -= model.scaler.mean_
+    x /= model.scaler.scale_
+    x[x > 10] = 10
+    scores, _, best = model.predict_labels_and_prob(x, mode="best match")
+    return np.asarray(scores, dtype=np.float64), best
+
+
+def predict_proba(model, X: np.ndarray, store: Store) -> np.ndarray:
+    """(cells, store.n_classes) float32: CellTypist's sigmoids normalised per cell, 0 for unseen classes.
+
+    Normalised in log space (sigmoids saturate at 1.0 for large scores), and where float32 rounding ties
+    the best-match class with another, it is nudged up one ulp so the argmax is CellTypist's choice.
+    """
+    scores, _ = _scores(model, X, store)
+    logsig = -np.logaddexp(0.0, -scores)
+    logp = logsig - np.logaddexp.reduce(logsig, axis=1, keepdims=True)
+    p = np.exp(logp).astype(np.float32)
+    codes = _class_codes(model, store)
+    out = np.zeros((len(p), store.n_classes), dtype=np.float32)
+    out[:, codes] = p
+    best = codes[scores.argmax(axis=1)]
+    rows = np.arange(len(out))
+    tied = out.argmax(axis=1) != best
+    if tied.any():
+        out[rows[tied], best[tied]] = np.nextafter(out[rows[tied]].max(axis=1), np.float32(np.inf))
+    return out
+
+
+def predict_labels(model, X: np.ndarray, store: Store) -> np.ndarray:
+    """Store codes of CellTypist's best match (the argmax of ``predict_proba``)."""
+    _, best = _scores(model, X, store)
+    code = {lab: i for i, lab in enumerate(store.classes)}
+    return np.array([code[str(t)] for t in best], dtype=np.int64)
+
+
+def predict_split(model, store: Store, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, probabilities) of a whole split, one row group at a time."""
+    ys, ps = [], []
+    for g in store.iter_row_groups(split):
+        ys.append(np.asarray(g["cell_type"], dtype=np.int64))
+        ps.append(predict_proba(model, g["X"], store))
+    if not ys:
+        return np.empty(0, np.int64), np.empty((0, store.n_classes), np.float32)
+    return np.concatenate(ys), np.concatenate(ps)
+
+
+# ------------------------------------------------------------------------------------------------- i/o
+def save_celltypist(model, folder: str | Path) -> Path:
+    """``folder/model.pkl`` in CellTypist's own format (``celltypist.models.Model.load`` /
+    ``celltypist.annotate(..., model=path)`` read it)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / MODEL_FILE
+    model.write(str(path))
+    return path
+
+
+def load_celltypist(path: str | Path):
+    """A model written by :func:`save_celltypist` (a file, or the folder holding ``model.pkl``)."""
+    Model = _celltypist().models.Model
+    path = Path(path)
+    if path.is_dir():
+        path = path / MODEL_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no CellTypist model at {path} (expected the {MODEL_FILE} that save_celltypist "
+                                f"writes)")
+    return Model.load(str(path.resolve()))
