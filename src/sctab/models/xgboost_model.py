@@ -1,0 +1,166 @@
+"""XGBoost on the PCA embedding (paper, Methods "XGBoost model").
+
+``multi:softprob`` over every class of the store, cells weighted by their class weight (as for the neural
+models), early stopping on the validation split. The booster is saved in XGBoost's own UBJ format, never
+pickled, so loading a model cannot run code.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+# Booster settings we let through from params / search spaces (XGBoost names); ours: n_estimators, early
+# stopping, device "auto", seed. Anything else is a typo until proven otherwise.
+BOOSTER_KEYS = {
+    "eta", "subsample", "max_depth", "min_child_weight", "colsample_bytree", "colsample_bylevel",
+    "colsample_bynode", "gamma", "reg_lambda", "reg_alpha", "max_bin", "max_delta_step", "tree_method",
+    "grow_policy", "max_leaves", "nthread",
+}
+OWN_KEYS = {"n_estimators", "early_stopping_rounds", "device", "seed"}
+CONFIG_KEYS = BOOSTER_KEYS | OWN_KEYS
+# XGBoost's own defaults (xgboost 3.x docs): the "default parameters" column of Supp. Table 4.
+LIBRARY_DEFAULTS = {"n_estimators": 100, "eta": 0.3, "max_depth": 6, "subsample": 1.0,
+                    "early_stopping_rounds": None}
+
+
+class XGBoostConfigError(ValueError):
+    """An XGBoost setting is unknown or out of range."""
+
+
+def check_config(config: dict) -> dict:
+    """The config with every key known and every number in range; raises naming the culprit."""
+    unknown = sorted(set(config) - CONFIG_KEYS)
+    if unknown:
+        raise XGBoostConfigError(f"unknown XGBoost setting(s) {unknown}; known: {sorted(CONFIG_KEYS)}")
+    c = dict(config)
+    n = c.get("n_estimators", 100)
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+        raise XGBoostConfigError(f"n_estimators must be a positive integer, got {n!r}")
+    es = c.get("early_stopping_rounds")
+    if es is not None and (not isinstance(es, (int, np.integer)) or es < 1):
+        raise XGBoostConfigError(f"early_stopping_rounds must be a positive integer or null, got {es!r}")
+    for key, lo, hi, lo_open in (("eta", 0.0, math.inf, True), ("subsample", 0.0, 1.0, True),
+                                 ("colsample_bytree", 0.0, 1.0, True), ("colsample_bylevel", 0.0, 1.0, True),
+                                 ("colsample_bynode", 0.0, 1.0, True), ("max_depth", 0, math.inf, False),
+                                 ("min_child_weight", 0.0, math.inf, False), ("gamma", 0.0, math.inf, False),
+                                 ("reg_lambda", 0.0, math.inf, False), ("reg_alpha", 0.0, math.inf, False)):
+        if key not in c:
+            continue
+        v = c[key]
+        if not isinstance(v, (int, float, np.number)) or isinstance(v, bool) or not math.isfinite(v) \
+                or v > hi or v < lo or (lo_open and v == lo):
+            side = "(" if lo_open else "["
+            raise XGBoostConfigError(f"{key} must be a number in {side}{lo}, {hi}], got {v!r}")
+    if c.get("device", "auto") not in ("auto", "cpu", "cuda") and not str(c.get("device")).startswith("cuda:"):
+        raise XGBoostConfigError(f"device must be auto, cpu or cuda[:N], got {c.get('device')!r}")
+    return c
+
+
+def resolve_device(device: str | None) -> str:
+    """``auto`` means the GPU when one is visible (and XGBoost was built with CUDA), else the CPU."""
+    if device in (None, "auto"):
+        try:
+            import torch
+
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        except ImportError:  # pragma: no cover - torch is a dependency
+            return "cpu"
+    return device
+
+
+def booster_params(config: dict, n_classes: int) -> dict:
+    """The ``xgb.train`` parameter dict for a checked config."""
+    c = check_config(config)
+    p = {"objective": "multi:softprob", "num_class": int(n_classes), "eval_metric": "mlogloss",
+         "tree_method": "hist", "device": resolve_device(c.get("device")), "seed": int(c.get("seed", 0))}
+    p.update({k: v for k, v in c.items() if k in BOOSTER_KEYS})
+    if "max_depth" in p:
+        p["max_depth"] = int(p["max_depth"])
+    return p
+
+
+class EveryNRounds:
+    """A hook called with (rounds done, booster) every ``n`` boosting rounds (Ray Tune's per-step reports)."""
+
+    def __init__(self, n: int, fn: Callable[[int, object], bool | None]):
+        import xgboost as xgb
+
+        outer = self
+
+        class _CB(xgb.callback.TrainingCallback):
+            def after_iteration(self, model, epoch, evals_log):
+                if (epoch + 1) % outer.n == 0:
+                    return bool(outer.fn(epoch + 1, model))
+                return False
+
+        self.n = max(1, int(n))
+        self.fn = fn
+        self.callback = _CB()
+
+
+def fit_xgboost(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], n_classes: int,
+                class_weights: np.ndarray, config: dict, every: EveryNRounds | None = None):
+    """Fit a booster on (embedding, codes) with class-weighted cells; early stopping on the validation loss."""
+    import xgboost as xgb
+
+    c = check_config(config)
+    (x_tr, y_tr), (x_va, y_va) = train, val
+    if len(y_tr) == 0:
+        raise XGBoostConfigError("the training split is empty")
+    w = np.asarray(class_weights, dtype=np.float32)
+    dtrain = xgb.DMatrix(np.asarray(x_tr, dtype=np.float32), label=y_tr, weight=w[y_tr])
+    evals = []
+    if len(y_va):
+        evals = [(xgb.DMatrix(np.asarray(x_va, dtype=np.float32), label=y_va, weight=w[y_va]), "val")]
+    es = c.get("early_stopping_rounds") if evals else None
+    return xgb.train(booster_params(c, n_classes), dtrain, num_boost_round=int(c.get("n_estimators", 100)),
+                     evals=evals, early_stopping_rounds=es, verbose_eval=False,
+                     callbacks=[every.callback] if every else None)
+
+
+def best_rounds(booster) -> int:
+    """Rounds up to and including the best one (all rounds without early stopping)."""
+    best = booster.attr("best_iteration")
+    return int(best) + 1 if best is not None else booster.num_boosted_rounds()
+
+
+def predict_proba(booster, x: np.ndarray, n_classes: int, rounds: int | None = None,
+                  batch_rows: int = 65536) -> np.ndarray:
+    """Class probabilities (n, n_classes) from the first ``rounds`` rounds (default: up to the best)."""
+    import xgboost as xgb
+
+    rounds = best_rounds(booster) if rounds is None else rounds
+    out = []
+    for i in range(0, len(x), batch_rows):
+        d = xgb.DMatrix(np.asarray(x[i:i + batch_rows], dtype=np.float32))
+        out.append(booster.predict(d, iteration_range=(0, rounds)).astype(np.float32))
+    if not out:
+        return np.zeros((0, n_classes), np.float32)
+    p = np.concatenate(out)
+    if p.shape[1] != n_classes:
+        raise XGBoostConfigError(f"the booster predicts {p.shape[1]} classes, the store has {n_classes}")
+    return p
+
+
+def save_xgboost(booster, folder: str | Path) -> Path:
+    """``model.ubj``: XGBoost's binary JSON, loadable by any XGBoost >= 1.6 without unpickling."""
+    path = Path(folder) / "model.ubj"
+    booster.save_model(str(path))
+    return path
+
+
+def load_xgboost(path: str | Path):
+    import xgboost as xgb
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.ubj"
+    if not path.exists():
+        raise FileNotFoundError(f"no XGBoost model at {path}")
+    booster = xgb.Booster()
+    booster.load_model(str(path))
+    return booster
