@@ -67,3 +67,35 @@ def get(params: dict, dotted: str, default: Any = ...) -> Any:
             raise ConfigError(f"parameter {dotted!r} is missing (profile {params.get('profile')!r})")
         node = node[part]
     return node
+
+
+def update_params_file(path: str | os.PathLike, dotted: str, values: dict[str, Any]) -> dict[str, Any]:
+    """Set ``values`` under the mapping at ``dotted`` (e.g. ``models.xgboost``) of a params file, in place.
+
+    Comments and layout survive (ruamel round trip), so a tuned config written back reads like the rest;
+    returns the previous values of the keys that changed.
+    """
+    from ruamel.yaml import YAML
+
+    path = Path(path)
+    load_params(path)
+    ry = YAML()
+    ry.preserve_quotes = True
+    ry.width = 4096
+    doc = ry.load(path.read_text())
+    node = doc
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(f"{path} has no section {dotted!r} to update")
+        node = node[part]
+    old = {k: node.get(k) for k in values if node.get(k) != values[k]}
+    for k, v in values.items():
+        node[k] = v
+    import io
+
+    buf = io.StringIO()
+    ry.dump(doc, buf)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(buf.getvalue())
+    os.replace(tmp, path)
+    return old

@@ -1,0 +1,468 @@
+"""Ray Tune + Optuna studies: the paper's "well-tuned reference models" (Supp. Table 4, default vs tuned).
+
+One study per model: ``tune.Tuner`` with ``OptunaSearch`` (TPE) over conf/tune/<model>.yaml, an ASHA scheduler
+for models that report as they go (XGBoost every ``report_every`` rounds, linear/MLP every epoch), the
+validation ontology-corrected macro F1 as objective. MLflow (experiment ``tune-<model>``): one parent run per
+study holding the best config and the comparison; every trial a nested run (failed ones marked FAILED with
+the error, ones ASHA stopped marked KILLED), plus two nested reference runs: the library's default settings
+and the current params.yaml settings. The study lives in ``ray_results/tune-<model>`` and resumes from there
+after an interruption without repeating finished trials.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from sctab.train.search_space import SearchSpace, check_against_model, load_search_space
+
+METRIC, MODE = "val_f1_macro", "max"
+STUDY_FILE = "sctab_study.json"
+STEPPED = {"xgboost", "linear", "mlp", "sctab"}   # report intermediate scores: ASHA can stop them early
+NEURAL = {"linear", "mlp", "sctab"}
+
+
+class StudyError(RuntimeError):
+    """A study cannot run or finish (no trial succeeded, a broken resume state)."""
+
+
+@dataclass
+class TrialContext:
+    """Everything a trial needs, as plain data (shipped to the Ray workers)."""
+    model: str
+    params: dict
+    store: str
+    pca_dir: str | None
+    augmentations: str | None
+    experiment: str
+    parent_run_id: str
+    tracking_uri: str
+    root: str
+    report_every: int
+    threads: int
+    study: str
+
+
+# ------------------------------------------------------------------------------------------------ trials
+def run_trial(config: dict, ctx: TrialContext) -> None:
+    """Ray Tune function trainable: train one config, report as it goes, end with val and test scores."""
+    from ray import tune
+
+    os.chdir(ctx.root)  # trials may start elsewhere; paths and lineage resolve from the project
+    os.environ["MLFLOW_TRACKING_URI"] = ctx.tracking_uri
+    trial_id = tune.get_context().get_trial_id()
+    tags = {"ray_trial_id": trial_id, "study": ctx.study, "role": "trial"}
+    config = {k: _plain(v) for k, v in config.items()}
+    if ctx.model in NEURAL:
+        final = _neural_fit(config, ctx, tags, f"trial {trial_id}", _TuneSession())
+    else:
+        from sctab.train.baselines import fit_baseline
+
+        def on_step(step: int, m: dict) -> None:
+            tune.report({METRIC: m["val_f1_macro"], "val_loss": m["val_loss"], "step": step})
+
+        r = fit_baseline(ctx.model, ctx.params, store=ctx.store, pca_dir=ctx.pca_dir, experiment=ctx.experiment,
+                         run_name=f"trial {trial_id}", parent_run_id=ctx.parent_run_id, overrides=config,
+                         extra_tags=tags, on_step=on_step if ctx.model in STEPPED else None,
+                         report_every=ctx.report_every, threads=ctx.threads)
+        final = {**r.metrics, "mlflow_run_id": r.run_id}
+    tune.report({METRIC: final["val_f1_macro"], "val_loss": final["val_loss"],
+                 "test_f1_macro": final["test_f1_macro"], "test_loss": final["test_loss"],
+                 "mlflow_run_id": final["mlflow_run_id"], "final": True})
+
+
+class _TuneSession:
+    """The training loop's view of a Tune trial: one process, per-epoch reports with checkpoints."""
+    rank, world_size = 0, 1
+
+    def __init__(self):
+        import torch
+
+        self.device = torch.device("cpu")
+        self.best_weights = None
+
+    def load_state(self):
+        from ray import tune
+
+        from sctab.train.loop import load_checkpoint_dir
+
+        ckpt = tune.get_checkpoint()
+        if ckpt is None:
+            return None
+        with ckpt.as_directory() as d:
+            state, best = load_checkpoint_dir(d)
+        self.best_weights = best
+        return state, best
+
+    def wrap(self, model):
+        return model
+
+    def all_reduce(self, t):
+        return t
+
+    def report(self, metrics, checkpoint_dir):
+        import torch
+        from ray import tune
+
+        from sctab.train.loop import BEST_FILE
+
+        ckpt = None
+        if checkpoint_dir is not None:
+            self.best_weights = torch.load(Path(checkpoint_dir) / BEST_FILE, map_location="cpu", weights_only=True)
+            ckpt = tune.Checkpoint.from_directory(str(checkpoint_dir))
+        tune.report({METRIC: metrics["val_f1_macro"], "val_loss": metrics["val_loss"], "step": metrics["epoch"]},
+                    checkpoint=ckpt)
+
+
+class _BestWeightsSession(_TuneSession):
+    """The same loop outside Tune (reference runs): keeps the best weights, reports to nobody."""
+
+    def load_state(self):
+        return None
+
+    def report(self, metrics, checkpoint_dir):
+        import torch
+
+        from sctab.train.loop import BEST_FILE
+
+        if checkpoint_dir is not None:
+            self.best_weights = torch.load(Path(checkpoint_dir) / BEST_FILE, map_location="cpu", weights_only=True)
+
+
+def _neural_fit(config: dict, ctx: TrialContext, tags: dict, run_name: str, session) -> dict:
+    """Linear / MLP / scTab in this process (the loop Ray Train runs, without a trainer nested in the trial)."""
+    import torch
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    from sctab.data.store import Store
+    from sctab.models import build_model
+    from sctab.tracking.runs import experiment_id, flatten, lineage_tags
+    from sctab.train.fit import split_metrics
+    from sctab.train.loop import EpochLogger, run_training
+    from sctab.train.spec import spec_from_params
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, ctx.threads))
+    client = MlflowClient(ctx.tracking_uri)
+    run = client.create_run(experiment_id(ctx.experiment, ctx.tracking_uri), run_name=run_name,
+                            tags={**lineage_tags(ctx.params, model_type=ctx.model, **tags),
+                                  "mlflow.parentRunId": ctx.parent_run_id})
+    run_id = run.info.run_id
+    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in flatten(config).items()])
+    try:
+        spec = spec_from_params(ctx.params, ctx.model, store=ctx.store, augmentations=ctx.augmentations,
+                                num_workers=1, cpus_per_worker=ctx.threads, use_gpu=False, **config)
+
+        def log_epoch(m: dict, epoch: int) -> None:
+            ts = int(time.time() * 1000)
+            client.log_batch(run_id, metrics=[Metric(k, float(v), ts, epoch) for k, v in m.items()
+                                              if isinstance(v, (int, float)) and k != "epoch"])
+
+        run_training(spec, session, EpochLogger(log_epoch=log_epoch))
+        store = Store(spec.store)
+        model = build_model(spec.model, store.n_genes, store.n_classes, **spec.arch)
+        model.load_state_dict(session.best_weights)
+        val = split_metrics(model, store, "val", spec.eval_batch_size)
+        test = split_metrics(model, store, "test", spec.eval_batch_size)
+        metrics = {**{f"val_{k}": v for k, v in val.items() if k != "rows"},
+                   **{f"test_{k}": v for k, v in test.items() if k != "rows"}}
+        if not math.isfinite(metrics["val_f1_macro"]):
+            raise StudyError(f"objective val_f1_macro is {metrics['val_f1_macro']}")
+        ts = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(f"final_{k}", float(v), ts, 0) for k, v in metrics.items()])
+        client.set_terminated(run_id, "FINISHED")
+        return {**metrics, "mlflow_run_id": run_id}
+    except BaseException as e:
+        stopped = isinstance(e, (KeyboardInterrupt, SystemExit))  # SystemExit: Tune stopping the trial early
+        if not stopped:
+            client.set_tag(run_id, "error", f"{type(e).__name__}: {e}"[:5000])
+        client.set_terminated(run_id, "KILLED" if stopped else "FAILED")
+        raise
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _plain(v):
+    """numpy scalars from the searcher as plain Python (YAML, MLflow and the model checks want those)."""
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+# ------------------------------------------------------------------------------------------------ studies
+def study_name(model: str) -> str:
+    return f"tune-{model}"
+
+
+def _num(section: dict, key: str, model: str, default):
+    v = section.get(key, default)
+    if isinstance(v, dict):
+        v = v.get(model, default)
+    return v
+
+
+def run_study(model: str, params: dict, *, store: str | Path = "data/store", pca_dir: str | Path | None = "data/pca",
+              augmentations: str | Path | None = "data/augment", storage: str | Path | None = None,
+              space: SearchSpace | None = None, fresh: bool = False, num_samples: int | None = None,
+              max_concurrent: int | None = None, cpus_per_trial: int | None = None, reference_runs: bool = True,
+              verbose: int = 1) -> dict:
+    """Run (or resume) the study of ``model``; return its summary (best config, default vs tuned)."""
+    from mlflow.tracking import MlflowClient
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    from sctab.tracking.runs import experiment_id, lineage_tags, project_root, tracking_uri
+    from sctab.train.ray_train import ensure_ray
+
+    tcfg = params.get("tune") or {}
+    space = space or load_search_space(model)
+    check_against_model(space, params)
+    n = int(num_samples if num_samples is not None else _num(tcfg, "num_samples", model, 8))
+    conc = int(max_concurrent if max_concurrent is not None else tcfg.get("max_concurrent", 1))
+    cpus = int(cpus_per_trial if cpus_per_trial is not None else tcfg.get("cpus_per_trial", 1))
+    if n < 1 or conc < 1 or cpus < 1:
+        raise StudyError(f"num_samples, max_concurrent and cpus_per_trial must be >= 1 (got {n}, {conc}, {cpus})")
+    root = project_root()
+    storage = Path(storage or root / "ray_results").resolve()
+    name = study_name(model)
+    path = storage / name
+    if fresh and path.exists():
+        import shutil
+
+        shutil.rmtree(path)
+    uri = tracking_uri()
+    client = MlflowClient(uri)
+    exp = experiment_id(name, uri)
+    state_file = path / STUDY_FILE
+    state = json.loads(state_file.read_text()) if state_file.exists() else None
+    if state is not None and state.get("model") != model:
+        raise StudyError(f"{path} holds a study of {state.get('model')!r}, not {model!r}; use --fresh")
+    resuming = state is not None and tune.Tuner.can_restore(str(path))
+    if state is None:
+        if path.exists():
+            import shutil
+
+            shutil.rmtree(path)  # a study that never saved its state cannot be resumed: start it over
+        parent = client.create_run(exp, run_name=f"{name} {time.strftime('%Y-%m-%d %H:%M')}",
+                                   tags=lineage_tags(params, model_type=model, study=name, role="study",
+                                                     search_space=str(space.path)))
+        state = {"model": model, "parent_run_id": parent.info.run_id, "num_samples": n,
+                 "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "space": space.space}
+        path.mkdir(parents=True, exist_ok=True)
+        state_file.write_text(json.dumps(state, indent=2) + "\n")
+    else:
+        client.update_run(state["parent_run_id"], status="RUNNING")
+        print(f"resuming study {name} ({path}); MLflow parent run {state['parent_run_id']}", flush=True)
+        if state.get("space") != space.space:
+            raise StudyError(f"the search space changed since study {name} started ({space.path}); "
+                             f"use --fresh to start a new study")
+        n = int(state.get("num_samples", n))
+    pid = state["parent_run_id"]
+    _log_study_params(client, pid, model, space, n, conc, cpus, tcfg)
+
+    report_every = int(tcfg.get("report_every", 10))
+    ctx = TrialContext(model=model, params=params, store=str(Path(store).resolve()),
+                       pca_dir=str(Path(pca_dir).resolve()) if pca_dir else None,
+                       augmentations=str(Path(augmentations).resolve()) if augmentations else None,
+                       experiment=name, parent_run_id=pid, tracking_uri=uri, root=str(root),
+                       report_every=report_every, threads=cpus, study=name)
+    t0 = time.perf_counter()
+    try:
+        references = _reference_runs(model, params, space, ctx, client, pid) if reference_runs else {}
+        ensure_ray()
+        trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"cpu": cpus})
+        if resuming:
+            tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True,
+                                       resume_errored=False, restart_errored=False)
+        else:
+            tuner = tune.Tuner(
+                trainable, param_space=space.to_tune(),
+                tune_config=tune.TuneConfig(
+                    metric=METRIC, mode=MODE, num_samples=n, max_concurrent_trials=conc,
+                    search_alg=OptunaSearch(points_to_evaluate=space.points_to_evaluate or None,
+                                            seed=int(tcfg.get("seed", 0))),
+                    scheduler=_scheduler(model, params, tcfg, report_every)),
+                run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=verbose,
+                                          failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)))
+        grid = tuner.fit()
+        if grid.num_terminated + grid.num_errors < n:
+            raise KeyboardInterrupt(f"study {name} was interrupted after {grid.num_terminated + grid.num_errors} of "
+                                    f"{n} trials; run again to resume it")
+        trials = _reconcile(grid, client, exp, pid, name)
+        summary = _summarise(model, space, trials, references, pid, n, time.perf_counter() - t0, path)
+        _log_summary(client, pid, summary)
+        client.set_terminated(pid, "FINISHED")
+        return summary
+    except BaseException as e:
+        for r in client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{pid}' and "
+                                    "attributes.status = 'RUNNING'"):
+            client.set_tag(r.info.run_id, "tune_status", "interrupted")
+            client.set_terminated(r.info.run_id, "KILLED")
+        client.set_tag(pid, "error", f"{type(e).__name__}: {e}"[:5000])
+        client.set_terminated(pid, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
+
+
+def _scheduler(model: str, params: dict, tcfg: dict, report_every: int):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if model not in STEPPED:
+        return FIFOScheduler()
+    m = (params.get("models") or {}).get(model) or {}
+    steps = math.ceil(int(m.get("n_estimators", 100)) / report_every) if model == "xgboost" else int(m.get("epochs", 10))
+    asha = tcfg.get("asha") or {}
+    # a grace period past the last report means no early stopping at all
+    return ASHAScheduler(time_attr="training_iteration", max_t=steps + 1,
+                         grace_period=min(int(asha.get("grace_period", 1)), steps + 1),
+                         reduction_factor=float(asha.get("reduction_factor", 2)))
+
+
+def _log_study_params(client, pid, model, space, n, conc, cpus, tcfg) -> None:
+    from mlflow.entities import Param
+
+    existing = client.get_run(pid).data.params
+    new = {"model": model, "num_samples": str(n), "max_concurrent": str(conc), "cpus_per_trial": str(cpus),
+           "sampler": "optuna TPE", "seed": str(tcfg.get("seed", 0)),
+           **{f"space.{k}": json.dumps(v) for k, v in space.space.items()}}
+    todo = [Param(k, v) for k, v in new.items() if k not in existing]
+    if todo:
+        client.log_batch(pid, params=todo)
+
+
+def _reference_runs(model, params, space, ctx: TrialContext, client, pid) -> dict:
+    """The library-default and params.yaml settings, trained once each (reused when the study resumes)."""
+    from sctab.tracking.runs import flatten
+
+    done = {r.data.tags.get("role"): r for r in client.search_runs(
+        [client.get_run(pid).info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{pid}' and attributes.status = 'FINISHED'")}
+    out = {}
+    for role, overrides in (("default", space.default), ("params", {})):
+        if role == "default" and not space.default:
+            continue
+        if role in done:
+            m = done[role].data.metrics
+            out[role] = {"val_f1_macro": m.get("final_val_f1_macro"), "test_f1_macro": m.get("final_test_f1_macro"),
+                         "mlflow_run_id": done[role].info.run_id}
+            continue
+        print(f"[{ctx.study}] reference run: {role} settings {overrides or '(params.yaml)'}", flush=True)
+        r = _reference_fit(model, params, overrides, ctx, role)
+        out[role] = {"val_f1_macro": r["val_f1_macro"], "test_f1_macro": r["test_f1_macro"],
+                     "mlflow_run_id": r["mlflow_run_id"]}
+        out[role]["config"] = {k: _plain(v) for k, v in flatten({**((params.get("models") or {}).get(model) or {}),
+                                                                  **overrides}).items()}
+    return out
+
+
+def _reference_fit(model, params, overrides, ctx: TrialContext, role: str) -> dict:
+    tags = {"study": ctx.study, "role": role}
+    name = "default settings" if role == "default" else "params.yaml settings"
+    if model in NEURAL:  # in the driver: the threads of a Ray Train worker, not of a trial
+        threads = int((params.get("train") or {}).get("cpus_per_worker", ctx.threads))
+        return _neural_fit(overrides, replace(ctx, threads=threads), tags, name, _BestWeightsSession())
+    from sctab.train.baselines import fit_baseline
+
+    r = fit_baseline(model, params, store=ctx.store, pca_dir=ctx.pca_dir, experiment=ctx.experiment, run_name=name,
+                     parent_run_id=ctx.parent_run_id, overrides=overrides, extra_tags=tags)
+    return {**r.metrics, "mlflow_run_id": r.run_id}
+
+
+def _reconcile(grid, client, exp: str, pid: str, study: str) -> list[dict]:
+    """One record per trial; MLflow runs brought in line with how Tune ended them."""
+    found = client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{pid}' and tags.role = 'trial'",
+                               max_results=5000, order_by=["attributes.start_time ASC"])
+    runs = {r.data.tags.get("ray_trial_id"): r for r in found}  # a trial resumed after an interrupt: its last run
+    trials = []
+    for res in grid:
+        m = res.metrics or {}
+        trial_id = m.get("trial_id") or (Path(res.path).name if res.path else None)
+        run = runs.get(trial_id)
+        if res.error is not None:
+            status = "failed"
+        elif m.get("final"):
+            status = "finished"
+        else:
+            status = "stopped early"
+        expected = {"failed": "FAILED", "stopped early": "KILLED", "finished": "FINISHED"}[status]
+        if run is not None and run.info.status != expected:
+            client.set_tag(run.info.run_id, "tune_status", status)
+            client.set_terminated(run.info.run_id, expected)
+        elif run is None and status == "failed":  # died before its run existed: record it anyway
+            r = client.create_run(exp, run_name=f"trial {trial_id}", tags={
+                "mlflow.parentRunId": pid, "ray_trial_id": str(trial_id), "study": study, "role": "trial",
+                "error": str(res.error)[:5000], "tune_status": "failed"})
+            client.set_terminated(r.info.run_id, "FAILED")
+            run = r
+        elif run is not None:
+            client.set_tag(run.info.run_id, "tune_status", status)
+        trials.append({"trial_id": trial_id, "status": status, "config": {k: _plain(v) for k, v in
+                                                                        (res.config or {}).items()},
+                       "val_f1_macro": m.get(METRIC), "test_f1_macro": m.get("test_f1_macro") if status ==
+                       "finished" else None, "error": (str(res.error).splitlines() or [""])[0][:300]
+                       if res.error is not None else None,
+                       "mlflow_run_id": run.info.run_id if run is not None else None})
+    return trials
+
+
+def _summarise(model, space, trials, references, pid, n, seconds, path) -> dict:
+    done = [t for t in trials if t["status"] == "finished" and t["val_f1_macro"] is not None
+            and math.isfinite(t["val_f1_macro"])]
+    counts = {s: sum(t["status"] == s for t in trials) for s in ("finished", "stopped early", "failed")}
+    if not done:
+        errors = sorted({t["error"] for t in trials if t["error"]})
+        raise StudyError(f"no trial of study tune-{model} finished ({counts}); first errors: {errors[:3]}")
+    best = max(done, key=lambda t: t["val_f1_macro"])
+    return {
+        "model": model, "metric": METRIC, "parent_run_id": pid, "study_path": str(path),
+        "search_space": str(space.path), "num_samples": n, "trials": counts, "seconds": round(seconds, 1),
+        "best_trial": best["trial_id"], "best_config": best["config"],
+        "tuned": {"val_f1_macro": best["val_f1_macro"], "test_f1_macro": best["test_f1_macro"],
+                  "mlflow_run_id": best["mlflow_run_id"]},
+        **{role: {k: v for k, v in ref.items() if k != "config"} for role, ref in references.items()},
+        "all_trials": trials,
+    }
+
+
+def _log_summary(client, pid: str, summary: dict) -> None:
+    from mlflow.entities import Metric, Param
+
+    ts = int(time.time() * 1000)
+    metrics = []
+    for role in ("default", "params", "tuned"):
+        for k in ("val_f1_macro", "test_f1_macro"):
+            v = (summary.get(role) or {}).get(k)
+            if v is not None:
+                metrics.append(Metric(f"{role}_{k}", float(v), ts, 0))
+    metrics += [Metric(f"trials_{k.replace(' ', '_')}", float(v), ts, 0) for k, v in summary["trials"].items()]
+    existing = client.get_run(pid).data.params
+    params = [Param(f"best.{k}", str(v)) for k, v in summary["best_config"].items() if f"best.{k}" not in existing]
+    client.log_batch(pid, metrics=metrics, params=params)
+    client.set_tag(pid, "best_trial", str(summary["best_trial"]))
+    client.log_text(pid, comparison_markdown({summary["model"]: summary}), "comparison.md")
+    client.log_dict(pid, {k: v for k, v in summary.items() if k != "all_trials"}, "comparison.json")
+    client.log_dict(pid, {"trials": summary["all_trials"]}, "trials.json")
+
+
+def comparison_markdown(summaries: dict) -> str:
+    """The Supp. Table 4 analogue: test macro F1 with default, params.yaml and tuned settings."""
+    lines = ["| model | default settings | params.yaml settings | tuned (best of study) | trials (finished / "
+             "stopped early / failed) |", "|---|---|---|---|---|"]
+
+    def f(s, role):
+        v = (s.get(role) or {}).get("test_f1_macro")
+        return "n/a" if v is None else f"{v:.4f}"
+
+    for model, s in summaries.items():
+        t = s["trials"]
+        lines.append(f"| {model} | {f(s, 'default')} | {f(s, 'params')} | {f(s, 'tuned')} | "
+                     f"{t['finished']} / {t['stopped early']} / {t['failed']} |")
+    lines.append("")
+    lines.append("Test-split ontology-corrected macro F1; each study selects on the validation split.")
+    return "\n".join(lines) + "\n"
