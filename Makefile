@@ -7,7 +7,8 @@ PYTEST_ARGS ?=
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv repro test test-fast params status push pull clean help merlin-env test-merlin ui metrics
+.PHONY: venv repro test test-fast params status push pull clean help merlin-env test-merlin ui metrics \
+	tune-baselines apply-tuned
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -43,6 +44,16 @@ ui: venv  ## MLflow UI on http://127.0.0.1:$(UI_PORT) over the local tracking st
 
 metrics: venv  ## each trained model's validation/test macro F1 (DVC metrics)
 	$(VENV)/bin/dvc metrics show
+
+# Ray Tune + Optuna studies of the baselines (params.yaml `tune`, search spaces in conf/tune/), outside the
+# default DAG. Re-running resumes an interrupted study; TUNE_ARGS="--fresh" starts over, "--model xgboost" picks.
+TUNE_ARGS ?=
+tune-baselines: venv  ## tune the baselines (Ray Tune + Optuna); default-vs-tuned table in reports/tune/
+	$(VENV)/bin/dvc repro pca augment
+	$(PY) pipelines/tune.py --params params.yaml $(TUNE_ARGS)
+
+apply-tuned: venv  ## write the best settings of the last studies into params.yaml (then `make repro`)
+	$(PY) pipelines/tune.py --params params.yaml --apply-only $(TUNE_ARGS)
 
 test: venv  ## the whole test suite, slow end-to-end tests included
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -60,7 +60,8 @@ def test_repro_twice_status_clean_and_push(project):
                 "data/store/train/part.0.parquet", "reports/validation/summary.json",
                 "reports/validation/data_docs/index.html", "data/augment/augmentations.npy",
                 "models/linear/model.pt", "models/mlp/model.pt", "models/sctab/seed_0/model.pt",
-                "models/sctab/seed_1/model.pt", "models/sctab/ensemble.json"):
+                "models/sctab/seed_1/model.pt", "models/sctab/ensemble.json", "data/pca/pca.npz",
+                "models/xgboost/model.ubj", "models/celltypist/model.pkl"):
         assert (project / out).exists(), out
     _check_training(project)
     again = _run(["dvc", "repro"], project)
@@ -82,8 +83,9 @@ def _check_training(project: Path) -> None:
     from mlflow.tracking import MlflowClient
 
     metrics = _run(["dvc", "metrics", "show", "--json"], project).stdout
-    for model in ("linear", "mlp", "sctab"):
+    for model in ("linear", "mlp", "sctab", "xgboost", "celltypist"):
         assert f"reports/train/{model}.json" in metrics
+        assert json.loads((project / f"reports/train/{model}.json").read_text())["test_f1_macro"] > 0.2, model
     client = MlflowClient(f"sqlite:///{project}/mlruns/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("train").experiment_id])
     by_type = {}
@@ -91,7 +93,7 @@ def _check_training(project: Path) -> None:
         by_type.setdefault(r.data.tags["model_type"], []).append(r)
         assert r.info.status == "FINISHED"
         assert r.data.tags["data_version"].startswith("data/store@")
-    assert sorted(by_type) == ["linear", "mlp", "sctab", "sctab-ensemble"]
+    assert sorted(by_type) == ["celltypist", "linear", "mlp", "sctab", "sctab-ensemble", "xgboost"]
     (parent,) = by_type["sctab-ensemble"]
     members = by_type["sctab"]
     assert sorted(m.data.tags["seed"] for m in members) == ["0", "1"]
