@@ -59,3 +59,64 @@ def macro_f1(y_true, y_pred, child_matrix: np.ndarray | None = None, n_classes: 
     if n_classes is None:
         raise ValueError("give child_matrix or n_classes")
     return f1_from_confusion(confusion(y_true, y_pred, n_classes))[0]
+
+
+def per_class_f1(y_true, y_pred, child_matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ontology-corrected F1 of every class (0 where a class is absent from truth and prediction) and its
+    support (cells of that class in the truth)."""
+    child_matrix = np.asarray(child_matrix)
+    pred = correct_predictions(y_true, y_pred, child_matrix)
+    _, f1, support = f1_from_confusion(confusion(y_true, pred, child_matrix.shape[0]))
+    return f1, support
+
+
+def _check_probs(y_true, probs, n_classes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    y_true = np.asarray(y_true).astype(np.int64, copy=False).ravel()
+    probs = np.asarray(probs)
+    if probs.ndim != 2 or probs.shape[0] != y_true.size:
+        raise ValueError(f"probs has shape {probs.shape}; expected ({y_true.size}, n_classes) for {y_true.size} labels")
+    if n_classes is not None and probs.shape[1] != n_classes:
+        raise ValueError(f"probs has {probs.shape[1]} columns but there are {n_classes} classes")
+    if y_true.size and (y_true.min() < 0 or y_true.max() >= probs.shape[1]):
+        raise ValueError(f"y_true holds class codes outside [0, {probs.shape[1]})")
+    return y_true, probs
+
+
+def _nll_per_cell(y_true: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    p = probs[np.arange(y_true.size), y_true].astype(np.float64)
+    return -np.log(np.clip(p, 1e-12, None))
+
+
+def nll(y_true, probs) -> float:
+    """Mean negative log-likelihood of the true class (unweighted; probabilities clipped at 1e-12).
+    NaN for no cells."""
+    y_true, probs = _check_probs(y_true, probs)
+    return float(_nll_per_cell(y_true, probs).mean()) if y_true.size else float("nan")
+
+
+def evaluate_probs(y_true, probs, child_matrix: np.ndarray, class_weights: np.ndarray | None = None) -> dict:
+    """Scores of class probabilities (prediction = argmax, ontology-corrected).
+
+    Keys: ``f1_macro`` (over classes present in truth or corrected prediction), ``accuracy``
+    (ontology-corrected), ``nll`` (unweighted mean), ``weighted_loss`` (cross entropy weighted by
+    ``class_weights[y]`` and normalised by their sum, as torch's weighted CrossEntropyLoss; None without
+    weights), ``n_cells``, ``per_class_f1`` (float array, n_classes) and ``per_class_support`` (int array).
+    Empty input gives f1_macro 0.0 and NaN accuracy/nll/weighted_loss.
+    """
+    child_matrix = np.asarray(child_matrix)
+    n_classes = child_matrix.shape[0]
+    y_true, probs = _check_probs(y_true, probs, n_classes)
+    pred = correct_predictions(y_true, probs.argmax(axis=1) if y_true.size else y_true, child_matrix)
+    macro, f1, support = f1_from_confusion(confusion(y_true, pred, n_classes))
+    n = int(y_true.size)
+    per_cell = _nll_per_cell(y_true, probs)
+    out = {"f1_macro": macro, "accuracy": float((pred == y_true).mean()) if n else float("nan"),
+           "nll": float(per_cell.mean()) if n else float("nan"), "weighted_loss": None, "n_cells": n,
+           "per_class_f1": f1, "per_class_support": support}
+    if class_weights is not None:
+        w = np.asarray(class_weights, dtype=np.float64).ravel()
+        if w.shape != (n_classes,):
+            raise ValueError(f"class_weights has shape {w.shape}, expected ({n_classes},)")
+        wy = w[y_true]
+        out["weighted_loss"] = float((wy * per_cell).sum() / wy.sum()) if n and wy.sum() > 0 else float("nan")
+    return out
