@@ -1,0 +1,38 @@
+"""Pipeline stage `evaluate`: every trained model on the test split, figures and the report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sctab.config import load_params
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Evaluate every model folder under --models on the test split with the ontology-corrected "
+        "macro F1 (also accuracy, NLL, per organ system, per cell type; for the scTab deep ensemble the "
+        "uncertainty AUROC and calibration), write metrics.json (DVC metrics), plots/*.csv (DVC plots) and "
+        "report/index.html with the figures beside the paper's numbers, and log the metrics to each model's "
+        "MLflow run.")
+    parser.add_argument("--params", default="params.yaml", help="YAML parameter file (default: %(default)s)")
+    parser.add_argument("--store", default="data/store", help="the store (default: %(default)s)")
+    parser.add_argument("--models", default="models", help="folder of model folders (default: %(default)s)")
+    parser.add_argument("--out", default="reports/evaluate", help="output folder (default: %(default)s)")
+    parser.add_argument("--embedding-cells", type=int, default=3000,
+                        help="test cells shown in the uncertainty t-SNE (default: %(default)s)")
+    args = parser.parse_args(argv)
+
+    from sctab.evaluate.stage import evaluate_models
+
+    try:
+        evaluate_models(args.models, args.store, args.out, load_params(args.params),
+                        embedding_cells=args.embedding_cells)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"evaluate: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
