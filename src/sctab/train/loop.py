@@ -104,6 +104,7 @@ def run_training(spec: TrainSpec, session: Session, logger: EpochLogger | None =
     """Train ``spec`` in this worker; return the final metrics (identical on every rank)."""
     from sctab.data.augment import Augmenter, load_augmentations
     from sctab.data.loaders import make_loader
+    from sctab.data.subsets import train_rows
 
     logger = logger or EpochLogger()
     rank, world, device = session.rank, session.world_size, session.device
@@ -137,7 +138,7 @@ def run_training(spec: TrainSpec, session: Session, logger: EpochLogger | None =
             logger.log_resume(start_epoch)
     train_model = session.wrap(model)
 
-    rows = store.train_subset(spec.subset) if spec.subset else None
+    rows = train_rows(store, spec.subset)
     train_loader = make_loader(store, "train", batch_size=spec.batch_size, backend=spec.loader, shuffle=True,
                                seed=spec.seed, rank=rank, world_size=world, block_row_groups=spec.block_row_groups,
                                rows=rows)

@@ -29,7 +29,7 @@ class TrainSpec:
     augmentations: str | None = None     # augmentations.npy (or its folder) when augment is on
     augment_clip: tuple[float, float] = (0.0, 9.0)
     seed: int = 0
-    subset: str | None = None            # a train subset of the store (e.g. donors_30); None = all of train
+    subset: str | None = None            # train rows: a store subset (donors_30) or column=label (tissue_general=lung)
     loader: str = "stream"
     block_row_groups: int = 8
     eval_batch_size: int = 4096
@@ -97,4 +97,6 @@ def spec_from_params(params: dict, model: str, *, store: str = "data/store", aug
     if bad:
         raise ConfigError(f"unknown training setting(s) {bad}")
     kwargs.update(overrides)
+    if kwargs.get("augment") and not kwargs.get("augmentations"):  # switched on by an override
+        kwargs["augmentations"] = augmentations
     return TrainSpec(model=model, store=store, **kwargs)

@@ -86,6 +86,7 @@ class _TuneSession:
 
         self.device = torch.device("cpu")
         self.best_weights = None
+        self.last: dict = {}  # the latest epoch's metrics
 
     def load_state(self):
         from ray import tune
@@ -112,6 +113,7 @@ class _TuneSession:
 
         from sctab.train.loop import BEST_FILE
 
+        self.last = dict(metrics)
         ckpt = None
         if checkpoint_dir is not None:
             self.best_weights = torch.load(Path(checkpoint_dir) / BEST_FILE, map_location="cpu", weights_only=True)
@@ -131,12 +133,16 @@ class _BestWeightsSession(_TuneSession):
 
         from sctab.train.loop import BEST_FILE
 
+        self.last = dict(metrics)
         if checkpoint_dir is not None:
             self.best_weights = torch.load(Path(checkpoint_dir) / BEST_FILE, map_location="cpu", weights_only=True)
 
 
-def _neural_fit(config: dict, ctx: TrialContext, tags: dict, run_name: str, session) -> dict:
-    """Linear / MLP / scTab in this process (the loop Ray Train runs, without a trainer nested in the trial)."""
+def _neural_fit(config: dict, ctx: TrialContext, tags: dict, run_name: str, session, extra_eval=None) -> dict:
+    """Linear / MLP / scTab in this process (the loop Ray Train runs, without a trainer nested in the trial).
+
+    ``extra_eval(model, store, spec) -> dict`` adds metrics of the best model (e.g. on one tissue's test cells).
+    """
     import torch
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
@@ -172,7 +178,12 @@ def _neural_fit(config: dict, ctx: TrialContext, tags: dict, run_name: str, sess
         val = split_metrics(model, store, "val", spec.eval_batch_size)
         test = split_metrics(model, store, "test", spec.eval_batch_size)
         metrics = {**{f"val_{k}": v for k, v in val.items() if k != "rows"},
-                   **{f"test_{k}": v for k, v in test.items() if k != "rows"}}
+                   **{f"test_{k}": v for k, v in test.items() if k != "rows"},
+                   "n_params": int(sum(p.numel() for p in model.parameters())),
+                   "best_epoch": int(session.last.get("best_epoch", -1)),
+                   "epochs_run": int(session.last.get("epoch", -1)) + 1}
+        if extra_eval is not None:
+            metrics.update(extra_eval(model, store, spec))
         if not math.isfinite(metrics["val_f1_macro"]):
             raise StudyError(f"objective val_f1_macro is {metrics['val_f1_macro']}")
         ts = int(time.time() * 1000)
