@@ -8,7 +8,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONUNBUFFERED := 1
 
 .PHONY: venv repro test test-fast params status push pull clean help merlin-env test-merlin ui metrics \
-	tune-baselines apply-tuned
+	tune-baselines apply-tuned sweep-model-size sweep-data-size exp-augmentation exp-organ experiments
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -54,6 +54,27 @@ tune-baselines: venv  ## tune the baselines (Ray Tune + Optuna); default-vs-tune
 
 apply-tuned: venv  ## write the best settings of the last studies into params.yaml (then `make repro`)
 	$(PY) pipelines/tune.py --params params.yaml --apply-only $(TUNE_ARGS)
+
+# The paper's experiments (params.yaml `experiments`), outside the default DAG: each point a Ray Tune trial and an
+# MLflow run; finished points are reused, an interrupted sweep resumes. EXP_ARGS="--fresh" retrains every point.
+EXP_ARGS ?=
+sweep-model-size: venv  ## scTab widths vs test F1/loss (Fig. 2f) -> reports/experiments/model-size/
+	$(VENV)/bin/dvc repro augment
+	$(PY) pipelines/experiment.py model-size --params params.yaml $(EXP_ARGS)
+
+sweep-data-size: venv  ## random-cell vs donor subsets, scTab and linear (Fig. 2b/2d)
+	$(VENV)/bin/dvc repro augment
+	$(PY) pipelines/experiment.py data-size --params params.yaml $(EXP_ARGS)
+
+exp-augmentation: venv  ## with vs without augmentation, paired over seeds; R^2 check (Supp. Tables 3, 7)
+	$(VENV)/bin/dvc repro augment
+	$(PY) pipelines/experiment.py augmentation --params params.yaml $(EXP_ARGS)
+
+exp-organ: venv  ## lung-only vs cross-organ training, scored on lung test cells (Supp. Table 2)
+	$(VENV)/bin/dvc repro augment
+	$(PY) pipelines/experiment.py organ --params params.yaml $(EXP_ARGS)
+
+experiments: sweep-model-size sweep-data-size exp-augmentation exp-organ  ## all four experiments
 
 test: venv  ## the whole test suite, slow end-to-end tests included
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -34,6 +34,12 @@ def small_params(census_uri: Path) -> dict:
                                            "top_genes": 50, "n_jobs": 1})
     params["tune"].update({"num_samples": {"xgboost": 3, "celltypist": 2, "linear": 2, "mlp": 2},
                            "report_every": 5})
+    params["experiments"].update({
+        "epochs": 2, "seeds": [0], "max_concurrent": 2, "cpus_per_trial": 1,
+        "model_size": {"model": "sctab", "widths": [[8, 4], [16, 8]]},
+        "data_size": {"models": ["linear"], "schemes": ["cells", "donors"], "fractions": [50, 100]},
+        "augmentation": {"model": "linear", "subset": "donors_50", "seeds": [0, 1], "r2_cells": 500},
+        "organ": {"models": ["linear"], "tissue": "lung"}})
     return params
 
 

@@ -1,0 +1,175 @@
+"""Run an experiment's points through Ray Tune (a grid over the points), one MLflow run per point.
+
+Points train in Ray Tune trials (the training loop in the trial's process, as for tuning), so a sweep spreads
+over a Ray cluster when ``RAY_ADDRESS`` names one. A point whose settings already have a FINISHED run in the
+experiment is not trained again; an interrupted sweep resumes from ``ray_results/<experiment>/`` with each
+unfinished point continuing from its last epoch checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
+
+import pandas as pd
+
+from sctab.experiments.points import Point, experiment_points
+
+STATE_FILE = "sctab_sweep.json"
+
+
+class SweepError(RuntimeError):
+    """A sweep cannot run or every point failed."""
+
+
+def mlflow_experiment(name: str) -> str:
+    """The make target's name: sweep-model-size, sweep-data-size, exp-augmentation, exp-organ."""
+    return f"sweep-{name}" if name in ("model-size", "data-size") else f"exp-{name}"
+
+
+@dataclass
+class SweepContext:
+    base: object                 # sctab.train.tune.TrialContext (model filled in per point)
+    points: dict                 # key -> Point
+    hashes: dict                 # key -> digest
+
+
+def tissue_metrics(model, store, spec, tissue: str) -> dict:
+    """Test metrics on the cells of one tissue_general label (paper, Supp. Table 2: lung holdout cells)."""
+    from sctab.data.subsets import label_rows
+    from sctab.evaluate.predict import predict_split
+    from sctab.train.fit import metrics_from_probs
+
+    y, p = predict_split(model, store, "test", batch_size=spec.eval_batch_size)
+    rows = label_rows(store, "test", "tissue_general", tissue)
+    m = metrics_from_probs(y[rows], p[rows], store)
+    return {f"tissue_test_{k}": v for k, v in m.items()}
+
+
+def run_point(config: dict, ctx: SweepContext) -> None:
+    """Ray Tune function trainable: train one point, report its final scores."""
+    from ray import tune
+
+    from sctab.train.tune import _neural_fit, _TuneSession
+
+    point: Point = ctx.points[config["point"]]
+    tctx = replace(ctx.base, model=point.model)
+    tags = {"role": "point", "point_key": point.key, "point_hash": ctx.hashes[point.key],
+            **{f"label.{k}": str(v) for k, v in point.labels.items()}}
+    extra = partial(tissue_metrics, tissue=point.eval_tissue) if point.eval_tissue else None
+    import os
+
+    os.chdir(tctx.root)
+    os.environ["MLFLOW_TRACKING_URI"] = tctx.tracking_uri
+    final = _neural_fit(point.overrides, tctx, tags, point.key, _TuneSession(), extra_eval=extra)
+    tune.report({k: v for k, v in final.items() if isinstance(v, (int, float, str))} | {"final": True})
+
+
+def run_experiment(name: str, params: dict, *, store: str | Path = "data/store",
+                   augmentations: str | Path | None = "data/augment", storage: str | Path | None = None,
+                   fresh: bool = False, max_concurrent: int | None = None, cpus_per_trial: int | None = None,
+                   verbose: int = 1) -> pd.DataFrame:
+    """Train the points of experiment ``name`` that have no finished run yet; return one row per point."""
+    from mlflow.tracking import MlflowClient
+    from ray import tune
+
+    from sctab.tracking.runs import experiment_id, lineage_tags, project_root, tracking_uri
+    from sctab.train.ray_train import ensure_ray
+    from sctab.train.tune import TrialContext
+
+    points = experiment_points(name, params)
+    hashes = {p.key: p.digest(params) for p in points}
+    exp_cfg = params.get("experiments") or {}
+    conc = int(max_concurrent or exp_cfg.get("max_concurrent", 1))
+    cpus = int(cpus_per_trial or exp_cfg.get("cpus_per_trial", 1))
+    root = project_root()
+    storage = Path(storage or root / "ray_results").resolve()
+    exp_name = mlflow_experiment(name)
+    path = storage / exp_name
+    uri = tracking_uri()
+    client = MlflowClient(uri)
+    exp = experiment_id(exp_name, uri)
+    if fresh and path.exists():
+        shutil.rmtree(path)
+    done = _finished(client, exp, set(hashes.values()), ignore=fresh)
+    todo = [p for p in points if hashes[p.key] not in done]
+    print(f"[{exp_name}] {len(points)} points: {len(points) - len(todo)} already finished, {len(todo)} to train",
+          flush=True)
+    if todo:
+        state = {"todo": sorted(p.key for p in todo), "hashes": hashes}
+        state_file = path / STATE_FILE
+        old = json.loads(state_file.read_text()) if state_file.exists() else None
+        resuming = old == state and tune.Tuner.can_restore(str(path))
+        if resuming:
+            parent_id = json.loads((path / "parent.json").read_text())["parent_run_id"]
+            client.update_run(parent_id, status="RUNNING")
+            print(f"[{exp_name}] resuming the interrupted sweep in {path}", flush=True)
+        else:
+            if path.exists():
+                shutil.rmtree(path)
+            path.mkdir(parents=True)
+            parent_id = client.create_run(exp, run_name=f"{exp_name} {time.strftime('%Y-%m-%d %H:%M')}",
+                                          tags=lineage_tags(params, role="sweep", experiment_name=name)).info.run_id
+            (path / "parent.json").write_text(json.dumps({"parent_run_id": parent_id}))
+            state_file.write_text(json.dumps(state))
+        base = TrialContext(model="", params=params, store=str(Path(store).resolve()), pca_dir=None,
+                            augmentations=str(Path(augmentations).resolve()) if augmentations else None,
+                            experiment=exp_name, parent_run_id=parent_id, tracking_uri=uri, root=str(root),
+                            report_every=1, threads=cpus, study=exp_name)
+        ctx = SweepContext(base=base, points={p.key: p for p in todo}, hashes=hashes)
+        try:
+            ensure_ray()
+            trainable = tune.with_resources(tune.with_parameters(run_point, ctx=ctx), {"cpu": cpus})
+            if resuming:
+                tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True,
+                                           resume_errored=True)
+            else:
+                tuner = tune.Tuner(trainable, param_space={"point": tune.grid_search([p.key for p in todo])},
+                                   tune_config=tune.TuneConfig(max_concurrent_trials=conc),
+                                   run_config=tune.RunConfig(name=exp_name, storage_path=str(storage),
+                                                             verbose=verbose,
+                                                             failure_config=tune.FailureConfig(max_failures=1)))
+            grid = tuner.fit()
+            if grid.num_terminated + grid.num_errors < len(todo):
+                raise KeyboardInterrupt(f"sweep {exp_name} was interrupted; run it again to resume")
+            for res in grid:
+                if res.error is not None:
+                    print(f"[{exp_name}] point {(res.config or {}).get('point')} failed: "
+                          f"{str(res.error).splitlines()[0][:300]}", flush=True)
+            client.set_terminated(parent_id, "FINISHED")
+        except BaseException as e:
+            for r in client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}' and "
+                                        "attributes.status = 'RUNNING'"):
+                client.set_terminated(r.info.run_id, "KILLED")
+            client.set_terminated(parent_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+            raise
+        done = _finished(client, exp, set(hashes.values()))
+    rows = []
+    for p in points:
+        run = done.get(hashes[p.key])
+        row = {"point": p.key, "model": p.model, **p.labels, "status": "finished" if run else "failed"}
+        if run is not None:
+            row["mlflow_run_id"] = run.info.run_id
+            row.update({k[len("final_"):]: v for k, v in run.data.metrics.items() if k.startswith("final_")})
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if (table["status"] == "finished").sum() == 0:
+        raise SweepError(f"no point of {exp_name} finished; see the FAILED runs in MLflow experiment {exp_name}")
+    return table
+
+
+def _finished(client, exp: str, wanted: set, ignore: bool = False) -> dict:
+    """point hash -> its latest FINISHED run in the experiment."""
+    if ignore:
+        return {}
+    out = {}
+    for r in client.search_runs([exp], filter_string="tags.role = 'point' and attributes.status = 'FINISHED'",
+                                max_results=10000, order_by=["attributes.start_time ASC"]):
+        h = r.data.tags.get("point_hash")
+        if h in wanted:
+            out[h] = r
+    return out

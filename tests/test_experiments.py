@@ -1,0 +1,140 @@
+"""The paper's experiments on a small store: points through Ray Tune, MLflow runs, reuse, summaries."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sctab.config import ConfigError
+from sctab.data.store import Store
+from sctab.experiments.points import experiment_points
+
+
+def test_points_of_each_experiment(census_params):
+    p = census_params
+    ms = experiment_points("model-size", p)
+    assert [pt.overrides["arch"]["n_d"] for pt in ms] == [8, 16]
+    assert all(pt.overrides["augment"] is False and pt.overrides["epochs"] == 2 for pt in ms)
+    ds = experiment_points("data-size", p)
+    assert sorted(pt.overrides["subset"] for pt in ds) == ["cells_100", "cells_50", "donors_100", "donors_50"]
+    aug = experiment_points("augmentation", p)
+    assert sorted((pt.labels["condition"], pt.labels["seed"]) for pt in aug) == [
+        ("with augmentation", 0), ("with augmentation", 1), ("without augmentation", 0), ("without augmentation", 1)]
+    org = experiment_points("organ", p)
+    assert {pt.overrides["subset"] for pt in org} == {"tissue_general=lung", None}
+    assert all(pt.eval_tissue == "lung" for pt in org)
+    # the digest follows the settings
+    changed = copy.deepcopy(p)
+    changed["models"]["sctab"]["lr"] = 0.5
+    assert ms[0].digest(p) != ms[0].digest(changed) and ms[0].digest(p) == ms[0].digest(copy.deepcopy(p))
+    with pytest.raises(ConfigError, match="unknown experiment"):
+        experiment_points("depth", p)
+    broken = copy.deepcopy(p)
+    broken["experiments"]["data_size"]["schemes"] = ["tissues"]
+    with pytest.raises(ConfigError, match="tissues"):
+        experiment_points("data-size", broken)
+
+
+def test_lung_rows_are_lung_cells(store_dir):
+    from sctab.data.subsets import label_rows, train_rows
+
+    store = Store(store_dir)
+    rows = train_rows(store, "tissue_general=lung")
+    codes = store.read_obs("train", columns=("tissue_general",))["tissue_general"].to_numpy()
+    labels = store.lookup("tissue_general")["label"].tolist()
+    assert 0 < len(rows) < len(codes) and np.all(np.diff(rows) > 0)
+    assert {labels[c] for c in codes[rows]} == {"lung"}
+    assert train_rows(store, None) is None
+    np.testing.assert_array_equal(train_rows(store, "donors_50"), store.train_subset("donors_50"))
+    with pytest.raises(ValueError, match="no label 'moon'"):
+        label_rows(store, "train", "tissue_general", "moon")
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    import ray
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    yield tmp_path, uri
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_data_size_runs_points_once_and_summarises(workdir, census_params, store_dir, augment_dir):
+    from mlflow.tracking import MlflowClient
+
+    from sctab.experiments.report import summarise_experiment
+    from sctab.experiments.sweep import run_experiment
+
+    tmp, uri = workdir
+    table = run_experiment("data-size", census_params, store=store_dir, augmentations=augment_dir,
+                           storage=tmp / "rr", verbose=0)
+    assert len(table) == 4 and (table["status"] == "finished").all()
+    assert table["test_f1_macro"].between(0, 1).all() and table["test_loss"].gt(0).all()
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("sweep-data-size")
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.role = 'point'")
+    assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
+    assert {r.data.tags["label.scheme"] for r in runs} == {"cells", "donors"}
+    # a second call reuses the finished points: no new run
+    again = run_experiment("data-size", census_params, store=store_dir, augmentations=augment_dir,
+                           storage=tmp / "rr", verbose=0)
+    assert len(client.search_runs([exp.experiment_id], filter_string="tags.role = 'point'")) == 4
+    pd.testing.assert_series_equal(again.sort_values("point")["test_f1_macro"].reset_index(drop=True),
+                                   table.sort_values("point")["test_f1_macro"].reset_index(drop=True))
+    out = summarise_experiment("data-size", table, census_params, tmp / "reports" / "data-size", store=store_dir)
+    assert {"points.csv", "summary.csv", "summary.json", "summary.md", "data_size.png"} <= {p.name for p in
+                                                                                             out.iterdir()}
+    assert "0.0447" in (out / "summary.md").read_text()  # the paper's number beside ours
+    summary_runs = client.search_runs([exp.experiment_id], filter_string="tags.role = 'summary'")
+    assert len(summary_runs) == 1
+
+
+@pytest.mark.slow
+def test_augmentation_and_organ(workdir, census_params, store_dir, augment_dir):
+    from sctab.experiments.report import summarise_experiment
+    from sctab.experiments.sweep import run_experiment
+
+    tmp, uri = workdir
+    table = run_experiment("augmentation", census_params, store=store_dir, augmentations=augment_dir,
+                           storage=tmp / "rr", verbose=0)
+    assert len(table) == 4 and (table["status"] == "finished").all()
+    out = summarise_experiment("augmentation", table, census_params, tmp / "aug", store=store_dir,
+                               augmentations=augment_dir)
+    s = json.loads((out / "summary.json").read_text())
+    assert set(s["paired_tests"]) == {"test_f1_macro", "test_loss"}
+    assert s["paired_tests"]["test_loss"]["pairs"] == 2
+    ev = s["explained_variance"]
+    assert 0 < ev["r2_augmented"] < 1 and 0 < ev["r2_original"] < 1 and ev["cells"] == 500
+
+    organ = run_experiment("organ", census_params, store=store_dir, augmentations=augment_dir,
+                           storage=tmp / "rr", verbose=0)
+    assert set(organ["training"]) == {"lung only", "cross-organ"}
+    assert organ["tissue_test_f1_macro"].between(0, 1).all()
+    assert (organ["tissue_test_rows"] < organ["test_rows"] if "test_rows" in organ else
+            organ["tissue_test_rows"] > 0).all()
+    out = summarise_experiment("organ", organ, census_params, tmp / "organ", store=store_dir)
+    assert "0.5291" in (out / "summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_model_size_counts_parameters(workdir, census_params, store_dir, augment_dir):
+    from sctab.experiments.report import summarise_experiment
+    from sctab.experiments.sweep import run_experiment
+
+    tmp, uri = workdir
+    table = run_experiment("model-size", census_params, store=store_dir, augmentations=augment_dir,
+                           storage=tmp / "rr", verbose=0)
+    small, big = table.sort_values("n_d")["n_params"].tolist()
+    assert 0 < small < big
+    out = summarise_experiment("model-size", table, census_params, tmp / "ms", store=store_dir)
+    summary = pd.read_csv(out / "summary.csv")
+    assert list(summary["n_d"]) == [8, 16] and (out / "model_size.png").stat().st_size > 1000
+    assert "16.2 M parameters" in (out / "summary.md").read_text()
