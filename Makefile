@@ -107,4 +107,4 @@ test-merlin: merlin-env  ## the merlin loader tests, in .venv-merlin
 	$(MERLIN_PY) -m pytest tests/test_loaders.py -k merlin $(PYTEST_ARGS)
 
 clean:  ## remove pipeline outputs (not the venv, not the DVC cache)
-	rm -rf data reports/validation models ray_results
+	rm -rf data reports/validation reports/evaluate/report models ray_results
