@@ -138,3 +138,62 @@ def test_model_size_counts_parameters(workdir, census_params, store_dir, augment
     summary = pd.read_csv(out / "summary.csv")
     assert list(summary["n_d"]) == [8, 16] and (out / "model_size.png").stat().st_size > 1000
     assert "16.2 M parameters" in (out / "summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes_points_from_their_checkpoints(workdir, census_params, store_dir, augment_dir):
+    """Ctrl+C while the second point trains, then the same command: finished points stay, the other resumes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    from sctab.config import REPO_ROOT
+
+    tmp, uri = workdir
+    params = copy.deepcopy(census_params)
+    params["experiments"].update({"epochs": 6, "max_concurrent": 1,
+                                  "model_size": {"model": "sctab", "widths": [[8, 4], [16, 8], [12, 6]]}})
+    (tmp / "params.yaml").write_text(yaml.safe_dump(params))
+    cmd = [sys.executable, str(REPO_ROOT / "pipelines" / "experiment.py"), "model-size", "--params", "params.yaml",
+           "--store", str(store_dir), "--augmentations", str(augment_dir), "--out", "reports"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONUNBUFFERED": "1"}
+    client = MlflowClient(uri)
+
+    def runs(status=None):
+        exp = client.get_experiment_by_name("sweep-model-size")
+        if exp is None:
+            return []
+        rs = client.search_runs([exp.experiment_id], filter_string="tags.role = 'point'")
+        return [r for r in rs if status is None or r.info.status == status]
+
+    def second_point_epochs():
+        running = runs("RUNNING")
+        return max((len(client.get_metric_history(r.info.run_id, "val_f1_macro")) for r in running), default=0)
+
+    proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=open(tmp / "first.log", "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not (runs("FINISHED") and second_point_epochs() >= 2):
+        time.sleep(0.5)
+    assert proc.poll() is None, (tmp / "first.log").read_text()[-3000:]
+    os.kill(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=120) != 0
+    finished_before = {r.data.tags["point_key"] for r in runs("FINISHED")}
+    assert 1 <= len(finished_before) < 3
+
+    second = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "resuming the interrupted sweep" in second.stdout
+    finished = runs("FINISHED")
+    keys = [r.data.tags["point_key"] for r in finished]
+    assert sorted(keys) == sorted(set(keys)) and len(keys) == 3, "every point finished exactly once"
+    assert finished_before <= set(keys)
+    resumed = [r for r in finished if r.data.tags["point_key"] not in finished_before]
+    first_steps = [client.get_metric_history(r.info.run_id, "val_f1_macro")[0].step for r in resumed]
+    assert max(first_steps) >= 1, "the interrupted point continued from its checkpoint, not from epoch 0"
+    assert (tmp / "reports" / "model-size" / "summary.md").exists()

@@ -77,9 +77,7 @@ def run_experiment(name: str, params: dict, *, store: str | Path = "data/store",
     from mlflow.tracking import MlflowClient
     from ray import tune
 
-    from sctab.tracking.runs import experiment_id, lineage_tags, project_root, tracking_uri
-    from sctab.train.ray_train import ensure_ray
-    from sctab.train.tune import TrialContext
+    from sctab.tracking.runs import experiment_id, project_root, tracking_uri
 
     points = experiment_points(name, params)
     hashes = {p.key: p.digest(params) for p in points}
@@ -99,54 +97,23 @@ def run_experiment(name: str, params: dict, *, store: str | Path = "data/store",
     todo = [p for p in points if hashes[p.key] not in done]
     print(f"[{exp_name}] {len(points)} points: {len(points) - len(todo)} already finished, {len(todo)} to train",
           flush=True)
+    by_key = {p.key: p for p in points}
+    state_file = path / STATE_FILE
+    old = json.loads(state_file.read_text()) if state_file.exists() else None
+    # an interrupted grid whose points kept their settings resumes as it was: finished trials stay finished,
+    # unfinished ones continue from their last epoch checkpoint
+    resume = (bool(todo) and old is not None and tune.Tuner.can_restore(str(path))
+              and all(k in by_key and hashes[k] == old["hashes"].get(k) for k in old["todo"]))
+    phases = []
+    if resume:
+        phases.append(("resume", [by_key[k] for k in old["todo"]]))
+        todo = [p for p in todo if p.key not in set(old["todo"])]
     if todo:
-        state = {"todo": sorted(p.key for p in todo), "hashes": hashes}
-        state_file = path / STATE_FILE
-        old = json.loads(state_file.read_text()) if state_file.exists() else None
-        resuming = old == state and tune.Tuner.can_restore(str(path))
-        if resuming:
-            parent_id = json.loads((path / "parent.json").read_text())["parent_run_id"]
-            client.update_run(parent_id, status="RUNNING")
-            print(f"[{exp_name}] resuming the interrupted sweep in {path}", flush=True)
-        else:
-            if path.exists():
-                shutil.rmtree(path)
-            path.mkdir(parents=True)
-            parent_id = client.create_run(exp, run_name=f"{exp_name} {time.strftime('%Y-%m-%d %H:%M')}",
-                                          tags=lineage_tags(params, role="sweep", experiment_name=name)).info.run_id
-            (path / "parent.json").write_text(json.dumps({"parent_run_id": parent_id}))
-            state_file.write_text(json.dumps(state))
-        base = TrialContext(model="", params=params, store=str(Path(store).resolve()), pca_dir=None,
-                            augmentations=str(Path(augmentations).resolve()) if augmentations else None,
-                            experiment=exp_name, parent_run_id=parent_id, tracking_uri=uri, root=str(root),
-                            report_every=1, threads=cpus, study=exp_name)
-        ctx = SweepContext(base=base, points={p.key: p for p in todo}, hashes=hashes)
-        try:
-            ensure_ray()
-            trainable = tune.with_resources(tune.with_parameters(run_point, ctx=ctx), {"cpu": cpus})
-            if resuming:
-                tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True,
-                                           resume_errored=True)
-            else:
-                tuner = tune.Tuner(trainable, param_space={"point": tune.grid_search([p.key for p in todo])},
-                                   tune_config=tune.TuneConfig(max_concurrent_trials=conc),
-                                   run_config=tune.RunConfig(name=exp_name, storage_path=str(storage),
-                                                             verbose=verbose,
-                                                             failure_config=tune.FailureConfig(max_failures=1)))
-            grid = tuner.fit()
-            if grid.num_terminated + grid.num_errors < len(todo):
-                raise KeyboardInterrupt(f"sweep {exp_name} was interrupted; run it again to resume")
-            for res in grid:
-                if res.error is not None:
-                    print(f"[{exp_name}] point {(res.config or {}).get('point')} failed: "
-                          f"{str(res.error).splitlines()[0][:300]}", flush=True)
-            client.set_terminated(parent_id, "FINISHED")
-        except BaseException as e:
-            for r in client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}' and "
-                                        "attributes.status = 'RUNNING'"):
-                client.set_terminated(r.info.run_id, "KILLED")
-            client.set_terminated(parent_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
-            raise
+        phases.append(("new", todo))
+    for mode, group in phases:
+        _run_grid(mode, group, name, exp_name, exp, path, storage, params, hashes, store, augmentations, root,
+                  uri, client, conc, cpus, verbose)
+    if phases:
         done = _finished(client, exp, set(hashes.values()))
     rows = []
     for p in points:
@@ -173,3 +140,55 @@ def _finished(client, exp: str, wanted: set, ignore: bool = False) -> dict:
         if h in wanted:
             out[h] = r
     return out
+
+
+def _run_grid(mode, group, name, exp_name, exp, path, storage, params, hashes, store, augmentations, root, uri,
+              client, conc, cpus, verbose) -> None:
+    """One Ray Tune grid over ``group``'s points, under one parent run (``mode``: new, or resume the saved one)."""
+    from ray import tune
+
+    from sctab.tracking.runs import lineage_tags
+    from sctab.train.ray_train import ensure_ray
+    from sctab.train.tune import TrialContext
+
+    if mode == "resume":
+        parent_id = json.loads((path / "parent.json").read_text())["parent_run_id"]
+        client.update_run(parent_id, status="RUNNING")
+        print(f"[{exp_name}] resuming the interrupted sweep in {path}", flush=True)
+    else:
+        if path.exists():
+            shutil.rmtree(path)
+        path.mkdir(parents=True)
+        parent_id = client.create_run(exp, run_name=f"{exp_name} {time.strftime('%Y-%m-%d %H:%M')}",
+                                      tags=lineage_tags(params, role="sweep", experiment_name=name)).info.run_id
+        (path / "parent.json").write_text(json.dumps({"parent_run_id": parent_id}))
+        (path / STATE_FILE).write_text(json.dumps({"todo": sorted(p.key for p in group), "hashes": hashes}))
+    base = TrialContext(model="", params=params, store=str(Path(store).resolve()), pca_dir=None,
+                        augmentations=str(Path(augmentations).resolve()) if augmentations else None,
+                        experiment=exp_name, parent_run_id=parent_id, tracking_uri=uri, root=str(root),
+                        report_every=1, threads=cpus, study=exp_name)
+    ctx = SweepContext(base=base, points={p.key: p for p in group}, hashes=hashes)
+    try:
+        ensure_ray()
+        trainable = tune.with_resources(tune.with_parameters(run_point, ctx=ctx), {"cpu": cpus})
+        if mode == "resume":
+            tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+        else:
+            tuner = tune.Tuner(trainable, param_space={"point": tune.grid_search([p.key for p in group])},
+                               tune_config=tune.TuneConfig(max_concurrent_trials=conc),
+                               run_config=tune.RunConfig(name=exp_name, storage_path=str(storage), verbose=verbose,
+                                                         failure_config=tune.FailureConfig(max_failures=1)))
+        grid = tuner.fit()
+        if grid.num_terminated + grid.num_errors < len(group):
+            raise KeyboardInterrupt(f"sweep {exp_name} was interrupted; run it again to resume")
+        for res in grid:
+            if res.error is not None:
+                print(f"[{exp_name}] point {(res.config or {}).get('point')} failed: "
+                      f"{str(res.error).splitlines()[0][:300]}", flush=True)
+        client.set_terminated(parent_id, "FINISHED")
+    except BaseException as e:
+        for r in client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}' and "
+                                    "attributes.status = 'RUNNING'"):
+            client.set_terminated(r.info.run_id, "KILLED")
+        client.set_terminated(parent_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
