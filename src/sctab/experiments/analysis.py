@@ -19,7 +19,8 @@ def _agg(table: pd.DataFrame, by: list[str], metrics=METRICS) -> pd.DataFrame:
 
 
 def model_size_summary(table: pd.DataFrame) -> pd.DataFrame:
-    return _agg(table, ["n_d", "n_a", "n_params"])
+    ok = table[table["status"] == "finished"]
+    return _agg(ok.assign(n_params=ok["n_params"].round().astype(np.int64)), ["n_d", "n_a", "n_params"])
 
 
 def data_size_summary(table: pd.DataFrame) -> pd.DataFrame:

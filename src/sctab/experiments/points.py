@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 
 from sctab.config import ConfigError
@@ -44,11 +45,12 @@ def _section(params: dict, name: str) -> dict:
     return sec
 
 
-def _common(params: dict, model: str, **extra) -> dict:
+def _common(params: dict, model: str, sec: dict | None = None, **extra) -> dict:
     exp = params["experiments"]
     out = {"augment": bool(exp.get("augment", False))}
-    if exp.get("epochs"):
-        out["epochs"] = int(exp["epochs"])
+    epochs = (sec or {}).get("epochs") or exp.get("epochs")
+    if epochs:
+        out["epochs"] = int(epochs)
     if model not in (params.get("models") or {}):
         raise ConfigError(f"experiments name model {model!r}, which params.models lacks")
     out.update(extra)
@@ -72,7 +74,7 @@ def model_size(params: dict) -> list[Point]:
         for seed in _seeds(params, sec):
             arch = {**base_arch, "n_d": int(n_d), "n_a": int(n_a)}
             points.append(Point(f"{model}-nd{n_d}-na{n_a}-seed{seed}", model,
-                                _common(params, model, arch=arch, seed=seed),
+                                _common(params, model, sec, arch=arch, seed=seed),
                                 {"n_d": int(n_d), "n_a": int(n_a), "seed": seed}))
     return points
 
@@ -86,8 +88,11 @@ def data_size(params: dict) -> list[Point]:
                 raise ConfigError(f"experiments.data_size.schemes: {scheme!r} is neither cells nor donors")
             for frac in sec.get("fractions") or [15, 30, 50, 70, 100]:
                 for seed in _seeds(params, sec):
-                    points.append(Point(f"{model}-{scheme}{frac}-seed{seed}", model,
-                                        _common(params, model, subset=f"{scheme}_{int(frac)}", seed=seed),
+                    over = _common(params, model, sec, subset=f"{scheme}_{int(frac)}", seed=seed)
+                    if sec.get("equal_steps"):  # as many optimiser steps on a subset as on all of train
+                        base = over.get("epochs") or int(params["models"][model].get("epochs", 10))
+                        over["epochs"] = int(math.ceil(base * 100 / float(frac)))
+                    points.append(Point(f"{model}-{scheme}{frac}-seed{seed}", model, over,
                                         {"scheme": scheme, "fraction": int(frac), "seed": seed}))
     return points
 
@@ -100,7 +105,7 @@ def augmentation(params: dict) -> list[Point]:
         for on in (True, False):
             cond = "with augmentation" if on else "without augmentation"
             points.append(Point(f"{model}-{'aug' if on else 'noaug'}-seed{seed}", model,
-                                _common(params, model, subset=sec.get("subset"), seed=seed, augment=on),
+                                _common(params, model, sec, subset=sec.get("subset"), seed=seed, augment=on),
                                 {"condition": cond, "seed": seed}))
     return points
 
@@ -115,7 +120,7 @@ def organ(params: dict) -> list[Point]:
                 train = f"{tissue} only" if only else "cross-organ"
                 subset = f"tissue_general={tissue}" if only else None
                 points.append(Point(f"{model}-{'only' if only else 'all'}-{tissue}-seed{seed}", model,
-                                    _common(params, model, subset=subset, seed=seed),
+                                    _common(params, model, sec, subset=subset, seed=seed),
                                     {"training": train, "seed": seed}, eval_tissue=tissue))
     return points
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from sctab.evaluate.paper import PAPER
@@ -103,10 +104,14 @@ def summarise_experiment(name: str, table: pd.DataFrame, params: dict, out_dir: 
 
 
 def _markdown_table(df: pd.DataFrame) -> str:
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, r in df.iterrows():
-        cells = [f"{v:.4f}" if isinstance(v, float) else str(v) for v in r.tolist()]
+    """Group columns as they are, each metric as one "mean ± std" column."""
+    cols = [c for c in df.columns if not c.endswith(("_mean", "_std"))]
+    metrics = [c[:-len("_mean")] for c in df.columns if c.endswith("_mean")]
+    head = cols + [m.replace("_", " ") for m in metrics]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in df.astype(object).to_dict(orient="records"):
+        cells = [f"{int(r[c]):,}" if isinstance(r[c], (int, np.integer)) else str(r[c]) for c in cols]
+        cells += [analysis.fmt(r[f"{m}_mean"], r.get(f"{m}_std")) for m in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
