@@ -126,6 +126,16 @@ def tracking(tmp_path, monkeypatch) -> str:
 
 
 @pytest.fixture
+def workdir(tracking, tmp_path, monkeypatch):
+    """``tracking`` plus a local Ray only (no RAY_ADDRESS), shut down afterwards: (tmp_path, tracking URI)."""
+    import ray
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    yield tmp_path, tracking
+    ray.shutdown()
+
+
+@pytest.fixture
 def torch_one_thread():
     """Small tensors: one thread avoids OpenMP wake-up latency on a busy 2-core machine."""
     import torch

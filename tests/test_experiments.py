@@ -54,18 +54,6 @@ def test_lung_rows_are_lung_cells(store_dir):
         label_rows(store, "train", "tissue_general", "moon")
 
 
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    import ray
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    yield tmp_path, uri
-    ray.shutdown()
-
-
 @pytest.mark.slow
 def test_data_size_runs_points_once_and_summarises(workdir, census_params, store_dir, augment_dir):
     from mlflow.tracking import MlflowClient

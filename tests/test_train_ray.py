@@ -26,19 +26,6 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    """Runs, checkpoints and the MLflow store under tmp_path; no Ray left running afterwards."""
-    import ray
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    yield tmp_path, uri
-    ray.shutdown()
-
-
 def _spec(params, store_dir, augment_dir, **over):
     return spec_from_params(params, "sctab", store=str(store_dir), augmentations=str(augment_dir), **over)
 

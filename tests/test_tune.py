@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import yaml
@@ -27,18 +26,6 @@ SPACE = {
     # (the seeded sampler draws the other trials' max_bin from 2..256)
     "points_to_evaluate": [{"eta": 0.3, "max_depth": 3, "max_bin": 1}],
 }
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    import ray
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    yield tmp_path, uri
-    ray.shutdown()
 
 
 def _params(census_params, **tune):
