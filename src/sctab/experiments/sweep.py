@@ -33,7 +33,7 @@ def mlflow_experiment(name: str) -> str:
 
 @dataclass
 class SweepContext:
-    base: object                 # sctab.train.tune.TrialContext (model filled in per point)
+    base: object                 # sctab.train.inprocess.TrialContext (model filled in per point)
     points: dict                 # key -> Point
     hashes: dict                 # key -> digest
 
@@ -54,7 +54,7 @@ def run_point(config: dict, ctx: SweepContext) -> None:
     """Ray Tune function trainable: train one point, report its final scores."""
     from ray import tune
 
-    from sctab.train.tune import _neural_fit, _TuneSession
+    from sctab.train.inprocess import TuneSession, fit_in_process
 
     point: Point = ctx.points[config["point"]]
     tctx = replace(ctx.base, model=point.model)
@@ -65,7 +65,7 @@ def run_point(config: dict, ctx: SweepContext) -> None:
 
     os.chdir(tctx.root)
     os.environ["MLFLOW_TRACKING_URI"] = tctx.tracking_uri
-    final = _neural_fit(point.overrides, tctx, tags, point.key, _TuneSession(), extra_eval=extra)
+    final = fit_in_process(point.overrides, tctx, tags, point.key, TuneSession(), extra_eval=extra)
     tune.report({k: v for k, v in final.items() if isinstance(v, (int, float, str))} | {"final": True})
 
 
@@ -149,7 +149,7 @@ def _run_grid(mode, group, name, exp_name, exp, path, storage, params, hashes, s
 
     from sctab.tracking.runs import lineage_tags
     from sctab.train.ray_train import ensure_ray
-    from sctab.train.tune import TrialContext
+    from sctab.train.inprocess import TrialContext
 
     if mode == "resume":
         parent_id = json.loads((path / "parent.json").read_text())["parent_run_id"]

@@ -15,14 +15,14 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 
+from sctab.train.inprocess import METRIC, BestWeightsSession, TrialContext, TuneSession, fit_in_process, plain
 from sctab.train.search_space import SearchSpace, check_against_model, load_search_space
 
-METRIC, MODE = "val_f1_macro", "max"
+MODE = "max"
 STUDY_FILE = "sctab_study.json"
 STEPPED = {"xgboost", "linear", "mlp", "sctab"}   # report intermediate scores: ASHA can stop them early
 NEURAL = {"linear", "mlp", "sctab"}
@@ -30,23 +30,6 @@ NEURAL = {"linear", "mlp", "sctab"}
 
 class StudyError(RuntimeError):
     """A study cannot run or finish (no trial succeeded, a broken resume state)."""
-
-
-@dataclass
-class TrialContext:
-    """Everything a trial needs, as plain data (shipped to the Ray workers)."""
-    model: str
-    params: dict
-    store: str
-    pca_dir: str | None
-    augmentations: str | None
-    experiment: str
-    parent_run_id: str
-    tracking_uri: str
-    root: str
-    report_every: int
-    threads: int
-    study: str
 
 
 # ------------------------------------------------------------------------------------------------ trials
@@ -58,9 +41,9 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     os.environ["MLFLOW_TRACKING_URI"] = ctx.tracking_uri
     trial_id = tune.get_context().get_trial_id()
     tags = {"ray_trial_id": trial_id, "study": ctx.study, "role": "trial"}
-    config = {k: _plain(v) for k, v in config.items()}
+    config = {k: plain(v) for k, v in config.items()}
     if ctx.model in NEURAL:
-        final = _neural_fit(config, ctx, tags, f"trial {trial_id}", _TuneSession())
+        final = fit_in_process(config, ctx, tags, f"trial {trial_id}", TuneSession())
     else:
         from sctab.train.baselines import fit_baseline
 
@@ -75,136 +58,6 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     tune.report({METRIC: final["val_f1_macro"], "val_loss": final["val_loss"],
                  "test_f1_macro": final["test_f1_macro"], "test_loss": final["test_loss"],
                  "mlflow_run_id": final["mlflow_run_id"], "final": True})
-
-
-class _TuneSession:
-    """The training loop's view of a Tune trial: one process, per-epoch reports with checkpoints."""
-    rank, world_size = 0, 1
-
-    def __init__(self):
-        import torch
-
-        self.device = torch.device("cpu")
-        self.best_weights = None
-        self.last: dict = {}  # the latest epoch's metrics
-
-    def load_state(self):
-        from ray import tune
-
-        from sctab.train.loop import load_checkpoint_dir
-
-        ckpt = tune.get_checkpoint()
-        if ckpt is None:
-            return None
-        with ckpt.as_directory() as d:
-            state, best = load_checkpoint_dir(d)
-        self.best_weights = best
-        return state, best
-
-    def wrap(self, model):
-        return model
-
-    def all_reduce(self, t):
-        return t
-
-    def report(self, metrics, checkpoint_dir):
-        import torch
-        from ray import tune
-
-        from sctab.train.loop import BEST_FILE
-
-        self.last = dict(metrics)
-        ckpt = None
-        if checkpoint_dir is not None:
-            self.best_weights = torch.load(Path(checkpoint_dir) / BEST_FILE, map_location="cpu", weights_only=True)
-            ckpt = tune.Checkpoint.from_directory(str(checkpoint_dir))
-        tune.report({METRIC: metrics["val_f1_macro"], "val_loss": metrics["val_loss"], "step": metrics["epoch"]},
-                    checkpoint=ckpt)
-
-
-class _BestWeightsSession(_TuneSession):
-    """The same loop outside Tune (reference runs): keeps the best weights, reports to nobody."""
-
-    def load_state(self):
-        return None
-
-    def report(self, metrics, checkpoint_dir):
-        import torch
-
-        from sctab.train.loop import BEST_FILE
-
-        self.last = dict(metrics)
-        if checkpoint_dir is not None:
-            self.best_weights = torch.load(Path(checkpoint_dir) / BEST_FILE, map_location="cpu", weights_only=True)
-
-
-def _neural_fit(config: dict, ctx: TrialContext, tags: dict, run_name: str, session, extra_eval=None) -> dict:
-    """Linear / MLP / scTab in this process (the loop Ray Train runs, without a trainer nested in the trial).
-
-    ``extra_eval(model, store, spec) -> dict`` adds metrics of the best model (e.g. on one tissue's test cells).
-    """
-    import torch
-    from mlflow.entities import Metric, Param
-    from mlflow.tracking import MlflowClient
-
-    from sctab.data.store import Store
-    from sctab.models import build_model
-    from sctab.tracking.runs import experiment_id, flatten, lineage_tags
-    from sctab.train.fit import split_metrics
-    from sctab.train.loop import EpochLogger, run_training
-    from sctab.train.spec import spec_from_params
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, ctx.threads))
-    client = MlflowClient(ctx.tracking_uri)
-    run = client.create_run(experiment_id(ctx.experiment, ctx.tracking_uri), run_name=run_name,
-                            tags={**lineage_tags(ctx.params, model_type=ctx.model, **tags),
-                                  "mlflow.parentRunId": ctx.parent_run_id})
-    run_id = run.info.run_id
-    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in flatten(config).items()])
-    try:
-        spec = spec_from_params(ctx.params, ctx.model, store=ctx.store, augmentations=ctx.augmentations,
-                                num_workers=1, cpus_per_worker=ctx.threads, use_gpu=False, **config)
-
-        def log_epoch(m: dict, epoch: int) -> None:
-            ts = int(time.time() * 1000)
-            client.log_batch(run_id, metrics=[Metric(k, float(v), ts, epoch) for k, v in m.items()
-                                              if isinstance(v, (int, float)) and k != "epoch"])
-
-        run_training(spec, session, EpochLogger(log_epoch=log_epoch))
-        store = Store(spec.store)
-        model = build_model(spec.model, store.n_genes, store.n_classes, **spec.arch)
-        model.load_state_dict(session.best_weights)
-        val = split_metrics(model, store, "val", spec.eval_batch_size)
-        test = split_metrics(model, store, "test", spec.eval_batch_size)
-        metrics = {**{f"val_{k}": v for k, v in val.items() if k != "rows"},
-                   **{f"test_{k}": v for k, v in test.items() if k != "rows"},
-                   "n_params": int(sum(p.numel() for p in model.parameters())),
-                   "best_epoch": int(session.last.get("best_epoch", -1)),
-                   "epochs_run": int(session.last.get("epoch", -1)) + 1}
-        if extra_eval is not None:
-            metrics.update(extra_eval(model, store, spec))
-        if not math.isfinite(metrics["val_f1_macro"]):
-            raise StudyError(f"objective val_f1_macro is {metrics['val_f1_macro']}")
-        ts = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(f"final_{k}", float(v), ts, 0) for k, v in metrics.items()])
-        client.set_terminated(run_id, "FINISHED")
-        return {**metrics, "mlflow_run_id": run_id}
-    except BaseException as e:
-        stopped = isinstance(e, (KeyboardInterrupt, SystemExit))  # SystemExit: Tune stopping the trial early
-        if not stopped:
-            client.set_tag(run_id, "error", f"{type(e).__name__}: {e}"[:5000])
-        client.set_terminated(run_id, "KILLED" if stopped else "FAILED")
-        raise
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _plain(v):
-    """numpy scalars from the searcher as plain Python (YAML, MLflow and the model checks want those)."""
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
 
 
 # ------------------------------------------------------------------------------------------------ studies
@@ -367,7 +220,7 @@ def _reference_runs(model, params, space, ctx: TrialContext, client, pid) -> dic
         r = _reference_fit(model, params, overrides, ctx, role)
         out[role] = {"val_f1_macro": r["val_f1_macro"], "test_f1_macro": r["test_f1_macro"],
                      "mlflow_run_id": r["mlflow_run_id"]}
-        out[role]["config"] = {k: _plain(v) for k, v in flatten({**((params.get("models") or {}).get(model) or {}),
+        out[role]["config"] = {k: plain(v) for k, v in flatten({**((params.get("models") or {}).get(model) or {}),
                                                                   **overrides}).items()}
     return out
 
@@ -377,7 +230,7 @@ def _reference_fit(model, params, overrides, ctx: TrialContext, role: str) -> di
     name = "default settings" if role == "default" else "params.yaml settings"
     if model in NEURAL:  # in the driver: the threads of a Ray Train worker, not of a trial
         threads = int((params.get("train") or {}).get("cpus_per_worker", ctx.threads))
-        return _neural_fit(overrides, replace(ctx, threads=threads), tags, name, _BestWeightsSession())
+        return fit_in_process(overrides, replace(ctx, threads=threads), tags, name, BestWeightsSession())
     from sctab.train.baselines import fit_baseline
 
     r = fit_baseline(model, params, store=ctx.store, pca_dir=ctx.pca_dir, experiment=ctx.experiment, run_name=name,
@@ -413,7 +266,7 @@ def _reconcile(grid, client, exp: str, pid: str, study: str) -> list[dict]:
             run = r
         elif run is not None:
             client.set_tag(run.info.run_id, "tune_status", status)
-        trials.append({"trial_id": trial_id, "status": status, "config": {k: _plain(v) for k, v in
+        trials.append({"trial_id": trial_id, "status": status, "config": {k: plain(v) for k, v in
                                                                         (res.config or {}).items()},
                        "val_f1_macro": m.get(METRIC), "test_f1_macro": m.get("test_f1_macro") if status ==
                        "finished" else None, "error": (str(res.error).splitlines() or [""])[0][:300]
