@@ -13,6 +13,23 @@ from sctab.config import PROFILES_DIR
 CL_VERSION = "v2026-03-26"
 
 
+def pipeline_help(name: str) -> str:
+    """The --help text of pipelines/<name>.py (run in-process; argparse exits 0 after printing it)."""
+    import contextlib
+    import importlib.util
+    import io
+
+    path = Path(__file__).resolve().parents[1] / "pipelines" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"pipeline_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), pytest.raises(SystemExit) as info:
+        mod.main(["--help"])
+    assert info.value.code == 0
+    return buf.getvalue()
+
+
 def small_params(census_uri: Path) -> dict:
     """The tiny profile, shrunk further so the census builds in seconds (same code path)."""
     params = yaml.safe_load((PROFILES_DIR / "tiny.yaml").read_text())

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from tests.conftest import pipeline_help
 from sctab.data.pca import load_embedding
 from sctab.data.store import Store
 from sctab.evaluate.metrics import macro_f1
@@ -135,9 +136,5 @@ def test_xgboost_without_pca_says_what_to_run(census_params, store_dir, tracking
 
 
 def test_train_baseline_pipeline_help():
-    import subprocess
-    import sys
-
-    out = subprocess.run([sys.executable, "pipelines/train_baseline.py", "--help"], capture_output=True, text=True,
-                         check=True, cwd=str(__import__("sctab.config").config.REPO_ROOT)).stdout
+    out = pipeline_help("train_baseline")
     assert "--model" in out and "xgboost" in out and "celltypist" in out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import os
 import shutil
@@ -17,6 +16,7 @@ import pytest
 import yaml
 from sklearn.decomposition import PCA, IncrementalPCA
 
+from tests.conftest import pipeline_help
 from sctab.data.pca import PCAError, PCAModel, fit_pca, load_embedding, write_pca
 from sctab.data.store import Store
 
@@ -264,14 +264,8 @@ def test_failed_write_leaves_nothing(store_dir, tmp_path, exc):
 
 
 # --------------------------------------------------------------------------------------------- pipeline
-def test_pipeline_help(capsys):
-    spec = importlib.util.spec_from_file_location("pipeline_pca", REPO / "pipelines" / "pca.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    with pytest.raises(SystemExit) as info:
-        mod.main(["--help"])
-    assert info.value.code == 0
-    out = capsys.readouterr().out
+def test_pipeline_help():
+    out = pipeline_help("pca")
     for arg in ("--params", "--store", "--out", "train split only"):
         assert arg in out
 

@@ -13,6 +13,7 @@ import time
 import pytest
 import yaml
 
+from tests.conftest import pipeline_help
 from sctab.config import REPO_ROOT
 from sctab.train.search_space import load_search_space
 from sctab.train.tune import run_study
@@ -163,8 +164,7 @@ def test_write_back_keeps_comments(tmp_path, census_params):
 
 
 def test_tune_pipeline_help():
-    out = subprocess.run([sys.executable, str(REPO_ROOT / "pipelines" / "tune.py"), "--help"], capture_output=True,
-                         text=True, check=True).stdout
+    out = pipeline_help("tune")
     assert "--write-params" in out and "--fresh" in out and "resume" in out
 
 

@@ -7,7 +7,6 @@ published layout. Each test corrupts one thing on a copy and checks the failure 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import shutil
@@ -19,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.conftest import pipeline_help
 from sctab.validate import ValidationError, expected_rows_from, split_row_stats, validate_all
 from sctab.validate import stats as stats_mod
 
@@ -366,14 +366,7 @@ def test_missing_column_is_named(base, tmp_path):
     assert not (tmp_path / "report").exists()
 
 
-def test_pipeline_help_describes_arguments(capsys):
-    path = Path(__file__).resolve().parents[1] / "pipelines" / "validate.py"
-    spec = importlib.util.spec_from_file_location("pipeline_validate", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    with pytest.raises(SystemExit) as info:
-        mod.main(["--help"])
-    assert info.value.code == 0
-    out = capsys.readouterr().out
+def test_pipeline_help_describes_arguments():
+    out = pipeline_help("validate")
     for arg in ("--params", "--obs", "--assignment", "--store", "--ontology", "--out"):
         assert arg in out
