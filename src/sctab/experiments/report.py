@@ -83,10 +83,9 @@ def summarise_experiment(name: str, table: pd.DataFrame, params: dict, out_dir: 
         else:
             summary = analysis.organ_summary(table)
             tissue = ((params.get("experiments") or {}).get("organ") or {}).get("tissue", "lung")
-            chart = ok.assign(series=ok["model"], x=ok["training"])
             figures.organ_f1({m: {t: float(g["tissue_test_f1_macro"].mean()) for t, g in d.groupby("training")}
-                              for m, d in chart.groupby("model")}, tmp / "organ.png",
-                             models=tuple(sorted(chart["model"].unique())), profile=profile)
+                              for m, d in ok.groupby("model")}, tmp / "organ.png",
+                             models=tuple(sorted(ok["model"].unique())), profile=profile)
             paper = "- paper (lung): " + "; ".join(f"{k}: {_paper_ms(v)}" for k, v in PAPER["lung_holdout"].items())
             paper += f"\n- here: test cells with tissue_general = {tissue}"
         summary.to_csv(tmp / "summary.csv", index=False)
