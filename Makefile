@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv repro test test-fast params status push pull clean help merlin-env test-merlin ui metrics \
+.PHONY: venv repro test test-fast params status push pull clean help postgres merlin-env test-merlin ui metrics \
 	tune-baselines apply-tuned sweep-model-size sweep-data-size exp-augmentation exp-organ experiments
 
 help:  ## list the targets
@@ -22,6 +22,16 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 venv: $(VENV)/.installed  ## create .venv and install the project
+
+# The PostgreSQL server the MLflow-server tests start (tests/mlflow_server.py): the Debian package, installed
+# only when initdb is missing and only as root; otherwise a clear error. A no-op when it is there.
+postgres:  ## make sure PostgreSQL server binaries (initdb, pg_ctl) are installed
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing the Debian package postgresql (tests start a throw-away server)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	else echo "PostgreSQL server binaries not found: install the postgresql package (as root: make postgres)," \
+		"or set SCTAB_PG_BINDIR to the folder holding initdb and pg_ctl" >&2; exit 1; fi
 
 params: venv  ## write params.yaml from conf/profiles/$(PROFILE).yaml
 	$(VENV)/bin/sctab params --profile $(PROFILE)
@@ -76,7 +86,7 @@ exp-organ: venv  ## lung-only vs cross-organ training, scored on lung test cells
 
 experiments: sweep-model-size sweep-data-size exp-augmentation exp-organ  ## all four experiments
 
-test: venv  ## the whole test suite, slow end-to-end tests included
+test: venv postgres  ## the whole test suite, slow end-to-end tests included
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: venv  ## unit tests only

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -10,6 +11,16 @@ from sctab.config import load_params
 
 
 def main(argv: list[str] | None = None) -> None:
+    from sctab.tracking.runs import TrackingServerError
+
+    try:
+        _main(argv)
+    except TrackingServerError as e:
+        print(f"train: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description="Train one model of the paper (settings in params.yaml: `train` for the runner, "
         "`models.<model>` for optimisation and architecture, `ensemble.seeds` for --ensemble). Runs on Ray Train "

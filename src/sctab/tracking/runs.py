@@ -37,11 +37,43 @@ def _is_local_default(uri: str) -> bool:
     return uri.startswith("sqlite:///") and uri.endswith(DEFAULT_DB)
 
 
+class TrackingServerError(RuntimeError):
+    """The MLflow tracking server cannot be reached or refuses the request (after MLflow's own retries)."""
+
+
+def _is_remote(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def explain_tracking_error(uri: str, error: BaseException) -> str:
+    """One clear sentence about a failed request to a tracking server: which server, why, what to check."""
+    text = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
+    if any(s in text for s in ("401", "Unauthorized", "403", "PERMISSION_DENIED", "Permission denied")):
+        hint = "check MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD and the user's permissions"
+    else:
+        hint = ("is the server running? MLflow retried the request (MLFLOW_HTTP_REQUEST_MAX_RETRIES, "
+                "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR); raise them to ride out longer restarts")
+    return f"MLflow tracking server {uri} failed: {text} ({hint})"
+
+
 def experiment_id(name: str, uri: str | None = None) -> str:
-    """Id of the named experiment, created on first use (artifacts beside the local db by default)."""
+    """Id of the named experiment, created on first use (artifacts beside the local db by default).
+
+    Against a tracking server this is the first request of every entry point, so an unreachable server or
+    wrong credentials end here, before any training, with a :class:`TrackingServerError` that says which.
+    """
+    uri = uri or tracking_uri()
+    if not _is_remote(uri):
+        return _experiment_id(name, uri)
+    try:
+        return _experiment_id(name, uri)
+    except Exception as e:  # MlflowException, requests' ConnectionError/RetryError
+        raise TrackingServerError(explain_tracking_error(uri, e)) from e
+
+
+def _experiment_id(name: str, uri: str) -> str:
     from mlflow.tracking import MlflowClient
 
-    uri = uri or tracking_uri()
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(name)
     if exp is not None:

@@ -101,8 +101,20 @@ def fit(spec: TrainSpec, params: dict, out_dir: str | Path, *, experiment: str =
         client.set_terminated(run_id, "FINISHED")
         return FitResult(run_id=run_id, out_dir=out, metrics=metrics)
     except BaseException as e:
-        client.set_terminated(run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        mark_terminated(client, run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         raise
+
+
+def mark_terminated(client, run_id: str, status: str) -> None:
+    """Best effort: when the tracking server is the thing that failed, the original error must surface, not a
+    second one from marking the run (the server shows such a run as RUNNING until someone closes it)."""
+    try:
+        client.set_terminated(run_id, status)
+    except Exception as e:  # noqa: BLE001 - reported, then the caller re-raises the original error
+        import sys
+
+        print(f"warning: could not mark MLflow run {run_id} {status}: {str(e).splitlines()[0][:200]}",
+              file=sys.stderr)
 
 
 def _rounded(metrics: dict, for_file: bool) -> dict:
@@ -154,7 +166,7 @@ def fit_ensemble(base: TrainSpec, params: dict, seeds: list[int], out_dir: str |
         client.log_artifact(pid, str(out_dir / "ensemble.json"))
         client.set_terminated(pid, "FINISHED")
     except BaseException:
-        client.set_terminated(pid, "FAILED")
+        mark_terminated(client, pid, "FAILED")
         raise
     return summary
 

@@ -1,0 +1,182 @@
+"""A team MLflow server for real: PostgreSQL 15 behind `mlflow server --app-name basic-auth` on 127.0.0.1.
+
+- an unauthenticated (or wrongly authenticated) request is refused with 401;
+- a tiny training run (Ray Train, as `dvc repro` runs it) logs to the server while the server is restarted
+  mid-run: MLflow's HTTP client retries and the run finishes with every epoch logged;
+- the password never shows up in run params/tags, captured output, Ray's logs, the server's log, files written
+  by the run, or any process's command line;
+- a server that stays down ends a training entry point with a clear message (exit 2), not a traceback.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+import yaml
+
+from tests.mlflow_server import start_team_server
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+# retries long enough to ride out a restart (~10 s): 0, 1, 2, 4, 8, 16 s between attempts, plus jitter
+RETRY_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "8", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+             "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
+@pytest.fixture(scope="module")
+def team_server():
+    root = Path(tempfile.mkdtemp(prefix="sctab-mlflow-", dir="/tmp"))
+    pg, server = start_team_server(root)
+    try:
+        yield server
+    finally:
+        server.stop()
+        pg.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def server_env(team_server, monkeypatch):
+    """A client of the team server: URI and credentials from the environment only."""
+    for k, v in {**team_server.client_env(), **RETRY_ENV}.items():
+        monkeypatch.setenv(k, v)
+    return team_server
+
+
+def _search(url, auth=None):
+    return requests.get(f"{url}/api/2.0/mlflow/experiments/search", params={"max_results": 1}, auth=auth,
+                        timeout=30)
+
+
+def test_unauthenticated_requests_are_refused(team_server, monkeypatch):
+    from sctab.tracking.runs import TrackingServerError, experiment_id
+
+    assert _search(team_server.url).status_code == 401
+    assert _search(team_server.url, auth=(team_server.admin_user, "not-the-password")).status_code == 401
+    assert _search(team_server.url, auth=(team_server.admin_user, team_server.admin_password)).status_code == 200
+    # the project's entry point says what is wrong, before any training starts
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", team_server.url)
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    with pytest.raises(TrackingServerError, match="MLFLOW_TRACKING_USERNAME"):
+        experiment_id("train")
+    # the server listens on loopback only
+    conns = [c for c in psutil.net_connections("tcp") if c.status == "LISTEN" and c.laddr.port == team_server.port]
+    assert conns and all(c.laddr.ip == "127.0.0.1" for c in conns), conns
+
+
+def _wait_for_run(server, timeout: float) -> bool:
+    """True once the training run exists on the server (its epochs are still to come)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(server.url)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        time.sleep(0.2)
+        try:
+            exp = client.get_experiment_by_name("train")
+            if exp and client.search_runs([exp.experiment_id]):
+                return True
+        except Exception:  # noqa: BLE001 - the server may be starting
+            pass
+    return False
+
+
+def test_training_logs_through_a_server_restart_and_never_leaks_the_password(census_params, store_dir, server_env,
+                                                                             tmp_path):
+    """The train stage as DVC runs it (a process with its own local Ray); this process restarts the server."""
+    from mlflow.tracking import MlflowClient
+
+    server = server_env
+    epochs = 6
+    params = {k: v for k, v in copy.deepcopy(census_params).items() if not k.startswith("_")}
+    params["models"]["linear"]["epochs"] = epochs
+    params["train"].update({"num_workers": 1, "cpus_per_worker": 1})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths are length-limited
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen([sys.executable, str(REPO / "pipelines" / "train.py"), "--model", "linear", "--params",
+                             "params.yaml", "--store", str(store_dir), "--out", "model", "--report", "report.json"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        # stop the server as soon as the run exists (before Ray is up and any epoch is logged), keep it down
+        # 3 s, start it again on the same port: the params and the first epochs are logged into the outage
+        assert _wait_for_run(server, 200), "no training run appeared"
+        server.stop()
+        down_at = time.time()
+        time.sleep(3)
+        server.start()
+        out, _ = proc.communicate(timeout=200)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        ray_logs = [f for f in ray_tmp.rglob("*") if f.is_file() and f.stat().st_size < 50_000_000]
+        ray_bytes = [(f, f.read_bytes()) for f in ray_logs]
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert proc.returncode == 0, out[-4000:]
+    client = MlflowClient(server.url)
+    exp = client.get_experiment_by_name("train")
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.model_type = 'linear'")
+    run = max(runs, key=lambda r: r.info.start_time)
+    assert run.info.status == "FINISHED"
+    # every epoch reached the server, those logged while it was down included (retried, not lost or doubled)
+    history = client.get_metric_history(run.info.run_id, "val_f1_macro")
+    assert sorted(m.step for m in history) == list(range(epochs))
+    assert min(m.timestamp / 1000 for m in history) > down_at, "an epoch was logged before the outage"
+    assert run.data.params["epochs"] == str(epochs)
+    assert "model/model.pt" in {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+    assert json.loads((tmp_path / "report.json").read_text())["epochs_run"] == epochs
+
+    # the password: never in params, tags, output, logs, written files or command lines
+    secret = server.admin_password
+    for r in client.search_runs([exp.experiment_id]):
+        assert not any(secret in str(v) for v in {**r.data.params, **r.data.tags}.values())
+    assert secret not in out
+    assert secret not in server.log.read_text()
+    assert ray_bytes, "no Ray logs to check"
+    for f, data in ray_bytes:
+        assert secret.encode() not in data, f
+    for f in tmp_path.rglob("*"):
+        if f.is_file():
+            assert secret.encode() not in f.read_bytes(), f
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info.get("cmdline") or [])
+        assert secret not in cmd and server.pg.password not in cmd, p.pid
+
+
+def test_a_server_that_stays_down_ends_training_with_a_clear_message(census_params, store_dir, server_env,
+                                                                     tmp_path):
+    server = server_env
+    params = {k: v for k, v in census_params.items() if not k.startswith("_")}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
+           "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    env.pop("RAY_ADDRESS", None)
+    server.stop()
+    try:
+        r = subprocess.run([sys.executable, str(REPO / "pipelines" / "train.py"), "--model", "linear", "--params",
+                            "params.yaml", "--store", str(store_dir), "--out", "model"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        server.start()
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+    assert f"train: error: MLflow tracking server {server.url} failed" in r.stderr
+    assert "is the server running?" in r.stderr and "Traceback" not in r.stderr
+    assert server.admin_password not in r.stdout + r.stderr
+    assert not (tmp_path / "model").exists()
