@@ -52,13 +52,17 @@ def tissue_metrics(model, store, spec, tissue: str) -> dict:
 
 def run_point(config: dict, ctx: SweepContext) -> None:
     """Ray Tune function trainable: train one point, report its final scores."""
+    import ray
     from ray import tune
 
     from sctab.train.inprocess import TuneSession, fit_in_process
 
     point: Point = ctx.points[config["point"]]
     tctx = replace(ctx.base, model=point.model)
+    # where and which attempt: a trial retried after its node was lost shows up as a second run of the point
     tags = {"role": "point", "point_key": point.key, "point_hash": ctx.hashes[point.key],
+            "ray_node_id": ray.get_runtime_context().get_node_id(), "trial_id": tune.get_context().get_trial_id(),
+            "resumed": str(tune.get_checkpoint() is not None).lower(),
             **{f"label.{k}": str(v) for k, v in point.labels.items()}}
     extra = partial(tissue_metrics, tissue=point.eval_tissue) if point.eval_tissue else None
     import os
@@ -83,6 +87,8 @@ def run_experiment(name: str, params: dict, *, store: str | Path = "data/store",
     hashes = {p.key: p.digest(params) for p in points}
     exp_cfg = params.get("experiments") or {}
     conc = int(max_concurrent or exp_cfg.get("max_concurrent", 1))
+    # a trial lost with its node (or its process) is retried up to this many times, from its last checkpoint
+    max_failures = int(exp_cfg.get("max_failures", 2))
     cpus = int(cpus_per_trial or exp_cfg.get("cpus_per_trial", 1))
     root = project_root()
     storage = Path(storage or root / "ray_results").resolve()
@@ -112,7 +118,7 @@ def run_experiment(name: str, params: dict, *, store: str | Path = "data/store",
         phases.append(("new", todo))
     for mode, group in phases:
         _run_grid(mode, group, name, exp_name, exp, path, storage, params, hashes, store, augmentations, root,
-                  uri, client, conc, cpus, verbose)
+                  uri, client, conc, cpus, verbose, max_failures)
     if phases:
         done = _finished(client, exp, set(hashes.values()))
     rows = []
@@ -142,8 +148,16 @@ def _finished(client, exp: str, wanted: set, ignore: bool = False) -> dict:
     return out
 
 
+def _close_lost_attempts(client, exp: str, parent_id: str) -> None:
+    """Runs of attempts that died with their node or process stay RUNNING: once the grid is over, mark them."""
+    for r in client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}' and "
+                                "attributes.status = 'RUNNING'"):
+        client.set_tag(r.info.run_id, "error", "attempt lost (its Ray node or trial process died); Tune retried it")
+        client.set_terminated(r.info.run_id, "FAILED")
+
+
 def _run_grid(mode, group, name, exp_name, exp, path, storage, params, hashes, store, augmentations, root, uri,
-              client, conc, cpus, verbose) -> None:
+              client, conc, cpus, verbose, max_failures=2) -> None:
     """One Ray Tune grid over ``group``'s points, under one parent run (``mode``: new, or resume the saved one)."""
     from ray import tune
 
@@ -177,7 +191,7 @@ def _run_grid(mode, group, name, exp_name, exp, path, storage, params, hashes, s
             tuner = tune.Tuner(trainable, param_space={"point": tune.grid_search([p.key for p in group])},
                                tune_config=tune.TuneConfig(max_concurrent_trials=conc),
                                run_config=tune.RunConfig(name=exp_name, storage_path=str(storage), verbose=verbose,
-                                                         failure_config=tune.FailureConfig(max_failures=1)))
+                                                         failure_config=tune.FailureConfig(max_failures=max_failures)))
         grid = tuner.fit()
         if grid.num_terminated + grid.num_errors < len(group):
             raise KeyboardInterrupt(f"sweep {exp_name} was interrupted; run it again to resume")
@@ -185,6 +199,7 @@ def _run_grid(mode, group, name, exp_name, exp, path, storage, params, hashes, s
             if res.error is not None:
                 print(f"[{exp_name}] point {(res.config or {}).get('point')} failed: "
                       f"{str(res.error).splitlines()[0][:300]}", flush=True)
+        _close_lost_attempts(client, exp, parent_id)
         client.set_terminated(parent_id, "FINISHED")
     except BaseException as e:
         for r in client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}' and "
