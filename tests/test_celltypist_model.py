@@ -126,7 +126,7 @@ def test_save_load_round_trip(store, fitted, val, tmp_path):
 
     path = save_celltypist(fitted, tmp_path / "m")
     assert path.name == "model.pkl" and path.is_file()
-    loaded = load_celltypist(tmp_path / "m")
+    loaded = load_celltypist(tmp_path / "m", trust_pickle=True)
     np.testing.assert_array_equal(predict_proba(loaded, val[0], store), predict_proba(fitted, val[0], store))
     adata = ad.AnnData(val[0][:50].copy())
     adata.var_names = store.var["feature_id"].astype(str).to_numpy()

@@ -361,7 +361,7 @@ def test_celltypist_predictor(store, census_params, tmp_path, test_codes):
     config = {**census_params["models"]["celltypist"], "n_cells": 600, "epochs": 1, "batch_number": 5}
     trained = train_baseline("celltypist", config, store, evaluate_test=True)
     out = save_baseline_folder(tmp_path / "celltypist", trained, store, None, {"run_id": "run-ct"}, {})
-    pred = load_predictor(out)
+    pred = load_predictor(out, trust_pickle=True)  # the folder this test just wrote
     assert (pred.kind, pred.run_id) == ("celltypist", "run-ct")
     y, p = pred.predict(store, "test")
     _check_probs(y, p, store, test_codes)

@@ -186,7 +186,7 @@ def _load_ensemble(path: Path, device: str) -> EnsemblePredictor:
                              run_id=summary.get("parent_run_id"), meta=summary, members=members)
 
 
-def _load_single(path: Path, device: str) -> Predictor:
+def _load_single(path: Path, device: str, trust_pickle: bool = False) -> Predictor:
     if not (path / "model.yaml").exists():
         raise PredictorError(f"{path} is not a model folder: no model.yaml (nor ensemble.json with seed_*/ "
                              f"members)")
@@ -215,18 +215,25 @@ def _load_single(path: Path, device: str) -> Predictor:
     else:
         from sctab.models.celltypist_model import load_celltypist
 
+        from sctab.security import UntrustedPickleError
+
         try:
-            model = load_celltypist(path)
+            model = load_celltypist(path, trust_pickle=trust_pickle)
+        except UntrustedPickleError:
+            raise
         except Exception as e:
             raise PredictorError(f"cannot load the CellTypist model in {path}: {e}") from e
     return Predictor(name=path.name, kind=kind, path=path, run_id=meta.get("run_id"), meta=meta, model=model)
 
 
-def load_predictor(path: str | Path, *, device: str = "cpu") -> Predictor:
-    """The predictor of a model folder (or ensemble folder); raises PredictorError naming what is wrong."""
+def load_predictor(path: str | Path, *, device: str = "cpu", trust_pickle: bool = False) -> Predictor:
+    """The predictor of a model folder (or ensemble folder); raises PredictorError naming what is wrong.
+
+    A CellTypist folder holds a pickle: it loads only with ``trust_pickle=True`` (sctab.security).
+    """
     path = Path(path)
     if not path.is_dir():
         raise PredictorError(f"model folder {path} does not exist")
     if (path / "ensemble.json").exists():
         return _load_ensemble(path, device)
-    return _load_single(path, device)
+    return _load_single(path, device, trust_pickle)

@@ -52,7 +52,8 @@ def evaluate_models(models_dir: str | Path, store_path: str | Path, out: str | P
 
     metrics, per_organ, per_class, runs, ens = {}, {}, {}, {}, None
     for folder in folders:
-        pred = load_predictor(folder)
+        # trusted: these folders are this pipeline's own train-stage outputs (CellTypist's is a pickle)
+        pred = load_predictor(folder, trust_pickle=True)
         y, members = pred.predict_members(store, "test")
         p = ensemble_mean(members) if len(members) > 1 else members[0]
         m = evaluate_probs(y, p, child, weights)

@@ -10,7 +10,7 @@ of the store's genes after CellTypist's feature selection and its dropping of ne
 CellTypist's per-class probabilities are one-vs-rest sigmoids; we normalise them per cell so they can be
 scored like the other models' softmax outputs, keeping CellTypist's "best match" as the argmax.
 
-The model file is CellTypist's own (a pickle): load only files you wrote yourself.
+The model file is CellTypist's own (a pickle): :func:`load_celltypist` refuses it unless ``trust_pickle=True``.
 """
 
 from __future__ import annotations
@@ -304,13 +304,20 @@ def save_celltypist(model, folder: str | Path) -> Path:
     return path
 
 
-def load_celltypist(path: str | Path):
-    """A model written by :func:`save_celltypist` (a file, or the folder holding ``model.pkl``)."""
-    Model = _celltypist().models.Model
+def load_celltypist(path: str | Path, *, trust_pickle: bool = False):
+    """A model written by :func:`save_celltypist` (a file, or the folder holding ``model.pkl``).
+
+    CellTypist's format is a pickle, which runs code when read: refused (``UntrustedPickleError``) unless
+    ``trust_pickle=True`` says the file comes from you or a source you trust.
+    """
+    from sctab.security import require_trusted_pickle
+
     path = Path(path)
     if path.is_dir():
         path = path / MODEL_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no CellTypist model at {path} (expected the {MODEL_FILE} that save_celltypist "
                                 f"writes)")
+    require_trusted_pickle(path, "a CellTypist model", trust_pickle)
+    Model = _celltypist().models.Model
     return Model.load(str(path.resolve()))

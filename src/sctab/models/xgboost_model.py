@@ -161,6 +161,10 @@ def load_xgboost(path: str | Path):
         path = path / "model.ubj"
     if not path.exists():
         raise FileNotFoundError(f"no XGBoost model at {path}")
+    if path.suffix.lower() not in (".ubj", ".json"):
+        # pickled boosters (.pkl/.joblib) run code when read; XGBoost's own formats cannot
+        raise ValueError(f"{path}: XGBoost models are read only from UBJ (.ubj) or JSON (.json), not "
+                         f"{path.suffix or 'an unknown format'}; re-save with booster.save_model('model.ubj')")
     booster = xgb.Booster()
     booster.load_model(str(path))
     return booster
