@@ -227,10 +227,21 @@ class Store:
         var_path = self.root / "var.parquet"
         if not var_path.exists():
             raise StoreError(f"store {self.root} has no var.parquet")
-        self.var = pd.read_parquet(var_path)
+        self.var = _read_parquet_frame(var_path)
         for c in ("feature_id", "feature_name"):
             if c not in self.var.columns:
                 raise StoreError(f"{var_path} lacks column {c!r} (has {list(self.var.columns)})")
+        if len(self.var) == 0:
+            raise StoreError(f"{var_path} lists no genes: a store needs at least one")
+        ids = self.var["feature_id"]
+        missing = ids.isna() | (ids.astype(str).str.strip() == "")
+        if missing.any():
+            raise StoreError(f"{var_path}: {int(missing.sum())} gene(s) without a feature_id (first at row "
+                             f"{int(np.flatnonzero(missing.to_numpy())[0])})")
+        dup = ids.astype(str).duplicated(keep=False)
+        if dup.any():
+            raise StoreError(f"{var_path}: duplicate feature_id {ids[dup].astype(str).iloc[0]!r} "
+                             f"({int(dup.sum())} rows share an id): genes must be unique")
         self._splits: dict[str, StoreSplit] = {}
 
     # metadata ---------------------------------------------------------------
@@ -242,7 +253,7 @@ class Store:
         path = self.root / "categorical_lookup" / f"{column}.parquet"
         if not path.exists():
             raise StoreError(f"store {self.root} has no lookup for {column!r} ({path})")
-        df = pd.read_parquet(path)
+        df = _read_parquet_frame(path)
         if "label" not in df.columns:
             raise StoreError(f"{path} lacks column 'label'")
         return df
@@ -266,17 +277,22 @@ class Store:
         if not path.exists():
             avail = sorted(p.stem for p in (self.root / "train_subsets").glob("*.npy")) if (self.root / "train_subsets").exists() else []
             raise StoreError(f"store {self.root} has no train subset {name!r}; available: {avail or 'none'}")
-        return np.load(path, allow_pickle=False)
+        return _load_npy(path)
 
     def report(self) -> dict:
         path = self.root / "store_report.json"
-        return json.loads(path.read_text()) if path.exists() else {}
+        if not path.exists():
+            return {}
+        try:
+            return json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise StoreError(f"cannot read {path}: {e}") from e
 
     def _npy(self, rel: str, shape: tuple) -> np.ndarray:
         path = self.root / rel
         if not path.exists():
             raise StoreError(f"store {self.root} has no {rel}")
-        arr = np.load(path, allow_pickle=False)
+        arr = _load_npy(path)
         if arr.shape != shape:
             raise StoreError(f"{path} has shape {arr.shape}, expected {shape}")
         return arr
@@ -299,9 +315,13 @@ class Store:
                 rows = meta.row_group(i).num_rows
                 groups.append((f, i, rows))
                 n += rows
-            schema = meta.schema.to_arrow_schema()
+            try:
+                schema = meta.schema.to_arrow_schema()
+            except Exception as e:
+                raise StoreError(f"cannot read the schema of parquet part {f}: {e}") from e
             if "X" not in schema.names or "cell_type" not in schema.names:
                 raise StoreError(f"parquet part {f} lacks column 'X' or 'cell_type' (has {schema.names})")
+            _check_types(f, schema)
         s = StoreSplit(name=name, files=files, n_rows=n, row_groups=groups)
         self._splits[name] = s
         return s
@@ -309,7 +329,8 @@ class Store:
     def read_row_group(self, path: Path, index: int, columns=("X", "cell_type")) -> dict[str, np.ndarray]:
         """One row group as numpy: X -> (rows, n_genes) float32, other columns 1-d."""
         try:
-            tbl = pq.ParquetFile(path).read_row_group(index, columns=list(columns))
+            # pages written with CRCs (pyarrow write_page_checksum=True) are verified; others read as before
+            tbl = pq.ParquetFile(path, page_checksum_verification=True).read_row_group(index, columns=list(columns))
         except Exception as e:
             raise StoreError(f"cannot read row group {index} of {path}: {e}") from e
         out = {}
@@ -327,16 +348,56 @@ class Store:
 
     def read_obs(self, split: str, columns=("cell_type",)) -> pd.DataFrame:
         """Non-X columns of a split (cheap: parquet reads only the named columns)."""
-        tables = [pq.read_table(f, columns=list(columns)) for f in self.split(split).files]
-        return pa.concat_tables(tables).to_pandas()
+        tables = []
+        for f in self.split(split).files:
+            try:
+                tables.append(pq.read_table(f, columns=list(columns)))
+            except Exception as e:
+                raise StoreError(f"cannot read columns {list(columns)} of {f}: {e}") from e
+        try:
+            return pa.concat_tables(tables).to_pandas()
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise StoreError(f"the parts of split {split!r} disagree on columns {list(columns)}: {e}") from e
+
+
+def _read_parquet_frame(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except Exception as e:  # truncated or not parquet at all: ArrowInvalid, OSError, ...
+        raise StoreError(f"cannot read {path}: {e}") from e
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:  # truncated, not .npy, or pickled (refused)
+        raise StoreError(f"cannot read {path}: {e}") from e
+
+
+def _check_types(path: Path, schema: pa.Schema) -> None:
+    """X is a list of floating-point values per cell, cell_type an integer code: anything else is refused."""
+    x = schema.field("X").type
+    if not (pa.types.is_list(x) or pa.types.is_large_list(x)) or not pa.types.is_floating(x.value_type):
+        raise StoreError(f"parquet part {path}: column X has type {x}, expected list<float> (one list of "
+                         f"normalised expression values per cell)")
+    ct = schema.field("cell_type").type
+    if not pa.types.is_integer(ct):
+        raise StoreError(f"parquet part {path}: column cell_type has type {ct}, expected integer class codes")
 
 
 def list_column_to_dense(col: pa.ChunkedArray, n_genes: int, where: Path | str = "") -> np.ndarray:
     """Flatten a list<float32> column into a (rows, n_genes) array, checking every row's length."""
     arrs = []
+    t = col.type
+    if not (pa.types.is_list(t) or pa.types.is_large_list(t)) or not (
+            pa.types.is_floating(t.value_type) or pa.types.is_integer(t.value_type)):
+        raise StoreError(f"{where}: column X has type {t}, expected list<float>")
     for chunk in col.chunks:
         if len(chunk) == 0:
             continue
+        if chunk.null_count:
+            row = int(np.flatnonzero(chunk.is_null().to_numpy(zero_copy_only=False))[0])
+            raise StoreError(f"{where}: row {row} of X is null (every cell needs {n_genes} values)")
         offsets = chunk.offsets.to_numpy()
         lengths = np.diff(offsets)
         bad = np.flatnonzero(lengths != n_genes)
@@ -344,5 +405,5 @@ def list_column_to_dense(col: pa.ChunkedArray, n_genes: int, where: Path | str =
             raise StoreError(f"{where}: row {int(bad[0])} of X has {int(lengths[bad[0]])} values, "
                              f"expected {n_genes} (the length of var.parquet)")
         vals = chunk.values.to_numpy(zero_copy_only=False)[offsets[0]:offsets[-1]]
-        arrs.append(vals.reshape(-1, n_genes).astype(np.float32, copy=False))
+        arrs.append(vals.reshape(len(chunk), n_genes).astype(np.float32, copy=False))
     return np.concatenate(arrs) if arrs else np.empty((0, n_genes), np.float32)
