@@ -80,12 +80,20 @@ def _h5_matrix(elem):
     raise AnnotateError(f"{elem.name} in the h5ad is a {enc or 'group'!r}, not a matrix of counts")
 
 
+class LegacyH5ad(Exception):
+    """Written by anndata < 0.7 (obs as a compound dataset): read through anndata instead of element by element."""
+
+
 def h5ad_matrices(f, path: Path) -> tuple[pd.Index, list[Matrix]]:
     """obs names and candidate matrices (X, layers/*, raw/X) of an open h5py file, nothing loaded yet."""
+    import h5py
+
     import anndata.io as aio
 
     if "obs" not in f or "var" not in f:
         raise AnnotateError(f"{path} is not an AnnData h5ad file (no obs/var groups)")
+    if not isinstance(f["obs"], h5py.Group) or "encoding-type" not in f["obs"].attrs:
+        raise LegacyH5ad(f"{path} is in the pre-0.7 AnnData layout")
     try:
         obs_index = aio.read_elem(f["obs"]).index
         var = aio.read_elem(f["var"])
@@ -232,7 +240,9 @@ class GeneMatch:
 
 
 def _strip_version(ids: pd.Series) -> pd.Series:
-    return ids.str.replace(r"\.\d+$", "", regex=True)
+    """ENSG00000141510.17 -> ENSG00000141510; other names (e.g. RP11-34P13.14) stay as they are."""
+    is_id = ids.str.match(ENSEMBL)
+    return ids.where(~is_id, ids.str.replace(r"\.\d+$", "", regex=True))
 
 
 def _is_ensembl(values: pd.Series) -> bool:

@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 
 from sctab.annotation.annotator import COLUMNS, UNASSIGNED, Annotator, to_model_space
-from sctab.annotation.counts import (CountsSource, GeneMatch, adata_matrices, check_block, choose_matrix,
-                                   h5ad_matrices, match_genes)
+from sctab.annotation.counts import (CountsSource, GeneMatch, LegacyH5ad, adata_matrices, check_block,
+                                   choose_matrix, h5ad_matrices, match_genes)
 from sctab.annotation.errors import AnnotateError
 from sctab.annotation.resolve import DEFAULT_MODEL, load_annotator
 
@@ -179,6 +179,20 @@ def _write_h5ad(src: Path, out: Path, frame: pd.DataFrame, report: AnnotationRep
             aio.write_elem(uns, name, {k: v for k, v in report.as_dict().items()})
 
 
+def _read_legacy(src: Path):
+    """Old (pre-0.7) h5ad files: anndata converts them on reading; they are small enough to load."""
+    import warnings
+
+    import anndata
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return anndata.read_h5ad(src)
+    except Exception as e:
+        raise AnnotateError(f"cannot read {src} as an AnnData file: {e}") from e
+
+
 def annotate_file(input: str | Path, output: str | Path, model=DEFAULT_MODEL, *, layer: str | None = None,
                   gene_column: str | None = None, from_log1p: bool = False, allow_non_integer: bool = False,
                   batch_size: int = 4096, uncertainty_threshold: float | None = None, key_added: str = "sctab",
@@ -199,14 +213,25 @@ def annotate_file(input: str | Path, output: str | Path, model=DEFAULT_MODEL, *,
         f = h5py.File(src, "r")
     except OSError as e:
         raise AnnotateError(f"cannot open {src} as HDF5 (truncated or not an h5ad file?): {e}") from e
+    legacy = None
     with f:
-        obs_names, matrices = h5ad_matrices(f, src)
+        try:
+            obs_names, matrices = h5ad_matrices(f, src)
+        except LegacyH5ad:
+            legacy = _read_legacy(src)
+            obs_names, matrices = adata_matrices(legacy)
         source = choose_matrix(obs_names, matrices, layer=layer, from_log1p=from_log1p,
                                allow_non_integer=allow_non_integer, source=str(src))
         match = match_genes(source.matrix.var, ann.genes, gene_column=gene_column, where=str(src))
         frame = _predict_stream(ann, source, match, batch_size, progress)
     report = _report(ann, source, match, frame, time.perf_counter() - t0)
-    if out.suffix == ".h5ad":
+    if out.suffix == ".h5ad" and legacy is not None:
+        for c, v in _prefixed(frame, key_added).items():
+            legacy.obs[c] = v.to_numpy()
+        legacy.uns[f"{key_added}_annotation"] = report.as_dict()
+        with _output_tmp(out) as tmp:
+            legacy.write_h5ad(tmp)
+    elif out.suffix == ".h5ad":
         _write_h5ad(src, out, frame, report, key_added)
     else:
         with _output_tmp(out) as tmp:
