@@ -55,11 +55,11 @@ class SctabAnnotatorModel(mlflow.pyfunc.PythonModel):
 
 
 def signature(genes: list[str]):
-    """Optional double columns per gene (raw counts) -> the six output columns."""
+    """Optional integer (long) columns per gene, raw counts -> the six output columns."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, Schema
 
-    inputs = Schema([ColSpec("double", g, required=False) for g in genes])
+    inputs = Schema([ColSpec("long", g, required=False) for g in genes])
     outputs = Schema([ColSpec("string", "label"), ColSpec("string", "cell_type_ontology_term_id"),
                       ColSpec("double", "probability"), ColSpec("double", "uncertainty"),
                       ColSpec("string", "coarse_label"), ColSpec("string", "coarse_ontology_term_id")])
