@@ -230,14 +230,18 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(case, bundle_dir, test_co
 
 
 # ----------------------------------------------------------------------- real public data in packages
-@pytest.fixture(scope="module")
-def pbmc_symbols(tmp_path_factory) -> Path:
-    """CellTypist's sample: raw UMI counts of real PBMCs by gene symbol (cells x genes CSV)."""
+def write_pbmc_h5ad(path: Path) -> Path:
+    """CellTypist's sample: raw UMI counts of 559 real PBMCs by gene symbol (a cells x genes CSV) as an h5ad."""
     csv = resources.files("celltypist") / "data" / "samples" / "sample_cell_by_gene.csv"
     frame = pd.read_csv(csv, index_col=0)
     adata = anndata.AnnData(sp.csr_matrix(frame.to_numpy(dtype=np.float32)), obs=pd.DataFrame(index=frame.index),
                             var=pd.DataFrame(index=frame.columns.astype(str)))
-    return _write(adata, tmp_path_factory.mktemp("pbmc") / "pbmc_symbols.h5ad")
+    return _write(adata, path)
+
+
+@pytest.fixture(scope="module")
+def pbmc_symbols(tmp_path_factory) -> Path:
+    return write_pbmc_h5ad(tmp_path_factory.mktemp("pbmc") / "pbmc_symbols.h5ad")
 
 
 def test_real_pbmc_by_symbol_by_ensembl_and_with_missing_genes(pbmc_symbols, annotator, tmp_path):
