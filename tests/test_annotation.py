@@ -289,3 +289,13 @@ def test_plot_annotation(annotator, test_counts, tmp_path):
     assert [ax.get_title() for ax in fig.axes[:2]] == ["predicted cell type", "ensemble uncertainty"]
     with pytest.raises(AnnotateError, match="run sctab.annotate"):
         plot_annotation(test_counts.copy())
+
+
+def test_top_level_api_is_scanpy_like(annotator, test_counts):
+    import sctab
+
+    out = sctab.annotate(test_counts, annotator, copy=True, progress=False)
+    assert out is not test_counts and "sctab_label" in out.obs and "sctab_label" not in test_counts.obs
+    assert sctab.annotate is annotate and "plot_annotation" in dir(sctab)
+    with pytest.raises(AnnotateError, match="expects an AnnData"):
+        sctab.annotate(test_counts.X, annotator)
