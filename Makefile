@@ -4,7 +4,7 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PROFILE ?= tiny
 PYTEST_ARGS ?=
-export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PYTHONUNBUFFERED := 1
 
 .PHONY: venv repro test test-fast params status push pull clean help merlin-env test-merlin ui metrics \

@@ -230,6 +230,9 @@ def _browse(base: str, project: Path) -> None:
             page.screenshot(path=ARTIFACTS / "mlflow-ui-runs.png")
 
             page.goto(f"{base}/#/experiments/{exp}/runs/{run}/model-metrics", wait_until="domcontentloaded")
+            search = page.get_by_placeholder("Search metric charts")
+            search.wait_for(timeout=timeout)
+            search.fill("val_")  # charts render only when in view: bring the validation curves to the top
             page.get_by_text("val_f1_macro", exact=True).first.wait_for(timeout=timeout)
             page.locator(".js-plotly-plot").first.wait_for(timeout=timeout)
             assert page.locator(".js-plotly-plot").count() >= 3
