@@ -4,11 +4,12 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PROFILE ?= tiny
 PYTEST_ARGS ?=
-export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PYTHONUNBUFFERED := 1
 
 .PHONY: venv repro test test-fast params status push pull clean help postgres merlin-env test-merlin ui metrics \
-	tune-baselines apply-tuned sweep-model-size sweep-data-size exp-augmentation exp-organ experiments
+	tune-baselines apply-tuned sweep-model-size sweep-data-size exp-augmentation exp-organ experiments \
+	register promote serve annotate models browser
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -50,7 +51,30 @@ pull: venv
 
 UI_PORT ?= 5000
 ui: venv  ## MLflow UI on http://127.0.0.1:$(UI_PORT) over the local tracking store
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port $(UI_PORT)
+	$(VENV)/bin/mlflow ui --backend-store-uri $(TRACKING) --host 127.0.0.1 --port $(UI_PORT)
+
+# The registry (MLflow, local sqlite store unless MLFLOW_TRACKING_URI says otherwise). `make repro` ends with the
+# `register` stage: every model folder becomes a version with alias @challenger.
+MODEL      ?= sctab-ensemble
+MODEL_URI  ?= models:/$(MODEL)@champion
+SERVE_PORT ?= 5001
+TRACKING   := $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlruns/mlflow.db}
+register: venv  ## register the trained models (dvc repro register): new versions get @challenger
+	$(VENV)/bin/dvc repro register
+
+models: venv  ## registered models, versions, aliases and test F1
+	$(VENV)/bin/sctab models
+
+promote: venv  ## move @champion of MODEL to @challenger if its test F1 is at least as good (FORCE=1, VERSION=n)
+	$(VENV)/bin/sctab promote --model $(MODEL) $(if $(VERSION),--version $(VERSION)) $(if $(FORCE),--force)
+
+serve: venv  ## serve MODEL_URI (default models:/sctab-ensemble@champion) on http://127.0.0.1:$(SERVE_PORT)/invocations
+	MLFLOW_TRACKING_URI=$(TRACKING) $(VENV)/bin/mlflow models serve -m $(MODEL_URI) --env-manager local \
+		--host 127.0.0.1 --port $(SERVE_PORT)
+
+annotate: venv  ## label INPUT=cells.h5ad with MODEL_URI -> OUTPUT (default INPUT's name + .annotated.h5ad)
+	@test -n "$(INPUT)" || { echo "usage: make annotate INPUT=cells.h5ad [OUTPUT=out.h5ad|.csv|.parquet] [MODEL_URI=models:/...]"; exit 2; }
+	$(VENV)/bin/sctab annotate $(INPUT) -o $(or $(OUTPUT),$(basename $(INPUT)).annotated.h5ad) --model $(MODEL_URI)
 
 metrics: venv  ## each trained model's validation/test macro F1 (DVC metrics)
 	$(VENV)/bin/dvc metrics show
@@ -86,7 +110,13 @@ exp-organ: venv  ## lung-only vs cross-organ training, scored on lung test cells
 
 experiments: sweep-model-size sweep-data-size exp-augmentation exp-organ  ## all four experiments
 
-test: venv postgres  ## the whole test suite, slow end-to-end tests included
+# The browser test of the MLflow UI drives Debian's Chromium (headless, through Playwright's Python client).
+CHROMIUM ?= /usr/bin/chromium
+browser:  ## Debian's chromium for the UI test (installed with apt-get when missing and running as root)
+	@test -x $(CHROMIUM) || { test "$$(id -u)" = 0 || { echo "the UI test needs Debian's chromium: sudo apt-get install chromium"; exit 1; }; \
+		apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; }
+
+test: venv browser postgres  ## the whole test suite, slow end-to-end tests included
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: venv  ## unit tests only

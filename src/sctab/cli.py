@@ -1,4 +1,4 @@
-"""The `sctab` command: profiles, and a look at what the pipeline produced.
+"""The `sctab` command: profiles, a look at the store, and the registry: register, promote, annotate.
 
 Stages themselves run through `dvc repro` (pipelines/*.py); this command holds the user-facing tools.
 """
@@ -48,6 +48,91 @@ def _cmd_store_info(args) -> int:
     return 0
 
 
+def _cmd_annotate(args) -> int:
+    from sctab.annotation import annotate_file, load_annotator
+
+    ann = load_annotator(args.model, trust_pickle=args.trust_pickle, uncertainty_threshold=args.uncertainty_threshold,
+                         store=args.store, ontology=args.ontology)
+    report = annotate_file(args.input, args.output, ann, layer=args.layer, gene_column=args.gene_column,
+                           from_log1p=args.from_log1p, allow_non_integer=args.allow_non_integer,
+                           batch_size=args.batch_size, key_added=args.key_added, progress=not args.quiet)
+    print(report.summary())
+    print(f"wrote {args.output}")
+    if args.plot:
+        import anndata
+
+        from sctab.annotation import plot_annotation
+
+        adata = anndata.read_h5ad(args.output) if str(args.output).endswith(".h5ad") else None
+        if adata is None:
+            print("sctab: --plot needs an .h5ad output", file=sys.stderr)
+        else:
+            plot_annotation(adata, key_added=args.key_added, path=args.plot)
+            print(f"wrote {args.plot}")
+    return 0
+
+
+def _print_promotion(p) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{p.name}: promote version {p.candidate} to @champion?")
+    for col in ("role", "version", "test_f1_macro", "test_split", "git_commit", "aliases"):
+        t.add_column(col)
+    for r in p.rows:
+        t.add_row(*(str(r[c]) for c in ("role", "version", "test_f1_macro", "test_split", "git_commit", "aliases")))
+    Console(width=max(Console().width, 140)).print(t)
+    print(("promoted: " if p.promoted else "not promoted: ") + p.reason)
+
+
+def _cmd_promote(args) -> int:
+    from sctab.registry import promote
+
+    p = promote(args.model, args.version, force=args.force)
+    _print_promotion(p)
+    return 0 if p.promoted or p.champion == p.candidate else 1
+
+
+def _cmd_models(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from sctab.registry.register import client
+
+    c = client()
+    t = Table(title="registered models")
+    for col in ("model", "version", "aliases", "test_f1_macro", "kind", "data_version", "created"):
+        t.add_column(col)
+    import datetime as dt
+
+    for rm in sorted(c.search_registered_models(), key=lambda m: m.name):
+        if args.name and rm.name != args.name:
+            continue
+        by_version: dict[str, list[str]] = {}
+        for alias, version in (rm.aliases or {}).items():
+            by_version.setdefault(str(version), []).append("@" + alias)
+        for v in sorted(c.search_model_versions(f"name = '{rm.name}'"), key=lambda v: int(v.version)):
+            tags = v.tags or {}
+            created = dt.datetime.fromtimestamp(v.creation_timestamp / 1000).strftime("%Y-%m-%d %H:%M")
+            t.add_row(rm.name, str(v.version), ", ".join(sorted(by_version.get(str(v.version), []))),
+                      tags.get("test_f1_macro", ""), tags.get("model_kind", ""), tags.get("data_version", ""), created)
+    Console(width=max(Console().width, 140)).print(t)
+    return 0
+
+
+def _cmd_import_checkpoint(args) -> int:
+    from sctab.config import load_params
+    from sctab.registry.importer import import_checkpoints
+
+    params = load_params(args.params) if Path(args.params).exists() else {"profile": "imported"}
+    v = import_checkpoints(args.checkpoints, var_path=args.var, cell_types_path=args.cell_types, name=args.name,
+                           ontology_path=args.ontology, params=params, store=args.store, test_f1=args.test_f1)
+    f1 = "unknown" if v.test_f1_macro is None else f"{v.test_f1_macro:.4f}"
+    print(f"{v.name} version {v.version}{' (already registered)' if v.reused else ''} from "
+          f"{len(args.checkpoints)} checkpoint(s); test macro F1 {f1}; alias @challenger")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sctab", description="scTab platform: census -> store -> models -> registry. "
                                 "Pipeline stages run with `dvc repro`; see README.md.")
@@ -62,6 +147,62 @@ def build_parser() -> argparse.ArgumentParser:
     si = sub.add_parser("store-info", help="summarise a training store (ours or the published scTab one)")
     si.add_argument("store", nargs="?", default="data/store", help="store folder (default: %(default)s)")
     si.set_defaults(func=_cmd_store_info)
+    an = sub.add_parser("annotate", help="label the cells of an .h5ad with a registered model",
+                        description="Annotate INPUT.h5ad with a scTab model: raw counts are read from X, a 'counts' "
+                        "layer or .raw.X (streamed, so files larger than memory work), genes matched by Ensembl id or "
+                        "symbol (absent ones zero-filled and reported), normalised as the model expects. Writes obs "
+                        "columns <key>_label, _cell_type_ontology_term_id, _probability, _uncertainty and a coarser "
+                        "_coarse_label (lowest common ontology ancestor) for uncertain cells. The output is written "
+                        "only when every cell was annotated.")
+    an.add_argument("input", help="the .h5ad file to annotate")
+    an.add_argument("-o", "--output", required=True, help="output .h5ad (input + new obs columns), .csv or .parquet")
+    an.add_argument("--model", default="models:/sctab-ensemble@champion",
+                    help="models:/<name>@<alias>, models:/<name>/<version>, runs:/..., or a model folder "
+                    "(default: %(default)s)")
+    an.add_argument("--layer", default=None, help="matrix of raw counts: X, raw, or a layer name (default: the first "
+                    "of X, layers['counts'], .raw.X that holds counts)")
+    an.add_argument("--gene-column", default=None, help="var column with Ensembl ids or symbols ('index' for "
+                    "var_names; default: detected)")
+    an.add_argument("--from-log1p", action="store_true", help="the matrix holds log1p of size-factor normalised "
+                    "values (scanpy normalize_total + log1p): undo the log1p and renormalise")
+    an.add_argument("--allow-non-integer", action="store_true", help="accept non-integer counts (e.g. ambient-"
+                    "corrected)")
+    an.add_argument("--batch-size", type=int, default=4096, help="cells per prediction batch (default: %(default)s)")
+    an.add_argument("--uncertainty-threshold", type=float, default=None,
+                    help="above it a cell also gets the coarse label (default: the model's, 0.5)")
+    an.add_argument("--key-added", default="sctab", help="prefix of the new obs columns (default: %(default)s)")
+    an.add_argument("--plot", default=None, help="also save an embedding coloured by label and uncertainty (PNG)")
+    an.add_argument("--trust-pickle", action="store_true", help="allow loading a pickled model (CellTypist) from a "
+                    "folder you trust")
+    an.add_argument("--store", default="data/store", help="for a pipeline model folder: the store (default: %(default)s)")
+    an.add_argument("--ontology", default="data/ontology/cl.obo",
+                    help="for a pipeline model folder: the Cell Ontology (default: %(default)s)")
+    an.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    an.set_defaults(func=_cmd_annotate)
+    pr = sub.add_parser("promote", help="move @champion to a version if its test F1 is at least the champion's",
+                        description="Compare a version (default: @challenger) with @champion of a registered model on "
+                        "test macro F1 over the same test split; move @champion only if it is at least as good, unless "
+                        "--force. Prints the comparison; exit code 1 when refused.")
+    pr.add_argument("--model", default="sctab-ensemble", help="registered model name (default: %(default)s)")
+    pr.add_argument("--version", default=None, help="version to promote (default: the one with @challenger)")
+    pr.add_argument("--force", action="store_true", help="promote even if it is worse or not comparable")
+    pr.set_defaults(func=_cmd_promote)
+    mo = sub.add_parser("models", help="list registered models, versions, aliases and test F1")
+    mo.add_argument("name", nargs="?", default=None, help="only this registered model")
+    mo.set_defaults(func=_cmd_models)
+    ic = sub.add_parser("import-checkpoint", help="register published scTab checkpoints as an ensemble version",
+                        description="Read published scTab Lightning checkpoints (one per seed; weights only, no "
+                        "pickled code) and register them together as one version of the ensemble (@challenger).")
+    ic.add_argument("checkpoints", nargs="+", help=".ckpt files, one per ensemble member")
+    ic.add_argument("--var", required=True, help="the published var.parquet (feature_id, feature_name)")
+    ic.add_argument("--cell-types", required=True, help="the published categorical_lookup/cell_type.parquet")
+    ic.add_argument("--name", default="sctab-ensemble", help="registered model name (default: %(default)s)")
+    ic.add_argument("--store", default=None, help="score the ensemble on this store's test split (genes and classes "
+                    "must match) to record its test macro F1")
+    ic.add_argument("--test-f1", type=float, default=None, help="record this test macro F1 instead")
+    ic.add_argument("--ontology", default="data/ontology/cl.obo", help="Cell Ontology OBO (default: %(default)s)")
+    ic.add_argument("--params", default="params.yaml", help="for the profile tag (default: %(default)s)")
+    ic.set_defaults(func=_cmd_import_checkpoint)
     return p
 
 
@@ -70,6 +211,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"sctab: error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        from sctab.registry.register import RegistryError
+
+        if not isinstance(e, RegistryError):
+            raise
         print(f"sctab: error: {e}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,49 @@
+"""Pipeline stage `register`: each model folder -> an MLflow registered model version (@challenger)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from sctab.config import load_params
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Register the scTab deep ensemble (models/sctab) as one MLflow pyfunc model and each baseline "
+        "as its own registered model (names: params.yaml registry.models). Each version takes raw counts by "
+        "Ensembl id and returns label, Cell Ontology id, probability and uncertainty; it carries its lineage "
+        "(git commit, data version, profile, test macro F1, member runs) as tags and gets the alias @challenger. "
+        "Unchanged models are not registered twice. `make promote` then moves @champion.")
+    parser.add_argument("--params", default="params.yaml", help="YAML parameter file (default: %(default)s)")
+    parser.add_argument("--models", default="models", help="folder of model folders (default: %(default)s)")
+    parser.add_argument("--store", default="data/store", help="the store: class ontology ids (default: %(default)s)")
+    parser.add_argument("--ontology", default="data/ontology/cl.obo", help="Cell Ontology OBO (default: %(default)s)")
+    parser.add_argument("--metrics", default="reports/evaluate/metrics.json",
+                        help="the evaluate stage's metrics: each model's test macro F1 (default: %(default)s)")
+    parser.add_argument("--out", default="reports/registry/registered.json",
+                        help="what was registered (default: %(default)s)")
+    args = parser.parse_args(argv)
+
+    from sctab.io import write_json
+    from sctab.registry import RegistryError, register_pipeline_models
+
+    try:
+        metrics = json.loads(Path(args.metrics).read_text()).get("models", {})
+        versions = register_pipeline_models(args.models, store=args.store, ontology_path=args.ontology,
+                                            metrics=metrics, params=load_params(args.params))
+    except (FileNotFoundError, ValueError, RegistryError) as e:
+        print(f"register: error: {e}", file=sys.stderr)
+        return 2
+    for v in versions:
+        f1 = "unknown" if v.test_f1_macro is None else f"{v.test_f1_macro:.4f}"
+        print(f"{v.name} version {v.version}{' (unchanged, already registered)' if v.reused else ''}: "
+              f"test macro F1 {f1}")
+    write_json(args.out, {"models": [v.as_dict() for v in versions]})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

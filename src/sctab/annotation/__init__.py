@@ -1,0 +1,16 @@
+"""Annotate a user's cells with a registered scTab model (CLI: ``sctab annotate``).
+
+    import sctab
+    adata = sctab.annotate(adata, model="models:/sctab-ensemble@champion")
+    sctab.annotation.plot_annotation(adata)            # embedding coloured by label and by uncertainty
+"""
+
+from sctab.annotation.annotator import COLUMNS, UNASSIGNED, Annotator
+from sctab.annotation.bundle import Bundle, write_bundle
+from sctab.annotation.errors import AnnotateError
+from sctab.annotation.plots import plot_annotation
+from sctab.annotation.resolve import DEFAULT_MODEL, load_annotator
+from sctab.annotation.run import AnnotationReport, annotate, annotate_file
+
+__all__ = ["COLUMNS", "UNASSIGNED", "Annotator", "AnnotateError", "AnnotationReport", "Bundle", "DEFAULT_MODEL",
+           "annotate", "annotate_file", "load_annotator", "plot_annotation", "write_bundle"]

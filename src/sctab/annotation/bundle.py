@@ -1,0 +1,258 @@
+"""The annotation bundle: everything needed to label cells, with no store and no pipeline around it.
+
+A registered model, a served model and ``sctab annotate`` all read the same folder:
+
+    bundle.yaml          kind, members, normalisation, fallback settings, where it came from
+    var.parquet          the model's genes in input order (feature_id, feature_name)
+    classes.parquet      the model's classes in output order (label, ontology_term_id)
+    ontology.json        the Cell Ontology slice the coarse fallback label needs (ancestors of every class)
+    members/<name>/      the pipeline's model folders, unchanged (model.pt, model.ubj + pca.npz, model.pkl)
+
+``write_bundle`` builds it from a pipeline model folder (``models/sctab`` ensemble or a single model) and
+``Bundle.load`` rebuilds the predictor. Neural weights load with ``weights_only=True``, XGBoost from UBJ;
+only a CellTypist member is a pickle (CellTypist's own format).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from sctab.annotation.errors import AnnotateError
+
+FORMAT = 1
+NEURAL = ("linear", "mlp", "sctab")
+DEFAULT_FALLBACK = {"uncertainty_threshold": 0.5, "coverage": 0.9, "max_labels": 5}
+
+
+@dataclass(frozen=True)
+class FeatureSpace:
+    """Genes and classes of a model: what the per-kind predictors need from a store, without one."""
+
+    var: pd.DataFrame
+    classes: list[str]
+
+    @property
+    def n_genes(self) -> int:
+        return len(self.var)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+
+@dataclass
+class OntologySlice:
+    """Ancestors (with their labels and depth) of every class: enough for lowest common ancestors."""
+
+    labels: dict[str, str]
+    depth: dict[str, int]
+    ancestors: dict[str, frozenset[str]]
+
+    def lowest_common_ancestor(self, term_ids: list[str]) -> str:
+        common = set(self.ancestors[term_ids[0]]) | {term_ids[0]}
+        for t in term_ids[1:]:
+            common &= set(self.ancestors[t]) | {t}
+        if not common:
+            return "CL:0000000"  # 'cell': the root every class shares
+        return min(common, key=lambda a: (-self.depth.get(a, 0), a))
+
+    def to_json(self) -> dict:
+        return {"labels": self.labels, "depth": self.depth,
+                "ancestors": {k: sorted(v) for k, v in self.ancestors.items()}}
+
+    @classmethod
+    def from_json(cls, doc: dict) -> OntologySlice:
+        return cls(labels=dict(doc["labels"]), depth={k: int(v) for k, v in doc["depth"].items()},
+                   ancestors={k: frozenset(v) for k, v in doc["ancestors"].items()})
+
+    @classmethod
+    def from_ontology(cls, ontology, class_ids: list[str]) -> OntologySlice:
+        terms: set[str] = set()
+        ancestors = {}
+        for t in class_ids:
+            anc = frozenset(ontology.ancestors(t))
+            ancestors[t] = anc
+            terms |= anc | {t}
+        labels = {t: ontology.label(t) for t in sorted(terms)}
+        depth = {t: ontology.n_ancestors(t) for t in sorted(terms)}
+        return cls(labels=labels, depth=depth, ancestors=ancestors)
+
+
+def _member_folders(folder: Path) -> list[Path]:
+    if (folder / "ensemble.json").exists():
+        summary = json.loads((folder / "ensemble.json").read_text())
+        names = list((summary.get("members") or {}).keys())
+        folders = [folder / n for n in names] if names else sorted(p for p in folder.glob("seed_*") if p.is_dir())
+        if not folders:
+            raise AnnotateError(f"ensemble {folder} has no member folders")
+        return folders
+    return [folder]
+
+
+def _kind_of(member: Path) -> str:
+    if not (member / "model.yaml").exists():
+        raise AnnotateError(f"{member} is not a model folder (no model.yaml)")
+    kind = str((yaml.safe_load((member / "model.yaml").read_text()) or {}).get("model", "")).lower()
+    if kind not in NEURAL + ("xgboost", "celltypist"):
+        raise AnnotateError(f"{member}/model.yaml names an unknown model {kind!r}")
+    return kind
+
+
+def _dir_md5(folder: Path) -> str:
+    h = hashlib.md5()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(folder)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def write_bundle(model_folder: str | Path, out: str | Path, *, class_ids: dict[str, str], ontology,
+                 fallback: dict | None = None, source: dict | None = None) -> Path:
+    """Copy a pipeline model folder into a bundle at ``out``.
+
+    ``class_ids`` maps each class label to its Cell Ontology id (the store's cell_type lookup);
+    ``ontology`` is a :class:`sctab.ontology.CellOntology` (only the classes' ancestors are kept).
+    """
+    model_folder, out = Path(model_folder), Path(out)
+    if not model_folder.is_dir():
+        raise AnnotateError(f"model folder {model_folder} does not exist")
+    members = _member_folders(model_folder)
+    kinds = {_kind_of(m) for m in members}
+    if len(kinds) != 1:
+        raise AnnotateError(f"{model_folder}: members of different kinds {sorted(kinds)}")
+    kind = kinds.pop()
+    var = pd.read_parquet(members[0] / "var.parquet")[["feature_id", "feature_name"]]
+    labels = pd.read_parquet(members[0] / "cell_type.parquet")["label"].astype(str).tolist()
+    for m in members[1:]:
+        if pd.read_parquet(m / "var.parquet")["feature_id"].tolist() != var["feature_id"].tolist():
+            raise AnnotateError(f"ensemble member {m} has other genes than {members[0]}")
+        if pd.read_parquet(m / "cell_type.parquet")["label"].astype(str).tolist() != labels:
+            raise AnnotateError(f"ensemble member {m} has other classes than {members[0]}")
+    missing = [lab for lab in labels if lab not in class_ids]
+    if missing:
+        raise AnnotateError(f"no Cell Ontology id for class(es) {missing[:5]} of {model_folder}")
+    ids = [class_ids[lab] for lab in labels]
+    meta = yaml.safe_load((members[0] / "model.yaml").read_text()) or {}
+    norm = meta.get("normalisation") or {"target_sum": 10000.0, "log1p": True}
+    out.mkdir(parents=True, exist_ok=True)
+    for m in members:
+        dest = out / "members" / m.name
+        shutil.copytree(m, dest, ignore=shutil.ignore_patterns("history.csv", "__pycache__"))
+    var.to_parquet(out / "var.parquet", index=False)
+    pd.DataFrame({"label": labels, "ontology_term_id": ids}).to_parquet(out / "classes.parquet", index=False)
+    (out / "ontology.json").write_text(json.dumps(OntologySlice.from_ontology(ontology, ids).to_json()))
+    doc = {"format": FORMAT, "kind": f"{kind}-ensemble" if len(members) > 1 or (model_folder / "ensemble.json").exists()
+           else kind, "member_kind": kind, "members": [m.name for m in members],
+           "member_runs": [str((yaml.safe_load((m / "model.yaml").read_text()) or {}).get("run_id", "")) for m in members],
+           "n_genes": len(var), "n_classes": len(labels),
+           "normalisation": {"target_sum": float(norm.get("target_sum", 10000.0)), "log1p": bool(norm.get("log1p", True))},
+           "fallback": {**DEFAULT_FALLBACK, **(fallback or {})},
+           "ontology_version": getattr(ontology, "version", None), "source": source or {"folder": str(model_folder)}}
+    (out / "bundle.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    return out
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle: ``probabilities(x_log1p)`` -> (members' mean probabilities, per-member list)."""
+
+    path: Path
+    meta: dict
+    space: FeatureSpace
+    class_ids: list[str]
+    ontology: OntologySlice
+    members: list = field(default_factory=list, repr=False)
+
+    @property
+    def kind(self) -> str:
+        return self.meta["kind"]
+
+    @property
+    def genes(self) -> list[str]:
+        return self.space.var["feature_id"].astype(str).tolist()
+
+    @property
+    def target_sum(self) -> float:
+        return float(self.meta["normalisation"]["target_sum"])
+
+    @property
+    def fallback(self) -> dict:
+        return {**DEFAULT_FALLBACK, **(self.meta.get("fallback") or {})}
+
+    @classmethod
+    def load(cls, path: str | Path, *, trust_pickle: bool = False) -> Bundle:
+        path = Path(path)
+        if not (path / "bundle.yaml").is_file():
+            raise AnnotateError(f"{path} is not an annotation bundle (no bundle.yaml)")
+        meta = yaml.safe_load((path / "bundle.yaml").read_text()) or {}
+        if meta.get("format") != FORMAT:
+            raise AnnotateError(f"{path}: bundle format {meta.get('format')!r} is not the supported {FORMAT}")
+        var = pd.read_parquet(path / "var.parquet")
+        classes = pd.read_parquet(path / "classes.parquet")
+        space = FeatureSpace(var=var, classes=classes["label"].astype(str).tolist())
+        onto = OntologySlice.from_json(json.loads((path / "ontology.json").read_text()))
+        kind = meta["member_kind"]
+        members = [_load_member(path / "members" / name, kind, trust_pickle) for name in meta["members"]]
+        return cls(path=path, meta=meta, space=space, class_ids=classes["ontology_term_id"].astype(str).tolist(),
+                   ontology=onto, members=members)
+
+    def member_probabilities(self, x: np.ndarray) -> list[np.ndarray]:
+        kind = self.meta["member_kind"]
+        return [_member_proba(m, kind, x, self.space) for m in self.members]
+
+    def md5(self) -> str:
+        return _dir_md5(self.path)
+
+
+def _load_member(folder: Path, kind: str, trust_pickle: bool):
+    try:
+        if kind in NEURAL:
+            from sctab.train.artifacts import load_model_folder
+
+            return load_model_folder(folder).model
+        if kind == "xgboost":
+            from sctab.data.pca import PCAModel
+            from sctab.models.xgboost_model import load_xgboost
+
+            booster = load_xgboost(folder)
+            booster.set_param({"device": "cpu"})
+            return booster, PCAModel.load(folder / "pca.npz")
+        if not trust_pickle:
+            raise AnnotateError(
+                f"{folder} holds a CellTypist model, which is a pickle: loading it can run code. Load it only "
+                f"if you trust where it came from: pass trust_pickle=True (CLI: --trust-pickle)")
+        from sctab.models.celltypist_model import load_celltypist
+
+        return load_celltypist(folder)
+    except AnnotateError:
+        raise
+    except Exception as e:
+        raise AnnotateError(f"cannot load the {kind} model in {folder}: {e}") from e
+
+
+def _member_proba(model, kind: str, x: np.ndarray, space: FeatureSpace) -> np.ndarray:
+    if kind in NEURAL:
+        import torch
+
+        from sctab.train.loop import model_outputs
+
+        with torch.inference_mode():
+            logits, _ = model_outputs(model, torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+            return torch.softmax(logits.float(), dim=1).numpy()
+    if kind == "xgboost":
+        from sctab.models.xgboost_model import predict_proba
+
+        booster, pca = model
+        return predict_proba(booster, pca.transform(x), space.n_classes)
+    from sctab.models.celltypist_model import predict_proba
+
+    return predict_proba(model, x, space)

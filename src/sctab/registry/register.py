@@ -1,0 +1,192 @@
+"""Register model folders as MLflow registered models with their lineage; new versions become @challenger.
+
+One registered model per model folder: ``models/sctab`` (the K-seed deep ensemble) as one pyfunc
+``sctab-ensemble``, and each baseline as its own (names in ``params.yaml`` ``registry.models``). Each
+version carries tags: git commit, data version (store md5 from dvc.lock), profile, test macro F1, the
+test split it was scored on, the MLflow runs of its members, and the md5 of its bundle, so registering
+unchanged content again returns the existing version instead of a duplicate.
+
+A version is complete or absent: if tagging or aliasing fails after the version was created (a server
+restart, say), the version is deleted again before the error is raised.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+# artifact downloads of small bundles need no progress bar in every log
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+from sctab.annotation.bundle import Bundle, write_bundle
+from sctab.tracking.runs import experiment_id, lineage_tags, tracking_uri
+
+EXPERIMENT = "registry"
+CHALLENGER = "challenger"
+CHAMPION = "champion"
+DEFAULT_NAMES = {"sctab": "sctab-ensemble", "linear": "sctab-linear", "mlp": "sctab-mlp",
+                 "xgboost": "sctab-xgboost", "celltypist": "sctab-celltypist"}
+PIP_REQUIREMENTS = ["torch==2.13.0", "numpy", "pandas", "scipy", "pyarrow", "anndata", "xgboost", "pyyaml",
+                    "celltypist", "mlflow"]
+
+
+class RegistryError(RuntimeError):
+    """Registration or promotion could not be completed; nothing half-done is left behind."""
+
+
+@dataclass
+class RegisteredVersion:
+    name: str
+    version: str
+    run_id: str
+    test_f1_macro: float | None
+    reused: bool  # an identical bundle was already registered as this version
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def client():
+    from mlflow import MlflowClient
+
+    uri = tracking_uri()
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _existing_version(c, name: str, md5: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = c.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return None
+    for v in sorted(versions, key=lambda v: -int(v.version)):
+        if (v.tags or {}).get("bundle_md5") == md5:
+            return v
+    return None
+
+
+def register_folder(folder: str | Path, name: str, *, class_ids: dict[str, str], ontology, params: dict,
+                    test_f1: float | None, alias: str = CHALLENGER, fallback: dict | None = None,
+                    extra_tags: dict | None = None) -> RegisteredVersion:
+    """Bundle ``folder``, log it as a pyfunc model in experiment ``registry``, register it as ``name``."""
+    import mlflow
+
+    from sctab.registry.pyfunc import BUNDLE, MODEL_CODE, signature
+
+    folder = Path(folder)
+    c = client()
+    with tempfile.TemporaryDirectory(prefix="sctab-bundle-") as tmp:
+        bdir = write_bundle(folder, Path(tmp) / BUNDLE, class_ids=class_ids, ontology=ontology, fallback=fallback,
+                            source={"folder": str(folder)})
+        bundle = Bundle.load(bdir, trust_pickle=True)  # just written from our own pipeline output
+        md5 = bundle.md5()
+        old = _existing_version(c, name, md5)
+        if old is not None:
+            f1 = old.tags.get("test_f1_macro")
+            return RegisteredVersion(name, str(old.version), old.run_id or "", _float(f1), reused=True)
+        tags = lineage_tags(params, model_kind=bundle.kind, members=len(bundle.members))
+        tags.update({"test_f1_macro": "unknown" if test_f1 is None else f"{test_f1:.6f}",
+                     "test_split": f"{tags['data_version']}:test",
+                     "member_runs": ",".join(r for r in bundle.meta.get("member_runs", []) if r),
+                     "bundle_md5": md5, "ontology_version": str(bundle.meta.get("ontology_version")),
+                     "source_folder": str(folder)})
+        tags.update({k: str(v) for k, v in (extra_tags or {}).items()})
+        mlflow.set_tracking_uri(tracking_uri())
+        mlflow.set_registry_uri(tracking_uri())
+        with mlflow.start_run(experiment_id=experiment_id(EXPERIMENT), run_name=f"register {name}",
+                              tags=tags) as run:
+            mlflow.log_params({"model_folder": str(folder), "kind": bundle.kind, "members": len(bundle.members),
+                               "genes": len(bundle.genes), "classes": bundle.space.n_classes,
+                               "uncertainty_threshold": bundle.fallback["uncertainty_threshold"]})
+            if test_f1 is not None:
+                mlflow.log_metric("test_f1_macro", float(test_f1))
+            with warnings.catch_warnings():  # no input example on purpose: requests are raw counts by gene id
+                warnings.filterwarnings("ignore", message=".*input example.*")
+                info = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_CODE),
+                                               artifacts={BUNDLE: str(bdir)}, signature=signature(bundle.genes),
+                                               pip_requirements=PIP_REQUIREMENTS)
+            run_id = run.info.run_id
+    mv = mlflow.register_model(info.model_uri, name)
+    try:
+        _wait_ready(c, name, mv.version)
+        for k, v in tags.items():
+            c.set_model_version_tag(name, mv.version, k, v)
+        c.set_model_version_tag(name, mv.version, "run_id", run_id)
+        c.update_model_version(name, mv.version, description=_description(bundle, tags))
+        if alias:
+            c.set_registered_model_alias(name, alias, mv.version)
+    except Exception as e:
+        _delete_quietly(c, name, mv.version)
+        raise RegistryError(f"registering {folder} as {name} failed after version {mv.version} was created "
+                            f"({type(e).__name__}: {e}); that version was removed again, run the command once more")
+    return RegisteredVersion(name, str(mv.version), run_id, test_f1, reused=False)
+
+
+def _wait_ready(c, name: str, version: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = c.get_model_version(name, version).status
+        if status == "READY":
+            return
+        if status == "FAILED_REGISTRATION" or time.monotonic() > deadline:
+            raise RegistryError(f"{name} version {version} did not become READY (status {status})")
+        time.sleep(0.5)
+
+
+def _delete_quietly(c, name: str, version: str) -> None:
+    for _ in range(20):
+        try:
+            c.delete_model_version(name, version)
+            return
+        except Exception:
+            time.sleep(1.0)
+
+
+def _float(x) -> float | None:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return None
+
+
+def _description(bundle: Bundle, tags: dict) -> str:
+    return (f"{bundle.kind} ({len(bundle.members)} member(s)), {len(bundle.genes):,} genes -> "
+            f"{bundle.space.n_classes} cell types. Input: raw counts by Ensembl id; output: label, Cell Ontology "
+            f"id, probability, uncertainty, coarse label. Test macro F1 {tags['test_f1_macro']} on "
+            f"{tags['test_split']}; git {tags['git_commit'][:12]}; profile {tags['profile']}.")
+
+
+def store_class_ids(store: str | Path) -> dict[str, str]:
+    from sctab.data.store import Store
+
+    lookup = Store(store).lookup("cell_type")
+    return dict(zip(lookup["label"].astype(str), lookup["ontology_term_id"].astype(str)))
+
+
+def register_pipeline_models(models_dir: str | Path, *, store: str | Path, ontology_path: str | Path,
+                             metrics: dict, params: dict) -> list[RegisteredVersion]:
+    """The register stage: every model folder named in ``registry.models`` that exists under ``models_dir``."""
+    from sctab.ontology.cell_ontology import load_cell_ontology
+
+    reg = params.get("registry") or {}
+    names = {**DEFAULT_NAMES, **(reg.get("models") or {})}
+    fallback = {k: reg[k] for k in ("uncertainty_threshold", "coverage", "max_labels") if k in reg}
+    class_ids = store_class_ids(store)
+    onto = load_cell_ontology(ontology_path)
+    out = []
+    for folder_name, name in names.items():
+        folder = Path(models_dir) / folder_name
+        if not folder.is_dir():
+            continue
+        f1 = (metrics.get(folder_name) or {}).get("test_f1_macro")
+        out.append(register_folder(folder, name, class_ids=class_ids, ontology=onto, params=params,
+                                   test_f1=None if f1 is None else float(f1), alias=reg.get("alias", CHALLENGER),
+                                   fallback=fallback))
+    if not out:
+        raise RegistryError(f"no model folder of {sorted(names)} under {models_dir}")
+    return out
