@@ -180,3 +180,113 @@ def test_a_server_that_stays_down_ends_training_with_a_clear_message(census_para
     assert "is the server running?" in r.stderr and "Traceback" not in r.stderr
     assert server.admin_password not in r.stdout + r.stderr
     assert not (tmp_path / "model").exists()
+
+
+# ------------------------------------------------------------------ the registry through the team server
+def test_register_and_promote_through_the_team_server(server_env, store_dir, ontology):
+    """The lead's registry (register, @challenger, promote rules, the pyfunc) against Postgres + basic auth."""
+    import mlflow
+
+    from sctab.registry import promote
+    from sctab.registry.register import client
+    from tests.test_registry import _counts, _register
+
+    folders = _model_folders(store_dir)
+    v = _register(folders / "sctab", "sctab-ensemble", store_dir, ontology, 0.81)
+    assert (v.version, v.reused) == ("1", False)
+    c = client()
+    assert str(c.get_model_version_by_alias("sctab-ensemble", "challenger").version) == "1"
+    assert _register(folders / "sctab", "sctab-ensemble", store_dir, ontology, 0.81).reused
+    # the pyfunc's artifacts come back through the server's artifact proxy, authenticated
+    model = mlflow.pyfunc.load_model("models:/sctab-ensemble@challenger")
+    assert len(model.predict(_counts(store_dir, n=10))) == 10
+    _register(folders / "linear", "lin-team", store_dir, ontology, 0.70)
+    assert promote("lin-team").promoted
+    worse = _register(folders / "linear2", "lin-team", store_dir, ontology, 0.65)
+    p = promote("lin-team", worse.version)
+    assert not p.promoted and str(c.get_model_version_by_alias("lin-team", "champion").version) == "1"
+    # and nobody without credentials can read the registry
+    r = requests.get(f"{server_env.url}/api/2.0/mlflow/registered-models/get", params={"name": "lin-team"},
+                     timeout=30)
+    assert r.status_code == 401
+
+
+def _model_folders(store_dir) -> Path:
+    from sctab.data.store import Store
+    from tests.test_annotation import SMALL_SCTAB, _neural
+
+    root = Path(tempfile.mkdtemp(prefix="sctab-reg-"))
+    store = Store(store_dir)
+    _neural(store, root / "linear", "linear", 0)
+    _neural(store, root / "linear2", "linear", 5)
+    for s in (0, 1):
+        _neural(store, root / "sctab" / f"seed_{s}", "sctab", s, SMALL_SCTAB)
+    (root / "sctab" / "ensemble.json").write_text(json.dumps({"model": "sctab", "members": {"seed_0": "run0",
+                                                                                            "seed_1": "run1"}}))
+    return root
+
+
+def _outage_at_first_version_tag(monkeypatch, server, down_s: float) -> dict:
+    """Stop the real server at the worst moment: the model version exists, its tags and alias do not yet.
+
+    The first set_model_version_tag call stops the server, then the real call goes to the dead server; a
+    thread starts it again after ``down_s`` seconds. Only the trigger is patched; every request is real.
+    """
+    import threading
+
+    from mlflow.tracking import MlflowClient
+
+    original = MlflowClient.set_model_version_tag
+    state: dict = {}
+
+    def trigger(self, *args, **kwargs):
+        if not state:
+            server.stop()
+            state["down_at"] = time.time()
+
+            def back():
+                time.sleep(down_s)
+                server.start()
+                state["up_at"] = time.time()
+
+            state["thread"] = threading.Thread(target=back, daemon=True)
+            state["thread"].start()
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "set_model_version_tag", trigger)
+    return state
+
+
+def test_restart_during_registration_is_retried_and_completes(server_env, store_dir, ontology, monkeypatch):
+    from sctab.registry.register import client
+    from tests.test_registry import _register
+
+    folders = _model_folders(store_dir)
+    state = _outage_at_first_version_tag(monkeypatch, server_env, down_s=2)
+    v = _register(folders / "linear", "restart-ok", store_dir, ontology, 0.7)
+    state["thread"].join(timeout=120)
+    assert state.get("up_at"), "the server was not restarted"
+    c = client()
+    (mv,) = c.search_model_versions("name = 'restart-ok'")
+    assert str(mv.version) == v.version and mv.status == "READY"
+    assert mv.tags["test_f1_macro"] == "0.700000" and mv.tags["run_id"] and mv.tags["bundle_md5"]
+    assert str(c.get_model_version_by_alias("restart-ok", "challenger").version) == v.version
+
+
+def test_outage_longer_than_the_retries_leaves_no_half_registered_version(server_env, store_dir, ontology,
+                                                                          monkeypatch):
+    from sctab.registry import RegistryError
+    from sctab.registry.register import client
+    from tests.test_registry import _register
+
+    folders = _model_folders(store_dir)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+    state = _outage_at_first_version_tag(monkeypatch, server_env, down_s=4)
+    with pytest.raises(RegistryError, match="was removed again") as info:
+        _register(folders / "linear2", "restart-fail", store_dir, ontology, 0.6)
+    state["thread"].join(timeout=120)
+    assert server_env.admin_password not in str(info.value)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "8")
+    # the version created before the outage was deleted once the server was back: nothing half-registered
+    assert client().search_model_versions("name = 'restart-fail'") == []

@@ -232,7 +232,7 @@ def _load_member(folder: Path, kind: str, trust_pickle: bool):
                 f"if you trust where it came from: pass trust_pickle=True (CLI: --trust-pickle)")
         from sctab.models.celltypist_model import load_celltypist
 
-        return load_celltypist(folder)
+        return load_celltypist(folder, trust_pickle=True)  # checked just above
     except AnnotateError:
         raise
     except Exception as e:

@@ -121,9 +121,14 @@ def register_folder(folder: str | Path, name: str, *, class_ids: dict[str, str],
         if alias:
             c.set_registered_model_alias(name, alias, mv.version)
     except Exception as e:
-        _delete_quietly(c, name, mv.version)
+        cause = f"({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''})"
+        if _delete_quietly(c, name, mv.version):
+            raise RegistryError(f"registering {folder} as {name} failed after version {mv.version} was created "
+                                f"{cause}; that version was removed again, run the command once more") from e
         raise RegistryError(f"registering {folder} as {name} failed after version {mv.version} was created "
-                            f"({type(e).__name__}: {e}); that version was removed again, run the command once more")
+                            f"{cause}, and the tracking server stayed unreachable while removing it: version "
+                            f"{mv.version} has no tags and no alias (promote never picks it); delete it with "
+                            f"MlflowClient().delete_model_version({name!r}, {str(mv.version)!r})") from e
     return RegisteredVersion(name, str(mv.version), run_id, test_f1, reused=False)
 
 
@@ -138,13 +143,21 @@ def _wait_ready(c, name: str, version: str, timeout: float = 60.0) -> None:
         time.sleep(0.5)
 
 
-def _delete_quietly(c, name: str, version: str) -> None:
-    for _ in range(20):
+def _delete_quietly(c, name: str, version: str, budget_s: float = 120.0) -> bool:
+    """Remove a half-registered version; True once it is gone. Keeps trying through a server restart (a
+    tracking server takes 10-20 s to come back), bounded by ``budget_s``."""
+    deadline, wait = time.monotonic() + budget_s, 0.5
+    while True:
         try:
             c.delete_model_version(name, version)
-            return
-        except Exception:
-            time.sleep(1.0)
+            return True
+        except Exception as e:  # noqa: BLE001
+            if "RESOURCE_DOES_NOT_EXIST" in str(e):
+                return True
+            if time.monotonic() + wait > deadline:
+                return False
+            time.sleep(wait)
+            wait = min(wait * 2, 5.0)
 
 
 def _float(x) -> float | None:
