@@ -310,6 +310,6 @@ def test_reader_names_a_bad_part(tmp_path):
 
 def test_reader_names_a_wrong_gene_count(tmp_path):
     root = write_published_style_store(tmp_path / "merlin")
-    pd.DataFrame({"feature_id": ["a"] * 5, "feature_name": ["a"] * 5}).to_parquet(root / "var.parquet")
+    pd.DataFrame({"feature_id": [f"g{i}" for i in range(5)], "feature_name": ["a"] * 5}).to_parquet(root / "var.parquet")
     with pytest.raises(StoreError, match="has 12 values, expected 5"):
         next(Store(root).iter_row_groups("train"))
