@@ -183,7 +183,7 @@ def test_a_server_that_stays_down_ends_training_with_a_clear_message(census_para
 
 
 # ------------------------------------------------------------------ the registry through the team server
-def test_register_and_promote_through_the_team_server(server_env, store_dir, ontology):
+def test_register_and_promote_through_the_team_server(server_env, store_dir, ontology, reg_folders):
     """The lead's registry (register, @challenger, promote rules, the pyfunc) against Postgres + basic auth."""
     import mlflow
 
@@ -191,7 +191,7 @@ def test_register_and_promote_through_the_team_server(server_env, store_dir, ont
     from sctab.registry.register import client
     from tests.test_registry import _counts, _register
 
-    folders = _model_folders(store_dir)
+    folders = reg_folders
     v = _register(folders / "sctab", "sctab-ensemble", store_dir, ontology, 0.81)
     assert (v.version, v.reused) == ("1", False)
     c = client()
@@ -211,11 +211,13 @@ def test_register_and_promote_through_the_team_server(server_env, store_dir, ont
     assert r.status_code == 401
 
 
-def _model_folders(store_dir) -> Path:
+@pytest.fixture(scope="module")
+def reg_folders(store_dir, tmp_path_factory) -> Path:
+    """Small model folders to register (random weights: registration does not care how good they are)."""
     from sctab.data.store import Store
     from tests.test_annotation import SMALL_SCTAB, _neural
 
-    root = Path(tempfile.mkdtemp(prefix="sctab-reg-"))
+    root = tmp_path_factory.mktemp("reg-models")
     store = Store(store_dir)
     _neural(store, root / "linear", "linear", 0)
     _neural(store, root / "linear2", "linear", 5)
@@ -257,11 +259,12 @@ def _outage_at_first_version_tag(monkeypatch, server, down_s: float) -> dict:
     return state
 
 
-def test_restart_during_registration_is_retried_and_completes(server_env, store_dir, ontology, monkeypatch):
+def test_restart_during_registration_is_retried_and_completes(server_env, store_dir, ontology, monkeypatch,
+                                                             reg_folders):
     from sctab.registry.register import client
     from tests.test_registry import _register
 
-    folders = _model_folders(store_dir)
+    folders = reg_folders
     state = _outage_at_first_version_tag(monkeypatch, server_env, down_s=2)
     v = _register(folders / "linear", "restart-ok", store_dir, ontology, 0.7)
     state["thread"].join(timeout=120)
@@ -274,12 +277,12 @@ def test_restart_during_registration_is_retried_and_completes(server_env, store_
 
 
 def test_outage_longer_than_the_retries_leaves_no_half_registered_version(server_env, store_dir, ontology,
-                                                                          monkeypatch):
+                                                                          monkeypatch, reg_folders):
     from sctab.registry import RegistryError
     from sctab.registry.register import client
     from tests.test_registry import _register
 
-    folders = _model_folders(store_dir)
+    folders = reg_folders
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
     state = _outage_at_first_version_tag(monkeypatch, server_env, down_s=4)
