@@ -25,13 +25,13 @@ def test_quick_bench_runs_every_case_and_writes_the_table(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     text = out.read_text()
     assert text.strip() in r.stdout
-    assert "| Figure | Ours (median) | Baseline, same run (median) | Ratio | Target | Met | Peak RSS" in text
+    assert "| Figure | Ours, wall (median, min-max) | Ours, CPU-time rate | Baseline, same run" in text
     lines = [ln for ln in text.splitlines() if ln.startswith("| ")][1:]
     assert len(lines) == 3
     for ln in lines[:2]:  # measured rows: a number, a ratio, a peak RSS, and the exactness checks passed
         cells = [c.strip() for c in ln.split("|")[1:-1]]
-        assert "cells/s" in cells[1] and cells[3].endswith("x") and "MiB" in cells[6], ln
-        assert "NO" not in cells[7], ln
+        assert "cells/s" in cells[1] and cells[4].endswith("x") and "MiB" in cells[7], ln
+        assert "NO" not in cells[8], ln
     assert "not run" in lines[2] and "annotate_e2e" in lines[2]
 
 
@@ -46,14 +46,15 @@ def test_runner_help_and_unknown_case():
 
 def test_table_marks_missed_targets_and_errors():
     rows = [{"name": "a", "figure": "A", "target": 10.0, "baseline_name": "b", "note": "", "status": "ok",
-             "median": 5.0, "baseline_median": 2.5, "ratio": 2.0, "met": False,
+             "median": 5.0, "baseline_median": 2.5, "ratio": 2.0, "met": False, "met_cpu": True,
+             "cpu_median": 12.0, "baseline_cpu_median": 3.0,
              "ours": {"samples": [4.0, 5.0, 6.0], "unit": "cells/s", "label": "x", "peak_rss_mib": 100.0,
                       "check": {"exact": True}},
              "baseline": {"samples": [2.5], "label": "y", "peak_rss_mib": 90.0}},
             {"name": "b", "figure": "B", "target": None, "baseline_name": "", "note": "ours failed: boom",
              "status": "error"}]
     text = table(rows, Config.quick())
-    assert "| **no** |" in text and "2.0x" in text and "(4.00-6.00)" in text and "100 / 90 MiB" in text
+    assert "| **no** / yes |" in text and "2.0x" in text and "| 12.00 |" in text and "(4.00-6.00)" in text and "100 / 90 MiB" in text
     assert "| error |" in text and "boom" in text
     assert np.isclose(rows[0]["ratio"], rows[0]["median"] / rows[0]["baseline_median"])
     assert set(REGISTRY) >= {"loader_csr", "loader_dense", "infer_dense", "infer_csr", "train_step", "annotate_e2e"}

@@ -49,6 +49,8 @@ def make_store(root: str | Path, n_cells: int, n_genes: int = 19_331, n_classes:
     """Write a train-only store (dense + sparse layout) at `root` unless it is already there; return it."""
     root = Path(root)
     if (root / "bench_store.json").exists():
+        if not any((root / "sparse" / "train").glob("*.arrow")):  # written by an older sparse layout
+            write_sparse_layout(root)
         return root
     rng = np.random.default_rng([seed, VERSION])
     profile = gene_profile(np.random.default_rng([seed, VERSION, 1]), n_genes, n_classes)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
@@ -83,9 +84,12 @@ class CSRRows:
         lengths = self.indptr[rows + 1] - starts
         ptr = np.zeros(len(rows) + 1, np.int64)
         np.cumsum(lengths, out=ptr[1:])
-        pos = np.repeat(starts - ptr[:-1], lengths)
-        pos += np.arange(ptr[-1], dtype=np.int64)
+        pos = _positions(starts, lengths)
         return CSRRows(ptr, self.indices[pos], self.values[pos], self.n_cols)
+
+    def slice(self, a: int, b: int) -> "CSRRows":
+        """Rows a..b-1 as a view (indptr not rebased)."""
+        return CSRRows(self.indptr[a:b + 1], self.indices, self.values, self.n_cols)
 
     @staticmethod
     def concat(parts: Sequence["CSRRows"]) -> "CSRRows":
@@ -108,11 +112,16 @@ class CSRRows:
 
     def to_torch(self) -> torch.Tensor:
         """A torch sparse CSR tensor sharing (after rebasing) these arrays."""
-        ptr = self.indptr - self.indptr[0]
         sl = slice(int(self.indptr[0]), int(self.indptr[-1]))
-        return torch.sparse_csr_tensor(torch.from_numpy(ptr), torch.from_numpy(self.indices[sl].astype(np.int64)),
+        itype = np.int32 if self.nnz < 2**31 else np.int64  # int32 indices: zero-copy from the store's
+        ptr = (self.indptr - self.indptr[0]).astype(itype)
+        return torch.sparse_csr_tensor(torch.from_numpy(ptr), torch.from_numpy(self.indices[sl].astype(itype, copy=False)),
                                        torch.from_numpy(self.values[sl]), size=(len(self), self.n_cols),
                                        check_invariants=False)
+
+
+def _slice_rows(v, a: int, b: int):
+    return v.slice(a, b) if isinstance(v, CSRRows) else v[a:b]
 
 
 def _take_rows(v, rows: np.ndarray):
@@ -242,6 +251,10 @@ def _take(src: np.ndarray, sel: np.ndarray | None, out: np.ndarray) -> None:
 
 
 # ------------------------------------------------------------------------------------------- loaders
+#: `_fetch` returns this as `index` when its arrays are already the block's rows in the epoch's order
+ORDERED = object()
+
+
 class Loader:
     """Common part: arguments, plan, batch cutting. Backends say where a block's rows are (`_fetch`)."""
 
@@ -283,22 +296,29 @@ class Loader:
         b = self.batch_size
         pending: dict[str, np.ndarray] | None = None
         for block, (arrays, index, held) in self._fetched(self.plan()):
-            order = block.order() if index is None else index[block.order()]
-            pos = 0
+            if index is ORDERED:  # the backend already permuted the block: batches are slices
+                def rows(a, z, arrays=arrays):
+                    return {k: _slice_rows(v, a, z) for k, v in arrays.items()}
+            else:
+                order = block.order() if index is None else index[block.order()]
+
+                def rows(a, z, arrays=arrays, order=order):
+                    return {k: _take_rows(v, order[a:z]) for k, v in arrays.items()}
+            n, pos = block.n_rows, 0
             self._note(held + (0 if pending is None else len(pending["y"])))
             if pending is not None:  # leftovers of the previous block come first
-                take = min(b - len(pending["y"]), len(order))
-                pending = {k: _cat_rows(v, _take_rows(arrays[k], order[:take])) for k, v in pending.items()}
+                take = min(b - len(pending["y"]), n)
+                pending = {k: _cat_rows(v, w) for (k, v), w in zip(pending.items(), rows(0, take).values())}
                 pos = take
                 if len(pending["y"]) < b:
                     continue
                 yield self._batch(pending)
                 pending = None
-            while len(order) - pos >= b:
-                yield self._batch({k: _take_rows(v, order[pos:pos + b]) for k, v in arrays.items()})
+            while n - pos >= b:
+                yield self._batch(rows(pos, pos + b))
                 pos += b
-            if pos < len(order):
-                pending = {k: _take_rows(v, order[pos:]) for k, v in arrays.items()}
+            if pos < n:
+                pending = rows(pos, n)
         if pending is not None and not self.drop_last:
             yield self._batch(pending)
 
@@ -348,74 +368,102 @@ class StreamLoader(Loader):
         return view, None, len(self._buf["y"])
 
 
-class _SparseGroupReader(_GroupReader):
-    """Reads one row group of the sparse layout as CSRRows (+ labels), checking what the dense reader checks."""
+class _SparseGroupReader:
+    """Reads one row group (record batch) of the sparse layout as CSRRows (+ labels), memory-mapped: no
+    decoding, the non-zeros are copied once when a block is permuted. Checks what the dense reader checks.
+
+    Each read maps the file anew and the map goes with the block's arrays, so the pages it touches are
+    not held for the whole store."""
 
     def __init__(self, store: Store, split: str, columns: tuple[str, ...]):
         self.store, self.columns = store, columns
         self.split = store.sparse_split(split)
         self.n_genes, self.n_classes = store.n_genes, store.n_classes
-        self._files: dict[Path, pq.ParquetFile] = {}
         if "X" in columns:
             raise LoaderError("`columns` names extra obs columns; X is always loaded (Batch.x)")
-        self._read = ["indices", "values", "cell_type", *[c for c in columns if c != "cell_type"]]
-        schema = pq.read_schema(self.split.files[0])
-        missing = [c for c in columns if c not in schema.names]
+        names = self._reader(self.split.files[0]).schema.names
+        missing = [c for c in columns if c not in names]
         if missing:
-            raise LoaderError(f"columns {missing} are not in {self.split.files[0]} (has {schema.names})")
+            raise LoaderError(f"columns {missing} are not in {self.split.files[0]} (has {names})")
+
+    @staticmethod
+    def _reader(path: Path):
+        """A fresh memory-mapped reader per call: thread-safe, and the map is dropped with the last array."""
+        return pa.ipc.open_file(pa.memory_map(str(path)))
 
     def read(self, g: int, sel: np.ndarray | None) -> dict:
         path, index, _ = self.split.row_groups[g]
         try:
-            if path not in self._files:
-                self._files[path] = pq.ParquetFile(path)
-            tbl = self._files[path].read_row_group(index, columns=self._read)
+            batch = self._reader(path).get_batch(index)
         except Exception as e:
             raise StoreError(f"cannot read row group {index} of {path}: {e}") from e
-        ind = tbl.column("indices").combine_chunks()
-        val = tbl.column("values").combine_chunks()
-        ptr = ind.offsets.to_numpy().astype(np.int64)
+        ind, val = batch.column("indices"), batch.column("values")
+        ptr = ind.offsets.to_numpy()
         if ind.null_count or val.null_count or not np.array_equal(ptr, val.offsets.to_numpy()):
             raise StoreError(f"{path} row group {index}: `indices` and `values` differ in length (or are null)")
-        indices = ind.values.to_numpy(zero_copy_only=False)
+        indices = ind.values.to_numpy()
         if indices.size and (indices.min() < 0 or indices.max() >= self.n_genes):
             raise StoreError(f"{path} row group {index}: a gene index outside [0, {self.n_genes}) "
                              "(the length of var.parquet)")
-        x = CSRRows(ptr, indices, val.values.to_numpy(zero_copy_only=False), self.n_genes)
-        y = tbl.column("cell_type").to_numpy().astype(np.int64, copy=False)
+        x = CSRRows(ptr.astype(np.int64), indices, val.values.to_numpy(), self.n_genes)
+        y = batch.column("cell_type").to_numpy().astype(np.int64, copy=False)
         bad = np.flatnonzero((y < 0) | (y >= self.n_classes))
         if bad.size:
             raise LoaderError(f"{path} row group {index}: cell_type code {int(y[bad[0]])} outside "
                               f"[0, {self.n_classes}) at row {int(bad[0])}")
-        out = {"x": x, "y": y, **{c: tbl.column(c).to_numpy().astype(np.int64, copy=False) for c in self.columns}}
+        out = {"x": x, "y": y, **{c: batch.column(c).to_numpy().astype(np.int64, copy=False)
+                                  for c in self.columns}}
         if sel is not None:
             out = {k: _take_rows(v, sel) for k, v in out.items()}
         return out
 
 
+def _positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenation of arange(s, s + l) for each (s, l): a cumsum of steps, 1 inside a run and a jump at
+    each run's start (cumsum releases the GIL, np.repeat does not: this runs in the read-ahead thread)."""
+    total = int(lengths.sum())
+    dt = np.int32 if total + int(starts.max(initial=0)) < 2**31 - 1 else np.int64  # half the bytes to move
+    steps = np.ones(total, dt)
+    nonempty = lengths > 0
+    if not nonempty.any():
+        return steps[:0]
+    s, ln = starts[nonempty], lengths[nonempty]
+    first = np.concatenate([[0], np.cumsum(ln)[:-1]])
+    steps[first] = s - np.concatenate([[0], (s + ln)[:-1] - 1])
+    steps[0] = s[0]
+    return np.cumsum(steps, out=steps)
+
+
 class SparseStreamLoader(Loader):
-    """Like "stream", from the sparse layout; reads the next block in a background thread (pyarrow
-    releases the GIL) while the current one is cut into batches. Holds at most two blocks."""
+    """Like "stream", from the sparse layout. Background threads read and permute the next `read_ahead`
+    blocks while the current one is cut into batches (slices, no copy); holds at most 1 + read_ahead blocks."""
 
     def __init__(self, store, split, **kw):
         super().__init__(store, split, **kw)
         self._reader = _SparseGroupReader(store, split, self.columns)
 
     def _fetch(self, block):
+        """The block's rows already in the epoch's order (one gather, in the read-ahead thread)."""
         parts = [self._reader.read(g, sel) for g, sel in zip(block.groups, block.select)]
-        arrays = {k: (CSRRows.concat([p[k] for p in parts]) if k == "x" else np.concatenate([p[k] for p in parts]))
-                  for k in parts[0]}
-        return arrays, None, 2 * block.n_rows
+        order = block.order()
+        arrays = {"x": CSRRows.concat([p["x"] for p in parts]).take(order)}
+        for k in parts[0]:
+            if k != "x":
+                arrays[k] = np.concatenate([p[k] for p in parts])[order]
+        return arrays, ORDERED, (1 + self.read_ahead) * block.n_rows
+
+    #: blocks read ahead, each by its own thread (numpy's copies and pyarrow release the GIL: two cores)
+    read_ahead = 2
 
     def _fetched(self, blocks):
         if not blocks:
             return
-        with ThreadPoolExecutor(1) as pool:
-            nxt = pool.submit(self._fetch, blocks[0])
+        with ThreadPoolExecutor(self.read_ahead) as pool:
+            pending = [pool.submit(self._fetch, b) for b in blocks[:self.read_ahead]]
             for i, block in enumerate(blocks):
-                cur = nxt.result()
-                if i + 1 < len(blocks):
-                    nxt = pool.submit(self._fetch, blocks[i + 1])
+                cur = pending.pop(0).result()
+                if i + self.read_ahead < len(blocks):
+                    pending.append(pool.submit(self._fetch, blocks[i + self.read_ahead]))
                 yield block, cur
 
 
