@@ -308,7 +308,8 @@ class Loader:
             self._note(held + (0 if pending is None else len(pending["y"])))
             if pending is not None:  # leftovers of the previous block come first
                 take = min(b - len(pending["y"]), n)
-                pending = {k: _cat_rows(v, w) for (k, v), w in zip(pending.items(), rows(0, take).values())}
+                head = rows(0, take)
+                pending = {k: _cat_rows(v, head[k]) for k, v in pending.items()}
                 pos = take
                 if len(pending["y"]) < b:
                     continue

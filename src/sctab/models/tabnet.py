@@ -159,14 +159,17 @@ class SparseBNInput:
     def gather(self, rows: Optional[torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
         """BN(x)[rows[:, None], idx] (rows None: all rows), shape of ``idx``."""
         r = torch.arange(idx.shape[0]) if rows is None else rows
-        q = (r.unsqueeze(1) * self.shape[1] + idx).flatten()
-        pos = torch.searchsorted(self.keys, q).clamp(max=max(self.keys.numel() - 1, 0))
+        return self.pairs(r.unsqueeze(1).expand_as(idx).flatten(), idx.flatten()).view(idx.shape)
+
+    def pairs(self, r: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """BN(x)[r, c] for 1-D index tensors of equal length."""
+        q = r * self.shape[1] + c
         if self.keys.numel():
-            hit = self.keys[pos] == q
-            raw = torch.where(hit, self.values[pos], torch.zeros((), dtype=self.values.dtype))
+            pos = torch.searchsorted(self.keys, q).clamp(max=self.keys.numel() - 1)
+            raw = torch.where(self.keys[pos] == q, self.values[pos], torch.zeros((), dtype=self.values.dtype))
         else:
             raw = torch.zeros(q.shape, dtype=self.values.dtype)
-        return raw.view(idx.shape) * self.scale[idx] + self.shift[idx]
+        return raw * self.scale[c] + self.shift[c]
 
     def rows(self, rows: torch.Tensor) -> torch.Tensor:
         idx = torch.arange(self.shape[1]).expand(len(rows), -1)
@@ -195,10 +198,8 @@ class MaskedInput:
     def dense(self) -> torch.Tensor:
         return self.mask * (self.x.dense() if self._sparse_x else self.x)
 
-    def _x_at(self, rows: Optional[torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
-        if self._sparse_x:
-            return self.x.gather(rows, idx)
-        return self.x.gather(1, idx) if rows is None else self.x[rows.unsqueeze(1), idx]
+    def _x_pairs(self, r: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self.x.pairs(r, c) if self._sparse_x else self.x[r, c]
 
     def linear(self, weight: torch.Tensor) -> torch.Tensor:
         info = self.info
@@ -207,11 +208,17 @@ class MaskedInput:
         weight_t = _weight_t(weight)  # (genes, out): one row per gene
         out = None
         for rows, idx in info.candidates:
-            if rows is None:
-                vals = self.mask.gather(1, idx) * self._x_at(None, idx)
-            else:  # index (row, column) pairs directly: no copy of whole rows
-                vals = self.mask[rows.unsqueeze(1), idx] * self._x_at(rows, idx)
-            part = F.embedding_bag(idx, weight_t, per_sample_weights=vals, mode="sum")
+            m = self.mask.gather(1, idx) if rows is None else self.mask[rows.unsqueeze(1), idx]
+            # only the support (mask > 0; candidates are ~2-6x more): one variable-length bag per row.
+            # Exact for the output, and for gradients too: entmax's backward zeroes them off the support.
+            keep = m.detach() > 0
+            counts = keep.sum(1)
+            offsets = torch.zeros_like(counts)
+            offsets[1:] = counts.cumsum(0)[:-1]
+            local = torch.arange(idx.shape[0]).unsqueeze(1).expand_as(idx)[keep]
+            cols = idx[keep]
+            vals = m[keep] * self._x_pairs(local if rows is None else rows[local], cols)
+            part = F.embedding_bag(cols, weight_t, offsets, per_sample_weights=vals, mode="sum")
             if rows is None:
                 out = part
             else:
