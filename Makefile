@@ -8,7 +8,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONUNBUFFERED := 1
 
 .PHONY: venv repro test test-fast params status push pull clean help merlin-env test-merlin ui metrics \
-	tune-baselines apply-tuned sweep-model-size sweep-data-size exp-augmentation exp-organ experiments bench
+	tune-baselines apply-tuned sweep-model-size sweep-data-size exp-augmentation exp-organ experiments
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -109,6 +109,7 @@ test-merlin: merlin-env  ## the merlin loader tests, in .venv-merlin
 # Loader and scTab throughput vs in-run baselines (issue 7); synthetic stores cached in benchmarks/.cache/.
 # BENCH_ARGS="--quick" for a smoke run, "--cases loader_csr infer_csr" for a subset.
 BENCH_ARGS ?=
+.PHONY: bench
 bench: venv  ## throughput table (medians, baselines, targets, peak RSS) -> benchmarks/results/<date>.md
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
 
