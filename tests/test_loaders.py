@@ -324,6 +324,9 @@ def test_csr_rows_take_and_concat_match_dense():
     assert np.array_equal(CSRRows.concat([a, b]).to_dense(), np.concatenate([x[order[3:17]], x[order[20:]]]))
     assert np.array_equal(m.take(np.array([], np.int64)).to_dense(), np.zeros((0, 30), np.float32))
     assert torch.equal(m.take(order).to_torch().to_dense(), torch.from_numpy(x[order]))
+    parts = [m.take(np.arange(0, 20)), m.slice(20, 35), m.take(np.arange(35, 50))]  # gather across parts
+    assert np.array_equal(CSRRows.gather(parts, order).to_dense(), x[order])
+    assert np.array_equal(CSRRows.gather(parts, order[:5]).to_dense(), x[order[:5]])
 
 
 def test_sparse_memory_stays_bounded(sparse_store):

@@ -87,6 +87,30 @@ class CSRRows:
         pos = _positions(starts, lengths)
         return CSRRows(ptr, self.indices[pos], self.values[pos], self.n_cols)
 
+    @staticmethod
+    def gather(parts: Sequence["CSRRows"], rows: np.ndarray) -> "CSRRows":
+        """Rows `rows` (positions in the concatenation of `parts`), in that order, copied row by row.
+
+        One contiguous slice copy per row straight from the (memory-mapped) parts: ~5x faster here than
+        concatenating and then gathering element-wise (2,000 non-zeros per row make the per-row Python
+        step cheap next to the copy)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        n_cols = parts[0].n_cols
+        starts = np.concatenate([p.indptr[:-1] for p in parts])[rows]
+        ends = np.concatenate([p.indptr[1:] for p in parts])[rows]
+        group = np.repeat(np.arange(len(parts)), [len(p) for p in parts])[rows]
+        ptr = np.zeros(len(rows) + 1, np.int64)
+        np.cumsum(ends - starts, out=ptr[1:])
+        indices = np.empty(int(ptr[-1]), parts[0].indices.dtype)
+        values = np.empty(int(ptr[-1]), parts[0].values.dtype)
+        src = [(p.indices, p.values) for p in parts]
+        for g, a, z, o, q in zip(group.tolist(), starts.tolist(), ends.tolist(), ptr[:-1].tolist(),
+                                 ptr[1:].tolist()):
+            ind, val = src[g]
+            indices[o:q] = ind[a:z]
+            values[o:q] = val[a:z]
+        return CSRRows(ptr, indices, values, n_cols)
+
     def slice(self, a: int, b: int) -> "CSRRows":
         """Rows a..b-1 as a view (indptr not rebased)."""
         return CSRRows(self.indptr[a:b + 1], self.indices, self.values, self.n_cols)
@@ -437,7 +461,8 @@ def _positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 class SparseStreamLoader(Loader):
     """Like "stream", from the sparse layout. Background threads read and permute the next `read_ahead`
-    blocks while the current one is cut into batches (slices, no copy); holds at most 1 + read_ahead blocks."""
+    blocks (one row-by-row copy out of the memory-mapped files, `CSRRows.gather`) while the current one is
+    cut into batches (slices, no copy); holds at most 1 + read_ahead blocks."""
 
     def __init__(self, store, split, **kw):
         super().__init__(store, split, **kw)
@@ -447,7 +472,7 @@ class SparseStreamLoader(Loader):
         """The block's rows already in the epoch's order (one gather, in the read-ahead thread)."""
         parts = [self._reader.read(g, sel) for g, sel in zip(block.groups, block.select)]
         order = block.order()
-        arrays = {"x": CSRRows.concat([p["x"] for p in parts]).take(order)}
+        arrays = {"x": CSRRows.gather([p["x"] for p in parts], order)}
         for k in parts[0]:
             if k != "x":
                 arrays[k] = np.concatenate([p[k] for p in parts])[order]
