@@ -317,11 +317,6 @@ class Loader:
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
-        for rows in self._iter_rows():
-            yield self._batch(rows)
-
-    def _iter_rows(self) -> Iterator[dict]:
-        """Each batch's rows (arrays keyed x, y, columns), before conversion to torch."""
         b = self.batch_size
         pending: dict[str, np.ndarray] | None = None
         for block, (arrays, index, held) in self._fetched(self.plan()):
@@ -342,15 +337,15 @@ class Loader:
                 pos = take
                 if len(pending["y"]) < b:
                     continue
-                yield pending
+                yield self._batch(pending)
                 pending = None
             while n - pos >= b:
-                yield rows(pos, pos + b)
+                yield self._batch(rows(pos, pos + b))
                 pos += b
             if pos < n:
                 pending = rows(pos, n)
         if pending is not None and not self.drop_last:
-            yield pending
+            yield self._batch(pending)
 
     def _fetched(self, blocks: list[Block]):
         """(block, _fetch(block)) in order; backends may override to read ahead."""
@@ -482,21 +477,6 @@ class SparseStreamLoader(Loader):
             if k != "x":
                 arrays[k] = np.concatenate([p[k] for p in parts])[order]
         return arrays, ORDERED, (1 + self.read_ahead) * block.n_rows
-
-    def __iter__(self) -> Iterator[Batch]:
-        if self.x_format != "dense":
-            yield from super().__iter__()
-            return
-        # densifying (158 MB per 2,048 x 19,331 batch) is the slow part: one batch ahead, in a thread
-        with ThreadPoolExecutor(1) as pool:
-            ahead = None
-            for rows in self._iter_rows():
-                nxt = pool.submit(self._batch, rows)
-                if ahead is not None:
-                    yield ahead.result()
-                ahead = nxt
-            if ahead is not None:
-                yield ahead.result()
 
     #: blocks read ahead, each by its own thread (numpy's copies and pyarrow release the GIL: two cores)
     read_ahead = 2
