@@ -146,5 +146,12 @@ merlin-env: $(MERLIN_VENV)/.installed  ## create .venv-merlin with merlin-datalo
 test-merlin: merlin-env  ## the merlin loader tests, in .venv-merlin
 	$(MERLIN_PY) -m pytest tests/test_loaders.py -k merlin $(PYTEST_ARGS)
 
+# Loader and scTab throughput vs in-run baselines (issue 7); synthetic stores cached in benchmarks/.cache/.
+# BENCH_ARGS="--quick" for a smoke run, "--cases loader_csr infer_csr" for a subset.
+BENCH_ARGS ?=
+.PHONY: bench
+bench: venv  ## throughput table (medians, baselines, targets, peak RSS) -> benchmarks/results/<date>.md
+	$(PY) benchmarks/run.py $(BENCH_ARGS)
+
 clean:  ## remove pipeline outputs (not the venv, not the DVC cache)
 	rm -rf data reports/validation reports/evaluate/report models ray_results

@@ -237,6 +237,38 @@ def test_truncation_to_row_groups(tmp_path, census_params, extraction, split_res
             split_result.assignment["split"] == s).sum()
 
 
+def test_store_layout_both_writes_the_sparse_layout_beside_the_dense(tmp_path, census_params, extraction,
+                                                                   split_result, ontology, store_dir):
+    p = copy.deepcopy(census_params)
+    p["store"]["layout"] = "both"
+    rep = write_store(p, extraction.obs, extraction.var, split_result.assignment, split_result.subsets, ontology,
+                      tmp_path / "both")
+    store = Store(tmp_path / "both")
+    assert store.has_sparse and not Store(store_dir).has_sparse and 0 < rep["sparse"]["density"] < 1
+    for s in SPLITS:
+        dense, sparse = store.split(s), store.sparse_split(s)
+        assert [g[2] for g in sparse.row_groups] == [g[2] for g in dense.row_groups]
+        for (df, di, _), (sf, si, _) in zip(dense.row_groups, sparse.row_groups):
+            d = pq.ParquetFile(df).read_row_group(di)
+            with pa.OSFile(str(sf)) as fh:  # Arrow IPC, one record batch per dense row group
+                t = pa.Table.from_batches([pa.ipc.open_file(fh).get_batch(si)])
+            x = store.read_row_group(df, di)["X"]
+            rows = np.repeat(np.arange(len(x)), np.diff(t.column("indices").combine_chunks().offsets.to_numpy()))
+            rebuilt = np.zeros_like(x)
+            rebuilt[rows, t.column("indices").combine_chunks().values.to_numpy()] = \
+                t.column("values").combine_chunks().values.to_numpy()
+            assert rebuilt.tobytes() == x.tobytes()
+            assert int((x != 0).sum()) == len(rows)  # zeros are not stored
+            assert t.drop_columns(["indices", "values"]).equals(d.drop_columns(["X"]))
+    # the dense parts are the default layout's, byte for byte
+    for f in sorted((store_dir / "train").glob("*.parquet")):
+        assert pq.read_table(f).equals(pq.read_table(tmp_path / "both" / "train" / f.name))
+    p["store"]["layout"] = "csr"
+    with pytest.raises(StoreError, match="store.layout must be one of"):
+        write_store(p, extraction.obs, extraction.var, split_result.assignment, split_result.subsets, ontology,
+                    tmp_path / "bad")
+
+
 def test_failed_store_leaves_nothing_behind(tmp_path, census_params, extraction, split_result, ontology):
     bad = split_result.assignment.iloc[:-5]  # does not match obs
     out = tmp_path / "store"

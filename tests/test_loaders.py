@@ -268,3 +268,107 @@ def test_merlin_backend_matches_stream(tmp_path):
         ids[epoch] = torch.cat([b.obs["soma_joinid"] for b in ld]).numpy()
         assert np.array_equal(np.sort(ids[epoch]), np.arange(577))
     assert not np.array_equal(ids[0], ids[1])
+
+
+# ------------------------------------------------------------------------------------------- sparse layout
+@pytest.fixture(scope="module")
+def sparse_store(store_dir, tmp_path_factory):
+    """A copy of the tiny store with the sparse layout written beside the dense parts."""
+    from sctab.data.store import write_sparse_layout
+
+    root = tmp_path_factory.mktemp("sparse") / "store"
+    shutil.copytree(store_dir, root)
+    stats = write_sparse_layout(root)
+    assert 0 < stats["density"] < 1 and stats["cells"] == sum(Store(root).split(s).n_rows
+                                                               for s in ("train", "val", "test"))
+    return root
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_sparse_backend_yields_the_same_batches_as_stream(sparse_store, shuffle, world_size):
+    subset = np.arange(0, Store(sparse_store).split("train").n_rows, 3)
+    for rows in (None, subset):
+        for rank in range(world_size):
+            kw = dict(batch_size=45, shuffle=shuffle, seed=3, rank=rank, world_size=world_size,
+                      block_row_groups=3, rows=rows, columns=("soma_joinid", "donor_id"))
+            stream = make_loader(sparse_store, "train", **kw)
+            sparse = make_loader(sparse_store, "train", backend="sparse", **kw)
+            csr = make_loader(sparse_store, "train", backend="sparse", x_format="csr", **kw)
+            for epoch in (0, 1):
+                for ld in (stream, sparse, csr):
+                    ld.set_epoch(epoch)
+                a, b, c = list(stream), list(sparse), list(csr)
+                assert len(a) == len(b) == len(c) == len(stream) == len(sparse) > 0
+                for p, q, r in zip(a, b, c):
+                    assert q.x.layout == torch.strided and q.x.is_contiguous()
+                    assert p.x.numpy().tobytes() == q.x.numpy().tobytes()
+                    assert r.x.layout == torch.sparse_csr and r.x.shape == p.x.shape
+                    assert r.x.to_dense().numpy().tobytes() == p.x.numpy().tobytes()
+                    assert torch.equal(p.y, q.y) and torch.equal(p.y, r.y)
+                    assert all(torch.equal(p.obs[k], q.obs[k]) and torch.equal(p.obs[k], r.obs[k]) for k in p.obs)
+
+
+def test_csr_rows_take_and_concat_match_dense():
+    from sctab.data.loaders import CSRRows
+
+    rng = np.random.default_rng(0)
+    x = np.where(rng.random((50, 30)) < 0.2, rng.random((50, 30)), 0).astype(np.float32)
+    x[7] = 0  # an empty row
+    rows, cols = np.nonzero(x)
+    ptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=50))])
+    m = CSRRows(ptr, cols.astype(np.int32), x[rows, cols], 30)
+    order = rng.permutation(50)
+    assert np.array_equal(m.take(order).to_dense(), x[order])
+    a, b = m.take(order[:20]).take(np.arange(3, 17)), m.take(order[20:])
+    assert np.array_equal(CSRRows.concat([a, b]).to_dense(), np.concatenate([x[order[3:17]], x[order[20:]]]))
+    assert np.array_equal(m.take(np.array([], np.int64)).to_dense(), np.zeros((0, 30), np.float32))
+    assert torch.equal(m.take(order).to_torch().to_dense(), torch.from_numpy(x[order]))
+    parts = [m.take(np.arange(0, 20)), m.slice(20, 35), m.take(np.arange(35, 50))]  # gather across parts
+    assert np.array_equal(CSRRows.gather(parts, order).to_dense(), x[order])
+    assert np.array_equal(CSRRows.gather(parts, order[:5]).to_dense(), x[order[:5]])
+
+
+def test_sparse_memory_stays_bounded(sparse_store):
+    split = Store(sparse_store).split("train")
+    max_rg = max(r for _, _, r in split.row_groups)
+    ld = make_loader(sparse_store, "train", batch_size=32, shuffle=True, block_row_groups=2, backend="sparse",
+                     x_format="csr")
+    list(ld)
+    tracemalloc.start()
+    try:
+        n = sum(len(b) for b in ld)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert n == split.n_rows
+    assert ld.max_rows_buffered <= 3 * 2 * max_rg + 32  # current + 2 read-ahead blocks, + leftovers
+    assert peak < split.n_rows * 300 * 4 / 5, peak
+
+
+def test_sparse_layout_errors(store_dir, sparse_store, tmp_path):
+    with pytest.raises(StoreError, match="no sparse layout"):
+        make_loader(store_dir, "train", batch_size=8, backend="sparse")
+    with pytest.raises(LoaderError, match="x_format"):
+        make_loader(store_dir, "train", batch_size=8, x_format="coo")
+    root = tmp_path / "store"
+    shutil.copytree(sparse_store, root)
+    part = root / "sparse" / "train" / "part.0.arrow"
+    with pa.OSFile(str(part)) as fh:  # read into memory, not mapped: the file is rewritten below
+        tbl = pa.ipc.open_file(fh).read_all()
+
+    def rewrite(t, chunk):
+        with pa.ipc.new_file(part, t.schema) as w:
+            for b in t.to_batches(max_chunksize=chunk):
+                w.write_batch(b)
+
+    rewrite(tbl, 50)  # record batches no longer the dense part's row groups
+    with pytest.raises(StoreError, match="stale"):
+        make_loader(root, "train", batch_size=8, backend="sparse")
+    ind = tbl.column("indices").combine_chunks()
+    vals = ind.values.to_numpy().copy()
+    vals[3] = Store(root).n_genes  # a gene index past the end
+    bad = pa.ListArray.from_arrays(ind.offsets, pa.array(vals))
+    rewrite(tbl.set_column(tbl.schema.get_field_index("indices"), "indices", bad), 64)
+    with pytest.raises(StoreError, match=r"part.0.arrow row group 0: a gene index outside"):
+        list(make_loader(root, "train", batch_size=8, backend="sparse"))

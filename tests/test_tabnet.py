@@ -253,3 +253,111 @@ def test_glu_block_residual_scaling():
         for i, layer in enumerate(block.glu_layers):
             h = glu(layer, h) if (first and i == 0) else (h + glu(layer, h)) * math.sqrt(0.5)
         torch.testing.assert_close(block(x), h, atol=1e-6, rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------- fast paths
+def _sparse_data(n=64, genes=300, seed=0, density=0.1):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.log1p(torch.poisson(torch.rand(n, genes, generator=gen) * 4, generator=gen))
+    return x * (torch.rand(n, genes, generator=gen) < density)
+
+
+def _sharp_model(genes=300, seed=1, **kw):
+    torch.manual_seed(seed)
+    model = TabNet(genes, 7, **{**SMALL, **kw})
+    for at in model.encoder.att_transformers:
+        at.selector.k = 4  # rows solved by the 1st / 2nd top-k attempt and by the sort fallback
+        at.bn.bn.weight.data.fill_(4.0)
+    model.train()
+    with torch.no_grad():
+        for s in range(3):
+            model(_sparse_data(seed=10 + s, genes=genes))
+    return model.eval()
+
+
+def test_sparse_csr_input_matches_dense_in_eval():
+    model = _sharp_model()
+    x = _sparse_data(seed=3)
+    with torch.no_grad():
+        ref_logits, ref_loss = model(x)
+        paths = torch.cat([at.selector.last_info.path for at in model.encoder.att_transformers])
+        assert (paths >= 0).any() and (paths < 0).any()  # top-k rows and full-sort rows both exercised
+        logits, m_loss = model(x.to_sparse_csr())
+        torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(m_loss, ref_loss, atol=1e-6, rtol=1e-6)
+        # columns out of order within rows (another producer than our loader): still the same result
+        csr = x.to_sparse_csr()
+        crow, col, val = csr.crow_indices(), csr.col_indices().clone(), csr.values().clone()
+        for r in range(x.shape[0]):
+            a, b = int(crow[r]), int(crow[r + 1])
+            col[a:b], val[a:b] = col[a:b].flip(0), val[a:b].flip(0)
+        shuffled = torch.sparse_csr_tensor(crow, col, val, size=x.shape)
+        torch.testing.assert_close(model(shuffled)[0], ref_logits, atol=1e-5, rtol=1e-5)
+        # and the plain masked input with a CSR x: the dense product
+        model.encoder.sparse_masked_input = False
+        torch.testing.assert_close(model(x.to_sparse_csr())[0], ref_logits, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="sparse CSR"):
+        model(x.to_sparse())  # COO is not a supported input layout
+
+
+def test_sparse_csr_input_in_training_equals_dense():
+    model = _sharp_model()
+    model.train()
+    x, y = _sparse_data(seed=4), torch.randint(0, 7, (64,))
+
+    def grads(inp):
+        torch.manual_seed(0)
+        model.zero_grad()
+        logits, m_loss = model(inp)
+        loss = torch.nn.functional.cross_entropy(logits, y) + 0.1 * m_loss
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    (l1, g1), (l2, g2) = grads(x), grads(x.to_sparse_csr())
+    torch.testing.assert_close(l1, l2, atol=0, rtol=0)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_textbook_switch_matches_reference_and_fast_path():
+    model = _sharp_model()
+    x = _sparse_data(seed=5)
+    with torch.no_grad():
+        fast_logits, fast_loss = model(x)
+        model.set_fast(False)
+        assert all(not at.fast for at in model.encoder.att_transformers)
+        slow_logits, slow_loss = model(x)
+        ref_logits, ref_loss = _reference_forward(model, x)
+    torch.testing.assert_close(slow_logits, ref_logits, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(slow_loss, ref_loss, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(fast_logits, slow_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast_loss, slow_loss, atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="sort-based"):
+        TabNet(50, 3, mask_type="sparsemax", **SMALL).set_fast(False)(_data())
+
+
+def test_training_step_same_loss_as_textbook_on_a_fixed_batch():
+    """What `make bench` times as the training step: same loss (<= 1e-5) and same update as the plain model."""
+    import copy
+
+    base = _sharp_model(genes=400, n_steps=1)
+    base.train()
+    x, y = _sparse_data(n=128, genes=400, seed=6), torch.randint(0, 7, (128,))
+    out = []
+    for fast in (True, False):
+        model = copy.deepcopy(base).set_fast(fast)
+        # SGD: Adam's g / sqrt(v) would turn float-rounding-sized gradients of ~0 into lr-sized steps
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        losses = []
+        for _ in range(2):  # the second loss sees the first update
+            logits, m_loss = model(x)
+            loss = torch.nn.functional.cross_entropy(logits, y) + model.lambda_sparse * m_loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+        out.append((losses, [p.detach().clone() for p in model.parameters()]))
+    (fast_losses, fast_params), (slow_losses, slow_params) = out
+    assert max(abs(a - b) for a, b in zip(fast_losses, slow_losses)) <= 1e-5
+    for a, b in zip(fast_params, slow_params):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

@@ -1,9 +1,15 @@
-"""Mini-batch loaders over a store split: one interface, three backends that yield the same batches.
+"""Mini-batch loaders over a store split: one interface, four backends that yield the same batches.
 
-Why three: "stream" reads parquet row groups on the fly, so memory stays bounded whatever the store's size
-(the published train split is 15 M cells x 19,331 genes, about 1.2 TB dense); "memory" holds a small
-split in RAM and skips re-decoding parquet every epoch; "merlin" is the reference's loader
-(merlin-dataloader, optional extra `sctab[merlin]`, in its own venv: `make merlin-env`), kept to compare.
+Why four: "stream" reads parquet row groups on the fly, so memory stays bounded whatever the store's size
+(the published train split is 15 M cells x 19,331 genes, about 1.2 TB dense); "sparse" does the same from
+the store's sparse layout (`sparse/`, CSR-like indices + values, see sctab.data.store), which is ~10x less
+to read and decode and is the fast path; "memory" holds a small split in RAM and skips re-decoding parquet
+every epoch; "merlin" is the reference's loader (merlin-dataloader, optional extra `sctab[merlin]`, in its
+own venv: `make merlin-env`), kept to compare.
+
+`x_format` says what `Batch.x` is: "dense" (default, (b, n_genes) float32) or "csr" (a torch sparse CSR
+tensor of the same values, which TabNet's first layers consume directly; densifying 2,048 x 19,331 floats
+per batch costs more than reading them). Every backend and format gives the same rows, order and values.
 
 Shuffling is a block shuffle, as in the reference: the split is written shuffled on disk, so permuting
 row groups and then rows inside a block of `block_row_groups` row groups gives well-mixed batches while
@@ -17,17 +23,24 @@ also works in the slim merlin venv.
 from __future__ import annotations
 
 import math
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
 from sctab.data.store import Store, StoreError
 
-BACKENDS = ("stream", "memory", "merlin")
+# torch marks sparse CSR "beta"; we only build CSR tensors and hand them to torch.sparse.mm / to_dense
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+
+BACKENDS = ("stream", "memory", "merlin", "sparse")
+X_FORMATS = ("dense", "csr")
 
 
 class LoaderError(ValueError):
@@ -40,12 +53,107 @@ class MerlinNotInstalled(LoaderError, ImportError):
 
 @dataclass
 class Batch:
-    x: torch.Tensor  # (b, n_genes) float32, contiguous
+    x: torch.Tensor  # (b, n_genes) float32, contiguous; or torch.sparse_csr with x_format="csr"
     y: torch.Tensor  # (b,) int64 cell_type codes
     obs: dict[str, torch.Tensor] = field(default_factory=dict)  # extra `columns`, int64
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
+
+
+class CSRRows:
+    """Rows of a CSR matrix in numpy (indptr int64, indices int32, values float32): what the sparse backend
+    shuffles and cuts into batches without ever materialising the dense rows."""
+
+    __slots__ = ("indptr", "indices", "values", "n_cols")
+
+    def __init__(self, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, n_cols: int):
+        self.indptr, self.indices, self.values, self.n_cols = indptr, indices, values, int(n_cols)
+
+    def __len__(self) -> int:
+        return len(self.indptr) - 1
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indptr[-1] - self.indptr[0])
+
+    def take(self, rows: np.ndarray) -> "CSRRows":
+        """The given rows, in the given order (one vectorised gather of their non-zeros)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        starts = self.indptr[rows]
+        lengths = self.indptr[rows + 1] - starts
+        ptr = np.zeros(len(rows) + 1, np.int64)
+        np.cumsum(lengths, out=ptr[1:])
+        pos = _positions(starts, lengths)
+        return CSRRows(ptr, self.indices[pos], self.values[pos], self.n_cols)
+
+    @staticmethod
+    def gather(parts: Sequence["CSRRows"], rows: np.ndarray) -> "CSRRows":
+        """Rows `rows` (positions in the concatenation of `parts`), in that order, copied row by row.
+
+        One contiguous slice copy per row straight from the (memory-mapped) parts: ~5x faster here than
+        concatenating and then gathering element-wise (2,000 non-zeros per row make the per-row Python
+        step cheap next to the copy)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        n_cols = parts[0].n_cols
+        starts = np.concatenate([p.indptr[:-1] for p in parts])[rows]
+        ends = np.concatenate([p.indptr[1:] for p in parts])[rows]
+        group = np.repeat(np.arange(len(parts)), [len(p) for p in parts])[rows]
+        ptr = np.zeros(len(rows) + 1, np.int64)
+        np.cumsum(ends - starts, out=ptr[1:])
+        indices = np.empty(int(ptr[-1]), parts[0].indices.dtype)
+        values = np.empty(int(ptr[-1]), parts[0].values.dtype)
+        src = [(p.indices, p.values) for p in parts]
+        for g, a, z, o, q in zip(group.tolist(), starts.tolist(), ends.tolist(), ptr[:-1].tolist(),
+                                 ptr[1:].tolist()):
+            ind, val = src[g]
+            indices[o:q] = ind[a:z]
+            values[o:q] = val[a:z]
+        return CSRRows(ptr, indices, values, n_cols)
+
+    def slice(self, a: int, b: int) -> "CSRRows":
+        """Rows a..b-1 as a view (indptr not rebased)."""
+        return CSRRows(self.indptr[a:b + 1], self.indices, self.values, self.n_cols)
+
+    @staticmethod
+    def concat(parts: Sequence["CSRRows"]) -> "CSRRows":
+        parts = [p for p in parts if len(p)] or list(parts[:1])
+        if len(parts) == 1 and parts[0].indptr[0] == 0:
+            return parts[0]
+        ptrs, shift = [np.zeros(1, np.int64)], 0
+        for p in parts:
+            ptrs.append(p.indptr[1:] - p.indptr[0] + shift)
+            shift += p.nnz
+        return CSRRows(np.concatenate(ptrs), np.concatenate([p.indices[p.indptr[0]:p.indptr[-1]] for p in parts]),
+                       np.concatenate([p.values[p.indptr[0]:p.indptr[-1]] for p in parts]), parts[0].n_cols)
+
+    def to_dense(self) -> np.ndarray:
+        out = np.zeros((len(self), self.n_cols), np.float32)
+        row = np.repeat(np.arange(len(self), dtype=np.int64), np.diff(self.indptr))
+        out.reshape(-1)[row * self.n_cols + self.indices[self.indptr[0]:self.indptr[-1]]] = \
+            self.values[self.indptr[0]:self.indptr[-1]]
+        return out
+
+    def to_torch(self) -> torch.Tensor:
+        """A torch sparse CSR tensor sharing (after rebasing) these arrays."""
+        sl = slice(int(self.indptr[0]), int(self.indptr[-1]))
+        itype = np.int32 if self.nnz < 2**31 else np.int64  # int32 indices: zero-copy from the store's
+        ptr = (self.indptr - self.indptr[0]).astype(itype)
+        return torch.sparse_csr_tensor(torch.from_numpy(ptr), torch.from_numpy(self.indices[sl].astype(itype, copy=False)),
+                                       torch.from_numpy(self.values[sl]), size=(len(self), self.n_cols),
+                                       check_invariants=False)
+
+
+def _slice_rows(v, a: int, b: int):
+    return v.slice(a, b) if isinstance(v, CSRRows) else v[a:b]
+
+
+def _take_rows(v, rows: np.ndarray):
+    return v.take(rows) if isinstance(v, CSRRows) else np.take(v, rows, axis=0)
+
+
+def _cat_rows(a, b):
+    return CSRRows.concat([a, b]) if isinstance(a, CSRRows) else np.concatenate([a, b])
 
 
 # ------------------------------------------------------------------------------------------- the plan
@@ -167,13 +275,18 @@ def _take(src: np.ndarray, sel: np.ndarray | None, out: np.ndarray) -> None:
 
 
 # ------------------------------------------------------------------------------------------- loaders
+#: `_fetch` returns this as `index` when its arrays are already the block's rows in the epoch's order
+ORDERED = object()
+
+
 class Loader:
     """Common part: arguments, plan, batch cutting. Backends say where a block's rows are (`_fetch`)."""
 
     def __init__(self, store: Store, split: str, *, batch_size: int, shuffle: bool, seed: int, rank: int,
                  world_size: int, block_row_groups: int, rows: np.ndarray | None, drop_last: bool,
-                 columns: tuple[str, ...]):
+                 columns: tuple[str, ...], x_format: str = "dense"):
         self.store, self.split_name = store, split
+        self.x_format = x_format
         self.split = store.split(split)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.rank, self.world_size, self.block_row_groups = rank, world_size, block_row_groups
@@ -206,26 +319,38 @@ class Loader:
     def __iter__(self) -> Iterator[Batch]:
         b = self.batch_size
         pending: dict[str, np.ndarray] | None = None
-        for block in self.plan():
-            arrays, index, held = self._fetch(block)
-            order = block.order() if index is None else index[block.order()]
-            pos = 0
+        for block, (arrays, index, held) in self._fetched(self.plan()):
+            if index is ORDERED:  # the backend already permuted the block: batches are slices
+                def rows(a, z, arrays=arrays):
+                    return {k: _slice_rows(v, a, z) for k, v in arrays.items()}
+            else:
+                order = block.order() if index is None else index[block.order()]
+
+                def rows(a, z, arrays=arrays, order=order):
+                    return {k: _take_rows(v, order[a:z]) for k, v in arrays.items()}
+            n, pos = block.n_rows, 0
             self._note(held + (0 if pending is None else len(pending["y"])))
             if pending is not None:  # leftovers of the previous block come first
-                take = min(b - len(pending["y"]), len(order))
-                pending = {k: np.concatenate([v, arrays[k][order[:take]]]) for k, v in pending.items()}
+                take = min(b - len(pending["y"]), n)
+                head = rows(0, take)
+                pending = {k: _cat_rows(v, head[k]) for k, v in pending.items()}
                 pos = take
                 if len(pending["y"]) < b:
                     continue
                 yield self._batch(pending)
                 pending = None
-            while len(order) - pos >= b:
-                yield self._batch({k: np.take(v, order[pos:pos + b], axis=0) for k, v in arrays.items()})
+            while n - pos >= b:
+                yield self._batch(rows(pos, pos + b))
                 pos += b
-            if pos < len(order):
-                pending = {k: np.take(v, order[pos:], axis=0) for k, v in arrays.items()}
+            if pos < n:
+                pending = rows(pos, n)
         if pending is not None and not self.drop_last:
             yield self._batch(pending)
+
+    def _fetched(self, blocks: list[Block]):
+        """(block, _fetch(block)) in order; backends may override to read ahead."""
+        for block in blocks:
+            yield block, self._fetch(block)
 
     def _fetch(self, block: Block) -> tuple[dict[str, np.ndarray], np.ndarray | None, int]:
         """(arrays, index, rows held): the block's rows in block order are arrays[k][index] (index None:
@@ -236,8 +361,14 @@ class Loader:
         self.max_rows_buffered = max(self.max_rows_buffered, int(rows))
 
     def _batch(self, a: dict[str, np.ndarray]) -> Batch:
-        return Batch(torch.from_numpy(a["x"]), torch.from_numpy(a["y"]),
-                     {c: torch.from_numpy(a[c]) for c in self.columns})
+        x = a["x"]
+        if isinstance(x, CSRRows):
+            x = x.to_torch() if self.x_format == "csr" else torch.from_numpy(x.to_dense())
+        else:
+            x = torch.from_numpy(x)
+            if self.x_format == "csr":
+                x = x.to_sparse_csr()
+        return Batch(x, torch.from_numpy(a["y"]), {c: torch.from_numpy(a[c]) for c in self.columns})
 
 
 class StreamLoader(Loader):
@@ -260,6 +391,106 @@ class StreamLoader(Loader):
             at += self._reader.read_into(g, sel, self._buf, at)
         view = {k: v[:block.n_rows] for k, v in self._buf.items()}
         return view, None, len(self._buf["y"])
+
+
+class _SparseGroupReader:
+    """Reads one row group (record batch) of the sparse layout as CSRRows (+ labels), memory-mapped: no
+    decoding, the non-zeros are copied once when a block is permuted. Checks what the dense reader checks.
+
+    Each read maps the file anew and the map goes with the block's arrays, so the pages it touches are
+    not held for the whole store."""
+
+    def __init__(self, store: Store, split: str, columns: tuple[str, ...]):
+        self.store, self.columns = store, columns
+        self.split = store.sparse_split(split)
+        self.n_genes, self.n_classes = store.n_genes, store.n_classes
+        if "X" in columns:
+            raise LoaderError("`columns` names extra obs columns; X is always loaded (Batch.x)")
+        names = self._reader(self.split.files[0]).schema.names
+        missing = [c for c in columns if c not in names]
+        if missing:
+            raise LoaderError(f"columns {missing} are not in {self.split.files[0]} (has {names})")
+
+    @staticmethod
+    def _reader(path: Path):
+        """A fresh memory-mapped reader per call: thread-safe, and the map is dropped with the last array."""
+        return pa.ipc.open_file(pa.memory_map(str(path)))
+
+    def read(self, g: int, sel: np.ndarray | None) -> dict:
+        path, index, _ = self.split.row_groups[g]
+        try:
+            batch = self._reader(path).get_batch(index)
+        except Exception as e:
+            raise StoreError(f"cannot read row group {index} of {path}: {e}") from e
+        ind, val = batch.column("indices"), batch.column("values")
+        ptr = ind.offsets.to_numpy()
+        if ind.null_count or val.null_count or not np.array_equal(ptr, val.offsets.to_numpy()):
+            raise StoreError(f"{path} row group {index}: `indices` and `values` differ in length (or are null)")
+        indices = ind.values.to_numpy()
+        if indices.size and (indices.min() < 0 or indices.max() >= self.n_genes):
+            raise StoreError(f"{path} row group {index}: a gene index outside [0, {self.n_genes}) "
+                             "(the length of var.parquet)")
+        x = CSRRows(ptr.astype(np.int64), indices, val.values.to_numpy(), self.n_genes)
+        y = batch.column("cell_type").to_numpy().astype(np.int64, copy=False)
+        bad = np.flatnonzero((y < 0) | (y >= self.n_classes))
+        if bad.size:
+            raise LoaderError(f"{path} row group {index}: cell_type code {int(y[bad[0]])} outside "
+                              f"[0, {self.n_classes}) at row {int(bad[0])}")
+        out = {"x": x, "y": y, **{c: batch.column(c).to_numpy().astype(np.int64, copy=False)
+                                  for c in self.columns}}
+        if sel is not None:
+            out = {k: _take_rows(v, sel) for k, v in out.items()}
+        return out
+
+
+def _positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenation of arange(s, s + l) for each (s, l): a cumsum of steps, 1 inside a run and a jump at
+    each run's start (cumsum releases the GIL, np.repeat does not: this runs in the read-ahead thread)."""
+    total = int(lengths.sum())
+    dt = np.int32 if total + int(starts.max(initial=0)) < 2**31 - 1 else np.int64  # half the bytes to move
+    steps = np.ones(total, dt)
+    nonempty = lengths > 0
+    if not nonempty.any():
+        return steps[:0]
+    s, ln = starts[nonempty], lengths[nonempty]
+    first = np.concatenate([[0], np.cumsum(ln)[:-1]])
+    steps[first] = s - np.concatenate([[0], (s + ln)[:-1] - 1])
+    steps[0] = s[0]
+    return np.cumsum(steps, out=steps)
+
+
+class SparseStreamLoader(Loader):
+    """Like "stream", from the sparse layout. Background threads read and permute the next `read_ahead`
+    blocks (one row-by-row copy out of the memory-mapped files, `CSRRows.gather`) while the current one is
+    cut into batches (slices, no copy); holds at most 1 + read_ahead blocks."""
+
+    def __init__(self, store, split, **kw):
+        super().__init__(store, split, **kw)
+        self._reader = _SparseGroupReader(store, split, self.columns)
+
+    def _fetch(self, block):
+        """The block's rows already in the epoch's order (one gather, in the read-ahead thread)."""
+        parts = [self._reader.read(g, sel) for g, sel in zip(block.groups, block.select)]
+        order = block.order()
+        arrays = {"x": CSRRows.gather([p["x"] for p in parts], order)}
+        for k in parts[0]:
+            if k != "x":
+                arrays[k] = np.concatenate([p[k] for p in parts])[order]
+        return arrays, ORDERED, (1 + self.read_ahead) * block.n_rows
+
+    #: blocks read ahead, each by its own thread (numpy's copies and pyarrow release the GIL: two cores)
+    read_ahead = 2
+
+    def _fetched(self, blocks):
+        if not blocks:
+            return
+        with ThreadPoolExecutor(self.read_ahead) as pool:
+            pending = [pool.submit(self._fetch, b) for b in blocks[:self.read_ahead]]
+            for i, block in enumerate(blocks):
+                cur = pending.pop(0).result()
+                if i + self.read_ahead < len(blocks):
+                    pending.append(pool.submit(self._fetch, blocks[i + self.read_ahead]))
+                yield block, cur
 
 
 class MemoryLoader(Loader):
@@ -347,6 +578,8 @@ class MerlinLoader(Loader):
             if ((y < 0) | (y >= self.n_classes)).any():
                 raise LoaderError(f"split {self.split_name!r}: cell_type code outside [0, {self.n_classes})")
             self._note(len(y))
+            if self.x_format == "csr":
+                x = x.to_sparse_csr()
             yield Batch(x, y, {c: feats[c].reshape(-1).to(torch.int64).contiguous() for c in self.columns})
 
     def __len__(self) -> int:
@@ -370,14 +603,17 @@ def _check_rows(rows, n_rows: int) -> np.ndarray | None:
     return rows
 
 
-_BACKEND_CLASSES = {"stream": StreamLoader, "memory": MemoryLoader, "merlin": MerlinLoader}
+_BACKEND_CLASSES = {"stream": StreamLoader, "sparse": SparseStreamLoader, "memory": MemoryLoader,
+                    "merlin": MerlinLoader}
 
 
 def make_loader(store: Store | str | Path, split: str, *, batch_size: int, backend: str = "stream",
                 shuffle: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1,
                 block_row_groups: int = 8, rows: np.ndarray | None = None, drop_last: bool = False,
-                columns: tuple[str, ...] = ()) -> Loader:
+                columns: tuple[str, ...] = (), x_format: str = "dense") -> Loader:
     """A loader over `split` of `store` for one rank of `world_size`; see the module docstring."""
+    if x_format not in X_FORMATS:
+        raise LoaderError(f"unknown x_format {x_format!r}; known: {', '.join(X_FORMATS)}")
     if backend not in _BACKEND_CLASSES:
         raise LoaderError(f"unknown loader backend {backend!r}; known: {', '.join(BACKENDS)}")
     if int(batch_size) < 1:
@@ -391,4 +627,4 @@ def make_loader(store: Store | str | Path, split: str, *, batch_size: int, backe
     return _BACKEND_CLASSES[backend](
         store, split, batch_size=int(batch_size), shuffle=bool(shuffle), seed=int(seed), rank=int(rank),
         world_size=int(world_size), block_row_groups=int(block_row_groups), rows=rows, drop_last=bool(drop_last),
-        columns=tuple(columns))
+        columns=tuple(columns), x_format=x_format)

@@ -14,6 +14,18 @@ scTab checkpoints load with ``strict=True`` (see
   BN -> * prior -> 1.5-entmax mask.
 * ``final_mapping``: Linear(n_d -> classes, no bias).
 
+Fast paths (each checked against the plain one in tests/test_tabnet.py):
+
+* masks by the exact top-k 1.5-entmax (``entmax.py``) instead of a full sort of 19,331 scores per cell;
+* the masked input ``M * x`` consumed sparsely by the first Linear (``MaskedInput``);
+* in eval mode, a torch sparse CSR ``x`` (the ``sparse`` loader's ``x_format="csr"``) feeds the initial BN
+  and the first shared Linear as a sparse matmul (``SparseBNInput``): BN in eval is a per-gene affine
+  map, so ``BN(x) @ W.T = (a*x) @ W.T + c @ W.T`` touches only the non-zeros (~8% of the genes);
+* in eval mode the attentive transformer's BN is folded into its Linear (one pass less over cells x genes).
+
+``TabNet.set_fast(False)`` switches all of them off: the textbook model (sort-based entmax, dense
+products), the baseline of ``make bench``.
+
 Forward returns ``(logits, M_loss)`` with ``M_loss`` = mean over cells of the
 mask entropy sum(-M log(M + eps)), averaged over steps.  Train with
 ``CE + lambda_sparse * M_loss`` (identical to scTab's ``CE - lambda * m_loss``,
@@ -23,13 +35,14 @@ which uses the negated entropy).
 from __future__ import annotations
 
 import math
+import warnings
 from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .entmax import Entmax15, Sparsemax, support_entropy
+from .entmax import Entmax15, Sparsemax, entmax15_sort, support_entropy
 
 __all__ = [
     "TabNet",
@@ -40,10 +53,13 @@ __all__ = [
     "GLULayer",
     "GhostBatchNorm",
     "MaskedInput",
+    "SparseBNInput",
     "MASK_TYPES",
 ]
 
 MASK_TYPES = ("entmax", "sparsemax")
+# torch marks sparse CSR "beta"; we only use sparse.mm and read its index arrays
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 _SQRT_HALF = math.sqrt(0.5)
 
 
@@ -81,6 +97,88 @@ class GhostBatchNorm(nn.Module):
         return torch.cat([self.bn(c) for c in x.chunk(n_chunks, 0)], dim=0)
 
 
+_WT_CACHE: dict = {}
+
+
+def _weight_t(weight: torch.Tensor) -> torch.Tensor:
+    """weight.t() made contiguous (genes x out: one row per gene), reused while the weight is unchanged.
+
+    The first shared Linear (19,331 x 384, 30 MB) is read by gene rows twice per forward (sparse input and
+    masked input); without autograd (inference) the transposed copy is made once per weight version."""
+    if torch.is_grad_enabled() and weight.requires_grad:
+        return weight.t().contiguous()  # keep the graph to the parameter
+    key = (weight.data_ptr(), weight._version, tuple(weight.shape), weight.dtype)
+    hit = _WT_CACHE.get("w")
+    if hit is None or hit[0] != key:
+        hit = (key, weight.detach().t().contiguous())
+        _WT_CACHE["w"] = hit
+    return hit[1]
+
+
+def _bn_affine(bn: nn.BatchNorm1d) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) with bn(x) == x * scale + shift in eval mode (running statistics)."""
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    return scale, shift
+
+
+class SparseBNInput:
+    """``initial_bn(x)`` for a sparse CSR ``x`` in eval mode, never densified.
+
+    ``linear(W)`` = ``(x*scale) @ W.T + shift @ W.T`` as one sparse matmul over the non-zeros;
+    ``gather(r, idx)`` reads single entries (binary search in the sorted CSR keys), which is all the
+    masked input needs; ``rows(r)`` densifies only the few rows whose entmax needed the full sort.
+    """
+
+    def __init__(self, x: torch.Tensor, bn: nn.BatchNorm1d):
+        if x.layout != torch.sparse_csr or x.dim() != 2:
+            raise ValueError(f"SparseBNInput needs a 2-D sparse CSR tensor, got layout {x.layout}")
+        self.shape = x.shape
+        self.scale, self.shift = _bn_affine(bn)
+        crow, col, val = x.crow_indices(), x.col_indices(), x.values()
+        self.crow, self.col = crow.long(), col.long()
+        self.scaled = torch.sparse_csr_tensor(self.crow, self.col, val * self.scale[self.col], size=x.shape,
+                                              check_invariants=False)
+        row = torch.repeat_interleave(torch.arange(x.shape[0]), self.crow.diff())
+        keys = row * x.shape[1] + self.col
+        if keys.numel() > 1 and not bool((keys[1:] > keys[:-1]).all()):
+            keys, order = torch.sort(keys)  # columns unsorted within rows (or duplicates: caught below)
+            val = val[order]
+            if not bool((keys[1:] > keys[:-1]).all()):
+                raise ValueError("sparse input has duplicate (row, gene) entries")
+        self.keys, self.values = keys, val
+
+    def linear(self, weight: torch.Tensor) -> torch.Tensor:
+        wt = _weight_t(weight)
+        return torch.sparse.mm(self.scaled, wt) + self.shift @ wt
+
+    def gather(self, rows: Optional[torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
+        """BN(x)[rows[:, None], idx] (rows None: all rows), shape of ``idx``."""
+        r = torch.arange(idx.shape[0]) if rows is None else rows
+        return self.pairs(r.unsqueeze(1).expand_as(idx).flatten(), idx.flatten()).view(idx.shape)
+
+    def pairs(self, r: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """BN(x)[r, c] for 1-D index tensors of equal length."""
+        q = r * self.shape[1] + c
+        if self.keys.numel():
+            pos = torch.searchsorted(self.keys, q).clamp(max=self.keys.numel() - 1)
+            raw = torch.where(self.keys[pos] == q, self.values[pos], torch.zeros((), dtype=self.values.dtype))
+        else:
+            raw = torch.zeros(q.shape, dtype=self.values.dtype)
+        return raw * self.scale[c] + self.shift[c]
+
+    def rows(self, rows: torch.Tensor) -> torch.Tensor:
+        idx = torch.arange(self.shape[1]).expand(len(rows), -1)
+        return self.gather(rows, idx)
+
+    def dense(self) -> torch.Tensor:
+        return self.rows(torch.arange(self.shape[0]))
+
+
 class MaskedInput:
     """``mask * x`` kept in factored form so the first Linear can skip zero genes.
 
@@ -93,25 +191,34 @@ class MaskedInput:
     dense 19k-wide matmul.
     """
 
-    def __init__(self, mask: torch.Tensor, x: torch.Tensor, info):
+    def __init__(self, mask: torch.Tensor, x: "torch.Tensor | SparseBNInput", info):
         self.mask, self.x, self.info = mask, x, info
+        self._sparse_x = isinstance(x, SparseBNInput)
 
     def dense(self) -> torch.Tensor:
-        return self.mask * self.x
+        return self.mask * (self.x.dense() if self._sparse_x else self.x)
+
+    def _x_pairs(self, r: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self.x.pairs(r, c) if self._sparse_x else self.x[r, c]
 
     def linear(self, weight: torch.Tensor) -> torch.Tensor:
         info = self.info
         if info is None or info.dense_rows is None or not info.candidates:
             return F.linear(self.dense(), weight)
-        weight_t = weight.t().contiguous()  # (genes, out): one row per gene
+        weight_t = _weight_t(weight)  # (genes, out): one row per gene
         out = None
         for rows, idx in info.candidates:
-            if rows is None:
-                vals = self.mask.gather(1, idx) * self.x.gather(1, idx)
-            else:  # index (row, column) pairs directly: no copy of whole rows
-                r = rows.unsqueeze(1)
-                vals = self.mask[r, idx] * self.x[r, idx]
-            part = F.embedding_bag(idx, weight_t, per_sample_weights=vals, mode="sum")
+            m = self.mask.gather(1, idx) if rows is None else self.mask[rows.unsqueeze(1), idx]
+            # only the support (mask > 0; candidates are ~2-6x more): one variable-length bag per row.
+            # Exact for the output, and for gradients too: entmax's backward zeroes them off the support.
+            keep = m.detach() > 0
+            counts = keep.sum(1)
+            offsets = torch.zeros_like(counts)
+            offsets[1:] = counts.cumsum(0)[:-1]
+            local = torch.arange(idx.shape[0]).unsqueeze(1).expand_as(idx)[keep]
+            cols = idx[keep]
+            vals = m[keep] * self._x_pairs(local if rows is None else rows[local], cols)
+            part = F.embedding_bag(cols, weight_t, offsets, per_sample_weights=vals, mode="sum")
             if rows is None:
                 out = part
             else:
@@ -120,7 +227,8 @@ class MaskedInput:
                 out = out.index_put((rows,), part)
         if info.dense_rows is not False:
             rows = info.dense_rows
-            part = F.linear(self.mask[rows] * self.x[rows], weight)
+            x_rows = self.x.rows(rows) if self._sparse_x else self.x[rows]
+            part = F.linear(self.mask[rows] * x_rows, weight)
             if out is None:
                 out = part.new_zeros(self.x.shape[0], weight.shape[0])
             out = out.index_put((rows,), part)
@@ -146,8 +254,8 @@ class GLULayer(nn.Module):
         self.fc = fc
         self.bn = GhostBatchNorm(2 * output_dim, virtual_batch_size, momentum)
 
-    def forward(self, x: torch.Tensor | MaskedInput) -> torch.Tensor:
-        h = x.linear(self.fc.weight) if isinstance(x, MaskedInput) else self.fc(x)
+    def forward(self, x: "torch.Tensor | MaskedInput | SparseBNInput") -> torch.Tensor:
+        h = x.linear(self.fc.weight) if isinstance(x, (MaskedInput, SparseBNInput)) else self.fc(x)
         return F.glu(self.bn(h), dim=-1)
 
 
@@ -176,7 +284,7 @@ class GLUBlock(nn.Module):
             self.glu_layers.append(GLULayer(in_dim, output_dim, fc, virtual_batch_size, momentum))
 
     def forward(self, x: torch.Tensor | MaskedInput) -> torch.Tensor:
-        if isinstance(x, MaskedInput) and not self.first:
+        if isinstance(x, (MaskedInput, SparseBNInput)) and not self.first:
             x = x.dense()  # a residual needs the dense input
         start = 0
         if self.first:
@@ -228,7 +336,7 @@ class FeatTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor | MaskedInput) -> torch.Tensor:
         x = self.shared(x)
-        if isinstance(x, MaskedInput) and not isinstance(self.specifics, GLUBlock):
+        if isinstance(x, (MaskedInput, SparseBNInput)) and not isinstance(self.specifics, GLUBlock):
             x = x.dense()  # only Identity blocks: nothing consumed the input
         return self.specifics(x)
 
@@ -257,15 +365,25 @@ class AttentiveTransformer(nn.Module):
         self.fc = nn.Linear(input_dim, output_dim, bias=False)
         _init_plain_fc(self.fc, input_dim, output_dim)
         self.bn = GhostBatchNorm(output_dim, virtual_batch_size, momentum)
+        #: False: textbook path (dense BN pass, sort-based entmax, info None); see TabNet.set_fast
+        self.fast = True
 
     def forward(self, prior: Optional[torch.Tensor], att: torch.Tensor) -> torch.Tensor:
         return self.forward_with_info(prior, att)[0]
 
     def forward_with_info(self, prior: Optional[torch.Tensor], att: torch.Tensor):
-        """Mask and the solver's :class:`SolveInfo` (where each row's support lies)."""
-        x = self.bn(self.fc(att))
+        """Mask and the solver's :class:`SolveInfo` (where each row's support lies; None on the textbook path)."""
+        if self.fast and not self.training:  # eval BN is affine: fold it into the Linear
+            scale, shift = _bn_affine(self.bn.bn)
+            x = F.linear(att, self.fc.weight * scale.unsqueeze(1), shift)
+        else:
+            x = self.bn(self.fc(att))
         if prior is not None:  # prior None == all ones (first step): skip a full pass
             x = x * prior
+        if not self.fast:
+            if not isinstance(self.selector, Entmax15):
+                raise ValueError("the textbook path is the sort-based 1.5-entmax (mask_type 'entmax')")
+            return entmax15_sort(x, dim=-1), None
         return self.selector.forward_with_info(x)
 
 
@@ -337,18 +455,34 @@ class TabNetEncoder(nn.Module):
     def forward(
         self, x: torch.Tensor, return_masks: bool = False
     ) -> Tuple[List[torch.Tensor], torch.Tensor] | Tuple[List[torch.Tensor], torch.Tensor, List[torch.Tensor]]:
-        x = self.initial_bn(x)
-        att = self.initial_splitter(x)[:, self.n_d :]
+        if x.layout == torch.sparse_csr:
+            if self.training or not self.sparse_masked_input:
+                x = x.to_dense()  # batch statistics (training) need the dense pass
+                x = self.initial_bn(x)
+                first = x
+            else:
+                x = first = SparseBNInput(x, self.initial_bn)
+        elif x.layout != torch.strided:
+            raise ValueError(f"TabNet takes a dense or sparse CSR input, got layout {x.layout}")
+        else:
+            x = first = self.initial_bn(x)
+        att = self.initial_splitter(first)[:, self.n_d :]
         prior: Optional[torch.Tensor] = None
-        m_loss = x.new_zeros(())
+        m_loss = att.new_zeros(())
         steps_output, masks = [], []
         for step in range(self.n_steps):
             mask, info = self.att_transformers[step].forward_with_info(prior, att)
             # entropy sum(-M log(M + eps)), visiting only the support candidates
-            m_loss = m_loss + support_entropy(mask, info, self.epsilon).mean()
+            if info is None:  # textbook path: the dense formula over every gene
+                m_loss = m_loss + (-mask * torch.log(mask + self.epsilon)).sum(-1).mean()
+            else:
+                m_loss = m_loss + support_entropy(mask, info, self.epsilon).mean()
             if step + 1 < self.n_steps:
                 prior = (self.gamma - mask) if prior is None else (self.gamma - mask) * prior
-            masked = MaskedInput(mask, x, info if self.sparse_masked_input else None)
+            use_info = info if self.sparse_masked_input else None
+            if use_info is None and isinstance(x, SparseBNInput):
+                x = x.dense()
+            masked = MaskedInput(mask, x, use_info)
             out = self.feat_transformers[step](masked)
             steps_output.append(F.relu(out[:, : self.n_d]))
             att = out[:, self.n_d :]
@@ -431,6 +565,14 @@ class TabNet(nn.Module):
         for d in steps_output[1:]:
             res = res + d
         return res
+
+    def set_fast(self, fast: bool = True) -> "TabNet":
+        """Switch every fast path on (default) or off (the textbook model: sort-based entmax, dense
+        masked input, dense BN passes); the weights and the result (to float rounding) are the same."""
+        self.encoder.sparse_masked_input = bool(fast)
+        for at in self.encoder.att_transformers:
+            at.fast = bool(fast)
+        return self
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Summed decision-step output (the n_d-dim embedding before final_mapping)."""

@@ -1,0 +1,316 @@
+"""The benchmark cases of `make bench`: each measures our fast path ("ours") and its baseline in the same run.
+
+A case is a function `(part, cfg) -> dict` registered in `REGISTRY` under a name; `part` is "ours" or
+"baseline" (each runs in its own subprocess, so each gets its own peak memory). It returns
+`{"samples": [...], "unit": ..., "label": ..., "check": {...}}`: throughput samples (one per repeat), what
+was measured, and, for "ours", the exactness check against the exact path. `Case.run=None` registers a
+row whose benchmark does not exist yet (shown as "not run"): that is the hook for the `sctab annotate`
+end-to-end row (`register("annotate_e2e", ...)`).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+
+@dataclass
+class Config:
+    """Shapes of one bench run: the paper's (default) or tiny ones (`--quick`)."""
+
+    n_genes: int = 19_331
+    n_classes: int = 164
+    n_cells: int = 40_960
+    batch_size: int = 2048
+    block_row_groups: int = 8
+    row_group_size: int = 1024
+    repeats: int = 5
+    n_d: int = 128
+    n_a: int = 64
+    model_batches: int = 2  # batches per inference repeat
+    memory_rows: int = 16_384  # the in-memory baseline holds this many rows (dense), not the whole store
+    dense_batches: int = 6  # the dense-layout baseline reads this many batches per repeat (it is slow)
+    cache: str = "benchmarks/.cache"
+
+    @classmethod
+    def quick(cls, cache: str = "benchmarks/.cache") -> "Config":
+        return cls(n_genes=2000, n_classes=20, n_cells=4096, batch_size=256, block_row_groups=2,
+                   row_group_size=256, repeats=3, n_d=16, n_a=8, model_batches=2, memory_rows=2048,
+                   dense_batches=4, cache=cache)
+
+    @property
+    def store_path(self) -> Path:
+        from sctab.bench.synthetic import VERSION
+
+        return Path(self.cache) / f"store-v{VERSION}-{self.n_genes}g-{self.n_classes}c-{self.n_cells}n-{self.row_group_size}rg"
+
+
+@dataclass
+class Case:
+    name: str
+    figure: str
+    target: Optional[float]  # ours must reach this (same unit as the samples); None = informational
+    run: Optional[Callable[[str, Config], dict]]
+    baseline: str = ""
+    note: str = ""
+
+
+REGISTRY: dict[str, Case] = {}
+
+
+def register(name: str, figure: str, target: Optional[float], run, baseline: str = "", note: str = "") -> None:
+    """Add (or replace) a row of the bench table."""
+    REGISTRY[name] = Case(name, figure, target, run, baseline, note)
+
+
+class Rates:
+    """Wall-clock rates (the figures) and CPU-time rates: items / (process CPU seconds / cores), i.e. the
+    rate if every core were ours. On a machine shared with other jobs the CPU-time rate shows what the
+    code costs, the wall-clock one what this run got; both are reported."""
+
+    def __init__(self):
+        import os
+
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+        self.cores = os.cpu_count() or 1
+
+    def start(self) -> None:
+        self._t, self._c = time.perf_counter(), time.process_time()
+
+    def stop(self, n: int) -> None:
+        self.wall.append(n / (time.perf_counter() - self._t))
+        self.cpu.append(n / max((time.process_time() - self._c) / self.cores, 1e-9))
+
+    def result(self, **kw) -> dict:
+        return {"samples": self.wall, "cpu_samples": self.cpu, **kw}
+
+
+def _store(cfg: Config):
+    from sctab.bench.synthetic import make_store
+    from sctab.data.store import Store
+
+    return Store(make_store(cfg.store_path, cfg.n_cells, cfg.n_genes, cfg.n_classes,
+                            row_group_size=cfg.row_group_size))
+
+
+def _loader_rate(ld, repeats: int, max_batches: Optional[int] = None) -> Rates:
+    """cells/s over one epoch (or `max_batches` batches) per repeat, a different shuffle each time; the
+    epoch's first block (read before the first batch) is included."""
+    rates = Rates()
+    for r in range(repeats):
+        ld.set_epoch(r)
+        n = 0
+        rates.start()
+        for i, b in enumerate(ld):
+            n += len(b)
+            if max_batches is not None and i + 1 >= max_batches:
+                break
+        rates.stop(n)
+    return rates
+
+
+# ------------------------------------------------------------------------------------------- loaders
+def loader_sparse(x_format: str):
+    def run(part: str, cfg: Config) -> dict:
+        from sctab.data.loaders import make_loader
+
+        store = _store(cfg)
+        kw = dict(batch_size=cfg.batch_size, shuffle=True, seed=0, block_row_groups=cfg.block_row_groups)
+        if part == "ours":
+            ld = make_loader(store, "train", backend="sparse", x_format=x_format, **kw)
+            rates = _loader_rate(ld, cfg.repeats)
+            # same batches as the dense layout: the first batch of epoch 0, compared byte for byte
+            ld.set_epoch(0)
+            ref = make_loader(store, "train", backend="stream", **kw)
+            a, b = next(iter(ld)), next(iter(ref))
+            xa = a.x.to_dense() if x_format == "csr" else a.x
+            same = bool(xa.numpy().tobytes() == b.x.numpy().tobytes() and (a.y == b.y).all())
+            return rates.result(unit="cells/s", label=f"sparse layout -> {x_format} torch batches",
+                                check={"same batch as dense layout": same, "max rows buffered": ld.max_rows_buffered})
+        if x_format == "csr":
+            ld = make_loader(store, "train", backend="stream", **kw)
+            return _loader_rate(ld, cfg.repeats, cfg.dense_batches).result(unit="cells/s",
+                                                                           label="dense layout (stream)")
+        ld = make_loader(store, "train", backend="memory", rows=np.arange(cfg.memory_rows), **kw)
+        _loader_rate(ld, 1)  # the first epoch loads the rows into memory: not timed
+        return _loader_rate(ld, cfg.repeats).result(unit="cells/s", label=f"in-memory dense ({cfg.memory_rows} rows)")
+    return run
+
+
+def loader_merlin(part: str, cfg: Config) -> dict:
+    """Run in .venv-merlin (the runner switches interpreter); baseline: our sparse loader."""
+    from sctab.data.loaders import make_loader
+
+    store = _store(cfg)
+    kw = dict(batch_size=cfg.batch_size, shuffle=True, seed=0, block_row_groups=cfg.block_row_groups)
+    if part == "ours":
+        ld = make_loader(store, "train", backend="merlin", **kw)
+        return _loader_rate(ld, cfg.repeats, 2).result(unit="cells/s", label="merlin-dataloader (dense layout, CPU)")
+    ld = make_loader(store, "train", backend="sparse", x_format="csr", **kw)
+    return _loader_rate(ld, cfg.repeats).result(unit="cells/s", label="our sparse loader (csr)")
+
+
+# ------------------------------------------------------------------------------------------- model
+def _model_and_batches(cfg: Config, n_batches: int):
+    """A TabNet of the paper's width whose BN statistics and entmax k have seen data, and real batches."""
+    import torch
+
+    from sctab.data.loaders import make_loader
+    from sctab.models.tabnet import TabNet
+
+    torch.manual_seed(0)
+    store = _store(cfg)
+    ld = make_loader(store, "train", batch_size=cfg.batch_size, shuffle=True, seed=1, backend="sparse",
+                     x_format="csr", block_row_groups=cfg.block_row_groups, drop_last=True)
+    batches = []
+    for b in ld:
+        batches.append(b)
+        if len(batches) >= n_batches + 2:
+            break
+    model = TabNet(cfg.n_genes, cfg.n_classes, n_d=cfg.n_d, n_a=cfg.n_a)
+    model.train()
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    for bn in bns:  # cumulative averages: running statistics of a converged run after two batches
+        bn.momentum = None
+    with torch.no_grad():
+        for b in batches[n_batches:]:  # running BN statistics from other cells than the measured ones
+            model(b.x.to_dense())
+    for bn in bns:
+        bn.momentum = 0.02
+    return model, batches[:n_batches]
+
+
+def _exactness(model, batches, inputs) -> dict:
+    """Our probabilities vs the textbook model's (sort entmax) on the measured batches, and the scale of
+    float32 rounding in this model: the textbook model in float32 vs in float64 on the first batch.
+
+    An untrained TabNet with real BN statistics has logits of ~100 here, so reordering float32 sums alone
+    moves probabilities by more than 1e-5; the check passes when ours is within 1e-5 of the textbook or
+    no further from the float64 result than the textbook float32 computation itself."""
+    import torch
+
+    model.set_fast(False)
+    ref = [torch.softmax(model(b.x.to_dense())[0], -1) for b in batches]
+    m64 = copy.deepcopy(model).double()
+    p64 = torch.softmax(m64(batches[0].x.to_dense().double())[0], -1)
+    del m64
+    model.set_fast(True)
+    got = [torch.softmax(model(x)[0], -1) for x in inputs]
+    diff = float(max((g - r).abs().max() for g, r in zip(got, ref)))
+    r32 = float((ref[0].double() - p64).abs().max())
+    ours64 = float((got[0].double() - p64).abs().max())
+    return {"max |p - p_textbook|": diff, "textbook f32 vs f64": r32, "ours vs f64": ours64,
+            "exact (<= 1e-5, or within the textbook's f32 error)": diff <= 1e-5 or ours64 <= r32}
+
+
+def sctab_inference(x_format: str):
+    def run(part: str, cfg: Config) -> dict:
+        import torch
+
+        model, batches = _model_and_batches(cfg, cfg.model_batches)
+        model.eval()
+        fast = part == "ours"
+        inputs = [b.x if (fast and x_format == "csr") else b.x.to_dense() for b in batches]
+        check = {}
+        with torch.no_grad():
+            if fast:
+                check.update(_exactness(model, batches, inputs))
+            model.set_fast(fast)
+            model(inputs[0])  # warm-up (entmax k adapts to the support size)
+            rates = Rates()
+            for _ in range(cfg.repeats):
+                rates.start()
+                rates.stop(sum(int(model(x)[0].shape[0]) for x in inputs))
+        label = (f"fast path, {x_format} input" if fast else "textbook (sort entmax, dense), dense input")
+        return rates.result(unit="cells/s", label=label, check=check)
+    return run
+
+
+def sctab_train_step(part: str, cfg: Config) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    model, batches = _model_and_batches(cfg, 1)
+    x, y = batches[0].x.to_dense(), batches[0].y
+    fast = part == "ours"
+    check = {}
+    if fast:  # same loss on a fixed batch, from the same state
+        losses = []
+        for f in (False, True):
+            m = copy.deepcopy(model).set_fast(f)
+            torch.manual_seed(5)
+            logits, m_loss = m(x)
+            losses.append(float(F.cross_entropy(logits, y) + m.lambda_sparse * m_loss))
+        check["|loss - loss_ref|"] = abs(losses[0] - losses[1])
+        check["same loss (<= 1e-5)"] = check["|loss - loss_ref|"] <= 1e-5
+    model.set_fast(fast).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def step():
+        logits, m_loss = model(x)
+        loss = F.cross_entropy(logits, y) + model.lambda_sparse * m_loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step()  # warm-up
+    rates = Rates()
+    for _ in range(cfg.repeats):
+        rates.start()
+        step()
+        rates.stop(len(y))
+    label = "fast path (top-k entmax, sparse masked input)" if fast else "textbook (sort entmax, dense)"
+    return rates.result(unit="cells/s", label=label, check=check)
+
+
+def entmax_case(part: str, cfg: Config) -> dict:
+    """The attentive transformer's mask on real scores: exact top-k entmax vs the full sort."""
+    import torch
+
+    from sctab.models.entmax import entmax15, entmax15_sort
+
+    model, batches = _model_and_batches(cfg, 1)
+    model.eval()
+    with torch.no_grad():
+        enc = model.encoder
+        x = enc.initial_bn(batches[0].x.to_dense())
+        att = enc.initial_splitter(x)[:, enc.n_d:]
+        at = enc.att_transformers[0]
+        scores = at.bn(at.fc(att))
+        del x
+        fn = entmax15 if part == "ours" else entmax15_sort
+        check = {}
+        if part == "ours":
+            check["max |p - p_sort|"] = float((entmax15(scores) - entmax15_sort(scores)).abs().max())
+        fn(scores)
+        rates = Rates()
+        for _ in range(cfg.repeats):
+            rates.start()
+            fn(scores)
+            rates.stop(scores.shape[0])
+    return rates.result(unit="cells/s", label="top-k exact" if part == "ours" else "full sort", check=check)
+
+
+register("loader_csr", "Training loader: shuffled batches as torch sparse CSR (model input)", 50_000,
+         loader_sparse("csr"), baseline="dense layout, stream backend")
+register("loader_dense", "Training loader: shuffled batches as dense torch float32", 50_000,
+         loader_sparse("dense"), baseline="in-memory dense loader")
+register("loader_merlin", "merlin-dataloader (CPU, dense layout)", None, loader_merlin,
+         baseline="our sparse loader", note="needs .venv-merlin (`make merlin-env`)")
+register("entmax", "1.5-entmax of the attention scores (batch x genes)", None, entmax_case,
+         baseline="textbook full-sort entmax")
+register("infer_dense", "scTab inference, dense batch", 3_700, sctab_inference("dense"),
+         baseline="textbook scTab (sort entmax, dense)")
+register("infer_csr", "scTab inference, sparse CSR batch", 3_700, sctab_inference("csr"),
+         baseline="textbook scTab (sort entmax, dense)")
+register("train_step", "scTab training step (fwd + bwd + AdamW)", 1_000, sctab_train_step,
+         baseline="textbook scTab (sort entmax, dense)")
+# hook for the lead: replace with register("annotate_e2e", ..., run=<function>) once `sctab annotate` exists
+register("annotate_e2e", "`sctab annotate` end to end, 100k cells, 5-member ensemble", 1_000, None,
+         note="not implemented on this branch: register a run function under 'annotate_e2e'")

@@ -1,0 +1,187 @@
+"""`make bench` / benchmarks/run.py: run every registered case (ours and its baseline, each in its own
+subprocess for an honest peak RSS), print one markdown table and write it to benchmarks/results/<date>.md.
+
+Figures are medians over `repeats` runs; the ratio is ours / baseline from the same invocation, so machine
+load affects both. Correctness of the fast paths is asserted by the unit tests; the "check" column only
+reports what this run saw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from sctab.bench.cases import REGISTRY, Config
+
+REPO = Path(__file__).resolve().parents[3]
+MERLIN_PY = REPO / ".venv-merlin" / "bin" / "python"
+
+
+def _child(case: str, part: str, cfg: Config, out: Path) -> None:
+    """Inside the subprocess: run one part, add its peak RSS, write JSON."""
+    import torch
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    res = REGISTRY[case].run(part, cfg)
+    res["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out.write_text(json.dumps(res))
+
+
+def _run_part(case: str, part: str, cfg: Config, python: str) -> dict:
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "res.json"
+        cmd = [python, "-m", "sctab.bench.runner", "--_child", case, part, str(out),
+               "--_config", json.dumps(asdict(cfg))]
+        env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+        if r.returncode != 0 or not out.exists():
+            tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
+            return {"error": f"{part} failed: {tail[0][:200]}"}
+        return json.loads(out.read_text())
+
+
+def run_case(name: str, cfg: Config) -> dict:
+    case = REGISTRY[name]
+    row = {"name": name, "figure": case.figure, "target": case.target, "baseline_name": case.baseline,
+           "note": case.note}
+    if case.run is None:
+        row["status"] = "not run"
+        return row
+    python = sys.executable
+    if name == "loader_merlin":
+        if not MERLIN_PY.exists():
+            row["status"] = "not run"
+            row["note"] = "no .venv-merlin here (`make merlin-env` creates it); merlin row skipped"
+            return row
+        python = str(MERLIN_PY)
+    ours = _run_part(name, "ours", cfg, python)
+    base = _run_part(name, "baseline", cfg, sys.executable if name != "loader_merlin" else sys.executable)
+    row.update(ours=ours, baseline=base)
+    if "error" in ours or "error" in base:
+        row["status"] = "error"
+        row["note"] = "; ".join(r["error"] for r in (ours, base) if "error" in r)
+        return row
+    row["median"] = float(np.median(ours["samples"]))
+    row["baseline_median"] = float(np.median(base["samples"]))
+    row["ratio"] = row["median"] / row["baseline_median"]
+    row["cpu_median"] = float(np.median(ours.get("cpu_samples") or [np.nan]))
+    row["baseline_cpu_median"] = float(np.median(base.get("cpu_samples") or [np.nan]))
+    checks_ok = all(v for k, v in ours.get("check", {}).items() if isinstance(v, bool))
+    row["checks_ok"] = checks_ok
+    row["met"] = None if case.target is None else bool(row["median"] >= case.target and checks_ok)
+    row["met_cpu"] = None if case.target is None else bool(row["cpu_median"] >= case.target and checks_ok)
+    row["status"] = "ok"
+    return row
+
+
+def _fmt(v: float) -> str:
+    return f"{v:,.0f}" if v >= 100 else f"{v:,.2f}"
+
+
+def _check_text(check: dict) -> str:
+    out = []
+    for k, v in check.items():
+        if isinstance(v, bool):
+            out.append(f"{k}: {'yes' if v else 'NO'}")
+        elif isinstance(v, float):
+            out.append(f"{k} {v:.1e}")
+        else:
+            out.append(f"{k} {v}")
+    return "; ".join(out)
+
+
+def table(rows: list[dict], cfg: Config, header: str = "") -> str:
+    lines = [header] if header else []
+    lines += ["| Figure | Ours, wall (median, min-max) | Ours, CPU-time rate | Baseline, same run: wall (CPU-time) "
+              "| Ratio (wall) | Target | Met: wall / CPU-time | Peak RSS ours / baseline | Check / note |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    yn = {None: "-", True: "yes", False: "**no**"}
+    for r in rows:
+        target = "-" if r["target"] is None else f">= {_fmt(r['target'])}"
+        if r["status"] != "ok":
+            lines.append(f"| {r['figure']} | {r['status']} | - | {r['baseline_name'] or '-'} | - | {target} | "
+                         f"{'not run' if r['status'] == 'not run' else 'error'} | - | {r['note']} |")
+            continue
+        o, b = r["ours"], r["baseline"]
+        spread = f" ({_fmt(min(o['samples']))}-{_fmt(max(o['samples']))})"
+        cpu = "-" if np.isnan(r.get("cpu_median", np.nan)) else f"{_fmt(r['cpu_median'])}"
+        bcpu = "" if np.isnan(r.get("baseline_cpu_median", np.nan)) else f" ({_fmt(r['baseline_cpu_median'])})"
+        lines.append(
+            f"| {r['figure']}<br>*{o['label']}* | {_fmt(r['median'])} {o['unit']}{spread} | {cpu} | "
+            f"{_fmt(r['baseline_median'])}{bcpu}<br>*{b['label']}* | {r['ratio']:.1f}x | {target} | "
+            f"{yn[r['met']]} / {yn.get(r.get('met_cpu'), '-')} | "
+            f"{o['peak_rss_mib']:,.0f} / {b['peak_rss_mib']:,.0f} MiB | "
+            f"{'; '.join(x for x in (_check_text(o.get('check', {})), r['note']) if x)} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="benchmarks/run.py",
+        description="Loader and scTab throughput against in-run baselines (issue 7): prints a markdown table "
+        "(medians over repeats, baseline, ratio, target, peak RSS) and writes it to benchmarks/results/<date>.md. "
+        "Synthetic 10x-like stores are built once under --cache.")
+    p.add_argument("--quick", action="store_true", help="tiny shapes and few repeats: a smoke run in seconds")
+    p.add_argument("--cases", nargs="*", default=None, help=f"subset of cases (default all: {', '.join(REGISTRY)})")
+    p.add_argument("--repeats", type=int, default=None, help="repeats per figure (default 5, quick 3)")
+    p.add_argument("--cache", default=str(REPO / "benchmarks" / ".cache"), help="synthetic store cache (default: %(default)s)")
+    p.add_argument("--out", default=None, help="result file (default benchmarks/results/<YYYY-MM-DD>.md; "
+                   "'-' = do not write; quick runs write nothing unless given)")
+    p.add_argument("--_child", nargs=3, help=argparse.SUPPRESS)
+    p.add_argument("--_config", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a._child:
+        _child(a._child[0], a._child[1], Config(**json.loads(a._config)), Path(a._child[2]))
+        return 0
+    cfg = Config.quick(a.cache) if a.quick else Config(cache=a.cache)
+    if a.repeats:
+        cfg.repeats = a.repeats
+    names = a.cases or list(REGISTRY)
+    unknown = [n for n in names if n not in REGISTRY]
+    if unknown:
+        p.error(f"unknown case(s) {unknown}; known: {', '.join(REGISTRY)}")
+    from sctab.bench.synthetic import make_store, store_stats
+
+    print(f"store: {cfg.store_path} (built once, then reused)", file=sys.stderr, flush=True)
+    make_store(cfg.store_path, cfg.n_cells, cfg.n_genes, cfg.n_classes, row_group_size=cfg.row_group_size)
+    stats = store_stats(cfg.store_path)
+    load0 = os.getloadavg()
+    rows = []
+    for n in names:
+        print(f"running {n} ...", file=sys.stderr, flush=True)
+        rows.append(run_case(n, cfg))
+    import torch
+
+    header = (f"## scTab bench, {dt.date.today().isoformat()}{' (quick)' if a.quick else ''}\n\n"
+              f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
+              f"({torch.get_num_threads()} threads), no GPU. Store: {cfg.n_cells:,} synthetic cells x "
+              f"{cfg.n_genes:,} genes, {cfg.n_classes} classes, {stats['density']:.1%} non-zero "
+              f"({stats['nnz'] / stats['cells']:,.0f} genes per cell), row groups of {cfg.row_group_size}, "
+              f"shuffle blocks of {cfg.block_row_groups} row groups; batch {cfg.batch_size}; TabNet n_d {cfg.n_d}, "
+              f"n_a {cfg.n_a}. Figures: median (min-max) of {cfg.repeats} repeats. Load average (1 min) "
+              f"{load0[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end: the machine is shared, so next to "
+              f"the wall-clock rate each figure has a CPU-time rate, items / (process CPU s / {os.cpu_count()} "
+              f"cores), the rate had the cores been ours; 'Met' is given for both.\n")
+    text = table(rows, cfg, header)
+    print(text)
+    out = a.out if a.out is not None else (None if a.quick else str(REPO / "benchmarks" / "results" / f"{dt.date.today().isoformat()}.md"))
+    if out and out != "-":
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + "\n")
+        print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

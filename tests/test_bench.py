@@ -1,0 +1,60 @@
+"""`make bench`'s runner on tiny shapes: every registered case runs, the table has every row and column."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sctab.bench.cases import REGISTRY, Config
+from sctab.bench.runner import table
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow  # ~1 minute: builds a tiny store and starts two subprocesses per case
+def test_quick_bench_runs_every_case_and_writes_the_table(tmp_path):
+    out = tmp_path / "result.md"
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--quick", "--repeats", "1",
+                        "--cache", str(tmp_path / "cache"), "--out", str(out),
+                        "--cases", "loader_csr", "infer_csr", "annotate_e2e"],
+                       capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    text = out.read_text()
+    assert text.strip() in r.stdout
+    assert "| Figure | Ours, wall (median, min-max) | Ours, CPU-time rate | Baseline, same run" in text
+    lines = [ln for ln in text.splitlines() if ln.startswith("| ")][1:]
+    assert len(lines) == 3
+    for ln in lines[:2]:  # measured rows: a number, a ratio, a peak RSS, and the exactness checks passed
+        cells = [c.strip() for c in ln.split("|")[1:-1]]
+        assert "cells/s" in cells[1] and cells[4].endswith("x") and "MiB" in cells[7], ln
+        assert "NO" not in cells[8], ln
+    assert "not run" in lines[2] and "annotate_e2e" in lines[2]
+
+
+def test_runner_help_and_unknown_case():
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--help"], capture_output=True,
+                       text=True, cwd=REPO)
+    assert r.returncode == 0 and "--quick" in r.stdout
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--cases", "nope"],
+                       capture_output=True, text=True, cwd=REPO)
+    assert r.returncode != 0 and "unknown case" in r.stderr
+
+
+def test_table_marks_missed_targets_and_errors():
+    rows = [{"name": "a", "figure": "A", "target": 10.0, "baseline_name": "b", "note": "", "status": "ok",
+             "median": 5.0, "baseline_median": 2.5, "ratio": 2.0, "met": False, "met_cpu": True,
+             "cpu_median": 12.0, "baseline_cpu_median": 3.0,
+             "ours": {"samples": [4.0, 5.0, 6.0], "unit": "cells/s", "label": "x", "peak_rss_mib": 100.0,
+                      "check": {"exact": True}},
+             "baseline": {"samples": [2.5], "label": "y", "peak_rss_mib": 90.0}},
+            {"name": "b", "figure": "B", "target": None, "baseline_name": "", "note": "ours failed: boom",
+             "status": "error"}]
+    text = table(rows, Config.quick())
+    assert "| **no** / yes |" in text and "2.0x" in text and "| 12.00 |" in text and "(4.00-6.00)" in text and "100 / 90 MiB" in text
+    assert "| error |" in text and "boom" in text
+    assert np.isclose(rows[0]["ratio"], rows[0]["median"] / rows[0]["baseline_median"])
+    assert set(REGISTRY) >= {"loader_csr", "loader_dense", "infer_dense", "infer_csr", "train_step", "annotate_e2e"}
