@@ -35,13 +35,16 @@ class Config:
     model_batches: int = 2  # batches per inference repeat
     memory_rows: int = 16_384  # the in-memory baseline holds this many rows (dense), not the whole store
     dense_batches: int = 6  # the dense-layout baseline reads this many batches per repeat (it is slow)
+    annotate_cells: int = 100_000  # the raw-count h5ad of the annotate row
+    annotate_baseline_cells: int = 8192
+    annotate_repeats: int = 2  # each repeat annotates every cell (~2 min here)
     cache: str = "benchmarks/.cache"
 
     @classmethod
     def quick(cls, cache: str = "benchmarks/.cache") -> "Config":
         return cls(n_genes=2000, n_classes=20, n_cells=4096, batch_size=256, block_row_groups=2,
                    row_group_size=256, repeats=3, n_d=16, n_a=8, model_batches=2, memory_rows=2048,
-                   dense_batches=4, cache=cache)
+                   dense_batches=4, annotate_cells=3000, annotate_baseline_cells=1000, cache=cache)
 
     @property
     def store_path(self) -> Path:
@@ -311,6 +314,118 @@ register("infer_csr", "scTab inference, sparse CSR batch", 3_700, sctab_inferenc
          baseline="textbook scTab (sort entmax, dense)")
 register("train_step", "scTab training step (fwd + bwd + AdamW)", 1_000, sctab_train_step,
          baseline="textbook scTab (sort entmax, dense)")
-# hook for the lead: replace with register("annotate_e2e", ..., run=<function>) once `sctab annotate` exists
-register("annotate_e2e", "`sctab annotate` end to end, 100k cells, 5-member ensemble", 1_000, None,
-         note="not implemented on this branch: register a run function under 'annotate_e2e'")
+# ------------------------------------------------------------------------------------ sctab annotate
+class _FlatOntology:
+    """Benchmark classes are not CL terms: each is a child of 'cell' (enough for the coarse label)."""
+
+    version = "bench"
+
+    def ancestors(self, t):
+        return {"CL:0000000"}
+
+    def label(self, t):
+        return "cell" if t == "CL:0000000" else f"type {t}"
+
+    def n_ancestors(self, t):
+        return 0 if t == "CL:0000000" else 1
+
+
+def _annotate_inputs(cfg: Config, n_cells: int, members: int = 5) -> tuple[Path, Path]:
+    """A raw-count h5ad of n_cells (10x-like sparsity, all genes) and a 5-member ensemble bundle, cached."""
+    import json
+
+    import anndata
+    import pandas as pd
+    import scipy.sparse as sp
+    import torch
+
+    from sctab.annotation.bundle import write_bundle
+    from sctab.bench.synthetic import VERSION, gene_profile, synthetic_counts
+    from sctab.io import atomic_dir
+    from sctab.models.tabnet import TabNet
+
+    root = Path(cfg.cache) / f"annotate-v{VERSION}-{cfg.n_genes}g-{cfg.n_classes}c-{n_cells}n-{members}m"
+    h5ad, bundle = root / "cells.h5ad", root / "bundle"
+    if (root / "done").exists():
+        return h5ad, bundle
+    store = _store(cfg)
+    var = store.var[["feature_id", "feature_name"]]
+    with atomic_dir(root) as tmp:
+        rng = np.random.default_rng(7)
+        profile = gene_profile(np.random.default_rng([0, VERSION, 1]), cfg.n_genes, cfg.n_classes)
+        blocks = []
+        for start in range(0, n_cells, 4096):
+            counts, _ = synthetic_counts(rng, min(4096, n_cells - start), profile)
+            blocks.append(sp.csr_matrix(counts))
+        adata = anndata.AnnData(sp.vstack(blocks).tocsr(), var=pd.DataFrame(index=var["feature_id"].to_numpy()))
+        adata.obs_names = [f"c{i}" for i in range(n_cells)]
+        adata.write_h5ad(tmp / "cells.h5ad")
+        model, _ = _model_and_batches(cfg, 1)  # BN statistics from real batches
+        labels = store.classes
+        folder = tmp / "models"
+        for m in range(members):
+            torch.manual_seed(m)
+            member = TabNet(cfg.n_genes, cfg.n_classes, n_d=cfg.n_d, n_a=cfg.n_a)
+            state = member.state_dict()
+            for k, v in model.state_dict().items():  # shared BN statistics, own weights
+                if "running_" in k or "num_batches" in k:
+                    state[k] = v
+            d = folder / f"seed_{m}"
+            d.mkdir(parents=True)
+            torch.save(state, d / "model.pt")
+            meta = {"model": "sctab", "arch": {"n_d": cfg.n_d, "n_a": cfg.n_a}, "n_genes": cfg.n_genes,
+                    "n_classes": cfg.n_classes, "normalisation": {"target_sum": 10000.0, "log1p": True},
+                    "run_id": "", "seed": m}
+            import yaml
+
+            (d / "model.yaml").write_text(yaml.safe_dump(meta))
+            var.to_parquet(d / "var.parquet", index=False)
+            pd.DataFrame({"label": labels}).to_parquet(d / "cell_type.parquet", index=False)
+        (folder / "ensemble.json").write_text(json.dumps({"model": "sctab", "members": {
+            f"seed_{m}": "" for m in range(members)}}))
+        ids = {lab: f"CL:9{i:06d}" for i, lab in enumerate(labels)}
+        write_bundle(folder, tmp / "bundle", class_ids=ids, ontology=_FlatOntology())
+        (tmp / "done").write_text("ok")
+    return h5ad, bundle
+
+
+def annotate_e2e(part: str, cfg: Config) -> dict:
+    """`sctab annotate` (h5ad -> h5ad) with a 5-member ensemble. Ours: the fast TabNet path over every cell;
+    baseline: the same command with the textbook model (sort entmax), on the first annotate_baseline_cells."""
+    import anndata
+
+    from sctab.annotation import annotate_file, load_annotator
+
+    import multiprocessing
+
+    # build the inputs (once, cached) in another process, so their memory is not this part's peak RSS
+    proc = multiprocessing.get_context("spawn").Process(target=_annotate_inputs, args=(cfg, cfg.annotate_cells))
+    proc.start()
+    proc.join()
+    if proc.exitcode != 0:
+        raise RuntimeError(f"building the annotate inputs failed (exit {proc.exitcode})")
+    h5ad, bundle = _annotate_inputs(cfg, cfg.annotate_cells)
+    ann = load_annotator(bundle)
+    fast = part == "ours"
+    for m in ann.bundle.members:
+        m.set_fast(fast)
+    src = h5ad
+    if not fast:  # the textbook path is ~6x slower: time it on a slice
+        src = Path(cfg.cache) / f"annotate-baseline-{cfg.annotate_baseline_cells}.h5ad"
+        if not src.exists():
+            anndata.read_h5ad(h5ad, backed="r")[: cfg.annotate_baseline_cells].to_memory().write_h5ad(src)
+    rates = Rates()
+    out = Path(cfg.cache) / f"annotated-{part}.h5ad"
+    n = None
+    for _ in range(cfg.annotate_repeats):
+        rates.start()
+        report = annotate_file(src, out, ann, batch_size=cfg.batch_size, progress=False)
+        rates.stop(report.n_cells)
+        n = report.n_cells
+    out.unlink(missing_ok=True)
+    label = (f"fast TabNet path, {n:,} cells" if fast else f"textbook TabNet (sort entmax), {n:,} cells")
+    return rates.result(unit="cells/s", label=label, check={})
+
+
+register("annotate_e2e", "`sctab annotate` end to end, 100k cells, 5-member ensemble", 1_000, annotate_e2e,
+         baseline="same command, textbook model")
