@@ -177,6 +177,23 @@ def _write_h5ad(src: Path, out: Path, frame: pd.DataFrame, report: AnnotationRep
             if name in uns:
                 del uns[name]
             aio.write_elem(uns, name, {k: v for k, v in report.as_dict().items()})
+        _check_readable(tmp)
+
+
+def _check_readable(path: Path) -> None:
+    """The copy must open as an AnnData (everything but X, which was streamed whole already): a damaged
+    group elsewhere in the input would otherwise pass through into an output nobody can read."""
+    import warnings
+
+    import anndata
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adata = anndata.read_h5ad(path, backed="r")
+    try:
+        adata.X  # opens the element; a damaged group raises here
+    finally:
+        adata.file.close()
 
 
 def _read_legacy(src: Path):
@@ -216,14 +233,19 @@ def annotate_file(input: str | Path, output: str | Path, model=DEFAULT_MODEL, *,
     legacy = None
     with f:
         try:
-            obs_names, matrices = h5ad_matrices(f, src)
-        except LegacyH5ad:
-            legacy = _read_legacy(src)
-            obs_names, matrices = adata_matrices(legacy)
-        source = choose_matrix(obs_names, matrices, layer=layer, from_log1p=from_log1p,
-                               allow_non_integer=allow_non_integer, source=str(src))
-        match = match_genes(source.matrix.var, ann.genes, gene_column=gene_column, where=str(src))
-        frame = _predict_stream(ann, source, match, batch_size, progress)
+            try:
+                obs_names, matrices = h5ad_matrices(f, src)
+            except LegacyH5ad:
+                legacy = _read_legacy(src)
+                obs_names, matrices = adata_matrices(legacy)
+            source = choose_matrix(obs_names, matrices, layer=layer, from_log1p=from_log1p,
+                                   allow_non_integer=allow_non_integer, source=str(src))
+            match = match_genes(source.matrix.var, ann.genes, gene_column=gene_column, where=str(src))
+            frame = _predict_stream(ann, source, match, batch_size, progress)
+        except AnnotateError:
+            raise
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:  # damaged HDF5 structure
+            raise AnnotateError(f"cannot read {src}: the file is damaged or not a valid h5ad ({e})") from e
     report = _report(ann, source, match, frame, time.perf_counter() - t0)
     if out.suffix == ".h5ad" and legacy is not None:
         for c, v in _prefixed(frame, key_added).items():
@@ -232,7 +254,11 @@ def annotate_file(input: str | Path, output: str | Path, model=DEFAULT_MODEL, *,
         with _output_tmp(out) as tmp:
             legacy.write_h5ad(tmp)
     elif out.suffix == ".h5ad":
-        _write_h5ad(src, out, frame, report, key_added)
+        try:
+            _write_h5ad(src, out, frame, report, key_added)
+        except Exception as e:  # damaged parts of the copy (h5py and anndata raise many kinds)
+            raise AnnotateError(f"cannot write the annotated copy of {src}: the file is damaged or not a valid "
+                                f"h5ad ({e}); nothing was written to {out}") from e
     else:
         with _output_tmp(out) as tmp:
             table = _prefixed(frame, key_added)
