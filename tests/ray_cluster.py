@@ -22,6 +22,18 @@ RAY = str(Path(sys.executable).parent / "ray")
 CLIENT_ENV = {"RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
+def kill_group(p: subprocess.Popen) -> None:
+    """SIGTERM the process group a test started (start_new_session=True), SIGKILL if it lingers."""
+    try:
+        os.killpg(p.pid, signal.SIGTERM)
+        p.wait(timeout=20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -89,14 +101,7 @@ class LocalCluster:
 
     @staticmethod
     def _kill_group(p: subprocess.Popen) -> None:
-        try:
-            os.killpg(p.pid, signal.SIGTERM)
-            p.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_group(p)
 
     def stop(self) -> None:
         for p in reversed(self.procs):

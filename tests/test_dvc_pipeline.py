@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from tests.conftest import small_params
+from tests.ray_cluster import free_port, kill_group
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -108,16 +109,8 @@ ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = os.environ.get("SCTAB_CHROMIUM", "/usr/bin/chromium")
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _make(target: str, project: Path, **variables) -> subprocess.Popen:
-    """A long-running `make <target>` of the project (its own process group, stopped by _stop)."""
+    """A long-running `make <target>` of the project (its own process group, stopped by kill_group)."""
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     args = ["make", "-s", "-C", str(project), target, f"VENV={Path(sys.executable).parents[1]}",
             *(f"{k}={v}" for k, v in variables.items())]
@@ -140,19 +133,6 @@ def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180
         except OSError:
             time.sleep(1.0)
     raise AssertionError(f"{url} did not answer within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    import signal
-
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=20)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 @pytest.mark.timeout(1500)
@@ -183,7 +163,7 @@ def test_promote_annotate_serve_and_ui(project, tmp_path):
     annotated = anndata.read_h5ad(out)
     assert annotated.obs["sctab_cell_type_ontology_term_id"].str.startswith("CL:").all()
 
-    port = _free_port()
+    port = free_port()
     server = _make("serve", project, SERVE_PORT=port)
     try:
         _wait_http(f"http://127.0.0.1:{port}/ping", server, project / "serve.log")
@@ -199,15 +179,15 @@ def test_promote_annotate_serve_and_ui(project, tmp_path):
         served = [row["label"] for row in resp.json()["predictions"]]
         assert served == annotated.obs["sctab_label"].iloc[:60].tolist()
     finally:
-        _stop(server)
+        kill_group(server)
 
-    port = _free_port()
+    port = free_port()
     ui = _make("ui", project, UI_PORT=port)
     try:
         _wait_http(f"http://127.0.0.1:{port}/", ui, project / "ui.log")
         _browse(f"http://127.0.0.1:{port}", project)
     finally:
-        _stop(ui)
+        kill_group(ui)
 
 
 def _browse(base: str, project: Path) -> None:
