@@ -41,16 +41,22 @@ def _neural(store, out, name, seed, arch=None):
                              meta={"run_id": f"run{seed}", "seed": seed}, metrics={}, history=[])
 
 
-@pytest.fixture(scope="module")
-def models(store_dir, tmp_path_factory) -> Path:
+def write_model_folders(root: Path, store_dir, linear_seeds=(0,)) -> Path:
+    """Random-weight model folders as the pipeline writes them: ``linear`` (then ``linear2``, ``linear3`` for
+    more seeds) and a two-member ``sctab`` ensemble. Registration and annotation do not care how good they are."""
     store = Store(store_dir)
-    root = tmp_path_factory.mktemp("annot-models")
-    _neural(store, root / "linear", "linear", 0)
+    for i, seed in enumerate(linear_seeds):
+        _neural(store, root / ("linear" if i == 0 else f"linear{i + 1}"), "linear", seed)
     for s in (0, 1):
         _neural(store, root / "sctab" / f"seed_{s}", "sctab", s, SMALL_SCTAB)
     (root / "sctab" / "ensemble.json").write_text(json.dumps({"model": "sctab", "members": {"seed_0": "run0",
                                                                                             "seed_1": "run1"}}))
     return root
+
+
+@pytest.fixture(scope="module")
+def models(store_dir, tmp_path_factory) -> Path:
+    return write_model_folders(tmp_path_factory.mktemp("annot-models"), store_dir)
 
 
 @pytest.fixture(scope="module")

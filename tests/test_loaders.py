@@ -114,24 +114,29 @@ def test_rows_subset_visits_exactly_the_subset(store_dir, truth):
 
 
 # ------------------------------------------------------------------------------------------- backends
+def _settings_like_stream(store, shuffle: bool, world_size: int):
+    """Loader settings the backend-equivalence tests walk: every rank, with and without a row subset."""
+    subset = np.arange(0, Store(store).split("train").n_rows, 3)
+    for rows in (None, subset):
+        for rank in range(world_size):
+            yield dict(batch_size=45, shuffle=shuffle, seed=3, rank=rank, world_size=world_size,
+                       block_row_groups=3, rows=rows, columns=("soma_joinid", "donor_id"))
+
+
 @pytest.mark.parametrize("shuffle", [False, True])
 @pytest.mark.parametrize("world_size", [1, 2])
 def test_memory_backend_yields_the_same_batches_as_stream(store_dir, shuffle, world_size):
-    subset = np.arange(0, Store(store_dir).split("train").n_rows, 3)
-    for rows in (None, subset):
-        for rank in range(world_size):
-            kw = dict(batch_size=45, shuffle=shuffle, seed=3, rank=rank, world_size=world_size,
-                      block_row_groups=3, rows=rows, columns=("soma_joinid", "donor_id"))
-            stream, memory = make_loader(store_dir, "train", **kw), make_loader(store_dir, "train", backend="memory", **kw)
-            for epoch in (0, 1):
-                stream.set_epoch(epoch)
-                memory.set_epoch(epoch)
-                a, b = list(stream), list(memory)
-                assert len(a) == len(b) == len(stream) == len(memory)
-                for p, q in zip(a, b):
-                    assert p.x.numpy().tobytes() == q.x.numpy().tobytes()
-                    assert torch.equal(p.y, q.y)
-                    assert p.obs.keys() == q.obs.keys() and all(torch.equal(p.obs[k], q.obs[k]) for k in p.obs)
+    for kw in _settings_like_stream(store_dir, shuffle, world_size):
+        stream, memory = make_loader(store_dir, "train", **kw), make_loader(store_dir, "train", backend="memory", **kw)
+        for epoch in (0, 1):
+            stream.set_epoch(epoch)
+            memory.set_epoch(epoch)
+            a, b = list(stream), list(memory)
+            assert len(a) == len(b) == len(stream) == len(memory)
+            for p, q in zip(a, b):
+                assert p.x.numpy().tobytes() == q.x.numpy().tobytes()
+                assert torch.equal(p.y, q.y)
+                assert p.obs.keys() == q.obs.keys() and all(torch.equal(p.obs[k], q.obs[k]) for k in p.obs)
 
 
 @pytest.mark.parametrize("backend", ["stream", "memory"])
@@ -287,26 +292,22 @@ def sparse_store(store_dir, tmp_path_factory):
 @pytest.mark.parametrize("shuffle", [False, True])
 @pytest.mark.parametrize("world_size", [1, 2])
 def test_sparse_backend_yields_the_same_batches_as_stream(sparse_store, shuffle, world_size):
-    subset = np.arange(0, Store(sparse_store).split("train").n_rows, 3)
-    for rows in (None, subset):
-        for rank in range(world_size):
-            kw = dict(batch_size=45, shuffle=shuffle, seed=3, rank=rank, world_size=world_size,
-                      block_row_groups=3, rows=rows, columns=("soma_joinid", "donor_id"))
-            stream = make_loader(sparse_store, "train", **kw)
-            sparse = make_loader(sparse_store, "train", backend="sparse", **kw)
-            csr = make_loader(sparse_store, "train", backend="sparse", x_format="csr", **kw)
-            for epoch in (0, 1):
-                for ld in (stream, sparse, csr):
-                    ld.set_epoch(epoch)
-                a, b, c = list(stream), list(sparse), list(csr)
-                assert len(a) == len(b) == len(c) == len(stream) == len(sparse) > 0
-                for p, q, r in zip(a, b, c):
-                    assert q.x.layout == torch.strided and q.x.is_contiguous()
-                    assert p.x.numpy().tobytes() == q.x.numpy().tobytes()
-                    assert r.x.layout == torch.sparse_csr and r.x.shape == p.x.shape
-                    assert r.x.to_dense().numpy().tobytes() == p.x.numpy().tobytes()
-                    assert torch.equal(p.y, q.y) and torch.equal(p.y, r.y)
-                    assert all(torch.equal(p.obs[k], q.obs[k]) and torch.equal(p.obs[k], r.obs[k]) for k in p.obs)
+    for kw in _settings_like_stream(sparse_store, shuffle, world_size):
+        stream = make_loader(sparse_store, "train", **kw)
+        sparse = make_loader(sparse_store, "train", backend="sparse", **kw)
+        csr = make_loader(sparse_store, "train", backend="sparse", x_format="csr", **kw)
+        for epoch in (0, 1):
+            for ld in (stream, sparse, csr):
+                ld.set_epoch(epoch)
+            a, b, c = list(stream), list(sparse), list(csr)
+            assert len(a) == len(b) == len(c) == len(stream) == len(sparse) > 0
+            for p, q, r in zip(a, b, c):
+                assert q.x.layout == torch.strided and q.x.is_contiguous()
+                assert p.x.numpy().tobytes() == q.x.numpy().tobytes()
+                assert r.x.layout == torch.sparse_csr and r.x.shape == p.x.shape
+                assert r.x.to_dense().numpy().tobytes() == p.x.numpy().tobytes()
+                assert torch.equal(p.y, q.y) and torch.equal(p.y, r.y)
+                assert all(torch.equal(p.obs[k], q.obs[k]) and torch.equal(p.obs[k], r.obs[k]) for k in p.obs)
 
 
 def test_csr_rows_take_and_concat_match_dense():

@@ -214,18 +214,9 @@ def test_register_and_promote_through_the_team_server(server_env, store_dir, ont
 @pytest.fixture(scope="module")
 def reg_folders(store_dir, tmp_path_factory) -> Path:
     """Small model folders to register (random weights: registration does not care how good they are)."""
-    from sctab.data.store import Store
-    from tests.test_annotation import SMALL_SCTAB, _neural
+    from tests.test_annotation import write_model_folders
 
-    root = tmp_path_factory.mktemp("reg-models")
-    store = Store(store_dir)
-    _neural(store, root / "linear", "linear", 0)
-    _neural(store, root / "linear2", "linear", 5)
-    for s in (0, 1):
-        _neural(store, root / "sctab" / f"seed_{s}", "sctab", s, SMALL_SCTAB)
-    (root / "sctab" / "ensemble.json").write_text(json.dumps({"model": "sctab", "members": {"seed_0": "run0",
-                                                                                            "seed_1": "run1"}}))
-    return root
+    return write_model_folders(tmp_path_factory.mktemp("reg-models"), store_dir, linear_seeds=(0, 5))
 
 
 def _outage_at_first_version_tag(monkeypatch, server, down_s: float) -> dict:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 
 import mlflow
 import numpy as np
@@ -14,21 +13,12 @@ from sctab.cli import main as cli
 from sctab.data.store import Store
 from sctab.registry import RegistryError, promote, register_folder
 from sctab.registry.register import client, store_class_ids
-from tests.test_annotation import SMALL_SCTAB, _neural
+from tests.test_annotation import SMALL_SCTAB, write_model_folders
 
 
 @pytest.fixture(scope="module")
 def folders(store_dir, tmp_path_factory):
-    store = Store(store_dir)
-    root = tmp_path_factory.mktemp("reg-models")
-    _neural(store, root / "linear", "linear", 0)
-    _neural(store, root / "linear2", "linear", 5)
-    _neural(store, root / "linear3", "linear", 7)
-    for s in (0, 1):
-        _neural(store, root / "sctab" / f"seed_{s}", "sctab", s, SMALL_SCTAB)
-    (root / "sctab" / "ensemble.json").write_text(json.dumps({"model": "sctab", "members": {"seed_0": "run0",
-                                                                                            "seed_1": "run1"}}))
-    return root
+    return write_model_folders(tmp_path_factory.mktemp("reg-models"), store_dir, linear_seeds=(0, 5, 7))
 
 
 def _register(folder, name, store_dir, ontology, f1, params=None, **kw):
