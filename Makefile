@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv repro test test-fast params status push pull clean help postgres merlin-env test-merlin ui metrics \
+.PHONY: venv repro test test-fast fuzz params status push pull clean help postgres merlin-env test-merlin ui metrics \
 	tune-baselines apply-tuned sweep-model-size sweep-data-size exp-augmentation exp-organ experiments \
 	register promote serve annotate models browser
 
@@ -121,6 +121,9 @@ test: venv browser postgres  ## the whole test suite, slow end-to-end tests incl
 
 test-fast: venv  ## unit tests only
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+fuzz: venv  ## the hypothesis tests with new random examples (make test replays fixed ones); SEED=n to replay
+	$(PY) -m pytest tests/test_store_fuzz.py tests/test_annotate_fuzz.py --hypothesis-profile=explore $(if $(SEED),--hypothesis-seed=$(SEED)) -s $(PYTEST_ARGS)
 
 # merlin-dataloader 23.8 (optional loader backend) cannot share the main env: it needs pip 23.2 to install,
 # pandas<1.6 (so numpy<2) and dask 2023.9.x (../shared/reference/known-pitfalls.md). Pins: the `merlin`
