@@ -89,6 +89,34 @@ def test_counts(store_dir, census_params) -> anndata.AnnData:
     return adata
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_to_model_space_equals_selecting_the_columns(seed):
+    """The renumbering fast path against the plain reading: pick the file's columns in model order, densify."""
+    from sctab.annotation.annotator import to_model_space
+
+    rng = np.random.default_rng(seed)
+    n_cells, n_file, n_model = int(rng.integers(0, 40)), 60, 50
+    block = sp.random(n_cells, n_file, density=0.3, format="csr", random_state=seed) * 50
+    block.data = np.round(block.data)
+    if seed % 2 and block.nnz:  # a non-canonical block: repeated entries add up (scipy's toarray semantics)
+        coo = block.tocoo()
+        block = sp.csr_matrix((np.r_[coo.data, coo.data[:3]], np.r_[coo.col, coo.col[:3]],
+                               np.r_[0, np.cumsum(np.bincount(np.r_[coo.row, coo.row[:3]], minlength=n_cells))]),
+                              shape=block.shape)
+        block.has_canonical_format = False
+    columns = np.where(rng.random(n_model) < 0.3, -1, rng.permutation(n_file)[:n_model])  # some genes absent
+    before = block.copy()
+    got = to_model_space(block, columns)
+    dense = block.toarray()
+    want = np.zeros((n_cells, n_model), np.float32)
+    for j, c in enumerate(columns):
+        if c >= 0:
+            want[:, j] = dense[:, c]
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
+    assert (block != before).nnz == 0  # the caller's block is left as it was
+
+
 def test_annotation_equals_the_predictor_on_the_store(annotator, test_counts, models, store_dir):
     from sctab.evaluate.predictors import load_predictor
 

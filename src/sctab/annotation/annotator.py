@@ -23,12 +23,24 @@ COLUMNS = ("label", "cell_type_ontology_term_id", "probability", "uncertainty", 
 
 
 def to_model_space(block: sp.csr_matrix, columns: np.ndarray) -> np.ndarray:
-    """(cells, model genes) float32 counts: file columns picked in model order, absent genes zero."""
+    """(cells, model genes) float32 counts: file columns picked in model order, absent genes zero.
+
+    The non-zeros are renumbered into model columns and scattered once (selecting columns of the block and
+    assigning them into a dense array took 0.65 s per 2,048 cells at 19,331 genes, a third of annotation).
+    """
+    block = sp.csr_matrix(block)
+    if not block.has_canonical_format:  # duplicate entries add up, as in toarray(); sum them in float64 first
+        block = block.copy()
+        block.sum_duplicates()
     present = np.flatnonzero(columns >= 0)
-    out = np.zeros((block.shape[0], len(columns)), dtype=np.float32)
-    if len(present):
-        out[:, present] = block[:, columns[present]].toarray()
-    return out
+    model_col = np.full(block.shape[1], -1, dtype=np.int64)  # file column -> model column
+    model_col[columns[present]] = present  # one file column per model gene (model genes are unique)
+    new = model_col[block.indices]
+    keep = new >= 0
+    kept_before = np.concatenate([[0], np.cumsum(keep)])
+    renumbered = sp.csr_matrix((block.data[keep].astype(np.float32), new[keep], kept_before[block.indptr]),
+                               shape=(block.shape[0], len(columns)))
+    return renumbered.toarray()
 
 
 def normalise(counts: np.ndarray, target_sum: float) -> tuple[np.ndarray, np.ndarray]:
