@@ -161,6 +161,16 @@ def test_dtypes_shapes_len_and_drop_last(store_dir, backend, drop_last):
         assert int(b.y.min()) >= 0 and int(b.y.max()) < store.n_classes
 
 
+def _rows_and_peak_memory(ld) -> tuple[int, int]:
+    """Rows of one pass over the loader and the peak of Python-traced memory during it."""
+    tracemalloc.start()
+    try:
+        n = sum(len(b) for b in ld)
+        return n, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_stream_memory_stays_bounded(store_dir):
     split = Store(store_dir).split("train")
     max_rg = max(r for _, _, r in split.row_groups)
@@ -168,12 +178,7 @@ def test_stream_memory_stays_bounded(store_dir):
     assert len(split.row_groups) >= 10 * 2  # the store is much bigger than one block
     ld = make_loader(store_dir, "train", batch_size=32, shuffle=True, block_row_groups=2)
     list(ld)  # warm up (imports, caches) before measuring
-    tracemalloc.start()
-    try:
-        n = sum(len(b) for b in ld)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    n, peak = _rows_and_peak_memory(ld)
     assert n == split.n_rows
     assert ld.max_rows_buffered <= 2 * max_rg + 32
     assert peak < x_bytes / 5, (peak, x_bytes)
@@ -336,12 +341,7 @@ def test_sparse_memory_stays_bounded(sparse_store):
     ld = make_loader(sparse_store, "train", batch_size=32, shuffle=True, block_row_groups=2, backend="sparse",
                      x_format="csr")
     list(ld)
-    tracemalloc.start()
-    try:
-        n = sum(len(b) for b in ld)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    n, peak = _rows_and_peak_memory(ld)
     assert n == split.n_rows
     assert ld.max_rows_buffered <= 3 * 2 * max_rg + 32  # current + 2 read-ahead blocks, + leftovers
     assert peak < split.n_rows * 300 * 4 / 5, peak
