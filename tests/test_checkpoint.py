@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from sctab.models import TabNet, load_published_sctab, save_published_style_checkpoint
-from sctab.models.checkpoint import CheckpointError, read_hparams_yaml
+from sctab.models.published import CheckpointError, read_hparams_yaml
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")

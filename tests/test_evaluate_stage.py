@@ -25,7 +25,7 @@ def _neural(store, out, name, seed, arch=None, run_id=None):
 def test_evaluate_stage(store_dir, pca_dir, census_params, tracking, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from sctab.evaluate.stage import evaluate_models
+    from sctab.evaluate.comparison import evaluate_models
     from sctab.train.baselines import fit_baseline
 
     store = Store(store_dir)
@@ -67,7 +67,7 @@ def test_evaluate_stage(store_dir, pca_dir, census_params, tracking, tmp_path):
 
 
 def test_evaluate_without_models_says_so(store_dir, census_params, tmp_path):
-    from sctab.evaluate.stage import evaluate_models
+    from sctab.evaluate.comparison import evaluate_models
 
     (tmp_path / "models").mkdir()
     with pytest.raises(FileNotFoundError, match="train stages"):

@@ -104,7 +104,7 @@ def test_import_checkpoint_registers_an_ensemble(store_dir, ontology, obo_file, 
     import torch
 
     from sctab.models import build_model
-    from sctab.models.checkpoint import save_published_style_checkpoint
+    from sctab.models.published import save_published_style_checkpoint
 
     store = Store(store_dir)
     ckpts = []

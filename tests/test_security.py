@@ -105,7 +105,7 @@ def test_torch_checkpoints_use_the_weights_only_unpickler(tmp_path):
 def test_published_checkpoint_reader_never_runs_pickled_code(tmp_path):
     import torch
 
-    from sctab.models.checkpoint import read_published_checkpoint
+    from sctab.models.published import read_published_checkpoint
 
     marker = tmp_path / "pwned"
     torch.save({"state_dict": {}, "hyper_parameters": _Exploit(marker)}, tmp_path / "last.ckpt")

@@ -18,34 +18,19 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import yaml
 
+from sctab import models
 from sctab.annotation.errors import AnnotateError
+from sctab.models import Classifier, Ensemble, FeatureSpace
+from sctab.security import UntrustedPickleError
 
 FORMAT = 1
-NEURAL = ("linear", "mlp", "sctab")
 DEFAULT_FALLBACK = {"uncertainty_threshold": 0.5, "coverage": 0.9, "max_labels": 5}
-
-
-@dataclass(frozen=True)
-class FeatureSpace:
-    """Genes and classes of a model: what the per-kind predictors need from a store, without one."""
-
-    var: pd.DataFrame
-    classes: list[str]
-
-    @property
-    def n_genes(self) -> int:
-        return len(self.var)
-
-    @property
-    def n_classes(self) -> int:
-        return len(self.classes)
 
 
 @dataclass
@@ -87,21 +72,17 @@ class OntologySlice:
 
 
 def _member_folders(folder: Path) -> list[Path]:
-    if (folder / "ensemble.json").exists():
-        summary = json.loads((folder / "ensemble.json").read_text())
-        names = list((summary.get("members") or {}).keys())
-        folders = [folder / n for n in names] if names else sorted(p for p in folder.glob("seed_*") if p.is_dir())
-        if not folders:
-            raise AnnotateError(f"ensemble {folder} has no member folders")
-        return folders
-    return [folder]
+    try:
+        return models.member_folders(folder)
+    except models.ModelFolderError as e:
+        raise AnnotateError(str(e)) from None
 
 
 def _kind_of(member: Path) -> str:
     if not (member / "model.yaml").exists():
         raise AnnotateError(f"{member} is not a model folder (no model.yaml)")
-    kind = str((yaml.safe_load((member / "model.yaml").read_text()) or {}).get("model", "")).lower()
-    if kind not in NEURAL + ("xgboost", "celltypist"):
+    kind = str(models.read_meta(member).get("model", "")).lower()
+    if kind not in models.KINDS:
         raise AnnotateError(f"{member}/model.yaml names an unknown model {kind!r}")
     return kind
 
@@ -141,7 +122,7 @@ def write_bundle(model_folder: str | Path, out: str | Path, *, class_ids: dict[s
     if missing:
         raise AnnotateError(f"no Cell Ontology id for class(es) {missing[:5]} of {model_folder}")
     ids = [class_ids[lab] for lab in labels]
-    meta = yaml.safe_load((members[0] / "model.yaml").read_text()) or {}
+    meta = models.read_meta(members[0])
     norm = meta.get("normalisation") or {"target_sum": 10000.0, "log1p": True}
     out.mkdir(parents=True, exist_ok=True)
     for m in members:
@@ -152,7 +133,7 @@ def write_bundle(model_folder: str | Path, out: str | Path, *, class_ids: dict[s
     (out / "ontology.json").write_text(json.dumps(OntologySlice.from_ontology(ontology, ids).to_json()))
     doc = {"format": FORMAT, "kind": f"{kind}-ensemble" if len(members) > 1 or (model_folder / "ensemble.json").exists()
            else kind, "member_kind": kind, "members": [m.name for m in members],
-           "member_runs": [str((yaml.safe_load((m / "model.yaml").read_text()) or {}).get("run_id", "")) for m in members],
+           "member_runs": [str(models.read_meta(m).get("run_id", "")) for m in members],
            "n_genes": len(var), "n_classes": len(labels),
            "normalisation": {"target_sum": float(norm.get("target_sum", 10000.0)), "log1p": bool(norm.get("log1p", True))},
            "fallback": {**DEFAULT_FALLBACK, **(fallback or {})},
@@ -163,22 +144,30 @@ def write_bundle(model_folder: str | Path, out: str | Path, *, class_ids: dict[s
 
 @dataclass
 class Bundle:
-    """A loaded bundle: ``probabilities(x_log1p)`` -> (members' mean probabilities, per-member list)."""
+    """A loaded bundle: its classifier (an :class:`~sctab.models.Ensemble` for several members), the classes'
+    Cell Ontology ids and the ontology slice of the coarse fallback label."""
 
     path: Path
     meta: dict
-    space: FeatureSpace
+    classifier: Classifier
     class_ids: list[str]
     ontology: OntologySlice
-    members: list = field(default_factory=list, repr=False)
 
     @property
     def kind(self) -> str:
         return self.meta["kind"]
 
     @property
+    def space(self) -> FeatureSpace:
+        return self.classifier.space
+
+    @property
+    def members(self) -> list[Classifier]:
+        return self.classifier.members
+
+    @property
     def genes(self) -> list[str]:
-        return self.space.var["feature_id"].astype(str).tolist()
+        return self.space.genes
 
     @property
     def target_sum(self) -> float:
@@ -189,7 +178,7 @@ class Bundle:
         return {**DEFAULT_FALLBACK, **(self.meta.get("fallback") or {})}
 
     @classmethod
-    def load(cls, path: str | Path, *, trust_pickle: bool = False) -> Bundle:
+    def load(cls, path: str | Path, *, trust_pickle: bool = False, device: str = "cpu") -> Bundle:
         path = Path(path)
         if not (path / "bundle.yaml").is_file():
             raise AnnotateError(f"{path} is not an annotation bundle (no bundle.yaml)")
@@ -198,61 +187,29 @@ class Bundle:
             raise AnnotateError(f"{path}: bundle format {meta.get('format')!r} is not the supported {FORMAT}")
         var = pd.read_parquet(path / "var.parquet")
         classes = pd.read_parquet(path / "classes.parquet")
-        space = FeatureSpace(var=var, classes=classes["label"].astype(str).tolist())
+        space = FeatureSpace(var=var[["feature_id", "feature_name"]], classes=classes["label"].astype(str).tolist())
         onto = OntologySlice.from_json(json.loads((path / "ontology.json").read_text()))
-        kind = meta["member_kind"]
-        members = [_load_member(path / "members" / name, kind, trust_pickle) for name in meta["members"]]
-        return cls(path=path, meta=meta, space=space, class_ids=classes["ontology_term_id"].astype(str).tolist(),
-                   ontology=onto, members=members)
-
-    def member_probabilities(self, x: np.ndarray) -> list[np.ndarray]:
-        kind = self.meta["member_kind"]
-        return [_member_proba(m, kind, x, self.space) for m in self.members]
+        if meta["member_kind"] == "celltypist" and not trust_pickle:
+            raise AnnotateError(
+                f"{path} holds a CellTypist model, which is a pickle: loading it can run code. Load it only "
+                f"if you trust where it came from: pass trust_pickle=True (CLI: --trust-pickle)")
+        members = []
+        for name in meta["members"]:
+            folder = path / "members" / name
+            try:
+                member = models.load(folder, device=device, trust_pickle=trust_pickle)
+            except UntrustedPickleError:
+                raise
+            except models.ModelFolderError as e:
+                raise AnnotateError(str(e)) from e
+            try:
+                member.space.check_same(space, f"bundle member {folder}")
+            except models.ClassifierError as e:
+                raise AnnotateError(str(e)) from e
+            members.append(member)
+        clf = Ensemble(members_=members, names=list(meta["members"])) if len(members) > 1 else members[0]
+        return cls(path=path, meta=meta, classifier=clf,
+                   class_ids=classes["ontology_term_id"].astype(str).tolist(), ontology=onto)
 
     def md5(self) -> str:
         return _dir_md5(self.path)
-
-
-def _load_member(folder: Path, kind: str, trust_pickle: bool):
-    try:
-        if kind in NEURAL:
-            from sctab.train.artifacts import load_model_folder
-
-            return load_model_folder(folder).model
-        if kind == "xgboost":
-            from sctab.data.pca import PCAModel
-            from sctab.models.xgboost_model import load_xgboost
-
-            booster = load_xgboost(folder)
-            booster.set_param({"device": "cpu"})
-            return booster, PCAModel.load(folder / "pca.npz")
-        if not trust_pickle:
-            raise AnnotateError(
-                f"{folder} holds a CellTypist model, which is a pickle: loading it can run code. Load it only "
-                f"if you trust where it came from: pass trust_pickle=True (CLI: --trust-pickle)")
-        from sctab.models.celltypist_model import load_celltypist
-
-        return load_celltypist(folder, trust_pickle=True)  # checked just above
-    except AnnotateError:
-        raise
-    except Exception as e:
-        raise AnnotateError(f"cannot load the {kind} model in {folder}: {e}") from e
-
-
-def _member_proba(model, kind: str, x: np.ndarray, space: FeatureSpace) -> np.ndarray:
-    if kind in NEURAL:
-        import torch
-
-        from sctab.train.loop import model_outputs
-
-        with torch.inference_mode():
-            logits, _ = model_outputs(model, torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
-            return torch.softmax(logits.float(), dim=1).numpy()
-    if kind == "xgboost":
-        from sctab.models.xgboost_model import predict_proba
-
-        booster, pca = model
-        return predict_proba(booster, pca.transform(x), space.n_classes)
-    from sctab.models.celltypist_model import predict_proba
-
-    return predict_proba(model, x, space)

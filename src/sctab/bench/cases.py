@@ -408,7 +408,7 @@ def annotate_e2e(part: str, cfg: Config) -> dict:
     ann = load_annotator(bundle)
     fast = part == "ours"
     for m in ann.bundle.members:
-        m.set_fast(fast)
+        m.module.set_fast(fast)
     src = h5ad
     if not fast:  # the textbook path is ~6x slower: time it on a slice
         src = Path(cfg.cache) / f"annotate-baseline-{cfg.annotate_baseline_cells}.h5ad"

@@ -1,6 +1,6 @@
 """Deep-ensemble uncertainty (paper, Methods "scTab model"; Supp. Fig. 5).
 
-The ensemble's prediction is the mean of its members' softmax; its uncertainty is
+The ensemble's prediction is the mean of its members' softmax (:meth:`sctab.models.Ensemble.mean`); its uncertainty is
 ``1 - max mean probability`` (Lakshminarayanan et al., deep ensembles). How well uncertainty flags wrong
 predictions is summarised by an AUROC (wrong = positive), and calibration by a reliability diagram with
 equal-width confidence bins and its expected calibration error (ECE).
@@ -8,24 +8,8 @@ equal-width confidence bins and its expected calibration error (ECE).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 
 import numpy as np
-
-
-def ensemble_mean(prob_list: Sequence[np.ndarray]) -> np.ndarray:
-    """Mean of the members' class probabilities (each (n, n_classes)), accumulated in float64, as float32."""
-    if len(prob_list) == 0:
-        raise ValueError("an ensemble needs at least one member's probabilities")
-    shape = np.shape(prob_list[0])
-    if len(shape) != 2:
-        raise ValueError(f"member probabilities must be (cells, classes), got shape {shape}")
-    total = np.zeros(shape, dtype=np.float64)
-    for i, p in enumerate(prob_list):
-        if np.shape(p) != shape:
-            raise ValueError(f"member {i} has probabilities of shape {np.shape(p)}, member 0 {shape}")
-        total += p
-    return (total / len(prob_list)).astype(np.float32)
 
 
 def uncertainty(mean_probs: np.ndarray) -> np.ndarray:

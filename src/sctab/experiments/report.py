@@ -117,14 +117,6 @@ def _markdown_table(df: pd.DataFrame) -> str:
 
 def _log(name: str, out_dir: Path, params: dict) -> None:
     """The summary as a run of its own in the experiment (role=summary): table, markdown, figure."""
-    from mlflow.tracking import MlflowClient
-
-    from sctab.tracking.runs import experiment_id, lineage_tags, tracking_uri
-
-    uri = tracking_uri()
-    client = MlflowClient(uri)
-    exp = experiment_id(mlflow_experiment(name), uri)
-    run = client.create_run(exp, run_name=f"{mlflow_experiment(name)} summary",
-                            tags=lineage_tags(params, role="summary", experiment_name=name))
-    client.log_artifacts(run.info.run_id, str(out_dir))
-    client.set_terminated(run.info.run_id, "FINISHED")
+    with tracked_run(mlflow_experiment(name), name=f"{mlflow_experiment(name)} summary", params=params,
+                     tags={"role": "summary", "experiment_name": name}) as run:
+        run.log_folder(out_dir)

@@ -17,7 +17,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from sctab.data.subsets import label_rows
+from sctab.evaluate.predict import predict_split
+from sctab.evaluate.scores import score_probs
 from sctab.experiments.points import Point, experiment_points
+from sctab.tracking import close_run, experiment_id, project_root, tracked_run, tracking_uri
+from sctab.train.ray_train import ensure_ray
+from sctab.train.trial import TrialContext, fit_in_trial
 
 STATE_FILE = "sctab_sweep.json"
 
@@ -33,43 +39,32 @@ def mlflow_experiment(name: str) -> str:
 
 @dataclass
 class SweepContext:
-    base: object                 # sctab.train.inprocess.TrialContext (model filled in per point)
+    base: TrialContext           # the model comes from each point
     points: dict                 # key -> Point
     hashes: dict                 # key -> digest
 
 
-def tissue_metrics(model, store, spec, tissue: str) -> dict:
+def tissue_metrics(clf, store, spec, tissue: str) -> dict:
     """Test metrics on the cells of one tissue_general label (paper, Supp. Table 2: lung holdout cells)."""
-    from sctab.data.subsets import label_rows
-    from sctab.evaluate.predict import predict_split
-    from sctab.train.fit import metrics_from_probs
-
-    y, p = predict_split(model, store, "test", batch_size=spec.eval_batch_size)
+    y, p = predict_split(clf, store, "test")
     rows = label_rows(store, "test", "tissue_general", tissue)
-    m = metrics_from_probs(y[rows], p[rows], store)
+    m = score_probs(y[rows], p[rows], store)
     return {f"tissue_test_{k}": v for k, v in m.items()}
 
 
 def run_point(config: dict, ctx: SweepContext) -> None:
     """Ray Tune function trainable: train one point, report its final scores."""
-    import ray
+    import ray  # the trial's own process: Ray is there already
     from ray import tune
 
-    from sctab.train.inprocess import TuneSession, fit_in_process
-
     point: Point = ctx.points[config["point"]]
-    tctx = replace(ctx.base, model=point.model)
     # where and which attempt: a trial retried after its node was lost shows up as a second run of the point
     tags = {"role": "point", "point_key": point.key, "point_hash": ctx.hashes[point.key],
             "ray_node_id": ray.get_runtime_context().get_node_id(), "trial_id": tune.get_context().get_trial_id(),
             "resumed": str(tune.get_checkpoint() is not None).lower(),
             **{f"label.{k}": str(v) for k, v in point.labels.items()}}
     extra = partial(tissue_metrics, tissue=point.eval_tissue) if point.eval_tissue else None
-    import os
-
-    os.chdir(tctx.root)
-    os.environ["MLFLOW_TRACKING_URI"] = tctx.tracking_uri
-    final = fit_in_process(point.overrides, tctx, tags, point.key, TuneSession(), extra_eval=extra)
+    final = fit_in_trial(ctx.base, point.overrides, run_name=point.key, tags=tags, extra_eval=extra, model=point.model)
     tune.report({k: v for k, v in final.items() if isinstance(v, (int, float, str))} | {"final": True})
 
 
@@ -78,10 +73,8 @@ def run_experiment(name: str, params: dict, *, store: str | Path = "data/store",
                    fresh: bool = False, max_concurrent: int | None = None, cpus_per_trial: int | None = None,
                    verbose: int = 1) -> pd.DataFrame:
     """Train the points of experiment ``name`` that have no finished run yet; return one row per point."""
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # heavy: loaded when a sweep runs
     from ray import tune
-
-    from sctab.tracking.runs import experiment_id, project_root, tracking_uri
 
     points = experiment_points(name, params)
     hashes = {p.key: p.digest(params) for p in points}
@@ -161,49 +154,46 @@ def _run_grid(mode, group, name, exp_name, exp, path, storage, params, hashes, s
     """One Ray Tune grid over ``group``'s points, under one parent run (``mode``: new, or resume the saved one)."""
     from ray import tune
 
-    from sctab.tracking.runs import lineage_tags
-    from sctab.train.ray_train import ensure_ray
-    from sctab.train.inprocess import TrialContext
-
+    resume_id = json.loads((path / "parent.json").read_text())["parent_run_id"] if mode == "resume" else None
     if mode == "resume":
-        parent_id = json.loads((path / "parent.json").read_text())["parent_run_id"]
-        client.update_run(parent_id, status="RUNNING")
         print(f"[{exp_name}] resuming the interrupted sweep in {path}", flush=True)
     else:
         if path.exists():
             shutil.rmtree(path)
         path.mkdir(parents=True)
-        parent_id = client.create_run(exp, run_name=f"{exp_name} {time.strftime('%Y-%m-%d %H:%M')}",
-                                      tags=lineage_tags(params, role="sweep", experiment_name=name)).info.run_id
-        (path / "parent.json").write_text(json.dumps({"parent_run_id": parent_id}))
-        (path / STATE_FILE).write_text(json.dumps({"todo": sorted(p.key for p in group), "hashes": hashes}))
-    base = TrialContext(model="", params=params, store=str(Path(store).resolve()), pca_dir=None,
-                        augmentations=str(Path(augmentations).resolve()) if augmentations else None,
-                        experiment=exp_name, parent_run_id=parent_id, tracking_uri=uri, root=str(root),
-                        report_every=1, threads=cpus, study=exp_name)
-    ctx = SweepContext(base=base, points={p.key: p for p in group}, hashes=hashes)
-    try:
-        ensure_ray()
-        trainable = tune.with_resources(tune.with_parameters(run_point, ctx=ctx), {"cpu": cpus})
-        if mode == "resume":
-            tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
-        else:
-            tuner = tune.Tuner(trainable, param_space={"point": tune.grid_search([p.key for p in group])},
-                               tune_config=tune.TuneConfig(max_concurrent_trials=conc),
-                               run_config=tune.RunConfig(name=exp_name, storage_path=str(storage), verbose=verbose,
-                                                         failure_config=tune.FailureConfig(max_failures=max_failures)))
-        grid = tuner.fit()
-        if grid.num_terminated + grid.num_errors < len(group):
-            raise KeyboardInterrupt(f"sweep {exp_name} was interrupted; run it again to resume")
+    with tracked_run(exp_name, name=f"{exp_name} {time.strftime('%Y-%m-%d %H:%M')}", params=params,
+                     tags={"role": "sweep", "experiment_name": name}, resume=resume_id, uri=uri) as parent:
+        parent_id = parent.run_id
+        if mode != "resume":
+            (path / "parent.json").write_text(json.dumps({"parent_run_id": parent_id}))
+            (path / STATE_FILE).write_text(json.dumps({"todo": sorted(p.key for p in group), "hashes": hashes}))
+        base = TrialContext(model="", params=params, store=str(Path(store).resolve()), pca_dir=None,
+                            augmentations=str(Path(augmentations).resolve()) if augmentations else None,
+                            experiment=exp_name, parent_run_id=parent_id, tracking_uri=uri, root=str(root),
+                            report_every=1, threads=cpus, study=exp_name)
+        ctx = SweepContext(base=base, points={p.key: p for p in group}, hashes=hashes)
+        try:
+            ensure_ray()
+            trainable = tune.with_resources(tune.with_parameters(run_point, ctx=ctx), {"cpu": cpus})
+            if mode == "resume":
+                tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True,
+                                           resume_errored=True)
+            else:
+                tuner = tune.Tuner(trainable, param_space={"point": tune.grid_search([p.key for p in group])},
+                                   tune_config=tune.TuneConfig(max_concurrent_trials=conc),
+                                   run_config=tune.RunConfig(
+                                       name=exp_name, storage_path=str(storage), verbose=verbose,
+                                       failure_config=tune.FailureConfig(max_failures=max_failures)))
+            grid = tuner.fit()
+            if grid.num_terminated + grid.num_errors < len(group):
+                raise KeyboardInterrupt(f"sweep {exp_name} was interrupted; run it again to resume")
+        except BaseException:
+            for r in client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}' and "
+                                        "attributes.status = 'RUNNING'"):
+                close_run(client, r.info.run_id, "KILLED")
+            raise
         for res in grid:
             if res.error is not None:
                 print(f"[{exp_name}] point {(res.config or {}).get('point')} failed: "
                       f"{str(res.error).splitlines()[0][:300]}", flush=True)
         _close_lost_attempts(client, exp, parent_id)
-        client.set_terminated(parent_id, "FINISHED")
-    except BaseException as e:
-        for r in client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}' and "
-                                    "attributes.status = 'RUNNING'"):
-            client.set_terminated(r.info.run_id, "KILLED")
-        client.set_terminated(parent_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
-        raise

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from sctab.data.store import Store
+from sctab.models.classifier import Classifier, FeatureSpace
 
 log = logging.getLogger(__name__)
 
@@ -321,3 +322,27 @@ def load_celltypist(path: str | Path, *, trust_pickle: bool = False):
     require_trusted_pickle(path, "a CellTypist model", trust_pickle)
     Model = _celltypist().models.Model
     return Model.load(str(path.resolve()))
+
+
+class CellTypistClassifier(Classifier):
+    """CellTypist's logistic regression on its own genes; per-cell normalised one-vs-rest sigmoids."""
+
+    kind = "celltypist"
+    model_file = MODEL_FILE
+
+    def __init__(self, model, space: FeatureSpace, config: dict | None = None):
+        self.model, self.space, self.config = model, space, dict(config or {})
+        _feature_columns(model, space)  # every model gene is a gene of the space
+        _class_codes(model, space)
+
+    def predict_proba(self, x_log1p) -> np.ndarray:
+        self._check_input(x_log1p)
+        return predict_proba(self.model, x_log1p, self.space)
+
+    def save_model_file(self, folder: Path) -> None:
+        save_celltypist(self.model, folder)
+
+    @classmethod
+    def load_model_file(cls, folder: Path, space: FeatureSpace, meta: dict, *, device: str = "cpu",
+                        trust_pickle: bool = False) -> CellTypistClassifier:
+        return cls(load_celltypist(folder, trust_pickle=trust_pickle), space, meta.get("config"))

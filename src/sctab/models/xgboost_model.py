@@ -13,6 +13,9 @@ from typing import Callable
 
 import numpy as np
 
+from sctab.data.pca import PCAModel
+from sctab.models.classifier import Classifier, ClassifierError, FeatureSpace, first_difference
+
 # Booster settings we let through from params / search spaces (XGBoost names); ours: n_estimators, early
 # stopping, device "auto", seed. Anything else is a typo until proven otherwise.
 BOOSTER_KEYS = {
@@ -168,3 +171,34 @@ def load_xgboost(path: str | Path):
     booster = xgb.Booster()
     booster.load_model(str(path))
     return booster
+
+
+class XGBoostClassifier(Classifier):
+    """A booster on the PCA embedding of the normalised genes; the projection travels with the model."""
+
+    kind = "xgboost"
+    model_file = "model.ubj"
+
+    def __init__(self, booster, pca: PCAModel, space: FeatureSpace, config: dict | None = None):
+        if pca.feature_id != space.genes:
+            raise ClassifierError("the XGBoost model's PCA was fitted on other genes than the model's: "
+                                  f"{first_difference(pca.feature_id, space.genes)}")
+        self.booster, self.pca, self.space, self.config = booster, pca, space, dict(config or {})
+
+    def to(self, device) -> XGBoostClassifier:
+        self.booster.set_param({"device": "cuda" if str(device).startswith("cuda") else "cpu"})
+        return self
+
+    def predict_proba(self, x_log1p) -> np.ndarray:
+        self._check_input(x_log1p)
+        return predict_proba(self.booster, self.pca.transform(x_log1p), self.n_classes)
+
+    def save_model_file(self, folder: Path) -> None:
+        save_xgboost(self.booster, folder)
+        self.pca.save(folder / "pca.npz")
+
+    @classmethod
+    def load_model_file(cls, folder: Path, space: FeatureSpace, meta: dict, *, device: str = "cpu",
+                        trust_pickle: bool = False) -> XGBoostClassifier:
+        return cls(load_xgboost(folder), PCAModel.load(folder / "pca.npz"), space,
+                   meta.get("config")).to(device)

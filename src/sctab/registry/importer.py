@@ -1,7 +1,7 @@
 """Register published scTab checkpoints (one per seed) as one version of the ensemble.
 
 Each checkpoint (a Lightning ``.ckpt`` with ``classifier.``-prefixed TabNet weights and an ``hparams.yaml``)
-is read without unpickling code (:func:`sctab.models.checkpoint.read_published_checkpoint`) and written as
+is read without unpickling code (:func:`sctab.models.published.read_published_checkpoint`) and written as
 one of our model folders; together they form an ensemble folder that registers like the pipeline's own.
 The published ``var.parquet`` gives the genes, the ``cell_type.parquet`` lookup the classes (Cell
 Ontology ids from its ``ontology_term_id`` column, or from the labels through the ontology).
@@ -9,14 +9,17 @@ Ontology ids from its ``ontology_term_id`` column, or from the labels through th
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
 import pandas as pd
-import torch
-import yaml
 
+from sctab import models
+from sctab.data.store import Store
+from sctab.evaluate.scores import score_split
+from sctab.models import FeatureSpace, TorchClassifier
+from sctab.models.published import load_published_sctab, read_published_checkpoint, tabnet_kwargs_from_hparams
+from sctab.ontology.cell_ontology import load_cell_ontology
 from sctab.registry.register import RegisteredVersion, RegistryError, register_folder
 
 
@@ -29,8 +32,6 @@ def _read_table(path: str | Path, what: str) -> pd.DataFrame:
 
 def write_ensemble_folder(checkpoints: list[str | Path], var: pd.DataFrame, labels: list[str], out: Path,
                           target_sum: float = 10_000.0) -> Path:
-    from sctab.models.checkpoint import load_published_sctab, read_published_checkpoint, tabnet_kwargs_from_hparams
-
     if not checkpoints:
         raise RegistryError("no checkpoint given")
     members = {}
@@ -45,37 +46,23 @@ def write_ensemble_folder(checkpoints: list[str | Path], var: pd.DataFrame, labe
         if model.output_dim != len(labels):
             raise RegistryError(f"{ckpt} predicts {model.output_dim} classes but the cell type table has "
                                 f"{len(labels)}")
-        folder = out / f"seed_{i}"
-        folder.mkdir(parents=True)
-        torch.save(model.state_dict(), folder / "model.pt")
-        meta = {"model": "sctab", "arch": arch, "n_genes": len(var), "n_classes": len(labels),
-                "normalisation": {"target_sum": float(target_sum), "log1p": True}, "run_id": "",
-                "seed": i, "source_checkpoint": str(ckpt.resolve())}
-        (folder / "model.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
-        var[["feature_id", "feature_name"]].to_parquet(folder / "var.parquet", index=False)
-        pd.DataFrame({"label": labels}).to_parquet(folder / "cell_type.parquet", index=False)
+        space = FeatureSpace(var=var[["feature_id", "feature_name"]].reset_index(drop=True), classes=list(labels))
+        clf = TorchClassifier(kind="sctab", module=model, space=space, config=arch)
+        folder = models.save(out / f"seed_{i}", clf, target_sum=target_sum,
+                             meta={"run_id": "", "seed": i, "source_checkpoint": str(ckpt.resolve())})
         members[folder.name] = ""
-    (out / "ensemble.json").write_text(json.dumps({"model": "sctab", "members": members,
-                                                   "seeds": list(range(len(checkpoints)))}, indent=2))
+    models.save_ensemble_summary(out, {"model": "sctab", "members": members, "seeds": list(range(len(checkpoints)))})
     return out
 
 
 def _test_f1(folder: Path, store: str | Path) -> float:
-    from sctab.data.store import Store
-    from sctab.evaluate.metrics import macro_f1
-    from sctab.evaluate.predictors import load_predictor
-
-    st = Store(store)
-    y, p = load_predictor(folder).predict(st, "test")
-    return float(macro_f1(y, p.argmax(axis=1), st.child_matrix(), st.n_classes))
+    return float(score_split(models.load(folder), Store(store), "test")["f1_macro"])
 
 
 def import_checkpoints(checkpoints: list[str | Path], *, var_path: str | Path, cell_types_path: str | Path,
                        name: str, ontology_path: str | Path, params: dict, store: str | Path | None = None,
                        test_f1: float | None = None, alias: str = "challenger") -> RegisteredVersion:
     """Register the checkpoints as one ensemble version of ``name`` (test F1 given, or scored on ``store``)."""
-    from sctab.ontology.cell_ontology import load_cell_ontology
-
     var = _read_table(var_path, "gene (var)")
     if "feature_id" not in var.columns:
         raise RegistryError(f"{var_path} has no feature_id column (columns: {list(var.columns)})")

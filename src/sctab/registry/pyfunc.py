@@ -17,6 +17,10 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
+from sctab.annotation.annotator import Annotator
+from sctab.annotation.bundle import Bundle
+from sctab.annotation.errors import AnnotateError
+
 BUNDLE = "bundle"
 MODEL_CODE = Path(__file__).with_name("model_code.py")
 
@@ -25,9 +29,6 @@ class SctabAnnotatorModel(mlflow.pyfunc.PythonModel):
     """Raw counts by gene id in, labels with probability and uncertainty out."""
 
     def load_context(self, context):
-        from sctab.annotation.annotator import Annotator
-        from sctab.annotation.bundle import Bundle
-
         # the bundle was written by our own registration; a CellTypist member is trusted here because the
         # registry holds only what `sctab register` / the register stage put there
         bundle = Bundle.load(context.artifacts[BUNDLE], trust_pickle=True)
@@ -35,8 +36,6 @@ class SctabAnnotatorModel(mlflow.pyfunc.PythonModel):
         self.position = {g: i for i, g in enumerate(bundle.genes)}
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        from sctab.annotation.errors import AnnotateError
-
         if not isinstance(model_input, pd.DataFrame):
             model_input = pd.DataFrame(model_input)
         genes = self.annotator.genes

@@ -23,7 +23,7 @@ from pathlib import Path
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 from sctab.annotation.bundle import Bundle, write_bundle
-from sctab.tracking.runs import experiment_id, lineage_tags, tracking_uri
+from sctab.tracking import lineage_tags, tracked_run, tracking_uri
 
 EXPERIMENT = "registry"
 CHALLENGER = "challenger"
@@ -98,19 +98,20 @@ def register_folder(folder: str | Path, name: str, *, class_ids: dict[str, str],
         tags.update({k: str(v) for k, v in (extra_tags or {}).items()})
         mlflow.set_tracking_uri(tracking_uri())
         mlflow.set_registry_uri(tracking_uri())
-        with mlflow.start_run(experiment_id=experiment_id(EXPERIMENT), run_name=f"register {name}",
-                              tags=tags) as run:
-            mlflow.log_params({"model_folder": str(folder), "kind": bundle.kind, "members": len(bundle.members),
-                               "genes": len(bundle.genes), "classes": bundle.space.n_classes,
-                               "uncertainty_threshold": bundle.fallback["uncertainty_threshold"]})
+        with tracked_run(EXPERIMENT, name=f"register {name}", params=params, tags=tags) as run:
+            run.log_params({"model_folder": str(folder), "kind": bundle.kind, "members": len(bundle.members),
+                            "genes": len(bundle.genes), "classes": bundle.space.n_classes,
+                            "uncertainty_threshold": bundle.fallback["uncertainty_threshold"]})
             if test_f1 is not None:
-                mlflow.log_metric("test_f1_macro", float(test_f1))
-            with warnings.catch_warnings():  # no input example on purpose: requests are raw counts by gene id
+                run.log_metrics({"test_f1_macro": float(test_f1)})
+            # log_model is MLflow's fluent API: it logs into the active run, which is ours
+            with mlflow.start_run(run_id=run.run_id), warnings.catch_warnings():
+                # no input example on purpose: requests are raw counts by gene id
                 warnings.filterwarnings("ignore", message=".*input example.*")
                 info = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_CODE),
                                                artifacts={BUNDLE: str(bdir)}, signature=signature(bundle.genes),
                                                pip_requirements=PIP_REQUIREMENTS)
-            run_id = run.info.run_id
+            run_id = run.run_id
     mv = mlflow.register_model(info.model_uri, name)
     try:
         _wait_ready(c, name, mv.version)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -21,9 +22,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sctab.data.augment import Augmenter, load_augmentations
+from sctab.data.loaders import make_loader
 from sctab.data.store import Store
+from sctab.data.subsets import train_rows
 from sctab.evaluate.metrics import f1_from_confusion
-from sctab.models import build_model
+from sctab.io import atomic_dir
+from sctab.models import build_model, model_outputs
 from sctab.train.spec import TrainSpec
 
 STATE_FILE = "state.pt"
@@ -50,14 +55,6 @@ class EpochLogger:
     """Called on rank 0 after each reported epoch (MLflow in production)."""
     log_epoch: Callable[[dict, int], None] = lambda metrics, epoch: None
     log_resume: Callable[[int], None] = lambda epoch: None
-
-
-def model_outputs(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(logits, auxiliary loss or None): scTab returns its mask-entropy term beside the logits."""
-    out = model(x)
-    if isinstance(out, tuple):
-        return out[0], out[1]
-    return out, None
 
 
 def _check_labels(y: torch.Tensor, n_classes: int, where: str) -> None:
@@ -102,10 +99,6 @@ def _join(model: torch.nn.Module, world_size: int):
 
 def run_training(spec: TrainSpec, session: Session, logger: EpochLogger | None = None) -> dict:
     """Train ``spec`` in this worker; return the final metrics (identical on every rank)."""
-    from sctab.data.augment import Augmenter, load_augmentations
-    from sctab.data.loaders import make_loader
-    from sctab.data.subsets import train_rows
-
     logger = logger or EpochLogger()
     rank, world, device = session.rank, session.world_size, session.device
     torch.manual_seed(spec.seed)
@@ -239,9 +232,6 @@ class LocalSession:
     def report(self, metrics, checkpoint_dir):
         self.reports.append(copy.deepcopy(metrics))
         if checkpoint_dir is not None:
-            from sctab.io import atomic_dir
-            import shutil
-
             with atomic_dir(self.checkpoint_dir) as tmp:
                 for f in Path(checkpoint_dir).iterdir():
                     shutil.copy2(f, tmp / f.name)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from sctab.tracking import TrackedRun
 from sctab.train.loop import EpochLogger, TrainingError, load_checkpoint_dir, run_training
 from sctab.train.spec import TrainSpec
 
@@ -93,26 +94,14 @@ class RaySession:
 
 
 def _mlflow_logger(tracking_uri: str, run_id: str, label: str) -> EpochLogger:
-    """Rank 0's per-epoch hook: a progress line on the console and the epoch's metrics in MLflow."""
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri)
-
-    def log_epoch(metrics: dict, epoch: int) -> None:
-        import time
-
-        print(f"[{label}] epoch {epoch}: train loss {metrics['train_loss']:.4f}, val loss {metrics['val_loss']:.4f}, "
-              f"val macro F1 {metrics['val_f1_macro']:.4f}, {metrics['train_cells_per_s']:,.0f} cells/s", flush=True)
-        ts = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(k, float(v), ts, epoch) for k, v in metrics.items()
-                                          if isinstance(v, (int, float)) and k != "epoch"])
+    """Rank 0's per-epoch hook: a progress line on the console and the epoch's metrics in the driver's run."""
+    run = TrackedRun.attach(run_id, tracking_uri)
 
     def log_resume(epoch: int) -> None:
         print(f"[{label}] resumed from the last checkpoint at epoch {epoch}", flush=True)
-        client.set_tag(run_id, "resumed_from_epoch", str(epoch))
+        run.set_tags(resumed_from_epoch=epoch)
 
-    return EpochLogger(log_epoch=log_epoch, log_resume=log_resume)
+    return EpochLogger(log_epoch=run.epoch_printer(label), log_resume=log_resume)
 
 
 def train_worker(config: dict) -> None:
@@ -124,9 +113,7 @@ def train_worker(config: dict) -> None:
     logger = EpochLogger()
     if session.rank == 0 and config.get("run_id"):
         logger = _mlflow_logger(config["tracking_uri"], config["run_id"], f"{spec.model} seed {spec.seed}")
-        from mlflow.tracking import MlflowClient
-
-        MlflowClient(config["tracking_uri"]).set_tag(config["run_id"], "worker_nodes", ",".join(nodes))
+        TrackedRun.attach(config["run_id"], config["tracking_uri"]).set_tags(worker_nodes=",".join(nodes))
     run_training(spec, session, logger)
 
 

@@ -24,6 +24,8 @@ from pathlib import Path
 import yaml
 
 from sctab.config import REPO_ROOT
+from sctab.train.baselines import baseline_config
+from sctab.train.spec import BaselineSpec, make_spec
 
 CONF_DIR = REPO_ROOT / "conf" / "tune"
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "lograndint", "quniform", "choice")
@@ -146,11 +148,7 @@ def check_against_model(space: SearchSpace, params: dict) -> None:
 
 def model_config(model: str, params: dict, overrides: dict) -> dict:
     """``models.<model>`` with ``overrides``, checked (raises ValueError with the model's message)."""
-    if model in ("xgboost", "celltypist"):
-        from sctab.train.baselines import baseline_config
-
-        return baseline_config(params, model, overrides)
-    from sctab.train.spec import spec_from_params
-
-    spec_from_params(copy.deepcopy(params), model, augmentations="(checked when a trial starts)", **overrides)
+    spec = make_spec(copy.deepcopy(params), model, augmentations="(checked when a trial starts)", overrides=overrides)
+    if isinstance(spec, BaselineSpec):
+        return baseline_config(spec)
     return {**(params.get("models") or {}).get(model, {}), **overrides}

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from sctab.config import ConfigError
-from sctab.models import MODEL_NAMES
+from sctab.models import BASELINES, MODEL_NAMES
 
 
 @dataclass
@@ -100,3 +100,49 @@ def spec_from_params(params: dict, model: str, *, store: str = "data/store", aug
     if kwargs.get("augment") and not kwargs.get("augmentations"):  # switched on by an override
         kwargs["augmentations"] = augmentations
     return TrainSpec(model=model, store=store, **kwargs)
+
+
+@dataclass
+class BaselineSpec:
+    """What one baseline fit needs: its settings (``models.<model>`` of params plus overrides), the store and,
+    for XGBoost, the pca stage's output. Settings are checked when the fit starts, inside its tracked run, so a
+    tuning study records a bad trial as a failed run."""
+
+    model: str
+    store: str
+    config: dict = field(default_factory=dict)
+    pca_dir: str | None = None
+    seed: int = 0
+    threads: int | None = None       # XGBoost nthread / CellTypist n_jobs; None = the config's
+    report_every: int = 10           # XGBoost: intermediate validation scores every n rounds (Tune's ASHA)
+
+    def __post_init__(self):
+        if self.model not in BASELINES:
+            raise ConfigError(f"unknown baseline {self.model!r}; choose one of {', '.join(BASELINES)}")
+        self.store = str(Path(self.store).resolve())
+        if self.pca_dir:
+            self.pca_dir = str(Path(self.pca_dir).resolve())
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def with_(self, **changes) -> "BaselineSpec":
+        return BaselineSpec(**{**self.to_dict(), **changes})
+
+
+def make_spec(params: dict, model: str, *, store: str = "data/store", augmentations: str | None = None,
+              pca_dir: str | None = None, seed: int | None = None, overrides: dict | None = None,
+              **settings) -> TrainSpec | BaselineSpec:
+    """The spec of any kind: a :class:`TrainSpec` for the neural kinds, a :class:`BaselineSpec` otherwise.
+
+    ``overrides`` are model settings (a tuning trial's config, a sweep point's); ``settings`` are runner
+    settings of the neural kinds (num_workers, cpus_per_worker, ...)."""
+    if model in BASELINES:
+        section = (params.get("models") or {}).get(model)
+        if not section:
+            raise ConfigError(f"params have no models.{model} section")
+        config = {**section, **(overrides or {})}
+        return BaselineSpec(model=model, store=store, config=config, pca_dir=pca_dir,
+                            seed=int(config.get("seed", 0) if seed is None else seed), **settings)
+    return spec_from_params(params, model, store=store, augmentations=augmentations, seed=seed,
+                            **{**settings, **(overrides or {})})

@@ -15,17 +15,20 @@ import json
 import math
 import os
 import time
-from dataclasses import replace
+import shutil
 from pathlib import Path
 
 
-from sctab.train.inprocess import METRIC, BestWeightsSession, TrialContext, TuneSession, fit_in_process, plain
+from sctab.models import is_neural
+from sctab.tracking import close_run, experiment_id, record_failure, project_root, tracked_run, tracking_uri
+from sctab.train.ray_train import ensure_ray
+from sctab.train.runners import METRIC, LocalRunner
+from sctab.train.trial import TrialContext, fit_in_trial, plain
 from sctab.train.search_space import SearchSpace, check_against_model, load_search_space
 
 MODE = "max"
 STUDY_FILE = "sctab_study.json"
 STEPPED = {"xgboost", "linear", "mlp", "sctab"}   # report intermediate scores: ASHA can stop them early
-NEURAL = {"linear", "mlp", "sctab"}
 
 
 class StudyError(RuntimeError):
@@ -37,24 +40,9 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     """Ray Tune function trainable: train one config, report as it goes, end with val and test scores."""
     from ray import tune
 
-    os.chdir(ctx.root)  # trials may start elsewhere; paths and lineage resolve from the project
-    os.environ["MLFLOW_TRACKING_URI"] = ctx.tracking_uri
     trial_id = tune.get_context().get_trial_id()
-    tags = {"ray_trial_id": trial_id, "study": ctx.study, "role": "trial"}
-    config = {k: plain(v) for k, v in config.items()}
-    if ctx.model in NEURAL:
-        final = fit_in_process(config, ctx, tags, f"trial {trial_id}", TuneSession())
-    else:
-        from sctab.train.baselines import fit_baseline
-
-        def on_step(step: int, m: dict) -> None:
-            tune.report({METRIC: m["val_f1_macro"], "val_loss": m["val_loss"], "step": step})
-
-        r = fit_baseline(ctx.model, ctx.params, store=ctx.store, pca_dir=ctx.pca_dir, experiment=ctx.experiment,
-                         run_name=f"trial {trial_id}", parent_run_id=ctx.parent_run_id, overrides=config,
-                         extra_tags=tags, on_step=on_step if ctx.model in STEPPED else None,
-                         report_every=ctx.report_every, threads=ctx.threads)
-        final = {**r.metrics, "mlflow_run_id": r.run_id}
+    final = fit_in_trial(ctx, config, run_name=f"trial {trial_id}",
+                         tags={"ray_trial_id": trial_id, "study": ctx.study, "role": "trial"})
     tune.report({METRIC: final["val_f1_macro"], "val_loss": final["val_loss"],
                  "test_f1_macro": final["test_f1_macro"], "test_loss": final["test_loss"],
                  "mlflow_run_id": final["mlflow_run_id"], "final": True})
@@ -78,12 +66,9 @@ def run_study(model: str, params: dict, *, store: str | Path = "data/store", pca
               max_concurrent: int | None = None, cpus_per_trial: int | None = None, reference_runs: bool = True,
               verbose: int = 1) -> dict:
     """Run (or resume) the study of ``model``; return its summary (best config, default vs tuned)."""
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # heavy, optional at import: loaded when a study runs
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
-
-    from sctab.tracking.runs import experiment_id, lineage_tags, project_root, tracking_uri
-    from sctab.train.ray_train import ensure_ray
 
     tcfg = params.get("tune") or {}
     space = space or load_search_space(model)
@@ -98,8 +83,6 @@ def run_study(model: str, params: dict, *, store: str | Path = "data/store", pca
     name = study_name(model)
     path = storage / name
     if fresh and path.exists():
-        import shutil
-
         shutil.rmtree(path)
     uri = tracking_uri()
     client = MlflowClient(uri)
@@ -109,69 +92,63 @@ def run_study(model: str, params: dict, *, store: str | Path = "data/store", pca
     if state is not None and state.get("model") != model:
         raise StudyError(f"{path} holds a study of {state.get('model')!r}, not {model!r}; use --fresh")
     resuming = state is not None and tune.Tuner.can_restore(str(path))
-    if state is None:
-        if path.exists():
-            import shutil
-
-            shutil.rmtree(path)  # a study that never saved its state cannot be resumed: start it over
-        parent = client.create_run(exp, run_name=f"{name} {time.strftime('%Y-%m-%d %H:%M')}",
-                                   tags=lineage_tags(params, model_type=model, study=name, role="study",
-                                                     search_space=str(space.path)))
-        state = {"model": model, "parent_run_id": parent.info.run_id, "num_samples": n,
-                 "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "space": space.space}
-        path.mkdir(parents=True, exist_ok=True)
-        state_file.write_text(json.dumps(state, indent=2) + "\n")
-    else:
-        client.update_run(state["parent_run_id"], status="RUNNING")
-        print(f"resuming study {name} ({path}); MLflow parent run {state['parent_run_id']}", flush=True)
-        if state.get("space") != space.space:
-            raise StudyError(f"the search space changed since study {name} started ({space.path}); "
-                             f"use --fresh to start a new study")
-        n = int(state.get("num_samples", n))
-    pid = state["parent_run_id"]
-    _log_study_params(client, pid, model, space, n, conc, cpus, tcfg)
-
-    report_every = int(tcfg.get("report_every", 10))
-    ctx = TrialContext(model=model, params=params, store=str(Path(store).resolve()),
-                       pca_dir=str(Path(pca_dir).resolve()) if pca_dir else None,
-                       augmentations=str(Path(augmentations).resolve()) if augmentations else None,
-                       experiment=name, parent_run_id=pid, tracking_uri=uri, root=str(root),
-                       report_every=report_every, threads=cpus, study=name)
-    t0 = time.perf_counter()
-    try:
-        references = _reference_runs(model, params, space, ctx, client, pid) if reference_runs else {}
-        ensure_ray()
-        trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"cpu": cpus})
-        if resuming:
-            tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True,
-                                       resume_errored=False, restart_errored=False)
+    if state is None and path.exists():
+        shutil.rmtree(path)  # a study that never saved its state cannot be resumed: start it over
+    with tracked_run(name, name=f"{name} {time.strftime('%Y-%m-%d %H:%M')}", params=params,
+                     tags={"model_type": model, "study": name, "role": "study", "search_space": str(space.path)},
+                     resume=state["parent_run_id"] if state is not None else None, uri=uri) as parent:
+        if state is None:
+            state = {"model": model, "parent_run_id": parent.run_id, "num_samples": n,
+                     "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "space": space.space}
+            path.mkdir(parents=True, exist_ok=True)
+            state_file.write_text(json.dumps(state, indent=2) + "\n")
         else:
-            tuner = tune.Tuner(
-                trainable, param_space=space.to_tune(),
-                tune_config=tune.TuneConfig(
-                    metric=METRIC, mode=MODE, num_samples=n, max_concurrent_trials=conc,
-                    search_alg=OptunaSearch(points_to_evaluate=space.points_to_evaluate or None,
-                                            seed=int(tcfg.get("seed", 0))),
-                    scheduler=_scheduler(model, params, tcfg, report_every)),
-                run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=verbose,
-                                          failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)))
-        grid = tuner.fit()
-        if grid.num_terminated + grid.num_errors < n:
-            raise KeyboardInterrupt(f"study {name} was interrupted after {grid.num_terminated + grid.num_errors} of "
-                                    f"{n} trials; run again to resume it")
+            print(f"resuming study {name} ({path}); MLflow parent run {state['parent_run_id']}", flush=True)
+            if state.get("space") != space.space:
+                raise StudyError(f"the search space changed since study {name} started ({space.path}); "
+                                 f"use --fresh to start a new study")
+            n = int(state.get("num_samples", n))
+        pid = parent.run_id
+        _log_study_params(client, pid, model, space, n, conc, cpus, tcfg)
+
+        report_every = int(tcfg.get("report_every", 10))
+        ctx = TrialContext(model=model, params=params, store=str(Path(store).resolve()),
+                           pca_dir=str(Path(pca_dir).resolve()) if pca_dir else None,
+                           augmentations=str(Path(augmentations).resolve()) if augmentations else None,
+                           experiment=name, parent_run_id=pid, tracking_uri=uri, root=str(root),
+                           report_every=report_every, threads=cpus, study=name)
+        t0 = time.perf_counter()
+        try:
+            references = _reference_runs(model, params, space, ctx, client, pid) if reference_runs else {}
+            ensure_ray()
+            trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"cpu": cpus})
+            if resuming:
+                tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True,
+                                           resume_errored=False, restart_errored=False)
+            else:
+                tuner = tune.Tuner(
+                    trainable, param_space=space.to_tune(),
+                    tune_config=tune.TuneConfig(
+                        metric=METRIC, mode=MODE, num_samples=n, max_concurrent_trials=conc,
+                        search_alg=OptunaSearch(points_to_evaluate=space.points_to_evaluate or None,
+                                                seed=int(tcfg.get("seed", 0))),
+                        scheduler=_scheduler(model, params, tcfg, report_every)),
+                    run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=verbose,
+                                              failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)))
+            grid = tuner.fit()
+            if grid.num_terminated + grid.num_errors < n:
+                raise KeyboardInterrupt(f"study {name} was interrupted after {grid.num_terminated + grid.num_errors} "
+                                        f"of {n} trials; run again to resume it")
+        except BaseException:
+            for r in client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{pid}' and "
+                                        "attributes.status = 'RUNNING'"):
+                client.set_tag(r.info.run_id, "tune_status", "interrupted")
+                close_run(client, r.info.run_id, "KILLED")
+            raise
         trials = _reconcile(grid, client, exp, pid, name)
         summary = _summarise(model, space, trials, references, pid, n, time.perf_counter() - t0, path)
         _log_summary(client, pid, summary)
-        client.set_terminated(pid, "FINISHED")
         return summary
-    except BaseException as e:
-        for r in client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{pid}' and "
-                                    "attributes.status = 'RUNNING'"):
-            client.set_tag(r.info.run_id, "tune_status", "interrupted")
-            client.set_terminated(r.info.run_id, "KILLED")
-        client.set_tag(pid, "error", f"{type(e).__name__}: {e}"[:5000])
-        client.set_terminated(pid, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
-        raise
 
 
 def _scheduler(model: str, params: dict, tcfg: dict, report_every: int):
@@ -226,16 +203,11 @@ def _reference_runs(model, params, space, ctx: TrialContext, client, pid) -> dic
 
 
 def _reference_fit(model, params, overrides, ctx: TrialContext, role: str) -> dict:
-    tags = {"study": ctx.study, "role": role}
+    """In the driver: a neural model with a Ray Train worker's threads, a baseline with its own settings."""
+    threads = int((params.get("train") or {}).get("cpus_per_worker", ctx.threads)) if is_neural(model) else None
     name = "default settings" if role == "default" else "params.yaml settings"
-    if model in NEURAL:  # in the driver: the threads of a Ray Train worker, not of a trial
-        threads = int((params.get("train") or {}).get("cpus_per_worker", ctx.threads))
-        return fit_in_process(overrides, replace(ctx, threads=threads), tags, name, BestWeightsSession())
-    from sctab.train.baselines import fit_baseline
-
-    r = fit_baseline(model, params, store=ctx.store, pca_dir=ctx.pca_dir, experiment=ctx.experiment, run_name=name,
-                     parent_run_id=ctx.parent_run_id, overrides=overrides, extra_tags=tags)
-    return {**r.metrics, "mlflow_run_id": r.run_id}
+    return fit_in_trial(ctx, overrides, run_name=name, tags={"study": ctx.study, "role": role},
+                        runner=LocalRunner(threads=threads))
 
 
 def _reconcile(grid, client, exp: str, pid: str, study: str) -> list[dict]:
@@ -259,11 +231,10 @@ def _reconcile(grid, client, exp: str, pid: str, study: str) -> list[dict]:
             client.set_tag(run.info.run_id, "tune_status", status)
             client.set_terminated(run.info.run_id, expected)
         elif run is None and status == "failed":  # died before its run existed: record it anyway
-            r = client.create_run(exp, run_name=f"trial {trial_id}", tags={
-                "mlflow.parentRunId": pid, "ray_trial_id": str(trial_id), "study": study, "role": "trial",
-                "error": str(res.error)[:5000], "tune_status": "failed"})
-            client.set_terminated(r.info.run_id, "FAILED")
-            run = r
+            rid = record_failure(study, name=f"trial {trial_id}", error=str(res.error), parent=pid,
+                                 tags={"ray_trial_id": str(trial_id), "study": study, "role": "trial",
+                                       "tune_status": "failed"})
+            run = client.get_run(rid)
         elif run is not None:
             client.set_tag(run.info.run_id, "tune_status", status)
         trials.append({"trial_id": trial_id, "status": status, "config": {k: plain(v) for k, v in

@@ -15,8 +15,20 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.decomposition import PCA
 
+from sctab import models
 from sctab.data.store import Store
+from sctab.evaluate import figures
+from sctab.evaluate.metrics import correct_predictions, evaluate_probs
+from sctab.evaluate.organs import f1_by_organ
+from sctab.evaluate.paper import PAPER
+from sctab.evaluate.predict import predict_split_members
+from sctab.evaluate.report import side_by_side, write_report
+from sctab.evaluate.uncertainty import calibration, uncertainty, uncertainty_auroc
+from sctab.io import atomic_dir, write_json
+from sctab.models import Ensemble
+from sctab.tracking import TrackedRun, tracked_run
 
 ORDER = ("sctab", "xgboost", "mlp", "linear", "celltypist")
 
@@ -29,15 +41,6 @@ def _labels(store: Store, split: str, column: str) -> np.ndarray:
 def evaluate_models(models_dir: str | Path, store_path: str | Path, out: str | Path, params: dict, *,
                     embedding_cells: int = 3000, log_mlflow: bool = True) -> dict:
     """Score every model folder under ``models_dir``; write metrics, plots and the report to ``out``."""
-    from sctab.evaluate import figures
-    from sctab.evaluate.metrics import evaluate_probs
-    from sctab.evaluate.organs import f1_by_organ
-    from sctab.evaluate.paper import PAPER
-    from sctab.evaluate.predictors import load_predictor
-    from sctab.evaluate.report import side_by_side, write_report
-    from sctab.evaluate.uncertainty import calibration, ensemble_mean, uncertainty, uncertainty_auroc
-    from sctab.io import atomic_dir, write_json
-
     t0 = time.perf_counter()
     store = Store(store_path)
     profile = str(params.get("profile", "?"))
@@ -53,9 +56,9 @@ def evaluate_models(models_dir: str | Path, store_path: str | Path, out: str | P
     metrics, per_organ, per_class, runs, ens = {}, {}, {}, {}, None
     for folder in folders:
         # trusted: these folders are this pipeline's own train-stage outputs (CellTypist's is a pickle)
-        pred = load_predictor(folder, trust_pickle=True)
-        y, members = pred.predict_members(store, "test")
-        p = ensemble_mean(members) if len(members) > 1 else members[0]
+        clf = models.load(folder, trust_pickle=True)
+        y, members = predict_split_members(clf, store, "test")
+        p = Ensemble.mean(members) if len(members) > 1 else members[0]
         m = evaluate_probs(y, p, child, weights)
         name = folder.name
         metrics[name] = {"test_f1_macro": m["f1_macro"], "test_accuracy": m["accuracy"], "test_nll": m["nll"],
@@ -65,10 +68,8 @@ def evaluate_models(models_dir: str | Path, store_path: str | Path, out: str | P
         # averaged over the types annotated in each system, as the paper's evaluation code does
         organs = f1_by_organ(y, pred_codes, tissue, child, labels="truth")
         per_organ[name] = {o: v["f1_macro"] for o, v in organs.items()}
-        runs[name] = pred.run_id
+        runs[name] = clf.run_id
         if len(members) > 1:
-            from sctab.evaluate.metrics import correct_predictions
-
             correct = correct_predictions(y, pred_codes, child) == y
             u = uncertainty(p)
             cal = calibration(1.0 - u, correct)
@@ -151,8 +152,7 @@ def _histories(folders) -> dict[str, pd.DataFrame]:
 
 def _embedding(store: Store, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """2-D t-SNE of a subsample of the test cells (PCA to 50 first), and which rows it shows."""
-    from sklearn.decomposition import PCA
-    from sklearn.manifold import TSNE
+    from sklearn.manifold import TSNE  # slow to import: only when the stage draws the embedding
 
     total = store.split("test").n_rows
     idx = np.sort(np.random.default_rng(seed).choice(total, size=min(n, total), replace=False))
@@ -186,30 +186,19 @@ def _sections(metrics, per_organ, PAPER, side_by_side, profile) -> list[dict]:
 
 def _log(metrics, per_organ, runs, out: Path, params: dict) -> None:
     """Each model's test metrics on its own run; the report on a run of experiment `evaluate`."""
-    from mlflow.entities import Metric
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
+    from mlflow.exceptions import MlflowException  # heavy: loaded when the stage logs
 
-    from sctab.tracking.runs import experiment_id, lineage_tags, tracking_uri
-
-    uri = tracking_uri()
-    client = MlflowClient(uri)
-    ts = int(time.time() * 1000)
     for name, m in metrics.items():
         rid = runs.get(name)
         if not rid:
             continue
-        vals = [Metric(f"eval_{k}", float(v), ts, 0) for k, v in m.items() if isinstance(v, (int, float))]
-        vals += [Metric(f"eval_f1_{o}", float(v), ts, 0) for o, v in per_organ.get(name, {}).items()
-                 if np.isfinite(v)]
+        vals = {f"eval_{k}": v for k, v in m.items()}
+        vals.update({f"eval_f1_{o}": v for o, v in per_organ.get(name, {}).items() if np.isfinite(v)})
         try:
-            client.log_batch(rid, metrics=vals)
+            TrackedRun.attach(rid).log_metrics(vals)
         except MlflowException as e:  # a model trained against another tracking store
             print(f"evaluate: cannot log to run {rid} of {name} ({str(e).splitlines()[0]})")
-    run = client.create_run(experiment_id("evaluate", uri), run_name="evaluate",
-                            tags=lineage_tags(params, role="evaluate"))
-    client.log_batch(run.info.run_id, metrics=[Metric(f"{n}_test_f1_macro", float(m["test_f1_macro"]), ts, 0)
-                                               for n, m in metrics.items()])
-    client.log_artifacts(run.info.run_id, str(out / "report"), artifact_path="report")
-    client.log_dict(run.info.run_id, json.loads((out / "metrics.json").read_text()), "metrics.json")
-    client.set_terminated(run.info.run_id, "FINISHED")
+    with tracked_run("evaluate", name="evaluate", params=params, tags={"role": "evaluate"}) as run:
+        run.log_metrics({f"{n}_test_f1_macro": m["test_f1_macro"] for n, m in metrics.items()})
+        run.log_folder(out / "report", "report")
+        run.log_dict(json.loads((out / "metrics.json").read_text()), "metrics.json")
