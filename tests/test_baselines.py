@@ -14,7 +14,11 @@ from sctab.data.store import Store
 from sctab.evaluate.metrics import macro_f1
 from sctab.models.xgboost_model import (EveryNRounds, XGBoostConfigError, best_rounds, check_config, fit_xgboost,
                                         load_xgboost, predict_proba, save_xgboost)
-from sctab.train.baselines import BaselineError, baseline_config, fit_baseline
+from sctab.config import ConfigError
+from sctab.train.baselines import BaselineError, baseline_config
+from sctab.train.fitting import FitError, fit
+from sctab.train.runners import LocalRunner
+from sctab.train.spec import make_spec
 
 
 @pytest.fixture(scope="module")
@@ -64,11 +68,11 @@ def test_xgboost_saved_as_ubj_not_pickle(xgb_data, tmp_path):
 
 
 def test_baseline_config_rejects_unknown_model_and_setting(census_params):
-    with pytest.raises(BaselineError, match="unknown baseline"):
-        baseline_config(census_params, "lightgbm")
+    with pytest.raises(ConfigError, match="lightgbm"):
+        make_spec(census_params, "lightgbm")
     with pytest.raises(ValueError, match="learning_rte"):
-        baseline_config(census_params, "xgboost", {"learning_rte": 0.1})
-    assert baseline_config(census_params, "xgboost", {"eta": 0.2})["eta"] == 0.2
+        baseline_config(make_spec(census_params, "xgboost", overrides={"learning_rte": 0.1}))
+    assert baseline_config(make_spec(census_params, "xgboost", overrides={"eta": 0.2}))["eta"] == 0.2
 
 
 def _runs(uri):
@@ -82,7 +86,7 @@ def _runs(uri):
 @pytest.mark.parametrize("model", ["xgboost", "celltypist"])
 def test_fit_baseline_tracks_and_writes_folder(model, census_params, store_dir, pca_dir, tracking, tmp_path):
     out = tmp_path / model
-    r = fit_baseline(model, census_params, store=store_dir, pca_dir=pca_dir, out_dir=out, experiment="train")
+    r = fit(make_spec(census_params, model, store=store_dir, pca_dir=pca_dir), census_params, out, experiment="train")
     m = r.metrics
     for k in ("val_f1_macro", "test_f1_macro", "val_loss", "test_accuracy", "train_cells"):
         assert np.isfinite(m[k]), k
@@ -102,8 +106,13 @@ def test_fit_baseline_tracks_and_writes_folder(model, census_params, store_dir, 
 
 def test_xgboost_reports_steps_to_mlflow(census_params, store_dir, pca_dir, tracking):
     steps = []
-    fit_baseline("xgboost", census_params, store=store_dir, pca_dir=pca_dir, report_every=5,
-                 on_step=lambda s, m: steps.append((s, m["val_f1_macro"])))
+
+    class Recording(LocalRunner):  # what a Tune trial's runner reports to Tune
+        def step_report(self, step, m):
+            steps.append((step, m["val_f1_macro"]))
+
+    fit(make_spec(census_params, "xgboost", store=store_dir, pca_dir=pca_dir, report_every=5), census_params,
+        runner=Recording())
     assert steps and steps[0][0] == 5 and all(0.0 <= f <= 1.0 for _, f in steps)
     client, (run,) = _runs(tracking)
     hist = client.get_metric_history(run.info.run_id, "val_f1_macro")
@@ -112,19 +121,20 @@ def test_xgboost_reports_steps_to_mlflow(census_params, store_dir, pca_dir, trac
 
 def test_bad_setting_is_a_failed_run_not_a_silent_one(census_params, store_dir, pca_dir, tracking, tmp_path):
     with pytest.raises(ValueError, match="colsample_bytre"):
-        fit_baseline("xgboost", census_params, store=store_dir, pca_dir=pca_dir, out_dir=tmp_path / "m",
-                     overrides={"colsample_bytre": 0.5})
+        fit(make_spec(census_params, "xgboost", store=store_dir, pca_dir=pca_dir, overrides={"colsample_bytre": 0.5}),
+            census_params, tmp_path / "m")
     assert not (tmp_path / "m").exists()
     _, (run,) = _runs(tracking)
     assert run.info.status == "FAILED" and "colsample_bytre" in run.data.tags["error"]
 
 
 def test_nan_objective_fails_the_run(census_params, store_dir, pca_dir, tracking, monkeypatch):
-    import sctab.train.baselines as b
+    import sctab.train.fitting as f  # the module, not the function sctab.train.fit
 
-    monkeypatch.setattr(b, "score", lambda trained, store: {"val_f1_macro": float("nan"), "test_f1_macro": 0.5})
-    with pytest.raises(BaselineError, match="not a number"):
-        fit_baseline("xgboost", census_params, store=store_dir, pca_dir=pca_dir)
+    monkeypatch.setattr(f, "score_splits", lambda clf, store, splits: {"val_f1_macro": float("nan"),
+                                                                       "test_f1_macro": 0.5})
+    with pytest.raises(FitError, match="not a number"):
+        fit(make_spec(census_params, "xgboost", store=store_dir, pca_dir=pca_dir), census_params)
     _, (run,) = _runs(tracking)
     assert run.info.status == "FAILED"
 
@@ -132,7 +142,7 @@ def test_nan_objective_fails_the_run(census_params, store_dir, pca_dir, tracking
 def test_xgboost_without_pca_says_what_to_run(census_params, store_dir, tracking, tmp_path):
     p = copy.deepcopy(census_params)
     with pytest.raises(BaselineError, match="pca stage"):
-        fit_baseline("xgboost", p, store=store_dir, pca_dir=tmp_path / "nope")
+        fit(make_spec(p, "xgboost", store=store_dir, pca_dir=tmp_path / "nope"), p)
 
 
 def test_train_baseline_pipeline_help():

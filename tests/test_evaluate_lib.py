@@ -24,7 +24,8 @@ from sctab.evaluate.organs import (
     organ_systems,
     reference_grouping,
 )
-from sctab.evaluate.uncertainty import calibration, ensemble_mean, uncertainty, uncertainty_auroc
+from sctab.evaluate.uncertainty import calibration, uncertainty, uncertainty_auroc
+from sctab.models import ClassifierError, Ensemble
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -183,14 +184,14 @@ def test_f1_by_organ_is_ontology_corrected_and_reference_grouping_overlaps():
 def test_ensemble_mean_and_uncertainty():
     a = np.array([[0.9, 0.1], [0.2, 0.8]], np.float32)
     b = np.array([[0.5, 0.5], [0.4, 0.6]], np.float32)
-    m = ensemble_mean([a, b])
+    m = Ensemble.mean([a, b])
     np.testing.assert_allclose(m, [[0.7, 0.3], [0.3, 0.7]], atol=1e-6)
     assert m.dtype == np.float32
     np.testing.assert_allclose(uncertainty(m), [0.3, 0.3], atol=1e-6)
-    with pytest.raises(ValueError):
-        ensemble_mean([a, b[:1]])
-    with pytest.raises(ValueError):
-        ensemble_mean([])
+    with pytest.raises(ClassifierError):
+        Ensemble.mean([a, b[:1]])
+    with pytest.raises(ClassifierError):
+        Ensemble.mean([])
 
 
 def test_uncertainty_auroc():
@@ -219,150 +220,3 @@ def test_calibration():
     assert calibration(np.array([1.0]), np.array([True]), n_bins=15)["bins"][-1]["count"] == 1
     with pytest.raises(ValueError):
         calibration(np.array([1.5]), np.array([True]))
-
-
-# --------------------------------------------------------------------------------------------- predictors
-@pytest.fixture(scope="module")
-def store(store_dir):
-    from sctab.data.store import Store
-
-    return Store(store_dir)
-
-
-@pytest.fixture(scope="module")
-def test_codes(store):
-    return store.read_obs("test", ("cell_type",))["cell_type"].to_numpy()
-
-
-def _save_neural(store, out, name="linear", seed=0, arch=None, run_id="run-lin"):
-    import torch
-
-    from sctab.models import build_model
-    from sctab.train.artifacts import save_model_folder
-
-    torch.manual_seed(seed)
-    model = build_model(name, store.n_genes, store.n_classes, **(arch or {}))
-    return save_model_folder(out, model_name=name, arch=arch or {}, state_dict=model.state_dict(), store=store,
-                             meta={"run_id": run_id, "seed": seed}, metrics={}, history=[])
-
-
-@pytest.fixture(scope="module")
-def linear_dir(store, tmp_path_factory):
-    return _save_neural(store, tmp_path_factory.mktemp("lin") / "linear")
-
-
-def _check_probs(y, p, store, test_codes):
-    assert p.shape == (len(test_codes), store.n_classes) and p.dtype == np.float32
-    np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-4)
-    np.testing.assert_array_equal(y, test_codes)
-    assert y.dtype == np.int64
-
-
-def test_linear_predictor(store, linear_dir, test_codes):
-    from sctab.evaluate.predictors import load_predictor
-
-    pred = load_predictor(linear_dir)
-    assert (pred.name, pred.kind, pred.run_id, pred.path) == ("linear", "linear", "run-lin", linear_dir)
-    y, p = pred.predict(store, "test")
-    _check_probs(y, p, store, test_codes)
-    y2, members = pred.predict_members(store, "test")
-    assert len(members) == 1 and np.array_equal(members[0], p) and np.array_equal(y2, y)
-
-
-def test_ensemble_predictor(store, tmp_path, test_codes):
-    from sctab.evaluate.predictors import load_predictor
-
-    arch = {"n_d": 8, "n_a": 8, "n_shared": 1, "n_independent": 1, "virtual_batch_size": 64}
-    ens = tmp_path / "sctab"
-    for s in (1, 0):
-        _save_neural(store, ens / f"seed_{s}", "sctab", seed=s, arch=arch, run_id=f"member-{s}")
-    (ens / "ensemble.json").write_text(json.dumps({"model": "sctab", "seeds": [0, 1], "parent_run_id": "parent",
-                                                   "members": {"seed_0": "member-0", "seed_1": "member-1"}}))
-    pred = load_predictor(ens)
-    assert (pred.kind, pred.name, pred.run_id) == ("sctab-ensemble", "sctab", "parent")
-    assert [m.run_id for m in pred.members] == ["member-0", "member-1"]
-    y, members = pred.predict_members(store, "test")
-    assert len(members) == 2 and not np.allclose(members[0], members[1])
-    for p in members:
-        _check_probs(y, p, store, test_codes)
-    y_mean, mean = pred.predict(store, "test")
-    _check_probs(y_mean, mean, store, test_codes)
-    np.testing.assert_allclose(mean, ensemble_mean(members), atol=1e-6)
-    # ensemble.json without members falls back to the seed_*/ folders; none at all is an error
-    (ens / "ensemble.json").write_text(json.dumps({"model": "sctab"}))
-    assert [m.path.name for m in load_predictor(ens).members] == ["seed_0", "seed_1"]
-    empty = tmp_path / "empty_ens"
-    empty.mkdir()
-    (empty / "ensemble.json").write_text("{}")
-    from sctab.evaluate.predictors import PredictorError
-
-    with pytest.raises(PredictorError, match="no seed_"):
-        load_predictor(empty)
-
-
-def test_xgboost_predictor_uses_its_own_pca(store, pca_dir, tmp_path, test_codes):
-    from sctab.evaluate.predictors import load_predictor
-    from sctab.train.baselines import save_baseline_folder, train_baseline
-
-    trained = train_baseline("xgboost", {"n_estimators": 5, "max_depth": 2, "nthread": 1}, store, pca_dir)
-    out = save_baseline_folder(tmp_path / "xgboost", trained, store, pca_dir, {"run_id": "run-xgb"}, {})
-    pred = load_predictor(out)
-    assert (pred.kind, pred.run_id) == ("xgboost", "run-xgb")
-    y, p = pred.predict(store, "test")
-    _check_probs(y, p, store, test_codes)
-    # the same numbers as scoring the pca stage's embedding of the test split
-    np.testing.assert_array_equal(y, trained.test[0])
-    np.testing.assert_allclose(p, trained.test[1], atol=1e-5)
-
-
-def test_predictor_errors(store, linear_dir, tmp_path):
-    from sctab.evaluate.predictors import PredictorError, load_predictor
-
-    with pytest.raises(PredictorError, match="does not exist"):
-        load_predictor(tmp_path / "nope")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(PredictorError, match="no model.yaml"):
-        load_predictor(tmp_path / "empty")
-
-    unknown = tmp_path / "unknown"
-    shutil.copytree(linear_dir, unknown)
-    meta = yaml.safe_load((unknown / "model.yaml").read_text())
-    (unknown / "model.yaml").write_text(yaml.safe_dump({**meta, "model": "lightgbm"}))
-    with pytest.raises(PredictorError, match="lightgbm"):
-        load_predictor(unknown)
-
-    incomplete = tmp_path / "incomplete"
-    shutil.copytree(linear_dir, incomplete)
-    (incomplete / "model.pt").unlink()
-    with pytest.raises(PredictorError, match="incomplete.*model.pt"):
-        load_predictor(incomplete)
-
-    genes = tmp_path / "genes"
-    shutil.copytree(linear_dir, genes)
-    var = pd.read_parquet(genes / "var.parquet")
-    var.loc[3, "feature_id"] = "ENSG_NOT_IN_STORE"
-    var.to_parquet(genes / "var.parquet", index=False)
-    with pytest.raises(PredictorError, match="genes.*position 3"):
-        load_predictor(genes).predict(store, "test")
-
-    classes = tmp_path / "classes"
-    shutil.copytree(linear_dir, classes)
-    ct = pd.read_parquet(classes / "cell_type.parquet")
-    ct = ct.iloc[::-1].reset_index(drop=True)
-    ct.to_parquet(classes / "cell_type.parquet", index=False)
-    with pytest.raises(PredictorError, match="classes"):
-        load_predictor(classes).predict(store, "test")
-
-
-def test_celltypist_predictor(store, census_params, tmp_path, test_codes):
-    from sctab.evaluate.predictors import load_predictor
-    from sctab.train.baselines import save_baseline_folder, train_baseline
-
-    config = {**census_params["models"]["celltypist"], "n_cells": 600, "epochs": 1, "batch_number": 5}
-    trained = train_baseline("celltypist", config, store, evaluate_test=True)
-    out = save_baseline_folder(tmp_path / "celltypist", trained, store, None, {"run_id": "run-ct"}, {})
-    pred = load_predictor(out, trust_pickle=True)  # the folder this test just wrote
-    assert (pred.kind, pred.run_id) == ("celltypist", "run-ct")
-    y, p = pred.predict(store, "test")
-    _check_probs(y, p, store, test_codes)
-    np.testing.assert_allclose(p, trained.test[1], atol=1e-6)

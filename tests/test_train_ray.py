@@ -84,7 +84,7 @@ def _ray_train_workers() -> list[psutil.Process]:
 def test_killed_worker_resumes_from_its_last_checkpoint(census_params, store_dir, augment_dir, workdir):
     from mlflow.tracking import MlflowClient
 
-    from sctab.train.fit import fit
+    from sctab.train.fitting import fit
     from sctab.train.ray_train import ensure_ray
 
     tmp, uri = workdir

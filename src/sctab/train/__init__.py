@@ -7,7 +7,7 @@
 - Tuning studies: :func:`run_study` (Ray Tune + Optuna).
 """
 
-from sctab.train.fit import FitError, FitResult, fit, fit_ensemble
+from sctab.train.fitting import FitError, FitResult, fit, fit_ensemble
 from sctab.train.loop import TrainingError, run_training
 from sctab.train.runners import LocalRunner, RayTrainRunner, Runner, TuneTrialRunner
 from sctab.train.spec import BaselineSpec, TrainSpec, make_spec, spec_from_params

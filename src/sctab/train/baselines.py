@@ -1,6 +1,6 @@
 """Fitting the paper's non-neural baselines: XGBoost on the pca stage's embedding, CellTypist on a random
 subsample of the train split (dense, normalised). They come out as classifiers like every other kind; the
-one training entry (:func:`sctab.train.fit.fit`) scores them, writes their folder and tracks the run.
+one training entry (:func:`sctab.train.fitting.fit`) scores them, writes their folder and tracks the run.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A runner trains what a spec describes and hands back the trained classifier with what the training itself
 measured; everything after the loop (scoring, the model folder, final metrics) is the same for all of them
-and lives in :mod:`sctab.train.fit`. The neural kinds run the shared loop (:func:`sctab.train.loop.run_training`)
+and lives in :mod:`sctab.train.fitting`. The neural kinds run the shared loop (:func:`sctab.train.loop.run_training`)
 through a session: Ray Train's workers (:mod:`sctab.train.ray_train`), or an in-process one here. The baselines
 always fit in the calling process (XGBoost and CellTypist do not run under Ray Train).
 """

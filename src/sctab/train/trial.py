@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from sctab.models import is_neural
-from sctab.train.fit import fit
+from sctab.train.fitting import fit
 from sctab.train.runners import Runner, TuneTrialRunner
 from sctab.train.spec import make_spec
 

@@ -1,0 +1,74 @@
+"""The train stages' command line (``pipelines/train.py``): any model through the one training entry."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from sctab.config import load_params
+from sctab.io import write_json
+from sctab.models import BASELINES, MODEL_NAMES
+from sctab.tracking import TrackingServerError
+from sctab.train.fitting import fit, fit_ensemble, for_file
+from sctab.train.spec import make_spec
+
+
+def main(argv: list[str] | None = None, models=MODEL_NAMES + BASELINES) -> None:
+    """Run the stage; an unreachable tracking server is a one-line error (exit 2), not a stack trace."""
+    try:
+        _main(argv, models)
+    except TrackingServerError as e:
+        print(f"train: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def parser(models=MODEL_NAMES + BASELINES) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Train one model of the paper with the settings in params.yaml (`train` for the runner, "
+        "`models.<model>` for optimisation and architecture, `ensemble.seeds` for --ensemble). scTab, the MLP and "
+        "the linear model run on Ray Train (local Ray, or the cluster at RAY_ADDRESS); XGBoost fits on the pca "
+        "stage's embedding and CellTypist on a random subsample of train, in this process. Every fit is scored on "
+        "val/test with the ontology-corrected macro F1, logged to MLflow (sqlite:///mlruns/mlflow.db unless "
+        "MLFLOW_TRACKING_URI is set) and written as a model folder to --out.")
+    p.add_argument("--model", required=True, choices=list(models), help="which model")
+    p.add_argument("--params", default="params.yaml", help="YAML parameter file (default: %(default)s)")
+    p.add_argument("--store", default="data/store", help="training store (default: %(default)s)")
+    p.add_argument("--augmentations", default="data/augment",
+                   help="augment stage output, used when models.<model>.augment is true (default: %(default)s)")
+    p.add_argument("--pca", default="data/pca", help="pca stage output, XGBoost's input (default: %(default)s)")
+    p.add_argument("--ensemble", action="store_true", help="train one member per seed in ensemble.seeds "
+                   "under one parent MLflow run (neural models)")
+    p.add_argument("--out", required=True, help="model folder to write (e.g. models/linear)")
+    p.add_argument("--report", help="also write the metrics JSON here (a DVC metrics file)")
+    p.add_argument("--experiment", default="train", help="MLflow experiment (default: %(default)s)")
+    return p
+
+
+def _main(argv: list[str] | None = None, models=MODEL_NAMES + BASELINES) -> None:
+    args = parser(models).parse_args(argv)
+    params = load_params(args.params)
+    spec = make_spec(params, args.model, store=args.store, augmentations=args.augmentations, pca_dir=args.pca)
+    t0 = time.perf_counter()
+    if args.ensemble:
+        if args.model in BASELINES:
+            sys.exit(f"train: --ensemble is for the neural models ({', '.join(MODEL_NAMES)}), not {args.model}")
+        seeds = list((params.get("ensemble") or {}).get("seeds") or [])
+        summary = fit_ensemble(spec, params, seeds, args.out, experiment=args.experiment)
+        report = {"model": args.model, **summary["ensemble"], "members_mean": summary["members_mean"],
+                  "members_std": summary["members_std"], "n_members": len(seeds)}
+        line = (f"{args.model} ensemble of {len(seeds)}: val F1 {summary['ensemble']['val_f1_macro']:.4f}, "
+                f"test F1 {summary['ensemble']['test_f1_macro']:.4f}")
+    else:
+        result = fit(spec, params, args.out, experiment=args.experiment)
+        m = result.metrics
+        report = {"model": args.model, **for_file(m)}
+        detail = (f"best epoch {m['best_epoch']}, " if "best_epoch" in m else
+                  f"{m['best_rounds']} rounds, " if "best_rounds" in m else f"{m.get('n_features', '?')} genes kept, ")
+        speed = f", {m['train_cells_per_s']:,.0f} cells/s" if "train_cells_per_s" in m else ""
+        line = (f"{args.model}: {detail}val F1 {m['val_f1_macro']:.4f}, test F1 {m['test_f1_macro']:.4f}{speed} "
+                f"(MLflow run {result.run_id})")
+    if args.report:
+        write_json(Path(args.report), report)
+    print(f"{line}; {time.perf_counter() - t0:.0f} s")
