@@ -29,16 +29,16 @@ SMALL_SCTAB = {"n_d": 8, "n_a": 8, "n_shared": 1, "n_independent": 1, "virtual_b
 def _neural(store, out, name, seed, arch=None):
     import torch
 
-    from sctab.models import build_model
-    from sctab.train.artifacts import save_model_folder
+    from sctab import models
+    from sctab.models import FeatureSpace, TorchClassifier, build_model
 
     torch.manual_seed(seed)
     model = build_model(name, store.n_genes, store.n_classes, **(arch or {}))
     with torch.no_grad():  # spread the logits so labels differ between cells
         for p in model.parameters():
             p.mul_(3.0)
-    return save_model_folder(out, model_name=name, arch=arch or {}, state_dict=model.state_dict(), store=store,
-                             meta={"run_id": f"run{seed}", "seed": seed}, metrics={}, history=[])
+    clf = TorchClassifier(kind=name, module=model, space=FeatureSpace.of(store), config=dict(arch or {}))
+    return models.save(out, clf, target_sum=10_000.0, meta={"run_id": f"run{seed}", "seed": seed}, history=[])
 
 
 def write_model_folders(root: Path, store_dir, linear_seeds=(0,)) -> Path:
@@ -106,21 +106,21 @@ def test_to_model_space_equals_selecting_the_columns(seed):
         block.has_canonical_format = False
     columns = np.where(rng.random(n_model) < 0.3, -1, rng.permutation(n_file)[:n_model])  # some genes absent
     before = block.copy()
-    got = to_model_space(block, columns)
+    got = to_model_space(block, columns).toarray()
     dense = block.toarray()
     want = np.zeros((n_cells, n_model), np.float32)
     for j, c in enumerate(columns):
         if c >= 0:
             want[:, j] = dense[:, c]
-    assert got.dtype == np.float32
     np.testing.assert_array_equal(got, want)
     assert (block != before).nnz == 0  # the caller's block is left as it was
 
 
 def test_annotation_equals_the_predictor_on_the_store(annotator, test_counts, models, store_dir):
-    from sctab.evaluate.predictors import load_predictor
+    from sctab import models as sctab_models
+    from sctab.evaluate import predict_split
 
-    _, probs = load_predictor(models / "sctab").predict(Store(store_dir), "test")
+    _, probs = predict_split(sctab_models.load(models / "sctab"), Store(store_dir), "test")
     out = annotate(test_counts.copy(), annotator, batch_size=97, progress=False)
     classes = np.asarray(Store(store_dir).classes)
     assert (out.obs["sctab_label"].to_numpy() == classes[probs.argmax(1)]).all()

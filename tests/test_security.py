@@ -58,7 +58,7 @@ def test_celltypist_file_and_folder_are_refused(tmp_path):
 
 
 def test_predictor_folder_with_a_pickle_is_refused(tmp_path):
-    from sctab.evaluate.predictors import load_predictor
+    from sctab.models import load
 
     marker = tmp_path / "pwned"
     folder = tmp_path / "celltypist"
@@ -67,7 +67,7 @@ def test_predictor_folder_with_a_pickle_is_refused(tmp_path):
     for name in ("var.parquet", "cell_type.parquet"):
         (folder / name).write_bytes(b"")
     with pytest.raises(UntrustedPickleError, match="--trust-pickle"):
-        load_predictor(folder)
+        load(folder)
     assert not marker.exists()
 
 
@@ -83,7 +83,7 @@ def test_xgboost_reads_only_ubj_or_json(tmp_path):
 def test_torch_checkpoints_use_the_weights_only_unpickler(tmp_path):
     import torch
 
-    from sctab.train.artifacts import load_model_folder
+    from sctab.models import load as load_model_folder
 
     marker = tmp_path / "pwned"
     folder = tmp_path / "linear"

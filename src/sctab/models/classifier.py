@@ -83,6 +83,8 @@ class Classifier(ABC):
     kind: ClassVar[str]
     #: file in the model folder that holds the fitted model itself (weights, booster, CellTypist pickle)
     model_file: ClassVar[str]
+    #: the model file is a pickle (can run code when read): loaded only when the caller trusts it
+    pickled: ClassVar[bool] = False
     space: FeatureSpace
     #: settings the model was built with (architecture, booster config), written to model.yaml
     config: dict

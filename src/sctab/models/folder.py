@@ -21,6 +21,7 @@ import pandas as pd
 import yaml
 
 from sctab.io import atomic_dir
+from sctab.security import UntrustedPickleError, require_trusted_pickle
 from sctab.models.classifier import Classifier, ClassifierError, Ensemble, FeatureSpace
 from sctab.models.neural import TorchClassifier
 from sctab.models.kinds import classifier_class
@@ -121,10 +122,16 @@ def _load_one(path: Path, device: str, trust_pickle: bool) -> Classifier:
     except ValueError as e:
         raise ModelFolderError(f"{path}/model.yaml: {e}") from None
     model_file = meta.get("model_file") or cls.model_file
+    if cls.pickled:  # before anything else of the folder is read
+        require_trusted_pickle(path / model_file, f"a {meta['model']} model", trust_pickle)
     missing = [f for f in (*COMMON_FILES, model_file) if not (path / f).exists()]
     if missing:
         raise ModelFolderError(f"{meta['model']} model folder {path} is incomplete: lacks {', '.join(missing)}")
     var = pd.read_parquet(path / "var.parquet")
+    if "feature_id" not in var.columns:
+        raise ModelFolderError(f"{path}/var.parquet has no feature_id column (columns: {list(var.columns)})")
+    if "feature_name" not in var.columns:
+        var = var.assign(feature_name=var["feature_id"])
     classes = pd.read_parquet(path / "cell_type.parquet")["label"].astype(str).tolist()
     if len(var) != meta.get("n_genes", len(var)) or len(classes) != meta.get("n_classes", len(classes)):
         raise ModelFolderError(f"{path}: model.yaml says {meta.get('n_genes')} genes / {meta.get('n_classes')} "
@@ -134,11 +141,9 @@ def _load_one(path: Path, device: str, trust_pickle: bool) -> Classifier:
         meta = {**meta, "config": meta["arch"]}
     try:
         clf = cls.load_model_file(path, space, meta, device=device, trust_pickle=trust_pickle)
-    except (ModelFolderError, PermissionError):
+    except (ModelFolderError, UntrustedPickleError):
         raise
     except Exception as e:
-        if type(e).__name__ == "UntrustedPickleError":
-            raise
         raise ModelFolderError(f"cannot load the {meta['model']} model in {path}: {e}") from e
     clf.meta = meta
     clf.path = path
