@@ -17,7 +17,6 @@ from sctab.models.celltypist_model import (
     load_celltypist,
     predict_labels,
     predict_proba,
-    predict_split,
     sample_indices,
     sample_train,
     save_celltypist,
@@ -115,7 +114,11 @@ def test_probabilities_follow_celltypists_best_match(store, fitted, val):
 
 
 def test_predict_split_streams_the_same_numbers(store, fitted, val):
-    y, p = predict_split(fitted, store, "val")
+    from sctab.evaluate import predict_split
+    from sctab.models import FeatureSpace
+    from sctab.models.celltypist_model import CellTypistClassifier
+
+    y, p = predict_split(CellTypistClassifier(fitted, FeatureSpace.of(store)), store, "val")
     np.testing.assert_array_equal(y, val[1])
     np.testing.assert_allclose(p, predict_proba(fitted, val[0], store), rtol=1e-6)
 

@@ -12,21 +12,21 @@ from sctab.data.store import Store
 def _neural(store, out, name, seed, arch=None, run_id=None):
     import torch
 
-    from sctab.models import build_model
-    from sctab.train.artifacts import save_model_folder
+    from sctab import models
+    from sctab.models import FeatureSpace, TorchClassifier, build_model
 
     torch.manual_seed(seed)
     model = build_model(name, store.n_genes, store.n_classes, **(arch or {}))
     history = [{"epoch": e, "val_loss": 2.0 - 0.1 * e, "val_f1_macro": 0.2 + 0.05 * e} for e in range(3)]
-    return save_model_folder(out, model_name=name, arch=arch or {}, state_dict=model.state_dict(), store=store,
-                             meta={"run_id": run_id, "seed": seed}, metrics={}, history=history)
+    clf = TorchClassifier(kind=name, module=model, space=FeatureSpace.of(store), config=dict(arch or {}))
+    return models.save(out, clf, target_sum=10_000.0, meta={"run_id": run_id, "seed": seed}, history=history)
 
 
 def test_evaluate_stage(store_dir, pca_dir, census_params, tracking, tmp_path):
     from mlflow.tracking import MlflowClient
 
     from sctab.evaluate.comparison import evaluate_models
-    from sctab.train.baselines import fit_baseline
+    from sctab.train import fit, make_spec
 
     store = Store(store_dir)
     models = tmp_path / "models"
@@ -35,7 +35,7 @@ def test_evaluate_stage(store_dir, pca_dir, census_params, tracking, tmp_path):
     for s in (0, 1):
         _neural(store, models / "sctab" / f"seed_{s}", "sctab", s, arch)
     (models / "sctab" / "ensemble.json").write_text(json.dumps({"model": "sctab", "seeds": [0, 1]}))
-    xgb = fit_baseline("xgboost", census_params, store=store_dir, pca_dir=pca_dir, out_dir=models / "xgboost")
+    xgb = fit(make_spec(census_params, "xgboost", store=store_dir, pca_dir=pca_dir), census_params, models / "xgboost")
 
     summary = evaluate_models(models, store_dir, tmp_path / "eval", census_params, embedding_cells=300)
     m = summary["models"]

@@ -34,7 +34,7 @@ def test_two_node_cluster_trains_and_logs(census_params, store_dir, augment_dir,
     """As a user would: `RAY_ADDRESS=<head> python pipelines/train.py ...` against a running two-node cluster."""
     from mlflow.tracking import MlflowClient
 
-    from sctab.train.artifacts import load_model_folder
+    from sctab.models import load as load_model_folder
 
     tmp, uri = workdir
     params = {k: v for k, v in copy.deepcopy(census_params).items() if not k.startswith("_")}

@@ -283,17 +283,6 @@ def predict_labels(model, X: np.ndarray, store: Store) -> np.ndarray:
     return np.array([code[str(t)] for t in best], dtype=np.int64)
 
 
-def predict_split(model, store: Store, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(codes, probabilities) of a whole split, one row group at a time."""
-    ys, ps = [], []
-    for g in store.iter_row_groups(split):
-        ys.append(np.asarray(g["cell_type"], dtype=np.int64))
-        ps.append(predict_proba(model, g["X"], store))
-    if not ys:
-        return np.empty(0, np.int64), np.empty((0, store.n_classes), np.float32)
-    return np.concatenate(ys), np.concatenate(ps)
-
-
 # ------------------------------------------------------------------------------------------------- i/o
 def save_celltypist(model, folder: str | Path) -> Path:
     """``folder/model.pkl`` in CellTypist's own format (``celltypist.models.Model.load`` /
