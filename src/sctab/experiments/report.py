@@ -11,6 +11,7 @@ import pandas as pd
 from sctab.evaluate.paper import PAPER
 from sctab.experiments import analysis
 from sctab.experiments.sweep import mlflow_experiment
+from sctab.tracking import tracked_run
 
 HEADLINE = {
     "model-size": "scTab width against test performance (paper Fig. 2f: 0.7864 ± 0.0010 at 1.7 M parameters to "

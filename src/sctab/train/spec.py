@@ -144,5 +144,8 @@ def make_spec(params: dict, model: str, *, store: str = "data/store", augmentati
         config = {**section, **(overrides or {})}
         return BaselineSpec(model=model, store=store, config=config, pca_dir=pca_dir,
                             seed=int(config.get("seed", 0) if seed is None else seed), **settings)
-    return spec_from_params(params, model, store=store, augmentations=augmentations, seed=seed,
-                            **{**settings, **(overrides or {})})
+    changes = {**settings, **(overrides or {})}
+    if "seed" in changes:  # a sweep point's seed
+        seed = changes.pop("seed") if seed is None else seed
+        changes.pop("seed", None)
+    return spec_from_params(params, model, store=store, augmentations=augmentations, seed=seed, **changes)
