@@ -3,13 +3,10 @@ predictor interface over every kind of model folder."""
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import yaml
 from sklearn.metrics import f1_score
