@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"profile {params['profile']!r} reads the hosted CELLxGENE census; nothing to generate")
         write_json(args.summary, {"source": params["census"].get("source"), "version": params["census"].get("version")})
         return
-    from sctab.census.synthetic import build_synthetic_census
+    from sctab.census.synthetic import build_synthetic_census  # anndata + tiledbsoma: seconds, embedded only
 
     info = build_synthetic_census(params, args.out)
     write_json(args.summary, info)

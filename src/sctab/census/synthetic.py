@@ -30,9 +30,11 @@ from typing import Sequence
 import anndata as ad
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import scipy.sparse as sp
 
 from sctab.census.genes import gencode_genes
+from sctab.io import atomic_dir
 from sctab.ontology.bundled import load_bundled_cl
 
 TENX_ASSAYS = {
@@ -401,10 +403,8 @@ def generate_census_anndata(cfg: SyntheticCensusConfig) -> tuple[ad.AnnData, dic
 
 def write_census(adata: ad.AnnData, uri: str | Path, info: dict | None = None) -> Path:
     """Write an AnnData as a census-shaped SOMA collection (atomically: temp folder, then rename)."""
-    import tiledbsoma
+    import tiledbsoma  # seconds to import; only writing a census needs it
     import tiledbsoma.io
-
-    from sctab.io import atomic_dir
 
     uri = Path(uri)
     with atomic_dir(uri) as tmp:
@@ -427,8 +427,6 @@ def write_census(adata: ad.AnnData, uri: str | Path, info: dict | None = None) -
 
 
 def _add_dataframe(coll, key: str, df: pd.DataFrame) -> None:
-    import pyarrow as pa
-
     tbl = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
     tbl = tbl.append_column("soma_joinid", pa.array(np.arange(len(df), dtype=np.int64)))
     with coll.add_new_dataframe(key, schema=tbl.schema, index_column_names=["soma_joinid"],

@@ -64,7 +64,8 @@ def _lookups(obs: pd.DataFrame, ontology) -> dict[str, pd.DataFrame]:
     return out
 
 
-def _x_array(x: np.ndarray) -> pa.Array:
+def x_list_array(x: np.ndarray) -> pa.Array:
+    """A (cells, genes) matrix as the store's X column: one list<float32> of n_genes values per cell."""
     n, g = x.shape
     offsets = pa.array(np.arange(0, (n + 1) * g, g, dtype=np.int32) if (n + 1) * g < 2**31
                        else np.arange(0, (n + 1) * g, g, dtype=np.int64))
@@ -110,7 +111,7 @@ def write_store(params: dict, obs: pd.DataFrame, var: pd.DataFrame, assignment: 
             rows = np.flatnonzero(obs["split"].to_numpy() == split)
             rows = np.random.default_rng([seed, 11, split_i]).permutation(rows)  # shuffled on disk
             (tmp / split).mkdir()
-            parts = _PartWriter(tmp / split, rows_per_part=chunk, row_group_size=rg)
+            parts = PartWriter(tmp / split, rows_per_part=chunk, row_group_size=rg)
             dropped = 0
             bar = tqdm(total=len(rows), desc=f"store {split}", unit="cells", disable=None)
             for start in range(0, len(rows), chunk):
@@ -120,7 +121,7 @@ def write_store(params: dict, obs: pd.DataFrame, var: pd.DataFrame, assignment: 
                 ok = np.asarray(counts.sum(axis=1)).ravel() > 0
                 dropped += int((~ok).sum())
                 sel, joinids, counts = sel[ok], joinids[ok], counts[ok]
-                cols = {"X": _x_array(normalize_log1p(counts, target_sum))}
+                cols = {"X": x_list_array(normalize_log1p(counts, target_sum))}
                 for c in CODE_COLUMNS:
                     cols[c] = pa.array(codes[c][sel], type=pa.int64())
                 cols["soma_joinid"] = pa.array(joinids, type=pa.int64())
@@ -160,8 +161,10 @@ def write_store(params: dict, obs: pd.DataFrame, var: pd.DataFrame, assignment: 
     return report
 
 
-class _PartWriter:
-    """Buffers normalised rows and writes `part.N.parquet` files of `rows_per_part` rows in row groups."""
+class PartWriter:
+    """Buffers normalised rows and writes `part.N.parquet` files of `rows_per_part` rows in row groups.
+
+    Public for writers of other stores in this layout (the bench's synthetic one)."""
 
     def __init__(self, folder: Path, rows_per_part: int, row_group_size: int):
         self.folder, self.rows_per_part, self.rg = folder, rows_per_part, row_group_size

@@ -18,7 +18,7 @@ import pandas as pd
 
 from sctab.validate import frames
 from sctab.validate.messages import Explainer, each, fmt_num, observed, plural, summarised
-from sctab.validate.stats import StoreStats
+from sctab.validate.stats import StoreStats, parquet_rows
 
 LOG1P_SLACK = 1e-4  # float32 rounding of log1p(target_sum) for a cell with one expressed gene
 
@@ -364,7 +364,6 @@ def store_suite(
 
 def store_layout(store_dir: str | Path) -> tuple[int | None, int | None, list[str]]:
     """(n_genes from var.parquet, number of cell type labels, problems) of a store directory."""
-    from sctab.validate.stats import parquet_rows
 
     store_dir = Path(store_dir)
     problems: list[str] = []
