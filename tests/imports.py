@@ -106,3 +106,12 @@ def script_imports(script: Path, package: str, known: set[str]) -> list[str]:
     """The modules of ``package`` that a script (e.g. a pipeline stage) imports directly."""
     return [i.target for i in file_imports(script, "__main__", known)
             if i.target == package or i.target.startswith(package + ".")]
+
+
+def dep_path(module: str, files: dict[str, Path], src: Path) -> str:
+    """The path a DVC stage should depend on to see every change of ``module``: its top-level package folder
+    (``sctab.data.store`` -> ``src/sctab/data``), or the file of a top-level module (``src/sctab/config.py``)."""
+    parts = module.split(".")
+    if len(parts) >= 2 and (src / parts[0] / parts[1]).is_dir():
+        return "/".join([src.name, parts[0], parts[1]])
+    return str(files[module].relative_to(src.parent))
