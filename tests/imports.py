@@ -44,11 +44,22 @@ def _resolve(node: ast.ImportFrom, module: str, is_package: bool) -> str:
     return ".".join(base + ([node.module] if node.module else []))
 
 
-def file_imports(path: Path, module: str, known: set[str]) -> list[Import]:
+def lazy_names(path: Path) -> dict[str, str]:
+    """A package's ``_LAZY = {"name": "module", ...}``: names its ``__getattr__`` imports on first use."""
+    for node in ast.parse(path.read_text(), filename=str(path)).body:
+        if (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "_LAZY" for t in node.targets)
+                and isinstance(node.value, ast.Dict)):
+            return {k.value: v.value for k, v in zip(node.value.keys, node.value.values)
+                    if isinstance(k, ast.Constant) and isinstance(v, ast.Constant)}
+    return {}
+
+
+def file_imports(path: Path, module: str, known: set[str], lazy: dict[str, dict[str, str]] | None = None
+                 ) -> list[Import]:
     """Every import statement of one file, resolved to absolute names.
 
-    ``from pkg import name`` targets ``pkg.name`` when that is a module of the tree (a submodule import),
-    else ``pkg`` itself.
+    ``from pkg import name`` targets ``pkg.name`` when that is a module of the tree (a submodule import), the
+    module that defines ``name`` when ``pkg`` imports it lazily (``lazy[pkg]``, see lazy_names), else ``pkg``.
     """
     tree = ast.parse(path.read_text(), filename=str(path))
     is_package = path.name == "__init__.py"
@@ -60,7 +71,8 @@ def file_imports(path: Path, module: str, known: set[str]) -> list[Import]:
             base = _resolve(node, module, is_package)
             for alias in node.names:
                 sub = f"{base}.{alias.name}"
-                out.append(Import(module, sub if sub in known else base, path, node.lineno))
+                target = sub if sub in known else (lazy or {}).get(base, {}).get(alias.name, base)
+                out.append(Import(module, target, path, node.lineno))
     return out
 
 
@@ -68,9 +80,10 @@ def import_graph(src: str | Path, package: str) -> dict[str, list[Import]]:
     """Module -> its imports of other modules of the same top-level package."""
     files = module_files(src, package)
     known = set(files)
+    lazy = {mod: lazy_names(path) for mod, path in files.items() if path.name == "__init__.py"}
     graph = {}
     for mod, path in files.items():
-        imports = [i for i in file_imports(path, mod, known)
+        imports = [i for i in file_imports(path, mod, known, lazy)
                    if i.target == package or i.target.startswith(package + ".")]
         graph[mod] = list(dict.fromkeys(imports))  # `from m import a, b` is one import of m
     return graph
@@ -102,9 +115,11 @@ def closure(graph: dict[str, list[Import]], roots: list[str]) -> set[str]:
     return seen
 
 
-def script_imports(script: Path, package: str, known: set[str]) -> list[str]:
-    """The modules of ``package`` that a script (e.g. a pipeline stage) imports directly."""
-    return [i.target for i in file_imports(script, "__main__", known)
+def script_imports(script: Path, src: str | Path, package: str) -> list[str]:
+    """The modules of ``package`` (under ``src``) that a script, e.g. a pipeline stage, imports directly."""
+    files = module_files(src, package)
+    lazy = {mod: lazy_names(path) for mod, path in files.items() if path.name == "__init__.py"}
+    return [i.target for i in file_imports(script, "__main__", set(files), lazy)
             if i.target == package or i.target.startswith(package + ".")]
 
 

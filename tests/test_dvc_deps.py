@@ -52,7 +52,7 @@ def stage_modules(root: Path) -> dict[str, set[str]]:
     """Stage name -> the sctab modules its script may run."""
     src = root / "src"
     graph = import_graph(src, PACKAGE)
-    return {name: closure(graph, script_imports(st.script, PACKAGE, set(graph))) for name, st in stages(root).items()}
+    return {name: closure(graph, script_imports(st.script, src, PACKAGE)) for name, st in stages(root).items()}
 
 
 def _covered(path: str, deps: list[str]) -> bool:

@@ -107,7 +107,33 @@ def test_the_checker_catches_an_upward_import(tmp_path):
     assert layer_violations(tmp_path / "src", "toy", tiers) == [
         "src/toy/top/app.py:2: toy.top.app imports toy.mid.helper, a sibling of the same tier 1"]
 
+    # a name a package imports lazily (`_LAZY`, as sctab's packages do) counts as an import of its module
+    (pkg / "top" / "__init__.py").write_text('_LAZY = {"run": "toy.top.app"}\n')
+    (pkg / "base" / "util.py").write_text("from toy.top import run\n")
+    graph = import_graph(tmp_path / "src", "toy")
+    assert [i.target for i in graph["toy.base.util"]] == ["toy.top.app"]
+
 
 def test_sctab_layers_only_point_down():
     violations = layer_violations(SRC)
     assert not violations, "imports against the layer order of tests/test_layers.py:\n" + "\n".join(violations)
+
+
+def test_every_package_lists_its_api():
+    """Each package's __init__ says what it offers (``__all__``), and every name there resolves."""
+    import ast
+    import importlib
+
+    missing, broken = [], []
+    for module, path in sorted(module_files(SRC, "sctab").items()):
+        if path.name != "__init__.py":
+            continue
+        tree = ast.parse(path.read_text())
+        if not any(isinstance(n, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in n.targets)
+                   for n in tree.body):
+            missing.append(f"{_rel(path, SRC)}: {module} has no __all__")
+            continue
+        mod = importlib.import_module(module)
+        broken += [f"{module}.{name}" for name in mod.__all__ if not hasattr(mod, name)]
+    assert not broken, f"names in __all__ that do not resolve: {broken}"
+    assert not missing, "packages that do not list their API:\n" + "\n".join(missing)
