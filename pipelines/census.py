@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> None:
     info = build_synthetic_census(params, args.out)
     write_json(args.summary, info)
     print(f"wrote embedded census to {args.out or params['census']['uri']}: "
-          f"{info['n_cells']} cells x {info['n_genes']} genes, {info['n_datasets']} datasets, {info['n_donors']} donors")
+          f"{info['n_cells']} cells x {info['n_genes']} genes, {info['n_datasets']} datasets, "
+          f"{info['n_donors']} donors")
 
 
 if __name__ == "__main__":

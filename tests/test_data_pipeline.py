@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import shutil
 
 import numpy as np
@@ -13,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from sctab.census.extract import extract
+from sctab.census.filters import FilterError
 from sctab.census.source import CensusError, open_counts
 from sctab.config import ConfigError, load_profile
-from sctab.census.filters import FilterError
 from sctab.data.normalize import normalize_log1p
 from sctab.data.split import SPLITS, SplitError, split_cells
 from sctab.data.store import Store, StoreError, balanced_class_weights, write_store
@@ -69,8 +68,6 @@ def test_missing_census_path_is_named(params, ontology, tmp_path):
 
 
 def test_census_without_a_column_is_named(params, ontology, tmp_path):
-    import tiledbsoma
-    import tiledbsoma.io
     import cellxgene_census
 
     with cellxgene_census.open_soma(uri=params["census"]["uri"]) as c:
@@ -277,8 +274,8 @@ def test_failed_store_leaves_nothing_behind(tmp_path, census_params, extraction,
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
-def test_existing_store_survives_a_failed_rewrite(tmp_path, store_dir, census_params, extraction, split_result, ontology,
-                                                  read_counts):
+def test_existing_store_survives_a_failed_rewrite(tmp_path, store_dir, census_params, extraction, split_result,
+                                                  ontology, read_counts):
     out = tmp_path / "store"
     shutil.copytree(store_dir, out)
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
@@ -359,6 +356,7 @@ def test_reader_names_a_bad_part(tmp_path):
 
 def test_reader_names_a_wrong_gene_count(tmp_path):
     root = write_published_style_store(tmp_path / "merlin")
-    pd.DataFrame({"feature_id": [f"g{i}" for i in range(5)], "feature_name": ["a"] * 5}).to_parquet(root / "var.parquet")
+    var = pd.DataFrame({"feature_id": [f"g{i}" for i in range(5)], "feature_name": ["a"] * 5})
+    var.to_parquet(root / "var.parquet")
     with pytest.raises(StoreError, match="has 12 values, expected 5"):
         next(Store(root).iter_row_groups("train"))

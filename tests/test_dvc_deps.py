@@ -43,8 +43,8 @@ def stages(root: Path) -> dict[str, Stage]:
             scripts = [t for t in shlex.split(st.cmd) if t.startswith("pipelines/") and t.endswith(".py")]
             assert len(scripts) == 1, f"stage {st.name}: expected one pipelines/*.py script in {st.cmd!r}"
             params = [k for d in st.deps if isinstance(d, ParamsDependency) for k in d.params]
-            out[st.name] = Stage(root / scripts[0], [d.def_path for d in st.deps if not isinstance(d, ParamsDependency)],
-                                 [o.def_path for o in st.outs], params)
+            deps = [d.def_path for d in st.deps if not isinstance(d, ParamsDependency)]
+            out[st.name] = Stage(root / scripts[0], deps, [o.def_path for o in st.outs], params)
         return out
 
 

@@ -66,7 +66,8 @@ class Config:
 
     @property
     def store_path(self) -> Path:
-        return Path(self.cache) / f"store-v{VERSION}-{self.n_genes}g-{self.n_classes}c-{self.n_cells}n-{self.row_group_size}rg"
+        return Path(self.cache) / (f"store-v{VERSION}-{self.n_genes}g-{self.n_classes}c-{self.n_cells}n-"
+                                   f"{self.row_group_size}rg")
 
 
 @dataclass

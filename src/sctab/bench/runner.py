@@ -135,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny shapes and few repeats: a smoke run in seconds")
     p.add_argument("--cases", nargs="*", default=None, help=f"subset of cases (default all: {', '.join(REGISTRY)})")
     p.add_argument("--repeats", type=int, default=None, help="repeats per figure (default 5, quick 3)")
-    p.add_argument("--cache", default=str(REPO / "benchmarks" / ".cache"), help="synthetic store cache (default: %(default)s)")
+    p.add_argument("--cache", default=str(REPO / "benchmarks" / ".cache"),
+                   help="synthetic store cache (default: %(default)s)")
     p.add_argument("--out", default=None, help="result file (default benchmarks/results/<YYYY-MM-DD>.md; "
                    "'-' = do not write; quick runs write nothing unless given)")
     p.add_argument("--_child", nargs=3, help=argparse.SUPPRESS)
@@ -171,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
               f"cores), the rate had the cores been ours; 'Met' is given for both.\n")
     text = table(rows, cfg, header)
     print(text)
-    out = a.out if a.out is not None else (None if a.quick else str(REPO / "benchmarks" / "results" / f"{dt.date.today().isoformat()}.md"))
+    dated = str(REPO / "benchmarks" / "results" / f"{dt.date.today().isoformat()}.md")
+    out = a.out if a.out is not None else (None if a.quick else dated)
     if out and out != "-":
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text + "\n")

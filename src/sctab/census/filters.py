@@ -106,7 +106,8 @@ def type_level_filters(obs: pd.DataFrame, fp: FilterParams, ontology) -> tuple[p
         raise FilterError(
             "the filters leave {} cell type(s) ({} cells); a classifier needs at least 2. Steps: {}".format(
                 obs["cell_type_ontology_term_id"].nunique(), len(obs),
-                "; ".join(f"{s['filter']}: {s['before']['cell_types']}->{s['after']['cell_types']} types" for s in steps)))
+                "; ".join(f"{s['filter']}: {s['before']['cell_types']}->{s['after']['cell_types']} types"
+                          for s in steps)))
     for c in obs.columns:
         if isinstance(obs[c].dtype, pd.CategoricalDtype):
             obs[c] = obs[c].cat.remove_unused_categories()

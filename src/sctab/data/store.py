@@ -340,7 +340,8 @@ class Store:
     def train_subset(self, name: str) -> np.ndarray:
         path = self.root / "train_subsets" / f"{name}.npy"
         if not path.exists():
-            avail = sorted(p.stem for p in (self.root / "train_subsets").glob("*.npy")) if (self.root / "train_subsets").exists() else []
+            folder = self.root / "train_subsets"
+            avail = sorted(p.stem for p in folder.glob("*.npy")) if folder.exists() else []
             raise StoreError(f"store {self.root} has no train subset {name!r}; available: {avail or 'none'}")
         return _load_npy(path)
 

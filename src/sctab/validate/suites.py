@@ -57,7 +57,8 @@ def extract_suite(obs: pd.DataFrame, params: Mapping) -> SuiteSpec:
     checks = [
         Check(
             gxe.ExpectColumnValuesToNotBeNull(column="soma_joinid", description="every cell has a soma_joinid"),
-            summarised("cell", ("has no soma_joinid", "have no soma_joinid"), lambda r: f"donor '{r.get('tech_sample')}'"),
+            summarised("cell", ("has no soma_joinid", "have no soma_joinid"),
+                       lambda r: f"donor '{r.get('tech_sample')}'"),
         ),
         Check(
             gxe.ExpectColumnValuesToBeUnique(column="soma_joinid", description="soma_joinid is unique"),
@@ -107,7 +108,8 @@ def _assay_explainer(allowed: list[str]) -> Explainer:
         n = int(result.get("unexpected_count") or 0)
         counts = result.get("partial_unexpected_counts") or []
         values = ", ".join(f"'{c['value']}'" for c in counts) or "?"
-        return [f"{plural(n, 'cell')} {'has' if n == 1 else 'have'} a disallowed assay {values} (allowed: {', '.join(allowed)})"]
+        verb = "has" if n == 1 else "have"
+        return [f"{plural(n, 'cell')} {verb} a disallowed assay {values} (allowed: {', '.join(allowed)})"]
 
     return explain
 
