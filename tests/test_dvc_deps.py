@@ -48,11 +48,11 @@ def stages(root: Path) -> dict[str, Stage]:
         return out
 
 
-def stage_modules(root: Path) -> dict[str, set[str]]:
+def stage_modules(root: Path, found: dict[str, Stage]) -> dict[str, set[str]]:
     """Stage name -> the sctab modules its script may run."""
     src = root / "src"
     graph = import_graph(src, PACKAGE)
-    return {name: closure(graph, script_imports(st.script, src, PACKAGE)) for name, st in stages(root).items()}
+    return {name: closure(graph, script_imports(st.script, src, PACKAGE)) for name, st in found.items()}
 
 
 def _covered(path: str, deps: list[str]) -> bool:
@@ -62,9 +62,11 @@ def _covered(path: str, deps: list[str]) -> bool:
 def test_every_stage_depends_on_the_code_it_runs():
     src = REPO / "src"
     files = module_files(src, PACKAGE)
-    modules = stage_modules(REPO)
+    found = stages(REPO)
+    modules = stage_modules(REPO, found)
+    assert all("sctab.config" in mods for mods in modules.values()), "every stage script reads params.yaml"
     missing, extra = [], []
-    for name, st in stages(REPO).items():
+    for name, st in found.items():
         script, deps = st.script, st.deps
         rel = str(script.relative_to(REPO))
         if rel not in deps:
@@ -140,9 +142,9 @@ def test_editing_any_module_a_stage_runs_makes_dvc_status_name_it(tmp_path, monk
     from dvc.repo import Repo
 
     root = tmp_path / "repo"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
-                           text=True, check=True).stdout.split()
-    for f in files:
+    tracked = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                             text=True, check=True).stdout.split()
+    for f in tracked:
         if (REPO / f).is_file() and not f.startswith(("data/", "models/")):
             (root / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / f, root / f)
@@ -164,7 +166,7 @@ def test_editing_any_module_a_stage_runs_makes_dvc_status_name_it(tmp_path, monk
     src = root / "src"
     files = module_files(src, PACKAGE)
     runs: dict[Path, set[str]] = {}
-    for name, mods in stage_modules(root).items():
+    for name, mods in stage_modules(root, found).items():
         runs.setdefault(found[name].script, set()).add(name)
         for m in mods:
             runs.setdefault(files[m], set()).add(name)
