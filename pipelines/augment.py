@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 import time
 
+from rich.console import Console
+
 from sctab.config import get, load_params
+from sctab.data.augment import compute_augmentations, write_augmentations
+from sctab.data.store import Store
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -17,11 +21,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--store", default="data/store", help="store folder (default: %(default)s)")
     parser.add_argument("--out", default="data/augment", help="output folder (default: %(default)s)")
     args = parser.parse_args(argv)
-
-    from rich.console import Console
-
-    from sctab.data.augment import compute_augmentations, write_augmentations
-    from sctab.data.store import Store
 
     cfg = get(load_params(args.params), "augment")
     t0 = time.perf_counter()

@@ -24,12 +24,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"profile {params['profile']!r} reads the hosted CELLxGENE census; nothing to generate")
         write_json(args.summary, {"source": params["census"].get("source"), "version": params["census"].get("version")})
         return
-    from sctab.census.synthetic import build_synthetic_census
+    from sctab.census.synthetic import build_synthetic_census  # anndata + tiledbsoma: seconds, embedded only
 
     info = build_synthetic_census(params, args.out)
     write_json(args.summary, info)
     print(f"wrote embedded census to {args.out or params['census']['uri']}: "
-          f"{info['n_cells']} cells x {info['n_genes']} genes, {info['n_datasets']} datasets, {info['n_donors']} donors")
+          f"{info['n_cells']} cells x {info['n_genes']} genes, {info['n_datasets']} datasets, "
+          f"{info['n_donors']} donors")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="test cells shown in the uncertainty t-SNE (default: %(default)s)")
     args = parser.parse_args(argv)
 
-    from sctab.evaluate.comparison import evaluate_models
+    from sctab.evaluate.comparison import evaluate_models  # torch and the models: after --help, which needs neither
 
     try:
         evaluate_models(args.models, args.store, args.out, load_params(args.params),

@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true", help="retrain every point, ignoring finished runs")
     args = parser.parse_args(argv)
 
+    # Ray, torch and MLflow: imported after argument parsing, so that --help stays instant
     from sctab.experiments.report import summarise_experiment
     from sctab.experiments.sweep import SweepError, run_experiment
 

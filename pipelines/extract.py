@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sctab.census.extract import extract
 from sctab.config import load_params
 from sctab.io import atomic_dir, write_json
+from sctab.ontology import CellOntology
+from sctab.reporting import print_filter_report
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -19,10 +22,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ontology", default="data/ontology/cl.obo", help="OBO file (default: %(default)s)")
     parser.add_argument("--out", default="data/extract", help="output folder (default: %(default)s)")
     args = parser.parse_args(argv)
-
-    from sctab.census.extract import extract
-    from sctab.ontology import CellOntology
-    from sctab.reporting import print_filter_report
 
     params = load_params(args.params)
     result = extract(params, CellOntology.from_obo(args.ontology))

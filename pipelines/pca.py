@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from rich.console import Console
+
 from sctab.config import get, load_params
+from sctab.data.pca import write_pca
+from sctab.data.store import Store
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -18,11 +22,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--store", default="data/store", help="store folder (default: %(default)s)")
     parser.add_argument("--out", default="data/pca", help="output folder (default: %(default)s)")
     args = parser.parse_args(argv)
-
-    from rich.console import Console
-
-    from sctab.data.pca import write_pca
-    from sctab.data.store import Store
 
     params = load_params(args.params)
     n_components, batch_size = int(get(params, "pca.n_components")), int(get(params, "pca.batch_size"))

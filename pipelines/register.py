@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from sctab.config import load_params
+from sctab.io import write_json
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,8 +28,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="what was registered (default: %(default)s)")
     args = parser.parse_args(argv)
 
-    from sctab.io import write_json
-    from sctab.registry import RegistryError, register_pipeline_models
+    from sctab.registry import RegistryError, register_pipeline_models  # MLflow: after --help, which needs none
 
     try:
         metrics = json.loads(Path(args.metrics).read_text()).get("models", {})

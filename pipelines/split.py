@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from sctab.config import load_params
+from sctab.data.split import split_cells
 from sctab.io import atomic_dir, write_json
 
 
@@ -20,8 +21,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--obs", default="data/extract/obs.parquet", help="extracted obs (default: %(default)s)")
     parser.add_argument("--out", default="data/split", help="output folder (default: %(default)s)")
     args = parser.parse_args(argv)
-
-    from sctab.data.split import split_cells
 
     result = split_cells(pd.read_parquet(args.obs), load_params(args.params))
     with atomic_dir(args.out) as tmp:

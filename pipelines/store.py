@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from sctab.census.source import open_counts
 from sctab.config import load_params
+from sctab.data.store import write_store
+from sctab.ontology import CellOntology
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,14 +26,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="data/store", help="store folder (default: %(default)s)")
     args = parser.parse_args(argv)
 
-    from sctab.data.store import write_store
-    from sctab.ontology import CellOntology
-
     ex, sp = Path(args.extract), Path(args.split)
     subsets = {p.stem: pd.read_parquet(p)["soma_joinid"].to_numpy() for p in sorted((sp / "subsets").glob("*.parquet"))}
+    params = load_params(args.params)
     t0 = time.perf_counter()
-    report = write_store(load_params(args.params), pd.read_parquet(ex / "obs.parquet"), pd.read_parquet(ex / "var.parquet"),
-                         pd.read_parquet(sp / "assignment.parquet"), subsets, CellOntology.from_obo(args.ontology), args.out)
+    with open_counts(params) as read_counts:  # the census's raw counts; the writer itself knows no census
+        report = write_store(params, pd.read_parquet(ex / "obs.parquet"), pd.read_parquet(ex / "var.parquet"),
+                             pd.read_parquet(sp / "assignment.parquet"), subsets, CellOntology.from_obo(args.ontology),
+                             args.out, read_counts)
     print(f"wrote store {args.out}: " + ", ".join(f"{k} {v} rows" for k, v in report["rows"].items())
           + f"; {report['n_genes']} genes, {report['n_classes']} classes in {time.perf_counter() - t0:.1f} s")
 

@@ -7,7 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from sctab.config import ConfigError, load_params
+from sctab.config import ConfigError, load_params, update_params_file
+from sctab.io import write_json
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="do not tune: write the best settings of the studies already in --out into params.yaml")
     args = parser.parse_args(argv)
 
+    # Ray Tune, Optuna, torch and MLflow: imported after argument parsing, so that --help stays instant
     from sctab.train.search_space import SearchSpaceError, load_search_space
     from sctab.train.tune import StudyError, comparison_markdown, run_study
 
@@ -86,14 +88,10 @@ def _read_summary(out: Path, model: str) -> dict:
 
 
 def _write_summary(out: Path, model: str, summary: dict) -> None:
-    from sctab.io import write_json
-
     write_json(out / f"{model}.json", summary)
 
 
 def _write_back(params_path: str, model: str, summary: dict) -> None:
-    from sctab.config import update_params_file
-
     best = summary["best_config"]
     old = update_params_file(params_path, f"models.{model}", best)
     changes = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in best.items() if k in old) or "no change"

@@ -10,6 +10,13 @@ import argparse
 import sys
 from pathlib import Path
 
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from sctab.config import load_params
+from sctab.ontology import CellOntology
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
@@ -37,9 +44,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def print_table(summary: dict) -> None:
     """One line per concern: checks run, failed, and status."""
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title="data validation")
     for col in ("suite", "checks", "failed", "status"):
         table.add_column(col)
@@ -51,11 +55,7 @@ def print_table(summary: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    import pandas as pd
-
-    from sctab.config import load_params
-    from sctab.ontology import CellOntology  # imported late: heavy, and only needed here
-    from sctab.validate import ValidationError, expected_rows_from, validate_all
+    from sctab.validate import ValidationError, expected_rows_from, validate_all  # Great Expectations: seconds
 
     params = load_params(args.params)
     obs = pd.read_parquet(args.obs)

@@ -111,13 +111,24 @@ def split_result(extraction, census_params):
     return split_cells(extraction.obs, census_params)
 
 
+@pytest.fixture
+def read_counts(census_params):
+    """The raw-counts reader of the small census (what the store stage passes to the writer), open for a test."""
+    from sctab.census.source import open_counts
+
+    with open_counts(census_params) as reader:
+        yield reader
+
+
 @pytest.fixture(scope="session")
 def store_dir(tmp_path_factory, census_params, extraction, split_result, ontology) -> Path:
+    from sctab.census.source import open_counts
     from sctab.data.store import write_store
 
     out = tmp_path_factory.mktemp("store") / "store"
-    write_store(census_params, extraction.obs, extraction.var, split_result.assignment, split_result.subsets,
-                ontology, out)
+    with open_counts(census_params) as read_counts:  # closed again: later tests fork loader workers
+        write_store(census_params, extraction.obs, extraction.var, split_result.assignment, split_result.subsets,
+                    ontology, out, read_counts)
     return out
 
 

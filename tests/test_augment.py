@@ -11,8 +11,14 @@ import pytest
 import torch
 from scipy.spatial.distance import cdist
 
-from sctab.data.augment import (AugmentError, Augmenter, balanced_subsample, compute_augmentations,
-                                load_augmentations, write_augmentations)
+from sctab.data.augment import (
+    Augmenter,
+    AugmentError,
+    balanced_subsample,
+    compute_augmentations,
+    load_augmentations,
+    write_augmentations,
+)
 from sctab.data.store import Store
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import cellxgene_census
 import numpy as np
-import pytest
 
 from sctab.census.genes import protein_coding_ids
 from sctab.census.source import OBS_COLUMNS

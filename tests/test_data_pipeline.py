@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import shutil
 
 import numpy as np
@@ -13,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from sctab.census.extract import extract
-from sctab.census.source import CensusError
+from sctab.census.filters import FilterError
+from sctab.census.source import CensusError, open_counts
 from sctab.config import ConfigError, load_profile
-from sctab.data.filters import FilterError
 from sctab.data.normalize import normalize_log1p
 from sctab.data.split import SPLITS, SplitError, split_cells
 from sctab.data.store import Store, StoreError, balanced_class_weights, write_store
@@ -69,8 +68,6 @@ def test_missing_census_path_is_named(params, ontology, tmp_path):
 
 
 def test_census_without_a_column_is_named(params, ontology, tmp_path):
-    import tiledbsoma
-    import tiledbsoma.io
     import cellxgene_census
 
     with cellxgene_census.open_soma(uri=params["census"]["uri"]) as c:
@@ -218,31 +215,31 @@ def test_store_subsets_index_train_rows(store_dir, split_result):
         assert set(joinids[pos]) == set(ids), name
 
 
-def test_store_is_deterministic(tmp_path, census_params, extraction, split_result, ontology, store_dir):
+def test_store_is_deterministic(tmp_path, census_params, extraction, split_result, ontology, store_dir, read_counts):
     out = tmp_path / "again"
     write_store(census_params, extraction.obs, extraction.var, split_result.assignment, split_result.subsets,
-                ontology, out)
+                ontology, out, read_counts)
     for f in sorted(store_dir.rglob("*.parquet")):
         rel = f.relative_to(store_dir)
         assert pq.read_table(f).equals(pq.read_table(out / rel)), rel
 
 
-def test_truncation_to_row_groups(tmp_path, census_params, extraction, split_result, ontology):
+def test_truncation_to_row_groups(tmp_path, census_params, extraction, split_result, ontology, read_counts):
     p = copy.deepcopy(census_params)
     p["store"]["truncate_to_row_group"] = True
     rep = write_store(p, extraction.obs, extraction.var, split_result.assignment, split_result.subsets, ontology,
-                      tmp_path / "trunc")
+                      tmp_path / "trunc", read_counts)
     for s in SPLITS:
         assert rep["rows"][s] % 64 == 0 and rep["rows"][s] + rep["truncated"][s] == (
             split_result.assignment["split"] == s).sum()
 
 
 def test_store_layout_both_writes_the_sparse_layout_beside_the_dense(tmp_path, census_params, extraction,
-                                                                   split_result, ontology, store_dir):
+                                                                   split_result, ontology, store_dir, read_counts):
     p = copy.deepcopy(census_params)
     p["store"]["layout"] = "both"
     rep = write_store(p, extraction.obs, extraction.var, split_result.assignment, split_result.subsets, ontology,
-                      tmp_path / "both")
+                      tmp_path / "both", read_counts)
     store = Store(tmp_path / "both")
     assert store.has_sparse and not Store(store_dir).has_sparse and 0 < rep["sparse"]["density"] < 1
     for s in SPLITS:
@@ -266,27 +263,44 @@ def test_store_layout_both_writes_the_sparse_layout_beside_the_dense(tmp_path, c
     p["store"]["layout"] = "csr"
     with pytest.raises(StoreError, match="store.layout must be one of"):
         write_store(p, extraction.obs, extraction.var, split_result.assignment, split_result.subsets, ontology,
-                    tmp_path / "bad")
+                    tmp_path / "bad", read_counts)
 
 
-def test_failed_store_leaves_nothing_behind(tmp_path, census_params, extraction, split_result, ontology):
+def test_failed_store_leaves_nothing_behind(tmp_path, census_params, extraction, split_result, ontology, read_counts):
     bad = split_result.assignment.iloc[:-5]  # does not match obs
     out = tmp_path / "store"
     with pytest.raises(StoreError, match="does not match"):
-        write_store(census_params, extraction.obs, extraction.var, bad, {}, ontology, out)
+        write_store(census_params, extraction.obs, extraction.var, bad, {}, ontology, out, read_counts)
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
-def test_existing_store_survives_a_failed_rewrite(tmp_path, store_dir, census_params, extraction, split_result, ontology):
+def test_existing_store_survives_a_failed_rewrite(tmp_path, store_dir, census_params, extraction, split_result,
+                                                  ontology, read_counts):
     out = tmp_path / "store"
     shutil.copytree(store_dir, out)
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
-    p = copy.deepcopy(census_params)
-    p["census"]["uri"] = str(tmp_path / "gone")
-    with pytest.raises(CensusError):
-        write_store(p, extraction.obs, extraction.var, split_result.assignment, split_result.subsets, ontology, out)
+    calls = []
+
+    def census_lost_midway(joinids, var_ids):  # the census answers once, then its connection drops
+        calls.append(len(joinids))
+        if len(calls) > 1:
+            raise CensusError("census connection lost")
+        return read_counts(joinids, var_ids)
+
+    with pytest.raises(CensusError, match="connection lost"):
+        write_store(census_params, extraction.obs, extraction.var, split_result.assignment, split_result.subsets,
+                    ontology, out, census_lost_midway)
+    assert len(calls) == 2  # it failed half-way through, with a part already written in the temporary folder
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
     assert [x.name for x in tmp_path.iterdir()] == ["store"]
+
+
+def test_a_missing_census_is_named_before_the_store_is_touched(tmp_path, census_params):
+    p = copy.deepcopy(census_params)
+    p["census"]["uri"] = str(tmp_path / "gone")
+    with pytest.raises(CensusError, match="does not exist"):
+        with open_counts(p):
+            pass
 
 
 # ----------------------------------------------------------------------------------------- published layout
@@ -342,6 +356,7 @@ def test_reader_names_a_bad_part(tmp_path):
 
 def test_reader_names_a_wrong_gene_count(tmp_path):
     root = write_published_style_store(tmp_path / "merlin")
-    pd.DataFrame({"feature_id": [f"g{i}" for i in range(5)], "feature_name": ["a"] * 5}).to_parquet(root / "var.parquet")
+    var = pd.DataFrame({"feature_id": [f"g{i}" for i in range(5)], "feature_name": ["a"] * 5})
+    var.to_parquet(root / "var.parquet")
     with pytest.raises(StoreError, match="has 12 values, expected 5"):
         next(Store(root).iter_row_groups("train"))

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from sctab.data.loaders import (Batch, LoaderError, MerlinNotInstalled, epoch_plan, make_loader)
+from sctab.data.loaders import Batch, LoaderError, MerlinNotInstalled, epoch_plan, make_loader
 from sctab.data.store import Store, StoreError
 
 try:
@@ -241,7 +241,8 @@ def write_toy_store(root: Path, n_rows=(300, 200, 77), n_genes=40, n_classes=5, 
     (root / "categorical_lookup").mkdir()
     pd.DataFrame({"feature_id": [f"g{i}" for i in range(n_genes)],
                   "feature_name": [f"G{i}" for i in range(n_genes)]}).to_parquet(root / "var.parquet")
-    pd.DataFrame({"label": [f"t{i}" for i in range(n_classes)]}).to_parquet(root / "categorical_lookup/cell_type.parquet")
+    labels = pd.DataFrame({"label": [f"t{i}" for i in range(n_classes)]})
+    labels.to_parquet(root / "categorical_lookup/cell_type.parquet")
     start = 0
     for i, n in enumerate(n_rows):
         x = rng.random((n, n_genes), dtype=np.float32)
@@ -270,7 +271,8 @@ def test_merlin_backend_matches_stream(tmp_path):
     assert len(got) == len(ref)
     for p, q in zip(ref, got):
         assert q.x.dtype == torch.float32 and q.y.dtype == torch.int64 and q.x.shape == p.x.shape
-        assert torch.equal(p.x, q.x) and torch.equal(p.y, q.y) and torch.equal(p.obs["soma_joinid"], q.obs["soma_joinid"])
+        assert torch.equal(p.x, q.x) and torch.equal(p.y, q.y)
+        assert torch.equal(p.obs["soma_joinid"], q.obs["soma_joinid"])
     ids = {}
     for epoch in (0, 1):
         ld = make_loader(root, "train", backend="merlin", shuffle=True, seed=1, **kw)

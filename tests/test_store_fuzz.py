@@ -9,7 +9,6 @@ every row group, obs) and ``list_column_to_dense``.
 
 from __future__ import annotations
 
-import pickle
 import tempfile
 from pathlib import Path
 

@@ -18,9 +18,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import pipeline_help
 from sctab.validate import ValidationError, expected_rows_from, split_row_stats, validate_all
 from sctab.validate import stats as stats_mod
+from tests.conftest import pipeline_help
 
 N_GENES = 20
 ROOT = "CL:0000003"
@@ -96,7 +96,8 @@ def make_assignment(obs: pd.DataFrame) -> pd.DataFrame:
     for name, donors in SPLITS.items():
         split[donor_no.isin(list(donors)).to_numpy()] = name
     return pd.DataFrame(
-        {"soma_joinid": obs["soma_joinid"], "tech_sample": obs["tech_sample"], "cell_type": obs["cell_type"], "split": split}
+        {"soma_joinid": obs["soma_joinid"], "tech_sample": obs["tech_sample"], "cell_type": obs["cell_type"],
+         "split": split}
     )
 
 
@@ -123,7 +124,8 @@ def write_store(root: Path, assignment: pd.DataFrame, part_rows: int = 120) -> N
     (root / "categorical_lookup").mkdir(parents=True)
     pq.write_table(pa.table({"label": labels}), root / "categorical_lookup" / "cell_type.parquet")
     pq.write_table(
-        pa.table({"feature_id": [f"ENSG{i:011d}" for i in range(N_GENES)], "feature_name": [f"g{i}" for i in range(N_GENES)]}),
+        pa.table({"feature_id": [f"ENSG{i:011d}" for i in range(N_GENES)],
+                  "feature_name": [f"g{i}" for i in range(N_GENES)]}),
         root / "var.parquet",
     )
     for split in SPLITS:
@@ -133,7 +135,8 @@ def write_store(root: Path, assignment: pd.DataFrame, part_rows: int = 120) -> N
         codes = sub["cell_type"].map({lab: i for i, lab in enumerate(labels)}).to_numpy(dtype=np.int64)
         (root / split).mkdir()
         for i, start in enumerate(range(0, len(sub), part_rows)):
-            write_part(root / split / f"part.{i}.parquet", x[start : start + part_rows], codes[start : start + part_rows])
+            rows = slice(start, start + part_rows)
+            write_part(root / split / f"part.{i}.parquet", x[rows], codes[rows])
 
 
 @pytest.fixture(scope="module")
@@ -223,20 +226,23 @@ def test_duplicate_soma_joinid_fails(base, tmp_path):
 
 # ---------------------------------------------------------------------------------------- filters
 def test_rare_type_fails(base, tmp_path):
-    err = fails_with(base, tmp_path, "filters: cell type 'pericyte' has 40 cells (< 50)", params=make_params(min_cells_per_type=50))
+    err = fails_with(base, tmp_path, "filters: cell type 'pericyte' has 40 cells (< 50)",
+                     params=make_params(min_cells_per_type=50))
     assert not any("'B cell'" in f for f in err.failures)  # 100 cells: fine
 
 
 def test_type_in_too_few_donors_fails(base, tmp_path):
     err = fails_with(
-        base, tmp_path, "filters: cell type 'pericyte' is seen in 10 donors (< 15)", params=make_params(min_donors_per_type=15)
+        base, tmp_path, "filters: cell type 'pericyte' is seen in 10 donors (< 15)",
+        params=make_params(min_donors_per_type=15)
     )
     assert len(err.failures) == 1
 
 
 def test_non_native_type_fails(base, tmp_path):
     onto = FakeOntology(not_native={TYPES["T cell"]})
-    fails_with(base, tmp_path, "filters: cell type 'T cell' (CL:0000084) is not CL:0000003 or one of its descendants", ontology=onto)
+    fails_with(base, tmp_path, "filters: cell type 'T cell' (CL:0000084) is not CL:0000003 or one of its descendants",
+               ontology=onto)
 
 
 def test_broad_type_fails(base, tmp_path):
@@ -249,7 +255,8 @@ def test_leaked_donor_fails(base, tmp_path):
     a = base["assignment"].copy()
     first = a.index[a["tech_sample"] == "ds2_d19"][0]
     a.loc[first, "split"] = "train"
-    err = fails_with(base, tmp_path, "split: donor 'ds2_d19' is in train and test", assignment=a, expected_rows={"train": 164, "val": 38, "test": 38})
+    err = fails_with(base, tmp_path, "split: donor 'ds2_d19' is in train and test", assignment=a,
+                     expected_rows={"train": 164, "val": 38, "test": 38})
     assert sum("is in" in f for f in err.failures) == 1
 
 
@@ -280,7 +287,8 @@ def test_nan_row_fails(base, tmp_path, store_copy):
     x, codes = read_part(part)
     x[17, 3] = np.nan
     write_part(part, x, codes)
-    err = fails_with(base, tmp_path, "store/test: 1 row has non-finite values (row 17 of part.0.parquet)", store=store_copy)
+    err = fails_with(base, tmp_path, "store/test: 1 row has non-finite values (row 17 of part.0.parquet)",
+                     store=store_copy)
     assert len(err.failures) == 1  # the NaN does not also show up as a bad minimum or row sum
 
 
@@ -289,7 +297,8 @@ def test_negative_value_fails(base, tmp_path, store_copy):
     x, codes = read_part(part)
     x[3, 0] = -0.5
     write_part(part, x, codes)
-    fails_with(base, tmp_path, "store/val: 1 row has negative values (row 3 of part.0.parquet: min -0.5)", store=store_copy)
+    fails_with(base, tmp_path, "store/val: 1 row has negative values (row 3 of part.0.parquet: min -0.5)",
+               store=store_copy)
 
 
 def test_wrong_row_sum_fails(base, tmp_path, store_copy):
@@ -297,7 +306,8 @@ def test_wrong_row_sum_fails(base, tmp_path, store_copy):
     x, codes = read_part(part)
     x[5] = np.log1p(np.expm1(x[5].astype(np.float64)) * 1.5)  # normalised to 15,000 instead of 10,000
     write_part(part, x, codes)
-    fails_with(base, tmp_path, "store/train: 1 row does not sum to 10000 after expm1 (row 5 of part.1.parquet: 15,000)", store=store_copy)
+    fails_with(base, tmp_path, "store/train: 1 row does not sum to 10000 after expm1 (row 5 of part.1.parquet: 15,000)",
+               store=store_copy)
 
 
 def test_unnormalised_values_and_bad_codes_fail(base, tmp_path, store_copy):
@@ -335,7 +345,8 @@ def test_wrong_x_length_fails(base, tmp_path, store_copy):
     rows = [list(r) for r in x]
     rows[2] = rows[2][:-1]  # one gene short (its count still sums to ~target: only the length is wrong)
     pq.write_table(pa.table({"X": pa.array(rows, type=pa.list_(pa.float32())), "cell_type": codes}), part)
-    fails_with(base, tmp_path, "store/val: 1 row has a length other than 20 genes (row 2 of part.0.parquet: 19 values)", store=store_copy)
+    fails_with(base, tmp_path, "store/val: 1 row has a length other than 20 genes (row 2 of part.0.parquet: 19 values)",
+               store=store_copy)
 
 
 # ------------------------------------------------------------------------------------ unit pieces

@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 _LAZY = {"annotate": "sctab.annotation.files", "annotate_file": "sctab.annotation.files",
          "plot_annotation": "sctab.annotation.plots", "load_annotator": "sctab.annotation.resolve",
          "AnnotateError": "sctab.annotation.errors"}
+__all__ = sorted(_LAZY)
 
 
 def __getattr__(name):

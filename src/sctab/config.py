@@ -6,11 +6,15 @@ A profile holds every number of the paper's Methods: `census-2023-05-15` has the
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+# ruamel.yaml (round-trip YAML, a dvc dependency) is imported by update_params_file only: the `sctab` command
+# imports this module at start-up and most commands never write params back.
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROFILES_DIR = REPO_ROOT / "conf" / "profiles"
@@ -91,8 +95,6 @@ def update_params_file(path: str | os.PathLike, dotted: str, values: dict[str, A
     old = {k: node.get(k) for k in values if node.get(k) != values[k]}
     for k, v in values.items():
         node[k] = v
-    import io
-
     buf = io.StringIO()
     ry.dump(doc, buf)
     tmp = path.with_name(f".{path.name}.tmp")

@@ -11,12 +11,30 @@ end-to-end row (`register("annotate_e2e", ...)`).
 from __future__ import annotations
 
 import copy
+import json
+import multiprocessing
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+import yaml
+
+from sctab.bench.synthetic import VERSION, gene_profile, make_store, synthetic_counts
+from sctab.data.loaders import make_loader
+from sctab.data.store import Store
+from sctab.io import atomic_dir
+from sctab.models.entmax import entmax15, entmax15_sort
+from sctab.models.tabnet import TabNet
+
+# anndata and sctab.annotation are imported in the annotate row only: .venv-merlin, which runs this module for
+# the merlin row, lacks them, and every other row's subprocess would carry them in its peak RSS.
 
 
 @dataclass
@@ -48,9 +66,8 @@ class Config:
 
     @property
     def store_path(self) -> Path:
-        from sctab.bench.synthetic import VERSION
-
-        return Path(self.cache) / f"store-v{VERSION}-{self.n_genes}g-{self.n_classes}c-{self.n_cells}n-{self.row_group_size}rg"
+        return Path(self.cache) / (f"store-v{VERSION}-{self.n_genes}g-{self.n_classes}c-{self.n_cells}n-"
+                                   f"{self.row_group_size}rg")
 
 
 @dataclass
@@ -77,8 +94,6 @@ class Rates:
     code costs, the wall-clock one what this run got; both are reported."""
 
     def __init__(self):
-        import os
-
         self.wall: list[float] = []
         self.cpu: list[float] = []
         self.cores = os.cpu_count() or 1
@@ -95,9 +110,6 @@ class Rates:
 
 
 def _store(cfg: Config):
-    from sctab.bench.synthetic import make_store
-    from sctab.data.store import Store
-
     return Store(make_store(cfg.store_path, cfg.n_cells, cfg.n_genes, cfg.n_classes,
                             row_group_size=cfg.row_group_size))
 
@@ -121,8 +133,6 @@ def _loader_rate(ld, repeats: int, max_batches: Optional[int] = None) -> Rates:
 # ------------------------------------------------------------------------------------------- loaders
 def loader_sparse(x_format: str):
     def run(part: str, cfg: Config) -> dict:
-        from sctab.data.loaders import make_loader
-
         store = _store(cfg)
         kw = dict(batch_size=cfg.batch_size, shuffle=True, seed=0, block_row_groups=cfg.block_row_groups)
         if part == "ours":
@@ -148,8 +158,6 @@ def loader_sparse(x_format: str):
 
 def loader_merlin(part: str, cfg: Config) -> dict:
     """Run in .venv-merlin (the runner switches interpreter); baseline: our sparse loader."""
-    from sctab.data.loaders import make_loader
-
     store = _store(cfg)
     kw = dict(batch_size=cfg.batch_size, shuffle=True, seed=0, block_row_groups=cfg.block_row_groups)
     if part == "ours":
@@ -162,11 +170,6 @@ def loader_merlin(part: str, cfg: Config) -> dict:
 # ------------------------------------------------------------------------------------------- model
 def _model_and_batches(cfg: Config, n_batches: int):
     """A TabNet of the paper's width whose BN statistics and entmax k have seen data, and real batches."""
-    import torch
-
-    from sctab.data.loaders import make_loader
-    from sctab.models.tabnet import TabNet
-
     torch.manual_seed(0)
     store = _store(cfg)
     ld = make_loader(store, "train", batch_size=cfg.batch_size, shuffle=True, seed=1, backend="sparse",
@@ -196,8 +199,6 @@ def _exactness(model, batches, inputs) -> dict:
     An untrained TabNet with real BN statistics has logits of ~100 here, so reordering float32 sums alone
     moves probabilities by more than 1e-5; the check passes when ours is within 1e-5 of the textbook or
     no further from the float64 result than the textbook float32 computation itself."""
-    import torch
-
     model.set_fast(False)
     ref = [torch.softmax(model(b.x.to_dense())[0], -1) for b in batches]
     m64 = copy.deepcopy(model).double()
@@ -214,8 +215,6 @@ def _exactness(model, batches, inputs) -> dict:
 
 def sctab_inference(x_format: str):
     def run(part: str, cfg: Config) -> dict:
-        import torch
-
         model, batches = _model_and_batches(cfg, cfg.model_batches)
         model.eval()
         fast = part == "ours"
@@ -236,9 +235,6 @@ def sctab_inference(x_format: str):
 
 
 def sctab_train_step(part: str, cfg: Config) -> dict:
-    import torch
-    import torch.nn.functional as F
-
     model, batches = _model_and_batches(cfg, 1)
     x, y = batches[0].x.to_dense(), batches[0].y
     fast = part == "ours"
@@ -274,10 +270,6 @@ def sctab_train_step(part: str, cfg: Config) -> dict:
 
 def entmax_case(part: str, cfg: Config) -> dict:
     """The attentive transformer's mask on real scores: exact top-k entmax vs the full sort."""
-    import torch
-
-    from sctab.models.entmax import entmax15, entmax15_sort
-
     model, batches = _model_and_batches(cfg, 1)
     model.eval()
     with torch.no_grad():
@@ -332,17 +324,9 @@ class _FlatOntology:
 
 def _annotate_inputs(cfg: Config, n_cells: int, members: int = 5) -> tuple[Path, Path]:
     """A raw-count h5ad of n_cells (10x-like sparsity, all genes) and a 5-member ensemble bundle, cached."""
-    import json
-
     import anndata
-    import pandas as pd
-    import scipy.sparse as sp
-    import torch
 
     from sctab.annotation.bundle import write_bundle
-    from sctab.bench.synthetic import VERSION, gene_profile, synthetic_counts
-    from sctab.io import atomic_dir
-    from sctab.models.tabnet import TabNet
 
     root = Path(cfg.cache) / f"annotate-v{VERSION}-{cfg.n_genes}g-{cfg.n_classes}c-{n_cells}n-{members}m"
     h5ad, bundle = root / "cells.h5ad", root / "bundle"
@@ -376,8 +360,6 @@ def _annotate_inputs(cfg: Config, n_cells: int, members: int = 5) -> tuple[Path,
             meta = {"model": "sctab", "arch": {"n_d": cfg.n_d, "n_a": cfg.n_a}, "n_genes": cfg.n_genes,
                     "n_classes": cfg.n_classes, "normalisation": {"target_sum": 10000.0, "log1p": True},
                     "run_id": "", "seed": m}
-            import yaml
-
             (d / "model.yaml").write_text(yaml.safe_dump(meta))
             var.to_parquet(d / "var.parquet", index=False)
             pd.DataFrame({"label": labels}).to_parquet(d / "cell_type.parquet", index=False)
@@ -395,8 +377,6 @@ def annotate_e2e(part: str, cfg: Config) -> dict:
     import anndata
 
     from sctab.annotation import annotate_file, load_annotator
-
-    import multiprocessing
 
     # build the inputs (once, cached) in another process, so their memory is not this part's peak RSS
     proc = multiprocessing.get_context("spawn").Process(target=_annotate_inputs, args=(cfg, cfg.annotate_cells))

@@ -21,8 +21,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from sctab.bench.cases import REGISTRY, Config
+from sctab.bench.synthetic import make_store, store_stats
 
 REPO = Path(__file__).resolve().parents[3]
 MERLIN_PY = REPO / ".venv-merlin" / "bin" / "python"
@@ -30,8 +32,6 @@ MERLIN_PY = REPO / ".venv-merlin" / "bin" / "python"
 
 def _child(case: str, part: str, cfg: Config, out: Path) -> None:
     """Inside the subprocess: run one part, add its peak RSS, write JSON."""
-    import torch
-
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     res = REGISTRY[case].run(part, cfg)
     res["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -135,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny shapes and few repeats: a smoke run in seconds")
     p.add_argument("--cases", nargs="*", default=None, help=f"subset of cases (default all: {', '.join(REGISTRY)})")
     p.add_argument("--repeats", type=int, default=None, help="repeats per figure (default 5, quick 3)")
-    p.add_argument("--cache", default=str(REPO / "benchmarks" / ".cache"), help="synthetic store cache (default: %(default)s)")
+    p.add_argument("--cache", default=str(REPO / "benchmarks" / ".cache"),
+                   help="synthetic store cache (default: %(default)s)")
     p.add_argument("--out", default=None, help="result file (default benchmarks/results/<YYYY-MM-DD>.md; "
                    "'-' = do not write; quick runs write nothing unless given)")
     p.add_argument("--_child", nargs=3, help=argparse.SUPPRESS)
@@ -151,8 +152,6 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in REGISTRY]
     if unknown:
         p.error(f"unknown case(s) {unknown}; known: {', '.join(REGISTRY)}")
-    from sctab.bench.synthetic import make_store, store_stats
-
     print(f"store: {cfg.store_path} (built once, then reused)", file=sys.stderr, flush=True)
     make_store(cfg.store_path, cfg.n_cells, cfg.n_genes, cfg.n_classes, row_group_size=cfg.row_group_size)
     stats = store_stats(cfg.store_path)
@@ -161,8 +160,6 @@ def main(argv: list[str] | None = None) -> int:
     for n in names:
         print(f"running {n} ...", file=sys.stderr, flush=True)
         rows.append(run_case(n, cfg))
-    import torch
-
     header = (f"## scTab bench, {dt.date.today().isoformat()}{' (quick)' if a.quick else ''}\n\n"
               f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
               f"({torch.get_num_threads()} threads), no GPU. Store: {cfg.n_cells:,} synthetic cells x "
@@ -175,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
               f"cores), the rate had the cores been ours; 'Met' is given for both.\n")
     text = table(rows, cfg, header)
     print(text)
-    out = a.out if a.out is not None else (None if a.quick else str(REPO / "benchmarks" / "results" / f"{dt.date.today().isoformat()}.md"))
+    dated = str(REPO / "benchmarks" / "results" / f"{dt.date.today().isoformat()}.md")
+    out = a.out if a.out is not None else (None if a.quick else dated)
     if out and out != "-":
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text + "\n")

@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 
 from sctab.data.normalize import normalize_log1p
-from sctab.data.store import _PartWriter, _x_array, write_sparse_layout
+from sctab.data.store import PartWriter, write_sparse_layout, x_list_array
 from sctab.io import atomic_dir
 
 VERSION = 1  # bump when the generator changes: cached stores are keyed by it
@@ -56,13 +56,13 @@ def make_store(root: str | Path, n_cells: int, n_genes: int = 19_331, n_classes:
     profile = gene_profile(np.random.default_rng([seed, VERSION, 1]), n_genes, n_classes)
     with atomic_dir(root) as tmp:
         (tmp / "train").mkdir()
-        parts = _PartWriter(tmp / "train", rows_per_part=rows_per_part, row_group_size=row_group_size)
+        parts = PartWriter(tmp / "train", rows_per_part=rows_per_part, row_group_size=row_group_size)
         chunk = 2048
         for start in range(0, n_cells, chunk):
             n = min(chunk, n_cells - start)
             counts, labels = synthetic_counts(rng, n, profile)
             x = normalize_log1p(counts)
-            parts.add(pa.table({"X": _x_array(x), "cell_type": pa.array(labels, pa.int64()),
+            parts.add(pa.table({"X": x_list_array(x), "cell_type": pa.array(labels, pa.int64()),
                                 "soma_joinid": pa.array(np.arange(start, start + n), pa.int64())}))
         parts.close(truncate=False)
         (tmp / "categorical_lookup").mkdir()

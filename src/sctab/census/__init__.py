@@ -1,1 +1,36 @@
-"""sctab.census."""
+"""sctab.census: the census (the embedded synthetic one or the hosted CELLxGENE one) behind one API, extraction
+with the paper's six cell filters, the model's gene space, and the generator of the embedded census.
+
+    with open_census(params) as census: ...        # either census, as cellxgene_census.open_soma gives it
+    result = sctab.census.extract.extract(params, ontology)   # kept cells, model genes, a report per filter
+    with open_counts(params) as read_counts: ...   # raw counts of chosen cells and genes (the store writer's input)
+
+Names are imported on first use, so that ``import sctab.census.filters`` does not load tiledbsoma or anndata.
+"""
+
+import importlib
+
+_LAZY = {
+    "CensusError": "sctab.census.source", "OBS_COLUMNS": "sctab.census.source", "VAR_COLUMNS": "sctab.census.source",
+    "census_description": "sctab.census.source", "open_census": "sctab.census.source",
+    "open_counts": "sctab.census.source", "read_counts": "sctab.census.source",
+    "Extraction": "sctab.census.extract", "select_genes": "sctab.census.extract",
+    "FilterError": "sctab.census.filters", "FilterParams": "sctab.census.filters",
+    "add_tech_sample": "sctab.census.filters", "obs_counts": "sctab.census.filters",
+    "type_level_filters": "sctab.census.filters",
+    "gencode_genes": "sctab.census.genes", "protein_coding_ids": "sctab.census.genes",
+    "read_feature_list": "sctab.census.genes",
+    "SyntheticCensusConfig": "sctab.census.synthetic", "build_synthetic_census": "sctab.census.synthetic",
+    "generate_census_anndata": "sctab.census.synthetic", "write_census": "sctab.census.synthetic",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'sctab.census' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))

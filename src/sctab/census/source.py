@@ -6,9 +6,18 @@ profile's `census` section differs.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
 
 from sctab.config import ConfigError
+
+# cellxgene_census (tiledbsoma) is imported where a census is opened: it costs seconds at `sctab` start-up.
 
 OBS_COLUMNS = [
     "soma_joinid", "dataset_id", "donor_id", "assay", "cell_type", "cell_type_ontology_term_id",
@@ -60,6 +69,37 @@ def get_experiment(census, params: dict):
     except KeyError:
         raise CensusError(f"the census has no experiment census_data/{organism}") from None
     return exp
+
+
+CountsReader = Callable[[np.ndarray, np.ndarray], sp.csr_matrix]
+"""``read(joinids, var_ids)``: raw counts of those cells (rows, in that order) and genes (columns, in that order)."""
+
+
+@contextlib.contextmanager
+def open_counts(params: dict) -> Iterator[CountsReader]:
+    """Open the census of ``params`` and yield a reader of its raw counts (``census.x_layer``, default raw).
+
+    The store writer takes this reader as an argument, so sctab.data does not need to know about censuses."""
+    with open_census(params) as census:
+        X = get_experiment(census, params).ms["RNA"].X[params["census"].get("x_layer", "raw")]
+        yield functools.partial(read_counts, X)
+
+
+def read_counts(X, joinids: np.ndarray, var_ids: np.ndarray) -> sp.csr_matrix:
+    """Raw counts (cells in `joinids` order, genes in `var_ids` order) as CSR, from a SOMA sparse X."""
+    order = np.argsort(joinids)
+    sorted_ids = joinids[order]
+    tbl = X.read(coords=(sorted_ids, np.sort(var_ids))).tables().concat()
+    row = tbl.column("soma_dim_0").to_numpy()
+    col = tbl.column("soma_dim_1").to_numpy()
+    val = tbl.column("soma_data").to_numpy()
+    r = np.searchsorted(sorted_ids, row)
+    gene_pos = pd.Series(np.arange(len(var_ids)), index=var_ids)
+    c = gene_pos.reindex(col).to_numpy()
+    m = sp.csr_matrix((val.astype(np.float64), (r, c)), shape=(len(joinids), len(var_ids)))
+    inv = np.empty_like(order)
+    inv[order] = np.arange(len(order))
+    return m[inv]
 
 
 def check_columns(schema_names, required, what: str) -> None:

@@ -30,9 +30,11 @@ from typing import Sequence
 import anndata as ad
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import scipy.sparse as sp
 
 from sctab.census.genes import gencode_genes
+from sctab.io import atomic_dir
 from sctab.ontology.bundled import load_bundled_cl
 
 TENX_ASSAYS = {
@@ -185,7 +187,8 @@ class _ExpressionModel:
         self.dispersion = np.exp(rng.normal(np.log(1.5), 0.6, n_genes))  # NB theta per gene
         # markers of states and modules are genes that are actually detected (upper 40% of baseline)
         self.expressed = np.flatnonzero(self.base >= np.quantile(self.base, 0.6))
-        self.state_effects = {s: _sparse_effect(_term_rng(cfg.seed, f"state:{s}"), n_genes, max(8, n_genes // 60), cfg.state_lfc, 0.0, self.expressed)
+        self.state_effects = {s: _sparse_effect(_term_rng(cfg.seed, f"state:{s}"), n_genes, max(8, n_genes // 60),
+                                                cfg.state_lfc, 0.0, self.expressed)
                               for s in STATES[1:]}
         self._programs: dict[str, np.ndarray] = {}
         self._modules: dict[str, np.ndarray] = {}
@@ -214,7 +217,8 @@ class _ExpressionModel:
         key = f"{group}:{n}"
         if key not in self._modules:
             rng = _term_rng(self.cfg.seed, f"modules:{group}")
-            self._modules[key] = np.stack([_sparse_effect(rng, self.G, max(6, self.G // 150), self.cfg.module_lfc, 0.0, self.expressed) for _ in range(n)])
+            self._modules[key] = np.stack([_sparse_effect(rng, self.G, max(6, self.G // 150), self.cfg.module_lfc, 0.0,
+                                                          self.expressed) for _ in range(n)])
         return self._modules[key]
 
 
@@ -290,8 +294,9 @@ def generate_census_anndata(cfg: SyntheticCensusConfig) -> tuple[ad.AnnData, dic
     tissues = tissue_specs(cfg, cl)
     plan = _dataset_plan(cfg, rng, tissues)
 
-    assay_gene = {a: _term_rng(cfg.seed, f"assay:{a}").normal(0, cfg.assay_sd, G) for a in {**TENX_ASSAYS, **OTHER_ASSAYS}}
-    assay_alpha = {a: float(_term_rng(cfg.seed, f"alpha:{a}").uniform(0.8, 1.1)) for a in {**TENX_ASSAYS, **OTHER_ASSAYS}}
+    assays = {**TENX_ASSAYS, **OTHER_ASSAYS}
+    assay_gene = {a: _term_rng(cfg.seed, f"assay:{a}").normal(0, cfg.assay_sd, G) for a in assays}
+    assay_alpha = {a: float(_term_rng(cfg.seed, f"alpha:{a}").uniform(0.8, 1.1)) for a in assays}
     groups: dict[str, list[str]] = {}
     for t in tissues:
         for ts in t.types:
@@ -324,7 +329,8 @@ def generate_census_anndata(cfg: SyntheticCensusConfig) -> tuple[ad.AnnData, dic
             labels = np.empty(n_cells, dtype=object)
             for i, ti in enumerate(which):
                 ts = types[ti]
-                true_term = ts.term if not ts.expression_of else ts.expression_of[int(dr.integers(len(ts.expression_of)))]
+                true_term = (ts.term if not ts.expression_of
+                             else ts.expression_of[int(dr.integers(len(ts.expression_of)))])
                 label = ts.term
                 if coarse and true_term in coarse_of:
                     label = coarse_label
@@ -401,10 +407,8 @@ def generate_census_anndata(cfg: SyntheticCensusConfig) -> tuple[ad.AnnData, dic
 
 def write_census(adata: ad.AnnData, uri: str | Path, info: dict | None = None) -> Path:
     """Write an AnnData as a census-shaped SOMA collection (atomically: temp folder, then rename)."""
-    import tiledbsoma
+    import tiledbsoma  # seconds to import; only writing a census needs it
     import tiledbsoma.io
-
-    from sctab.io import atomic_dir
 
     uri = Path(uri)
     with atomic_dir(uri) as tmp:
@@ -412,7 +416,8 @@ def write_census(adata: ad.AnnData, uri: str | Path, info: dict | None = None) -
             root.metadata["created_by"] = "sctab synthetic census"
             root.metadata["census_schema_version"] = "synthetic-1"
             info_coll = root.add_new_collection("census_info")
-            summary = pd.DataFrame({"label": list((info or {}).keys()), "value": [str(v) for v in (info or {}).values()]})
+            summary = pd.DataFrame({"label": list((info or {}).keys()),
+                                    "value": [str(v) for v in (info or {}).values()]})
             _add_dataframe(info_coll, "summary", summary)
             ds = adata.obs.groupby("dataset_id", observed=True).agg(
                 dataset_total_cell_count=("assay", "size")).reset_index()
@@ -427,8 +432,6 @@ def write_census(adata: ad.AnnData, uri: str | Path, info: dict | None = None) -
 
 
 def _add_dataframe(coll, key: str, df: pd.DataFrame) -> None:
-    import pyarrow as pa
-
     tbl = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
     tbl = tbl.append_column("soma_joinid", pa.array(np.arange(len(df), dtype=np.int64)))
     with coll.add_new_dataframe(key, schema=tbl.schema, index_column_names=["soma_joinid"],

@@ -19,6 +19,9 @@ import scipy.sparse as sp
 from sctab.data.store import Store
 from sctab.io import atomic_dir, write_json
 
+# scikit-learn (k-means) and torch (the online Augmenter) are imported where used: the augment stage needs only
+# the first, training only the second, and each costs seconds to import.
+
 FILE_NAME = "augmentations.npy"  # the published artifact's name
 REPORT_NAME = "augment_report.json"
 _KEYS = ("n_cells", "zero_threshold", "clamp", "n_clusters", "min_cluster_size", "n_vectors", "seed")

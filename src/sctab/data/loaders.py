@@ -139,7 +139,8 @@ class CSRRows:
         sl = slice(int(self.indptr[0]), int(self.indptr[-1]))
         itype = np.int32 if self.nnz < 2**31 else np.int64  # int32 indices: zero-copy from the store's
         ptr = (self.indptr - self.indptr[0]).astype(itype)
-        return torch.sparse_csr_tensor(torch.from_numpy(ptr), torch.from_numpy(self.indices[sl].astype(itype, copy=False)),
+        return torch.sparse_csr_tensor(torch.from_numpy(ptr),
+                                       torch.from_numpy(self.indices[sl].astype(itype, copy=False)),
                                        torch.from_numpy(self.values[sl]), size=(len(self), self.n_cols),
                                        check_invariants=False)
 
@@ -543,8 +544,8 @@ class MerlinLoader(Loader):
         if self.rows is not None:
             raise LoaderError("the merlin backend does not support `rows` subsets; use 'stream' or 'memory'")
         try:
-            from merlin.dataloader.torch import Loader as _MerlinTorchLoader  # noqa: F401
             import merlin.io  # noqa: F401
+            from merlin.dataloader.torch import Loader as _MerlinTorchLoader  # noqa: F401
         except ImportError as e:
             raise MerlinNotInstalled(
                 f"the merlin backend needs merlin-dataloader ({e}); it cannot live in the main environment: "

@@ -18,8 +18,8 @@ Layout (../shared/reference/published-sctab-artifacts.md):
                                  group without decoding (parquet's list levels + snappy cost ~30-70 ms per
                                  1,024 cells here, more than the whole batch budget of a 50k cells/s loader).
 
-The writer streams X from the census one chunk of cells at a time and writes the whole store into a
-temporary folder that is renamed into place only when complete.
+The writer streams X from a counts reader (the census's, in the pipeline) one chunk of cells at a time and
+writes the whole store into a temporary folder that is renamed into place only when complete.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import pandas as pd
@@ -37,6 +38,9 @@ from tqdm.auto import tqdm
 from sctab.data.normalize import normalize_log1p
 from sctab.data.split import SPLITS
 from sctab.io import atomic_dir, write_json
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 LAYOUTS = ("dense", "both")
 SPARSE_DIR = "sparse"
@@ -60,7 +64,8 @@ def _lookups(obs: pd.DataFrame, ontology) -> dict[str, pd.DataFrame]:
     return out
 
 
-def _x_array(x: np.ndarray) -> pa.Array:
+def x_list_array(x: np.ndarray) -> pa.Array:
+    """A (cells, genes) matrix as the store's X column: one list<float32> of n_genes values per cell."""
     n, g = x.shape
     offsets = pa.array(np.arange(0, (n + 1) * g, g, dtype=np.int32) if (n + 1) * g < 2**31
                        else np.arange(0, (n + 1) * g, g, dtype=np.int64))
@@ -70,10 +75,14 @@ def _x_array(x: np.ndarray) -> pa.Array:
 
 
 def write_store(params: dict, obs: pd.DataFrame, var: pd.DataFrame, assignment: pd.DataFrame,
-                subsets: dict[str, np.ndarray], ontology, out_dir: str | Path) -> dict:
-    """Fetch raw counts for the kept cells, normalise, and write the store atomically. Returns the report."""
-    from sctab.census.source import get_experiment, open_census
+                subsets: dict[str, np.ndarray], ontology, out_dir: str | Path,
+                read_counts: Callable[[np.ndarray, np.ndarray], sp.spmatrix]) -> dict:
+    """Fetch raw counts for the kept cells, normalise, and write the store atomically. Returns the report.
 
+    ``read_counts(joinids, var_ids)`` returns the raw counts of those cells and genes, in that order: in the
+    pipeline the census reader of ``sctab.census.source.open_counts``. The writer opens no census itself, so
+    it writes counts from any source and sctab.data does not depend on census code.
+    """
     st = params["store"]
     target_sum = float(st.get("target_sum", 10_000))
     rg = int(st.get("row_group_size", 1024))
@@ -97,24 +106,22 @@ def write_store(params: dict, obs: pd.DataFrame, var: pd.DataFrame, assignment: 
               "n_classes": int(len(lookups["cell_type"])), "row_group_size": rg, "target_sum": target_sum}
     positions: dict[str, dict[int, int]] = {}
 
-    with atomic_dir(out_dir) as tmp, open_census(params) as census:
-        exp = get_experiment(census, params)
-        X = exp.ms["RNA"].X[params["census"].get("x_layer", "raw")]
+    with atomic_dir(out_dir) as tmp:
         for split_i, split in enumerate(SPLITS):
             rows = np.flatnonzero(obs["split"].to_numpy() == split)
             rows = np.random.default_rng([seed, 11, split_i]).permutation(rows)  # shuffled on disk
             (tmp / split).mkdir()
-            parts = _PartWriter(tmp / split, rows_per_part=chunk, row_group_size=rg)
+            parts = PartWriter(tmp / split, rows_per_part=chunk, row_group_size=rg)
             dropped = 0
             bar = tqdm(total=len(rows), desc=f"store {split}", unit="cells", disable=None)
             for start in range(0, len(rows), chunk):
                 sel = rows[start:start + chunk]
                 joinids = obs["soma_joinid"].to_numpy(np.int64)[sel]
-                counts = _read_counts(X, joinids, var_ids)
+                counts = read_counts(joinids, var_ids)
                 ok = np.asarray(counts.sum(axis=1)).ravel() > 0
                 dropped += int((~ok).sum())
                 sel, joinids, counts = sel[ok], joinids[ok], counts[ok]
-                cols = {"X": _x_array(normalize_log1p(counts, target_sum))}
+                cols = {"X": x_list_array(normalize_log1p(counts, target_sum))}
                 for c in CODE_COLUMNS:
                     cols[c] = pa.array(codes[c][sel], type=pa.int64())
                 cols["soma_joinid"] = pa.array(joinids, type=pa.int64())
@@ -154,8 +161,10 @@ def write_store(params: dict, obs: pd.DataFrame, var: pd.DataFrame, assignment: 
     return report
 
 
-class _PartWriter:
-    """Buffers normalised rows and writes `part.N.parquet` files of `rows_per_part` rows in row groups."""
+class PartWriter:
+    """Buffers normalised rows and writes `part.N.parquet` files of `rows_per_part` rows in row groups.
+
+    Public for writers of other stores in this layout (the bench's synthetic one)."""
 
     def __init__(self, folder: Path, rows_per_part: int, row_group_size: int):
         self.folder, self.rows_per_part, self.rg = folder, rows_per_part, row_group_size
@@ -255,25 +264,6 @@ def write_sparse_layout(root: str | Path) -> dict:
         return _write_sparse_parts(root, tmp, n_genes)
 
 
-def _read_counts(X, joinids: np.ndarray, var_ids: np.ndarray):
-    """Raw counts (cells in `joinids` order, genes in `var_ids` order) as CSR, from a SOMA sparse X."""
-    import scipy.sparse as sp
-
-    order = np.argsort(joinids)
-    sorted_ids = joinids[order]
-    tbl = X.read(coords=(sorted_ids, np.sort(var_ids))).tables().concat()
-    row = tbl.column("soma_dim_0").to_numpy()
-    col = tbl.column("soma_dim_1").to_numpy()
-    val = tbl.column("soma_data").to_numpy()
-    r = np.searchsorted(sorted_ids, row)
-    gene_pos = pd.Series(np.arange(len(var_ids)), index=var_ids)
-    c = gene_pos.reindex(col).to_numpy()
-    m = sp.csr_matrix((val.astype(np.float64), (r, c)), shape=(len(joinids), len(var_ids)))
-    inv = np.empty_like(order)
-    inv[order] = np.arange(len(order))
-    return m[inv]
-
-
 def balanced_class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
     """n_samples / (n_classes * count) per class (sklearn's 'balanced'); classes absent from train get 0."""
     counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
@@ -350,7 +340,8 @@ class Store:
     def train_subset(self, name: str) -> np.ndarray:
         path = self.root / "train_subsets" / f"{name}.npy"
         if not path.exists():
-            avail = sorted(p.stem for p in (self.root / "train_subsets").glob("*.npy")) if (self.root / "train_subsets").exists() else []
+            folder = self.root / "train_subsets"
+            avail = sorted(p.stem for p in folder.glob("*.npy")) if folder.exists() else []
             raise StoreError(f"store {self.root} has no train subset {name!r}; available: {avail or 'none'}")
         return _load_npy(path)
 

@@ -16,6 +16,7 @@ from sctab.validate.messages import exception_text
 from sctab.validate.stats import split_row_stats
 from sctab.validate.suites import SuiteSpec, extract_suite, filters_suite, split_suites, store_layout, store_suite
 
+
 class ValidationError(Exception):
     """Some data check failed. ``failures`` lists each problem in plain words; ``summary`` is what
     was written to summary.json (written, with the Data Docs, before this is raised)."""
@@ -39,7 +40,8 @@ def _require(frame: pd.DataFrame, columns, what: str) -> None:
     """The aggregate frames need these columns; say which are missing instead of a bare KeyError."""
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise ValueError(f"{what} lacks column(s) {', '.join(map(repr, missing))}; has {', '.join(map(str, frame.columns))}")
+        raise ValueError(f"{what} lacks column(s) {', '.join(map(repr, missing))}; "
+                         f"has {', '.join(map(str, frame.columns))}")
 
 
 def expected_rows_from(store_dir: str | Path, assignment: pd.DataFrame) -> dict[str, int]:

@@ -18,7 +18,7 @@ import pandas as pd
 
 from sctab.validate import frames
 from sctab.validate.messages import Explainer, each, fmt_num, observed, plural, summarised
-from sctab.validate.stats import StoreStats
+from sctab.validate.stats import StoreStats, parquet_rows
 
 LOG1P_SLACK = 1e-4  # float32 rounding of log1p(target_sum) for a cell with one expressed gene
 
@@ -57,7 +57,8 @@ def extract_suite(obs: pd.DataFrame, params: Mapping) -> SuiteSpec:
     checks = [
         Check(
             gxe.ExpectColumnValuesToNotBeNull(column="soma_joinid", description="every cell has a soma_joinid"),
-            summarised("cell", ("has no soma_joinid", "have no soma_joinid"), lambda r: f"donor '{r.get('tech_sample')}'"),
+            summarised("cell", ("has no soma_joinid", "have no soma_joinid"),
+                       lambda r: f"donor '{r.get('tech_sample')}'"),
         ),
         Check(
             gxe.ExpectColumnValuesToBeUnique(column="soma_joinid", description="soma_joinid is unique"),
@@ -107,7 +108,8 @@ def _assay_explainer(allowed: list[str]) -> Explainer:
         n = int(result.get("unexpected_count") or 0)
         counts = result.get("partial_unexpected_counts") or []
         values = ", ".join(f"'{c['value']}'" for c in counts) or "?"
-        return [f"{plural(n, 'cell')} {'has' if n == 1 else 'have'} a disallowed assay {values} (allowed: {', '.join(allowed)})"]
+        verb = "has" if n == 1 else "have"
+        return [f"{plural(n, 'cell')} {verb} a disallowed assay {values} (allowed: {', '.join(allowed)})"]
 
     return explain
 
@@ -364,7 +366,6 @@ def store_suite(
 
 def store_layout(store_dir: str | Path) -> tuple[int | None, int | None, list[str]]:
     """(n_genes from var.parquet, number of cell type labels, problems) of a store directory."""
-    from sctab.validate.stats import parquet_rows
 
     store_dir = Path(store_dir)
     problems: list[str] = []

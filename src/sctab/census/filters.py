@@ -47,7 +47,8 @@ def add_tech_sample(obs: pd.DataFrame) -> pd.DataFrame:
     return obs
 
 
-def _counts(obs: pd.DataFrame) -> dict:
+def obs_counts(obs: pd.DataFrame) -> dict:
+    """Cells, cell types and donors of ``obs``: the before/after numbers of each filter's report row."""
     return {"cells": int(len(obs)), "cell_types": int(obs["cell_type_ontology_term_id"].nunique()),
             "donors": int(obs["tech_sample"].nunique()) if "tech_sample" in obs else None}
 
@@ -76,9 +77,9 @@ def type_level_filters(obs: pd.DataFrame, fp: FilterParams, ontology) -> tuple[p
 
     def step(name: str, keep_mask, removed_types) -> None:
         nonlocal obs
-        before = _counts(obs)
+        before = obs_counts(obs)
         obs = obs.loc[keep_mask].copy()
-        steps.append({"filter": name, "before": before, "after": _counts(obs),
+        steps.append({"filter": name, "before": before, "after": obs_counts(obs),
                       "removed_types": sorted(str(t) for t in removed_types)})
 
     terms = obs["cell_type_ontology_term_id"].astype(str)
@@ -105,7 +106,8 @@ def type_level_filters(obs: pd.DataFrame, fp: FilterParams, ontology) -> tuple[p
         raise FilterError(
             "the filters leave {} cell type(s) ({} cells); a classifier needs at least 2. Steps: {}".format(
                 obs["cell_type_ontology_term_id"].nunique(), len(obs),
-                "; ".join(f"{s['filter']}: {s['before']['cell_types']}->{s['after']['cell_types']} types" for s in steps)))
+                "; ".join(f"{s['filter']}: {s['before']['cell_types']}->{s['after']['cell_types']} types"
+                          for s in steps)))
     for c in obs.columns:
         if isinstance(obs[c].dtype, pd.CategoricalDtype):
             obs[c] = obs[c].cat.remove_unused_categories()
