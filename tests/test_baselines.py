@@ -8,17 +8,25 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import pipeline_help
+from sctab.config import ConfigError
 from sctab.data.pca import load_embedding
 from sctab.data.store import Store
 from sctab.evaluate.metrics import macro_f1
-from sctab.models.xgboost_model import (EveryNRounds, XGBoostConfigError, best_rounds, check_config, fit_xgboost,
-                                        load_xgboost, predict_proba, save_xgboost)
-from sctab.config import ConfigError
+from sctab.models.xgboost_model import (
+    EveryNRounds,
+    XGBoostConfigError,
+    best_rounds,
+    check_config,
+    fit_xgboost,
+    load_xgboost,
+    predict_proba,
+    save_xgboost,
+)
 from sctab.train.baselines import BaselineError, baseline_config
 from sctab.train.fitting import FitError, fit
 from sctab.train.runners import LocalRunner
 from sctab.train.spec import make_spec
+from tests.conftest import pipeline_help
 
 
 @pytest.fixture(scope="module")

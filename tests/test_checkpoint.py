@@ -12,7 +12,6 @@ import yaml
 from sctab.models import TabNet, load_published_sctab, save_published_style_checkpoint
 from sctab.models.published import CheckpointError, read_hparams_yaml
 
-
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
@@ -61,7 +60,8 @@ def test_roundtrip_gives_identical_outputs(tmp_path):
     assert torch.equal(a, b) and torch.equal(la, lb)
     # shared tensor is shared again after loading, not duplicated
     enc = loaded.encoder
-    assert enc.feat_transformers[0].shared.glu_layers[0].fc.weight is enc.initial_splitter.shared.shared_layers[0].weight
+    shared = enc.initial_splitter.shared.shared_layers[0].weight
+    assert enc.feat_transformers[0].shared.glu_layers[0].fc.weight is shared
     assert loaded.lambda_sparse == HP["lambda_sparse"]
 
 

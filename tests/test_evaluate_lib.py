@@ -11,7 +11,7 @@ import pytest
 import yaml
 from sklearn.metrics import f1_score
 
-from sctab.evaluate.metrics import evaluate_probs, f1_from_confusion, confusion, macro_f1, nll, per_class_f1
+from sctab.evaluate.metrics import confusion, evaluate_probs, f1_from_confusion, macro_f1, nll, per_class_f1
 from sctab.evaluate.organs import (
     MAPPING_FILE,
     ORGAN_SYSTEMS,

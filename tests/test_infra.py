@@ -118,7 +118,8 @@ SECRET_KEYS = re.compile(r"^\s*-?\s*[A-Z_]*(PASSWORD|SECRET|ACCESS_KEY|TOKEN)[A-
 
 
 @pytest.mark.parametrize("path", sorted(p.relative_to(REPO).as_posix() for p in INFRA.rglob("*")
-                                        if p.is_file() and p.suffix in (".yaml", ".yml", ".ini", ".sh", ".example", "")))
+                                        if p.is_file()
+                                        and p.suffix in (".yaml", ".yml", ".ini", ".sh", ".example", "")))
 def test_no_literal_secret_in_infra(path):
     """Every secret-looking setting is empty or an environment/secret reference, never a value."""
     for line in (REPO / path).read_text().splitlines():

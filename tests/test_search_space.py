@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from sctab.train.search_space import (CONF_DIR, SearchSpaceError, check_against_model, load_search_space)
+from sctab.train.search_space import CONF_DIR, SearchSpaceError, check_against_model, load_search_space
 
 
 @pytest.mark.parametrize("model", ["xgboost", "celltypist", "linear", "mlp"])

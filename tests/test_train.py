@@ -24,7 +24,8 @@ def _spec(census_params, store_dir, augment_dir, model="sctab", **over):
 def test_paper_defaults_in_the_full_scale_profile():
     params = load_profile("census-2023-05-15")
     sctab = spec_from_params(params, "sctab", augmentations="x")
-    assert (sctab.lr, sctab.weight_decay, sctab.batch_size, sctab.lr_gamma, sctab.augment) == (0.005, 0.05, 2048, 0.9, True)
+    got = (sctab.lr, sctab.weight_decay, sctab.batch_size, sctab.lr_gamma, sctab.augment)
+    assert got == (0.005, 0.05, 2048, 0.9, True)
     assert sctab.arch == {"n_d": 128, "n_a": 64, "n_shared": 3, "n_independent": 5, "n_steps": 1, "gamma": 1.3,
                           "virtual_batch_size": 256, "mask_type": "entmax", "lambda_sparse": 1e-5}
     mlp = spec_from_params(params, "mlp", augmentations="x")

@@ -13,10 +13,10 @@ import time
 import pytest
 import yaml
 
-from tests.conftest import pipeline_help
 from sctab.config import REPO_ROOT
 from sctab.train.search_space import load_search_space
 from sctab.train.tune import run_study
+from tests.conftest import pipeline_help
 
 pytestmark = pytest.mark.slow
 

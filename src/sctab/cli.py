@@ -174,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--plot", default=None, help="also save an embedding coloured by label and uncertainty (PNG)")
     an.add_argument("--trust-pickle", action="store_true", help="allow loading a pickled model (CellTypist) from a "
                     "folder you trust")
-    an.add_argument("--store", default="data/store", help="for a pipeline model folder: the store (default: %(default)s)")
+    an.add_argument("--store", default="data/store",
+                    help="for a pipeline model folder: the store (default: %(default)s)")
     an.add_argument("--ontology", default="data/ontology/cl.obo",
                     help="for a pipeline model folder: the Cell Ontology (default: %(default)s)")
     an.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

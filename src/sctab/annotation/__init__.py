@@ -8,9 +8,9 @@
 from sctab.annotation.annotator import COLUMNS, UNASSIGNED, Annotator
 from sctab.annotation.bundle import Bundle, write_bundle
 from sctab.annotation.errors import AnnotateError
+from sctab.annotation.files import AnnotationReport, annotate, annotate_file
 from sctab.annotation.plots import plot_annotation
 from sctab.annotation.resolve import DEFAULT_MODEL, load_annotator
-from sctab.annotation.files import AnnotationReport, annotate, annotate_file
 
 __all__ = ["COLUMNS", "UNASSIGNED", "Annotator", "AnnotateError", "AnnotationReport", "Bundle", "DEFAULT_MODEL",
            "annotate", "annotate_file", "load_annotator", "plot_annotation", "write_bundle"]

@@ -2,9 +2,9 @@
 
 The model sees what it was trained on: counts of its own genes (absent ones zero), scaled per cell to
 ``target_sum`` and log1p-transformed by the store writer's own function (Methods; the size factor is taken
-over the model's genes, as the store does). The ensemble's answer is the members' mean softmax; uncertainty is 1 - its maximum. Above
-the uncertainty threshold a coarser label is offered too: the lowest common ancestor, in the Cell
-Ontology, of the smallest set of classes holding ``coverage`` of the probability.
+over the model's genes, as the store does). The ensemble's answer is the members' mean softmax; uncertainty
+is 1 - its maximum. Above the uncertainty threshold a coarser label is offered too: the lowest common
+ancestor, in the Cell Ontology, of the smallest set of classes holding ``coverage`` of the probability.
 """
 
 from __future__ import annotations

@@ -135,7 +135,8 @@ def write_bundle(model_folder: str | Path, out: str | Path, *, class_ids: dict[s
            else kind, "member_kind": kind, "members": [m.name for m in members],
            "member_runs": [str(models.read_meta(m).get("run_id", "")) for m in members],
            "n_genes": len(var), "n_classes": len(labels),
-           "normalisation": {"target_sum": float(norm.get("target_sum", 10000.0)), "log1p": bool(norm.get("log1p", True))},
+           "normalisation": {"target_sum": float(norm.get("target_sum", 10000.0)),
+                             "log1p": bool(norm.get("log1p", True))},
            "fallback": {**DEFAULT_FALLBACK, **(fallback or {})},
            "ontology_version": getattr(ontology, "version", None), "source": source or {"folder": str(model_folder)}}
     (out / "bundle.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))

@@ -68,9 +68,8 @@ def _rows_reader(x) -> Callable[[int, int], sp.csr_matrix]:
 
 def _h5_matrix(elem):
     """An h5py element of an AnnData matrix as something that slices rows."""
-    import h5py
-
     import anndata.io as aio
+    import h5py
 
     if isinstance(elem, h5py.Dataset):
         return elem
@@ -86,9 +85,8 @@ class LegacyH5ad(Exception):
 
 def h5ad_matrices(f, path: Path) -> tuple[pd.Index, list[Matrix]]:
     """obs names and candidate matrices (X, layers/*, raw/X) of an open h5py file, nothing loaded yet."""
-    import h5py
-
     import anndata.io as aio
+    import h5py
 
     if "obs" not in f or "var" not in f:
         raise AnnotateError(f"{path} is not an AnnData h5ad file (no obs/var groups)")
@@ -158,7 +156,8 @@ def _describe(kind: str, block: sp.csr_matrix) -> str:
 
 
 def _layer_key(m: Matrix) -> str:
-    return {"X": "X", ".raw.X": "raw"}.get(m.where, m.where[len("layers['"):-2] if m.where.startswith("layers[") else m.where)
+    layer = m.where[len("layers['"):-2] if m.where.startswith("layers[") else m.where
+    return {"X": "X", ".raw.X": "raw"}.get(m.where, layer)
 
 
 def choose_matrix(obs_names: pd.Index, matrices: list[Matrix], *, layer: str | None, from_log1p: bool,
@@ -215,7 +214,8 @@ def check_block(block: sp.csr_matrix, values: str, rows: tuple[int, int], where:
         raise AnnotateError(f"{where} has negative values in rows {a}-{b - 1} (min {block.data.min():.3g}); "
                             f"counts cannot be negative")
     if values == "counts" and kind in ("log-like", "non-integer"):
-        raise AnnotateError(f"{where} has non-integer values in rows {a}-{b - 1} (e.g. {block.data[block.data != np.round(block.data)][0]:.4g}) "
+        example = block.data[block.data != np.round(block.data)][0]
+        raise AnnotateError(f"{where} has non-integer values in rows {a}-{b - 1} (e.g. {example:.4g}) "
                             f"although its first rows were integer counts; pass allow_non_integer=True "
                             f"(--allow-non-integer) if these are corrected counts")
 

@@ -19,8 +19,16 @@ import numpy as np
 import pandas as pd
 
 from sctab.annotation.annotator import COLUMNS, UNASSIGNED, Annotator, to_model_space
-from sctab.annotation.counts import (CountsSource, GeneMatch, LegacyH5ad, adata_matrices, check_block,
-                                   choose_matrix, h5ad_matrices, match_genes)
+from sctab.annotation.counts import (
+    CountsSource,
+    GeneMatch,
+    LegacyH5ad,
+    adata_matrices,
+    check_block,
+    choose_matrix,
+    h5ad_matrices,
+    match_genes,
+)
 from sctab.annotation.errors import AnnotateError
 from sctab.annotation.resolve import DEFAULT_MODEL, load_annotator
 
@@ -98,7 +106,8 @@ def _predict_stream(ann: Annotator, source: CountsSource, match: GeneMatch, batc
     return out
 
 
-def _report(ann: Annotator, source: CountsSource, match: GeneMatch, out: pd.DataFrame, seconds: float) -> AnnotationReport:
+def _report(ann: Annotator, source: CountsSource, match: GeneMatch, out: pd.DataFrame,
+            seconds: float) -> AnnotationReport:
     return AnnotationReport(
         model=ann.description.get("model", str(ann.bundle.path)), model_kind=ann.bundle.kind, n_cells=len(out),
         matrix=source.matrix.where, values=source.values, gene_ids=match.id_type, model_genes=len(ann.genes),
@@ -157,9 +166,8 @@ def _output_tmp(out: Path):
 
 
 def _write_h5ad(src: Path, out: Path, frame: pd.DataFrame, report: AnnotationReport, key_added: str) -> None:
-    import h5py
-
     import anndata.io as aio
+    import h5py
 
     with _output_tmp(out) as tmp:
         shutil.copyfile(src, tmp)

@@ -179,7 +179,8 @@ def _sections(metrics, per_organ, PAPER, side_by_side, profile) -> list[dict]:
          "text": f"Ontology-corrected macro F1 on the test split, profile {profile}, beside the paper's values on "
                  f"the full census.", "table": table},
         {"title": "Per organ system (Fig. 1d)",
-         "text": "Macro F1 over the cell types annotated in each organ system's test cells, as in the paper's code (tissue_general grouped as in "
+         "text": "Macro F1 over the cell types annotated in each organ system's test cells, as in the paper's code "
+                 "(tissue_general grouped as in "
                  "conf/organ_systems.yaml).", "table": organs},
     ]
 

@@ -8,7 +8,6 @@ equal-width confidence bins and its expected calibration error (ECE).
 
 from __future__ import annotations
 
-
 import numpy as np
 
 

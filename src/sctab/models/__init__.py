@@ -11,8 +11,16 @@ from __future__ import annotations
 
 from sctab.models.classifier import Classifier, ClassifierError, Ensemble, FeatureSpace
 from sctab.models.entmax import Entmax15, Sparsemax, entmax15, entmax15_sort, sparsemax
-from sctab.models.folder import ENSEMBLE_FILE, ModelFolderError, is_model_folder, load, member_folders, read_meta, save, \
-    save_ensemble_summary
+from sctab.models.folder import (
+    ENSEMBLE_FILE,
+    ModelFolderError,
+    is_model_folder,
+    load,
+    member_folders,
+    read_meta,
+    save,
+    save_ensemble_summary,
+)
 from sctab.models.kinds import BASELINES, KINDS, MODEL_NAMES, NEURAL_MODELS, classifier_class, is_neural
 from sctab.models.linear import LinearModel
 from sctab.models.mlp import MLP
@@ -22,7 +30,8 @@ from sctab.models.tabnet import TabNet
 
 __all__ = [
     "Classifier", "ClassifierError", "Ensemble", "FeatureSpace", "TorchClassifier",
-    "load", "save", "save_ensemble_summary", "ENSEMBLE_FILE", "read_meta", "member_folders", "is_model_folder", "ModelFolderError",
+    "load", "save", "save_ensemble_summary", "ENSEMBLE_FILE", "read_meta", "member_folders", "is_model_folder",
+    "ModelFolderError",
     "KINDS", "NEURAL_MODELS", "MODEL_NAMES", "BASELINES", "classifier_class", "is_neural", "build_model",
     "model_outputs",
     "TabNet", "MLP", "LinearModel", "entmax15", "entmax15_sort", "sparsemax", "Entmax15", "Sparsemax",

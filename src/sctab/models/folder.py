@@ -21,10 +21,10 @@ import pandas as pd
 import yaml
 
 from sctab.io import atomic_dir
-from sctab.security import UntrustedPickleError, require_trusted_pickle
 from sctab.models.classifier import Classifier, ClassifierError, Ensemble, FeatureSpace
-from sctab.models.neural import TorchClassifier
 from sctab.models.kinds import classifier_class
+from sctab.models.neural import TorchClassifier
+from sctab.security import UntrustedPickleError, require_trusted_pickle
 
 __all__ = ["save", "load", "save_ensemble_summary", "read_meta", "member_folders", "ModelFolderError",
            "is_model_folder", "COMMON_FILES", "ENSEMBLE_FILE"]

@@ -6,8 +6,15 @@
 """
 
 from sctab.registry.promote import Promotion, promote
-from sctab.registry.register import (CHALLENGER, CHAMPION, DEFAULT_NAMES, RegisteredVersion, RegistryError,
-                                     register_folder, register_pipeline_models)
+from sctab.registry.register import (
+                                     CHALLENGER,
+                                     CHAMPION,
+                                     DEFAULT_NAMES,
+                                     RegisteredVersion,
+                                     RegistryError,
+                                     register_folder,
+                                     register_pipeline_models,
+)
 
 __all__ = ["CHALLENGER", "CHAMPION", "DEFAULT_NAMES", "Promotion", "RegisteredVersion", "RegistryError",
            "promote", "register_folder", "register_pipeline_models"]

@@ -101,6 +101,6 @@ def promote(name: str, version: str | int | None = None, *, force: bool = False)
     elif champ is None:
         reason = f"no champion yet; version {cand.version} becomes @{CHAMPION}"
     else:
-        reason = (f"test macro F1 {f_cand:.4f} >= champion's {_f1(champ) if _f1(champ) is not None else float('nan'):.4f} "
-                  f"on the same test split")
+        f_champ = _f1(champ) if _f1(champ) is not None else float("nan")
+        reason = f"test macro F1 {f_cand:.4f} >= champion's {f_champ:.4f} on the same test split"
     return Promotion(**base, promoted=True, reason=reason)

@@ -1,8 +1,18 @@
 """sctab.tracking: where runs go and what they carry (:mod:`runs`), and the one way to open a run (:mod:`tracked`)."""
 
-from sctab.tracking.runs import (TrackingServerError, data_version, experiment_id, explain_tracking_error, flatten,
-                                 git_commit, lineage_tags, project_root, tracking_uri)
+from sctab.tracking.runs import (
+                                 TrackingServerError,
+                                 data_version,
+                                 experiment_id,
+                                 explain_tracking_error,
+                                 flatten,
+                                 git_commit,
+                                 lineage_tags,
+                                 project_root,
+                                 tracking_uri,
+)
 from sctab.tracking.tracked import STOPPED, TrackedRun, close_run, record_failure, tracked_run
 
-__all__ = ["tracked_run", "TrackedRun", "record_failure", "close_run", "STOPPED", "tracking_uri", "experiment_id", "lineage_tags",
-           "flatten", "project_root", "git_commit", "data_version", "TrackingServerError", "explain_tracking_error"]
+__all__ = ["tracked_run", "TrackedRun", "record_failure", "close_run", "STOPPED", "tracking_uri", "experiment_id",
+           "lineage_tags", "flatten", "project_root", "git_commit", "data_version", "TrackingServerError",
+           "explain_tracking_error"]

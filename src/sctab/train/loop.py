@@ -168,7 +168,8 @@ def run_training(spec: TrainSpec, session: Session, logger: EpochLogger | None =
         sums = session.all_reduce(sums)
         train_loss = float(sums[0] / sums[1]) if sums[1] > 0 else float("nan")
         if not math.isfinite(train_loss):
-            raise TrainingError(f"training loss became {train_loss} in epoch {epoch} (lr {lr}); lower the learning rate")
+            raise TrainingError(f"training loss became {train_loss} in epoch {epoch} (lr {lr}); "
+                                f"lower the learning rate")
         val = evaluate_loader(model, val_loader, class_weights, child, device, session.all_reduce)
         if val["f1_macro"] > best["f1"]:
             best = {"f1": val["f1_macro"], "epoch": epoch, "loss": val["loss"]}

@@ -112,7 +112,8 @@ def load_search_space(model: str, path: str | Path | None = None) -> SearchSpace
 def _check_distribution(path: Path, name: str, spec) -> None:
     where = f"{path}: setting {name!r}"
     if not isinstance(spec, dict) or len(spec) != 1:
-        raise SearchSpaceError(f"{where}: write one distribution as {{kind: [args]}}, kinds: {', '.join(DISTRIBUTIONS)}")
+        raise SearchSpaceError(f"{where}: write one distribution as {{kind: [args]}}, "
+                               f"kinds: {', '.join(DISTRIBUTIONS)}")
     (kind, args), = spec.items()
     if kind not in DISTRIBUTIONS:
         raise SearchSpaceError(f"{where}: unknown distribution {kind!r}; known: {', '.join(DISTRIBUTIONS)}")

@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import json
 import math
-import time
 import shutil
+import time
 from pathlib import Path
 
-
 from sctab.models import is_neural
-from sctab.tracking import close_run, experiment_id, record_failure, project_root, tracked_run, tracking_uri
+from sctab.tracking import close_run, experiment_id, project_root, record_failure, tracked_run, tracking_uri
 from sctab.train.ray_train import ensure_ray
 from sctab.train.runners import METRIC, LocalRunner
-from sctab.train.trial import TrialContext, fit_in_trial, plain
 from sctab.train.search_space import SearchSpace, check_against_model, load_search_space
+from sctab.train.trial import TrialContext, fit_in_trial, plain
 
 MODE = "max"
 STUDY_FILE = "sctab_study.json"
@@ -156,7 +155,10 @@ def _scheduler(model: str, params: dict, tcfg: dict, report_every: int):
     if model not in STEPPED:
         return FIFOScheduler()
     m = (params.get("models") or {}).get(model) or {}
-    steps = math.ceil(int(m.get("n_estimators", 100)) / report_every) if model == "xgboost" else int(m.get("epochs", 10))
+    if model == "xgboost":
+        steps = math.ceil(int(m.get("n_estimators", 100)) / report_every)
+    else:
+        steps = int(m.get("epochs", 10))
     asha = tcfg.get("asha") or {}
     # a grace period past the last report means no early stopping at all
     return ASHAScheduler(time_attr="training_iteration", max_t=steps + 1,
