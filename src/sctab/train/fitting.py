@@ -31,7 +31,7 @@ from sctab.train.spec import BaselineSpec, TrainSpec
 __all__ = ["fit", "fit_ensemble", "FitResult", "FitError", "for_file"]
 
 #: timings vary run to run: MLflow keeps them, DVC-tracked files do not (re-runs compare on what matters)
-TIMINGS = ("train_seconds", "train_cells_per_s")
+TIMINGS = ("train_seconds", "train_cells_per_s", "epoch_seconds")
 
 
 class FitError(RuntimeError):
@@ -73,7 +73,8 @@ def after_loop(spec: TrainSpec | BaselineSpec, trained: Trained, run: TrackedRun
     if out_dir is not None:
         out = models.save(out_dir, clf, target_sum=float(store.report().get("target_sum", 10000.0)),
                           meta={"run_id": run.run_id, **(meta or {})}, metrics=for_file(metrics),
-                          history=trained.history)
+                          history=None if trained.history is None else
+                          [{k: v for k, v in h.items() if k not in TIMINGS} for h in trained.history])
         run.log_folder(out, "model")
     return FitResult(run_id=run.run_id, out_dir=out, metrics=metrics, classifier=clf)
 
