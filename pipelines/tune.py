@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Ray Tune, Optuna, torch and MLflow: imported after argument parsing, so that --help stays instant
     from sctab.train.search_space import SearchSpaceError, load_search_space
-    from sctab.train.tune import StudyError, comparison_markdown, run_study
+    from sctab.train.tune import StudyError, comparison_markdown, run_study, seed_spreads
 
     try:
         params = load_params(args.params)
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                 _write_back(args.params, m, summary)
         summaries = {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("*.json"))
                      if p.stem not in ("summary",)}
-        table = comparison_markdown(summaries)
+        table = comparison_markdown(summaries, seed_spreads("models"))
         (out / "summary.md").write_text("# Default versus tuned settings (Supp. Table 4 analogue)\n\n" + table)
         (out / "summary.json").write_text(json.dumps(_metrics(summaries), indent=2, sort_keys=True) + "\n")
         print(table)

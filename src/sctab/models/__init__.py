@@ -13,6 +13,7 @@ from sctab.models.classifier import Classifier, ClassifierError, Ensemble, Featu
 from sctab.models.entmax import Entmax15, Sparsemax, entmax15, entmax15_sort, sparsemax
 from sctab.models.folder import (
     ENSEMBLE_FILE,
+    SEEDS_FILE,
     ModelFolderError,
     is_model_folder,
     load,
@@ -30,7 +31,7 @@ from sctab.models.tabnet import TabNet
 
 __all__ = [
     "Classifier", "ClassifierError", "Ensemble", "FeatureSpace", "TorchClassifier",
-    "load", "save", "save_ensemble_summary", "ENSEMBLE_FILE", "read_meta", "member_folders", "is_model_folder",
+    "load", "save", "save_ensemble_summary", "ENSEMBLE_FILE", "SEEDS_FILE", "read_meta", "member_folders", "is_model_folder",
     "ModelFolderError",
     "KINDS", "NEURAL_MODELS", "MODEL_NAMES", "BASELINES", "classifier_class", "is_neural", "build_model",
     "model_outputs",

@@ -7,6 +7,7 @@
     cell_type.parquet  the classes in output order (column ``label``)
     metrics.json       the fit's scores (DVC-tracked: no timings, so re-runs compare on what matters)
     history.csv        one row per epoch (neural kinds)
+    seeds.json         (optional) the same fit's scores over several seeds: the spread of a single model
 
 An ensemble folder holds ``ensemble.json`` and one such folder per member (``seed_<n>/``).
 """
@@ -27,10 +28,11 @@ from sctab.models.neural import TorchClassifier
 from sctab.security import UntrustedPickleError, require_trusted_pickle
 
 __all__ = ["save", "load", "save_ensemble_summary", "read_meta", "member_folders", "ModelFolderError",
-           "is_model_folder", "COMMON_FILES", "ENSEMBLE_FILE"]
+           "is_model_folder", "COMMON_FILES", "ENSEMBLE_FILE", "SEEDS_FILE"]
 
 COMMON_FILES = ("model.yaml", "var.parquet", "cell_type.parquet")
 ENSEMBLE_FILE = "ensemble.json"
+SEEDS_FILE = "seeds.json"  # a single model's scores when the same fit ran with other seeds too (their spread)
 
 
 class ModelFolderError(ClassifierError):

@@ -11,7 +11,7 @@ from sctab.config import load_params
 from sctab.io import write_json
 from sctab.models import BASELINES, MODEL_NAMES
 from sctab.tracking import TrackingServerError
-from sctab.train.fitting import fit, fit_ensemble, for_file
+from sctab.train.fitting import fit, fit_ensemble, for_file, seed_spread
 from sctab.train.spec import make_spec
 
 
@@ -64,11 +64,20 @@ def _main(argv: list[str] | None = None, models=MODEL_NAMES + BASELINES) -> None
         result = fit(spec, params, args.out, experiment=args.experiment)
         m = result.metrics
         report = {"model": args.model, **for_file(m)}
+        ens = params.get("ensemble") or {}
+        n_spread = int(ens.get("spread_seeds", 1))
+        if n_spread > 1:
+            seeds = [int(spec.seed)] + [int(s) for s in ens.get("seeds") or [] if int(s) != int(spec.seed)]
+            spread = seed_spread(spec, params, result, seeds[:n_spread], experiment=args.experiment)
+            report["seeds"] = {k: spread[k] for k in ("seeds", "val_f1_macro", "test_f1_macro")}
         detail = (f"best epoch {m['best_epoch']}, " if "best_epoch" in m else
                   f"{m['best_rounds']} rounds, " if "best_rounds" in m else f"{m.get('n_features', '?')} genes kept, ")
         speed = f", {m['train_cells_per_s']:,.0f} cells/s" if "train_cells_per_s" in m else ""
         line = (f"{args.model}: {detail}val F1 {m['val_f1_macro']:.4f}, test F1 {m['test_f1_macro']:.4f}{speed} "
                 f"(MLflow run {result.run_id})")
+        if "seeds" in report:
+            t = report["seeds"]["test_f1_macro"]
+            line += f"; test F1 over seeds {report['seeds']['seeds']}: {t['mean']:.4f} ± {t['sd']:.4f}"
     if args.report:
         write_json(Path(args.report), report)
     print(f"{line}; {time.perf_counter() - t0:.0f} s")

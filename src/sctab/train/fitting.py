@@ -12,6 +12,7 @@ and written by :func:`sctab.models.save`. Deep-ensemble members carry their pare
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from sctab.tracking import TrackedRun, tracked_run
 from sctab.train.runners import LocalRunner, RayTrainRunner, Runner, Trained
 from sctab.train.spec import BaselineSpec, TrainSpec
 
-__all__ = ["fit", "fit_ensemble", "FitResult", "FitError", "for_file"]
+__all__ = ["fit", "fit_ensemble", "seed_spread", "spread_of", "FitResult", "FitError", "for_file"]
 
 #: timings vary run to run: MLflow keeps them, DVC-tracked files do not (re-runs compare on what matters)
 TIMINGS = ("train_seconds", "train_cells_per_s", "epoch_seconds")
@@ -138,4 +139,32 @@ def fit_ensemble(base: TrainSpec, params: dict, seeds: list[int], out_dir: str |
         parent.log_metrics(ens, prefix="ensemble_")
         parent.log_metrics(summary["members_mean"], prefix="members_mean_")
         parent.log_file(out_dir / models.ENSEMBLE_FILE)
+    return summary
+
+
+def spread_of(values: list[float]) -> dict:
+    """mean, sample sd (n - 1; 0 for one value) and the values, rounded for DVC-tracked files."""
+    v = np.asarray(values, dtype=np.float64)
+    sd = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+    return {"mean": round(float(v.mean()), 6), "sd": round(sd, 6), "values": [round(float(x), 6) for x in v]}
+
+
+def seed_spread(spec: TrainSpec | BaselineSpec, params: dict, first: FitResult, seeds: list[int], *,
+                experiment: str = "train", runner: Runner | None = None) -> dict:
+    """The same fit over ``seeds`` (``first`` is the one at ``spec.seed``, kept as the model): how much a single
+    model's scores move with the seed. The other seeds run in this process and keep no folder; each is an MLflow
+    run tagged ``role=seed_spread``. Written to ``seeds.json`` in ``first``'s folder when it has one."""
+    if runner is None:
+        threads = spec.cpus_per_worker if isinstance(spec, TrainSpec) else None
+        runner = LocalRunner(threads=threads)
+    results = {int(spec.seed): first}
+    for s in seeds:
+        if int(s) not in results:
+            results[int(s)] = fit(spec.with_seed(s), params, runner=runner, experiment=experiment,
+                                  run_name=f"{spec.model}-seed{s}", extra_tags={"role": "seed_spread",
+                                                                                 "spread_of": first.run_id})
+    summary = {"model": spec.model, "seeds": list(results),
+               **{k: spread_of([r.metrics[k] for r in results.values()]) for k in ("val_f1_macro", "test_f1_macro")}}
+    if first.out_dir is not None:
+        (Path(first.out_dir) / models.SEEDS_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary

@@ -69,6 +69,9 @@ class TrainSpec:
         d.update(changes)
         return TrainSpec.from_dict(d)
 
+    def with_seed(self, seed: int) -> "TrainSpec":
+        return self.with_(seed=int(seed))
+
 
 _TRAIN_KEYS = {"loader", "block_row_groups", "eval_batch_size", "num_workers", "cpus_per_worker", "use_gpu",
                "max_failures", "augment_clip", "checkpoints_to_keep"}
@@ -128,6 +131,10 @@ class BaselineSpec:
 
     def with_(self, **changes) -> "BaselineSpec":
         return BaselineSpec(**{**self.to_dict(), **changes})
+
+    def with_seed(self, seed: int) -> "BaselineSpec":
+        """The same fit with another seed (the library's own seed setting and the spec's)."""
+        return self.with_(seed=int(seed), config={**self.config, "seed": int(seed)})
 
 
 def make_spec(params: dict, model: str, *, store: str = "data/store", augmentations: str | None = None,
