@@ -85,8 +85,8 @@ def evaluate_models(models_dir: str | Path, store_path: str | Path, out: str | P
                                   "members_test_f1_macro_std": float(np.std(member_f1))})
             ens = {"name": name, "uncertainty": u, "correct": correct, "calibration": cal}
         if name in spread:
-            metrics[name].update({"seeds_test_f1_macro_mean": spread[name][0], "seeds_test_f1_macro_sd": spread[name][1],
-                                  "seeds": spread[name][2]})
+            mean, sd, n = spread[name]
+            metrics[name].update({"seeds_test_f1_macro_mean": mean, "seeds_test_f1_macro_sd": sd, "seeds": n})
         print(f"evaluate {name}: test macro F1 {m['f1_macro']:.4f}, NLL {m['nll']:.4f}"
               + (f", uncertainty AUROC {metrics[name]['uncertainty_auroc']:.3f}, ECE {metrics[name]['ece']:.3f}"
                  if "ece" in metrics[name] else ""), flush=True)

@@ -31,7 +31,8 @@ from sctab.models.tabnet import TabNet
 
 __all__ = [
     "Classifier", "ClassifierError", "Ensemble", "FeatureSpace", "TorchClassifier",
-    "load", "save", "save_ensemble_summary", "ENSEMBLE_FILE", "SEEDS_FILE", "read_meta", "member_folders", "is_model_folder",
+    "load", "save", "save_ensemble_summary", "ENSEMBLE_FILE", "SEEDS_FILE", "read_meta", "member_folders",
+    "is_model_folder",
     "ModelFolderError",
     "KINDS", "NEURAL_MODELS", "MODEL_NAMES", "BASELINES", "classifier_class", "is_neural", "build_model",
     "model_outputs",
