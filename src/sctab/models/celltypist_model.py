@@ -319,6 +319,7 @@ class CellTypistClassifier(Classifier):
     kind = "celltypist"
     model_file = MODEL_FILE
     pickled = True
+    input_description = "normalised genes (model.features)"
 
     def __init__(self, model, space: FeatureSpace, config: dict | None = None):
         self.model, self.space, self.config = model, space, dict(config or {})

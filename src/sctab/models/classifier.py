@@ -85,6 +85,8 @@ class Classifier(ABC):
     model_file: ClassVar[str]
     #: the model file is a pickle (can run code when read): loaded only when the caller trusts it
     pickled: ClassVar[bool] = False
+    #: what the model reads, in words (model.yaml ``input``)
+    input_description: ClassVar[str] = "normalised genes (log1p of counts scaled to target_sum)"
     space: FeatureSpace
     #: settings the model was built with (architecture, booster config), written to model.yaml
     config: dict

@@ -51,7 +51,8 @@ def save(out_dir: str | Path, clf: Classifier, *, target_sum: float, meta: dict 
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         clf.save_model_file(tmp)
-        desc = {"model": clf.kind, "model_file": clf.model_file, _config_key(clf): dict(clf.config),
+        desc = {"model": clf.kind, "model_file": clf.model_file, "input": clf.input_description,
+                _config_key(clf): dict(clf.config),
                 "n_genes": clf.space.n_genes, "n_classes": clf.space.n_classes,
                 "normalisation": {"target_sum": float(target_sum), "log1p": True}, **(meta or {})}
         (tmp / "model.yaml").write_text(yaml.safe_dump(desc, sort_keys=False))

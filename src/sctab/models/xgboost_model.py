@@ -178,6 +178,7 @@ class XGBoostClassifier(Classifier):
 
     kind = "xgboost"
     model_file = "model.ubj"
+    input_description = "pca.npz projection of the normalised genes"
 
     def __init__(self, booster, pca: PCAModel, space: FeatureSpace, config: dict | None = None):
         if pca.feature_id != space.genes:

@@ -21,6 +21,7 @@ from sctab.train.spec import BaselineSpec
 
 StepHook = Callable[[int, dict], None]
 CHECKS = {"xgboost": check_xgboost, "celltypist": check_celltypist}
+THREADS = {"xgboost": "nthread", "celltypist": "n_jobs"}  # each library's own name for its thread count
 
 
 class BaselineError(ValueError):
@@ -31,7 +32,7 @@ def baseline_config(spec: BaselineSpec) -> dict:
     """The spec's settings checked by the model's own rules, with the thread count applied."""
     config = CHECKS[spec.model](spec.config)
     if spec.threads is not None:
-        config = {**config, ("nthread" if spec.model == "xgboost" else "n_jobs"): int(spec.threads)}
+        config = {**config, THREADS[spec.model]: int(spec.threads)}
     return config
 
 
@@ -41,10 +42,7 @@ def train_baseline(spec: BaselineSpec, on_step: StepHook | None = None):
     config = baseline_config(spec)
     store = Store(spec.store)
     t0 = time.perf_counter()
-    if spec.model == "xgboost":
-        clf, info = _train_xgboost(spec, config, store, on_step)
-    else:
-        clf, info = _train_celltypist(config, store)
+    clf, info = TRAINERS[spec.model](spec, config, store, on_step)
     info["train_seconds"] = time.perf_counter() - t0
     return clf, info
 
@@ -66,10 +64,13 @@ def _train_xgboost(spec: BaselineSpec, config: dict, store: Store, on_step: Step
                  "train_cells": int(len(train[1]))}
 
 
-def _train_celltypist(config: dict, store: Store):
+def _train_celltypist(spec: BaselineSpec, config: dict, store: Store, on_step: StepHook | None):
     x, y = sample_train(store, int(config.get("n_cells", 1_500_000)), int(config.get("seed", 0)))
     model = fit_celltypist(x, y, store, config)
     n_cells = int(len(y))
     del x
     clf = CellTypistClassifier(model, FeatureSpace.of(store), config)
     return clf, {"n_features": int(len(model.features)), "train_cells": n_cells}
+
+
+TRAINERS = {"xgboost": _train_xgboost, "celltypist": _train_celltypist}  # (spec, config, store, on_step) -> fit

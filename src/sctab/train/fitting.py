@@ -63,8 +63,6 @@ def after_loop(spec: TrainSpec | BaselineSpec, trained: Trained, run: TrackedRun
     store = Store(spec.store)
     clf = trained.classifier
     metrics = {**score_splits(clf, store, ("val", "test") if evaluate_test else ("val",)), **trained.info}
-    if isinstance(spec, TrainSpec):
-        metrics["n_params"] = int(sum(p.numel() for p in clf.module.parameters()))
     if extra_eval is not None:
         metrics.update(extra_eval(clf, store, spec))
     if not math.isfinite(metrics["val_f1_macro"]):
@@ -92,18 +90,14 @@ def fit(spec: TrainSpec | BaselineSpec, params: dict, out_dir: str | Path | None
     runner = runner or _default_runner(spec)
     tags = {"seed": spec.seed, "model_type": spec.model, **(extra_tags or {})}
     settings = spec.to_dict()
-    default_name = spec.model if isinstance(spec, BaselineSpec) else f"{spec.model}-seed{spec.seed}"
-    with tracked_run(experiment, name=run_name or default_name, params=params, log_params=settings, tags=tags,
+    with tracked_run(experiment, name=run_name or spec.run_name, params=params, log_params=settings, tags=tags,
                      parent=parent_run_id) as run:
         trained = runner.train(spec, run)
         lineage = {k: v for k, v in run.client.get_run(run.run_id).data.tags.items()
                    if k in ("git_commit", "profile", "data_version")}
         meta = {"seed": spec.seed, **lineage}
-        if isinstance(spec, TrainSpec):
-            meta["training"] = {k: v for k, v in settings.items() if k not in ("arch", "store", "augmentations")}
-        else:
-            meta["input"] = ("pca.npz projection of the normalised genes" if spec.model == "xgboost"
-                             else "normalised genes (model.features)")
+        if spec.training_meta():
+            meta["training"] = spec.training_meta()
         result = after_loop(spec, trained, run, out_dir=out_dir, evaluate_test=evaluate_test, extra_eval=extra_eval,
                             meta=meta)
         if "best_epoch" in result.metrics:

@@ -46,6 +46,10 @@ def torch_classifier(spec: TrainSpec, weights: dict) -> TorchClassifier:
                            config=dict(spec.arch), batch_size=spec.eval_batch_size)
 
 
+def _neural_info(clf: TorchClassifier, **info) -> dict:
+    return {**info, "n_params": int(sum(p.numel() for p in clf.module.parameters()))}
+
+
 class InProcessSession:
     """The training loop's view of this process: rank 0 of 1, keeps the best weights, reports to nobody."""
 
@@ -134,7 +138,8 @@ class Runner:
                 "train_seconds": time.perf_counter() - t0}
         if history:
             info["train_cells_per_s"] = statistics.median(h["train_cells_per_s"] for h in history)
-        return Trained(torch_classifier(spec, session.best_weights), info, history)
+        clf = torch_classifier(spec, session.best_weights)
+        return Trained(clf, _neural_info(clf, **info), history)
 
 
 class LocalRunner(Runner):
@@ -166,4 +171,5 @@ class RayTrainRunner(Runner):
         info = {"best_epoch": int(state["best"]["epoch"]), "epochs_run": len(history),
                 "train_cells_per_s": statistics.median(h["train_cells_per_s"] for h in history),
                 "train_seconds": time.perf_counter() - t0}
-        return Trained(torch_classifier(spec, best_weights), info, history)
+        clf = torch_classifier(spec, best_weights)
+        return Trained(clf, _neural_info(clf, **info), history)

@@ -72,6 +72,14 @@ class TrainSpec:
     def with_seed(self, seed: int) -> "TrainSpec":
         return self.with_(seed=int(seed))
 
+    @property
+    def run_name(self) -> str:
+        return f"{self.model}-seed{self.seed}"
+
+    def training_meta(self) -> dict:
+        """The optimisation settings, as the model folder records them (architecture and paths apart)."""
+        return {k: v for k, v in self.to_dict().items() if k not in ("arch", "store", "augmentations")}
+
 
 _TRAIN_KEYS = {"loader", "block_row_groups", "eval_batch_size", "num_workers", "cpus_per_worker", "use_gpu",
                "max_failures", "augment_clip", "checkpoints_to_keep"}
@@ -135,6 +143,13 @@ class BaselineSpec:
     def with_seed(self, seed: int) -> "BaselineSpec":
         """The same fit with another seed (the library's own seed setting and the spec's)."""
         return self.with_(seed=int(seed), config={**self.config, "seed": int(seed)})
+
+    @property
+    def run_name(self) -> str:
+        return self.model
+
+    def training_meta(self) -> dict:
+        return {}  # the settings are the model's own config (model.yaml ``config``)
 
 
 def make_spec(params: dict, model: str, *, store: str = "data/store", augmentations: str | None = None,
