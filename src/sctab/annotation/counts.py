@@ -23,6 +23,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from sctab.annotation.errors import AnnotateError
+from sctab.census.genes import gencode_genes
 
 ENSEMBL = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
 ID_COLUMNS = ("feature_id", "gene_ids", "gene_id", "ensembl_id", "ensembl_ids", "ensembl")
@@ -251,8 +252,6 @@ def _is_ensembl(values: pd.Series) -> bool:
 
 
 def _symbol_table() -> dict[str, str]:
-    from sctab.census.genes import gencode_genes
-
     g = gencode_genes()
     g = g.assign(pc=g["feature_biotype"] != "protein_coding").sort_values(["pc", "feature_id"])
     return dict(zip(g["feature_name"].astype(str), g["feature_id"].astype(str)))

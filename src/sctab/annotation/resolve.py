@@ -19,6 +19,9 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 from sctab.annotation.annotator import Annotator
 from sctab.annotation.bundle import Bundle, write_bundle
 from sctab.annotation.errors import AnnotateError
+from sctab.data.store import Store
+from sctab.ontology.cell_ontology import load_cell_ontology
+from sctab.tracking.runs import tracking_uri
 
 DEFAULT_MODEL = "models:/sctab-ensemble@champion"
 BUNDLE_ARTIFACT = "bundle"
@@ -32,8 +35,6 @@ def _registry_hint(uri: str) -> str:
     name = m.group(1)
     try:
         from mlflow import MlflowClient
-
-        from sctab.tracking.runs import tracking_uri
 
         client = MlflowClient(tracking_uri(), registry_uri=tracking_uri())
         rm = client.get_registered_model(name)
@@ -50,8 +51,6 @@ def download_model(uri: str, dest: Path) -> Path:
     """Download a models:/ or runs:/ URI into ``dest``; the MLflow model folder."""
     import mlflow
 
-    from sctab.tracking.runs import tracking_uri
-
     mlflow.set_tracking_uri(tracking_uri())
     mlflow.set_registry_uri(tracking_uri())
     try:
@@ -63,9 +62,6 @@ def download_model(uri: str, dest: Path) -> Path:
 
 
 def _project_bundle(folder: Path, dest: Path, store: str | Path, ontology: str | Path) -> Path:
-    from sctab.data.store import Store
-    from sctab.ontology.cell_ontology import load_cell_ontology
-
     try:
         lookup = Store(store).lookup("cell_type")
         onto = load_cell_ontology(ontology)

@@ -7,6 +7,9 @@ import math
 import numpy as np
 import pandas as pd
 
+from sctab.data.augment import Augmenter, load_augmentations
+from sctab.models.celltypist_model import sample_indices
+
 METRICS = ("test_f1_macro", "test_loss")
 
 
@@ -63,9 +66,6 @@ def explained_variance(store, augmentations_path, n_cells: int, seed: int = 0, c
     import torch
     from sklearn.linear_model import LinearRegression
     from sklearn.metrics import r2_score
-
-    from sctab.data.augment import Augmenter, load_augmentations
-    from sctab.models.celltypist_model import sample_indices
 
     split = store.split("train")
     rows = sample_indices(split.n_rows, int(n_cells), seed)

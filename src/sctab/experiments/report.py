@@ -8,9 +8,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sctab.data.store import Store
+from sctab.evaluate import figures
 from sctab.evaluate.paper import PAPER
 from sctab.experiments import analysis
 from sctab.experiments.sweep import mlflow_experiment
+from sctab.io import atomic_dir
 from sctab.tracking import tracked_run
 
 HEADLINE = {
@@ -32,10 +35,6 @@ def _paper_ms(d) -> str:
 def summarise_experiment(name: str, table: pd.DataFrame, params: dict, out_dir: str | Path, *,
                          store: str | Path = "data/store", augmentations: str | Path | None = None) -> Path:
     """Write the experiment's tables and figure to ``out_dir`` and attach them to its MLflow experiment."""
-    from sctab.data.store import Store
-    from sctab.evaluate import figures
-    from sctab.io import atomic_dir
-
     profile = str(params.get("profile", "?"))
     out_dir = Path(out_dir)
     extra: dict = {}

@@ -25,6 +25,7 @@ import numpy as np
 
 from sctab.data.store import Store
 from sctab.models.classifier import Classifier, FeatureSpace
+from sctab.security import require_trusted_pickle
 
 log = logging.getLogger(__name__)
 
@@ -300,8 +301,6 @@ def load_celltypist(path: str | Path, *, trust_pickle: bool = False):
     CellTypist's format is a pickle, which runs code when read: refused (``UntrustedPickleError``) unless
     ``trust_pickle=True`` says the file comes from you or a source you trust.
     """
-    from sctab.security import require_trusted_pickle
-
     path = Path(path)
     if path.is_dir():
         path = path / MODEL_FILE

@@ -23,6 +23,9 @@ from pathlib import Path
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 from sctab.annotation.bundle import Bundle, write_bundle
+from sctab.data.store import Store
+from sctab.ontology.cell_ontology import load_cell_ontology
+from sctab.registry.pyfunc import BUNDLE, MODEL_CODE, signature
 from sctab.tracking import lineage_tags, tracked_run, tracking_uri
 
 EXPERIMENT = "registry"
@@ -75,8 +78,6 @@ def register_folder(folder: str | Path, name: str, *, class_ids: dict[str, str],
                     extra_tags: dict | None = None) -> RegisteredVersion:
     """Bundle ``folder``, log it as a pyfunc model in experiment ``registry``, register it as ``name``."""
     import mlflow
-
-    from sctab.registry.pyfunc import BUNDLE, MODEL_CODE, signature
 
     folder = Path(folder)
     c = client()
@@ -176,8 +177,6 @@ def _description(bundle: Bundle, tags: dict) -> str:
 
 
 def store_class_ids(store: str | Path) -> dict[str, str]:
-    from sctab.data.store import Store
-
     lookup = Store(store).lookup("cell_type")
     return dict(zip(lookup["label"].astype(str), lookup["ontology_term_id"].astype(str)))
 
@@ -185,8 +184,6 @@ def store_class_ids(store: str | Path) -> dict[str, str]:
 def register_pipeline_models(models_dir: str | Path, *, store: str | Path, ontology_path: str | Path,
                              metrics: dict, params: dict) -> list[RegisteredVersion]:
     """The register stage: every model folder named in ``registry.models`` that exists under ``models_dir``."""
-    from sctab.ontology.cell_ontology import load_cell_ontology
-
     reg = params.get("registry") or {}
     names = {**DEFAULT_NAMES, **(reg.get("models") or {})}
     fallback = {k: reg[k] for k in ("uncertainty_threshold", "coverage", "max_labels") if k in reg}

@@ -21,6 +21,7 @@ from sctab.models import Classifier, FeatureSpace, TorchClassifier, build_model
 from sctab.tracking import TrackedRun, project_root
 from sctab.train.baselines import train_baseline
 from sctab.train.loop import BEST_FILE, EpochLogger, load_checkpoint_dir, run_training
+from sctab.train.ray_train import restore_best, run_on_ray
 from sctab.train.spec import BaselineSpec, TrainSpec
 
 __all__ = ["Trained", "Runner", "LocalRunner", "TuneTrialRunner", "RayTrainRunner", "METRIC"]
@@ -161,8 +162,6 @@ class RayTrainRunner(Runner):
     """The neural kinds on Ray Train's DDP workers (local Ray, or the cluster at RAY_ADDRESS)."""
 
     def train_neural(self, spec: TrainSpec, run: TrackedRun) -> Trained:
-        from sctab.train.ray_train import restore_best, run_on_ray
-
         t0 = time.perf_counter()
         result = run_on_ray(spec, name=f"{spec.model}-s{spec.seed}-{run.run_id[:8]}",
                             storage_path=project_root() / "ray_results", run_id=run.run_id, tracking_uri=run.uri)

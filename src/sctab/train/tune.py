@@ -19,6 +19,7 @@ from pathlib import Path
 
 from sctab.models import SEEDS_FILE, is_neural
 from sctab.tracking import close_run, experiment_id, project_root, record_failure, tracked_run, tracking_uri
+from sctab.tracking.runs import flatten
 from sctab.train.ray_train import ensure_ray
 from sctab.train.runners import METRIC, LocalRunner
 from sctab.train.search_space import SearchSpace, check_against_model, load_search_space
@@ -180,8 +181,6 @@ def _log_study_params(client, pid, model, space, n, conc, cpus, tcfg) -> None:
 
 def _reference_runs(model, params, space, ctx: TrialContext, client, pid) -> dict:
     """The library-default and params.yaml settings, trained once each (reused when the study resumes)."""
-    from sctab.tracking.runs import flatten
-
     done = {r.data.tags.get("role"): r for r in client.search_runs(
         [client.get_run(pid).info.experiment_id],
         filter_string=f"tags.`mlflow.parentRunId` = '{pid}' and attributes.status = 'FINISHED'")}
