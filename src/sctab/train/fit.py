@@ -42,7 +42,7 @@ def split_metrics(model: torch.nn.Module, store: Store, split: str, batch_size: 
 def metrics_from_probs(y: np.ndarray, p: np.ndarray, store: Store) -> dict:
     """Metrics of class probabilities ``p`` against codes ``y`` (prediction = argmax, ontology-corrected)."""
     pred = correct_predictions(y, p.argmax(axis=1), store.child_matrix())
-    f1, _, _ = f1_from_confusion(confusion(y, pred, store.n_classes))
+    f1, _, _ = f1_from_confusion(confusion(y, pred, store.n_classes), average_over="union")
     w = store.class_weights()
     nll = -np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None))
     return {"f1_macro": f1, "accuracy": float((pred == y).mean()) if len(y) else float("nan"),
