@@ -146,18 +146,22 @@ def test_f1_by_organ_two_organs_and_other():
     tissue = np.array(["blood"] * 4 + ["lung"] * 4 + ["mystery"] * 2)
     y = np.array([0, 0, 1, 1, 2, 2, 3, 3, 0, 1])
     pred = np.array([0, 0, 1, 0, 2, 2, 3, 1, 0, 1])
-    out = f1_by_organ(y, pred, tissue, eye)
+    out = f1_by_organ(y, pred, tissue, eye, average_over="union")
     assert list(out) == ["blood_and_immune", "lung", "other"]
     # blood: class 0 tp2 fp1 -> 0.8; class 1 tp1 fn1 -> 2/3
     assert out["blood_and_immune"]["f1_macro"] == pytest.approx(np.mean([0.8, 2 / 3]))
     assert out["blood_and_immune"]["n_cells"] == 4 and out["blood_and_immune"]["n_types"] == 2
-    # lung: class 2 -> 1, class 3 tp1 fn1 -> 2/3, class 1 predicted but absent -> 0 (counted: present convention)
+    # lung: class 2 -> 1, class 3 tp1 fn1 -> 2/3, class 1 predicted but absent -> 0 (counted: union rule)
     assert out["lung"]["f1_macro"] == pytest.approx(np.mean([1.0, 2 / 3, 0.0]))
     assert out["lung"]["n_types"] == 3 and out["lung"]["n_cells"] == 4
     assert out["lung"]["f1_macro"] == pytest.approx(f1_score(y[4:8], pred[4:8], average="macro"))
     assert out["other"] == {"f1_macro": 1.0, "n_cells": 2, "n_types": 2, "accuracy": 1.0}
-    truth_only = f1_by_organ(y, pred, tissue, eye, labels="truth")
+    truth_only = f1_by_organ(y, pred, tissue, eye)  # a subset's default: the classes of its truth
     assert truth_only["lung"]["f1_macro"] == pytest.approx(np.mean([1.0, 2 / 3])) and truth_only["lung"]["n_types"] == 2
+    assert truth_only["lung"]["f1_macro"] == pytest.approx(
+        f1_score(y[4:8], pred[4:8], labels=np.unique(y[4:8]), average="macro", zero_division=0))
+    with pytest.raises(ValueError, match="average_over must be one of"):
+        f1_by_organ(y, pred, tissue, eye, average_over="present")
     # no unmapped tissue -> no "other"
     assert "other" not in f1_by_organ(y[:8], pred[:8], tissue[:8], eye)
 

@@ -54,6 +54,39 @@ def test_lung_rows_are_lung_cells(store_dir):
         label_rows(store, "train", "tissue_general", "moon")
 
 
+def test_organ_points_score_the_tissue_over_its_truth(store_dir, census_params):
+    """The organ experiment's tissue macro F1 is the published subset rule: over the lung cells' true types."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    import torch
+    from sklearn.metrics import f1_score
+
+    from sctab.data.subsets import label_rows
+    from sctab.evaluate.metrics import correct_predictions
+    from sctab.evaluate.predict import predict_split
+    from sctab.experiments.sweep import tissue_metrics
+    from sctab.models import build_model
+
+    org = experiment_points("organ", census_params)
+    assert {pt.eval_average_over for pt in org} == {"truth"}
+    assert org[0].digest(census_params) != replace(org[0], eval_average_over="union").digest(census_params)
+    store = Store(store_dir)
+    torch.manual_seed(0)
+    model = build_model("linear", store.n_genes, store.n_classes)  # untrained: predicts types beyond lung's
+    y, p = predict_split(model, store, "test", batch_size=256)
+    rows = label_rows(store, "test", "tissue_general", "lung")
+    yt, pred = y[rows], correct_predictions(y[rows], p[rows].argmax(1), store.child_matrix())
+    truth = f1_score(yt, pred, labels=np.unique(yt), average="macro", zero_division=0)
+    union = f1_score(yt, pred, average="macro", zero_division=0)
+    assert truth != pytest.approx(union)  # the case where the rules part ways
+    m = tissue_metrics(model, store, SimpleNamespace(eval_batch_size=256), "lung")
+    assert m["tissue_test_f1_macro"] == pytest.approx(truth)
+    assert m["tissue_test_accuracy"] == pytest.approx((pred == yt).mean()) and m["tissue_test_rows"] == len(rows)
+    m = tissue_metrics(model, store, SimpleNamespace(eval_batch_size=256), "lung", average_over="union")
+    assert m["tissue_test_f1_macro"] == pytest.approx(union)
+
+
 @pytest.mark.slow
 def test_data_size_runs_points_once_and_summarises(workdir, census_params, store_dir, augment_dir):
     from mlflow.tracking import MlflowClient
@@ -108,8 +141,11 @@ def test_augmentation_and_organ(workdir, census_params, store_dir, augment_dir):
     assert organ["tissue_test_f1_macro"].between(0, 1).all()
     assert (organ["tissue_test_rows"] < organ["test_rows"] if "test_rows" in organ else
             organ["tissue_test_rows"] > 0).all()
+    assert (organ["tissue_f1_average_over"] == "truth").all()
     out = summarise_experiment("organ", organ, census_params, tmp / "organ", store=store_dir)
-    assert "0.5291" in (out / "summary.md").read_text()
+    md = (out / "summary.md").read_text()
+    assert "0.5291" in md and "average_over=truth" in md and "tissue test accuracy" in md
+    assert json.loads((out / "summary.json").read_text())["tissue_f1_average_over"] == "truth"
 
 
 @pytest.mark.slow

@@ -16,9 +16,9 @@ import pytest
 import yaml
 from sklearn.decomposition import PCA, IncrementalPCA
 
-from tests.conftest import pipeline_help
 from sctab.data.pca import PCAError, PCAModel, fit_pca, load_embedding, write_pca
 from sctab.data.store import Store
+from tests.conftest import pipeline_help
 
 REPO = Path(__file__).resolve().parents[1]
 SPLITS = ("train", "val", "test")

@@ -361,3 +361,95 @@ def test_training_step_same_loss_as_textbook_on_a_fixed_batch():
     assert max(abs(a - b) for a, b in zip(fast_losses, slow_losses)) <= 1e-5
     for a, b in zip(fast_params, slow_params):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------- inference cache
+def _first_weight(model: TabNet) -> torch.Tensor:
+    return model.encoder.initial_splitter.shared.shared_layers[0].weight
+
+
+def _fast_and_reference(model: TabNet, x: torch.Tensor):
+    """Logits of the fast path (CSR input: both cached products) and of the dense re-implementation."""
+    model.eval()
+    with torch.no_grad():
+        return model(x.to_sparse_csr())[0], _reference_forward(model, x)[0]
+
+
+def test_weight_cache_is_per_model():
+    """Ensemble members alive together keep their own transposed weights (no eviction, no mix-up)."""
+    x = _sparse_data(seed=7)
+    a, b = _sharp_model(seed=1), _sharp_model(seed=2)
+    fast_a, ref_a = _fast_and_reference(a, x)
+    with torch.no_grad():
+        cached_a = a.encoder.weight_cache.get(_first_weight(a))
+    fast_b, ref_b = _fast_and_reference(b, x)
+    with torch.no_grad():
+        assert a.encoder.weight_cache.get(_first_weight(a)) is cached_a  # b's forward did not evict it
+        assert b.encoder.weight_cache.get(_first_weight(b)) is not cached_a
+    torch.testing.assert_close(cached_a, _first_weight(a).t())
+    torch.testing.assert_close(fast_a, ref_a, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast_b, ref_b, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(fast_a, fast_b, atol=1e-3)
+    torch.testing.assert_close(_fast_and_reference(a, x)[0], fast_a, atol=0, rtol=0)
+
+
+def test_new_model_where_a_freed_one_lived_gets_its_own_weights():
+    """A model allocated in a freed model's memory (same pointer, version, shape) sees its own weights."""
+    import gc
+
+    x = _sparse_data(seed=8)
+    outs, ptrs = [], []
+    for seed in range(5):
+        torch.manual_seed(seed)
+        model = TabNet(300, 7, **SMALL)  # no warm-up forward: its first cached product is in eval
+        fast, ref = _fast_and_reference(model, x)
+        torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+        outs.append(fast)
+        ptrs.append(_first_weight(model).data_ptr())
+        del model
+        gc.collect()
+    assert not torch.allclose(outs[0], outs[1], atol=1e-3)
+    # with a process-wide cache keyed on the pointer this failed from the model whose weight reused the
+    # previous one's memory (seen here: CPU allocator, same size, same version)
+    assert len(set(ptrs)) < len(ptrs), "no model reused a freed one's memory: the test checks nothing"
+
+
+def test_weight_cache_follows_weight_changes():
+    """load_state_dict, an in-place optimiser step, .double() and train() all reach the cached copy."""
+    x = _sparse_data(seed=9)
+    model, other = _sharp_model(seed=1), _sharp_model(seed=2)
+    before, _ = _fast_and_reference(model, x)
+    assert len(model.encoder.weight_cache) == 1
+    model.load_state_dict(other.state_dict())
+    fast, ref = _fast_and_reference(model, x)
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast, _fast_and_reference(other, x)[0], atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(fast, before, atol=1e-3)
+    # an in-place step in eval mode (no train() to clear the cache): only the parameters' versions move
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    loss = torch.nn.functional.cross_entropy(model(x)[0], torch.randint(0, 7, (x.shape[0],)))
+    loss.backward()
+    opt.step()
+    stepped, ref = _fast_and_reference(model, x)
+    torch.testing.assert_close(stepped, ref, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(stepped, fast, atol=1e-4)
+    model.double()
+    assert len(model.encoder.weight_cache) == 0
+    fast64, ref64 = _fast_and_reference(model, x.double())
+    assert fast64.dtype == torch.float64
+    torch.testing.assert_close(fast64, ref64, atol=1e-9, rtol=1e-9)
+    model.train()
+    assert len(model.encoder.weight_cache) == 0
+
+
+def test_copies_of_a_model_start_with_an_empty_cache():
+    import copy
+    import pickle
+
+    model = _sharp_model()
+    _fast_and_reference(model, _sparse_data(seed=10))
+    assert len(model.encoder.weight_cache) == 1
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert len(clone.encoder.weight_cache) == 0 and clone.encoder.weight_cache is not model.encoder.weight_cache
+        fast, ref = _fast_and_reference(clone, _sparse_data(seed=10))
+        torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)

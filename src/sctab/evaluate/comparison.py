@@ -67,7 +67,7 @@ def evaluate_models(models_dir: str | Path, store_path: str | Path, out: str | P
         per_class[name] = m["per_class_f1"]
         pred_codes = p.argmax(axis=1)
         # averaged over the types annotated in each system, as the paper's evaluation code does
-        organs = f1_by_organ(y, pred_codes, tissue, child, labels="truth")
+        organs = f1_by_organ(y, pred_codes, tissue, child, average_over="truth")
         per_organ[name] = {o: v["f1_macro"] for o, v in organs.items()}
         runs[name] = clf.run_id
         seeds_file = folder / SEEDS_FILE

@@ -8,9 +8,9 @@ to the paper's 15 systems, two ways (see the file's header):
 - ``grouping="reference"``: the published code's grouping, verbatim. It overlaps (spleen is in gut and in
   blood_and_immune, ...), so a cell may count in several systems; cells in none count under ``"other"``.
 
-Within a system the ontology-corrected macro F1 is taken, by default over the classes present in that
-system's truth or (corrected) predictions, as :func:`sctab.evaluate.metrics.f1_from_confusion` does;
-``labels="truth"`` averages over the classes of the system's truth only, as the published code did.
+Within a system the ontology-corrected macro F1 is taken by :func:`sctab.evaluate.metrics.f1_from_confusion`,
+by default over the classes of the system's truth only (``average_over="truth"``), as the published code did
+for a subset; ``average_over="union"`` also counts the classes only predicted there.
 """
 
 from __future__ import annotations
@@ -22,7 +22,14 @@ import numpy as np
 import yaml
 
 from sctab.config import REPO_ROOT
-from sctab.evaluate.metrics import confusion, correct_predictions, f1_from_confusion
+from sctab.evaluate.metrics import (
+    AverageOver,
+    averaged_classes,
+    check_average_over,
+    confusion,
+    correct_predictions,
+    f1_from_confusion,
+)
 
 ORGAN_SYSTEMS = ("adipose", "breast", "eye", "gut", "heart", "blood_and_immune", "kidney", "liver", "lung",
                  "musculoskeletal", "nervous_system", "oral_and_craniofacial", "pancreas", "reproduction", "skin")
@@ -90,17 +97,16 @@ def organ_systems(tissue_general: str, grouping: str = "primary", path: str | Pa
 
 
 def f1_by_organ(y_true, y_pred, tissue_general_labels, child_matrix: np.ndarray, *, grouping: str = "primary",
-                labels: str = "present", path: str | Path | None = None) -> dict[str, dict]:
+                average_over: AverageOver = "truth", path: str | Path | None = None) -> dict[str, dict]:
     """Ontology-corrected macro F1 per organ system.
 
     ``tissue_general_labels``: one string per cell (decode store codes with ``store.lookup("tissue_general")``).
     Returns ``{system: {"f1_macro", "n_cells", "n_types", "accuracy"}}`` for the systems that have cells, in
     ``ORGAN_SYSTEMS`` order, then ``"other"`` when some cells belong to no system. ``n_types`` is the number
-    of classes the macro average runs over (``labels="present"``: in the system's truth or predictions;
-    ``labels="truth"``: in its truth only).
+    of classes the macro average runs over (``average_over="truth"``: in the system's truth; ``"union"``: in
+    its truth or predictions).
     """
-    if labels not in ("present", "truth"):
-        raise ValueError(f"labels must be 'present' or 'truth', got {labels!r}")
+    check_average_over(average_over)
     child_matrix = np.asarray(child_matrix)
     n_classes = child_matrix.shape[0]
     y_true = np.asarray(y_true).astype(np.int64, copy=False).ravel()
@@ -123,11 +129,9 @@ def f1_by_organ(y_true, y_pred, tissue_general_labels, child_matrix: np.ndarray,
         if not mask.any():
             continue
         yt, yp = y_true[mask], pred[mask]
-        _, f1, support = f1_from_confusion(confusion(yt, yp, n_classes))
-        if labels == "truth":
-            used = support > 0
-        else:
-            used = (support > 0) | (np.bincount(yp, minlength=n_classes) > 0)
-        out[system] = {"f1_macro": float(f1[used].mean()) if used.any() else 0.0, "n_cells": int(mask.sum()),
-                       "n_types": int(used.sum()), "accuracy": float((yt == yp).mean())}
+        cm = confusion(yt, yp, n_classes)
+        macro = f1_from_confusion(cm, average_over=average_over)[0]
+        out[system] = {"f1_macro": macro, "n_cells": int(mask.sum()),
+                       "n_types": int(averaged_classes(cm, average_over=average_over).sum()),
+                       "accuracy": float((yt == yp).mean())}
     return out

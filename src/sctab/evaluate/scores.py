@@ -9,18 +9,17 @@ from __future__ import annotations
 import numpy as np
 
 from sctab.data.store import Store
-from sctab.evaluate.metrics import evaluate_probs
+from sctab.evaluate.metrics import AverageOver, split_scores
 from sctab.evaluate.predict import predict_split
 from sctab.models import Classifier
 
 __all__ = ["score_probs", "score_split", "score_splits"]
 
 
-def score_probs(y: np.ndarray, p: np.ndarray, store: Store) -> dict:
-    """f1_macro (over the classes in truth or prediction: a whole split), accuracy, loss (cross entropy weighted
-    by the store's class weights) and rows, of probabilities ``p`` against codes ``y``."""
-    m = evaluate_probs(y, p, store.child_matrix(), store.class_weights())
-    return {"f1_macro": m["f1_macro"], "accuracy": m["accuracy"], "loss": m["weighted_loss"], "rows": m["n_cells"]}
+def score_probs(y: np.ndarray, p: np.ndarray, store: Store, *, average_over: AverageOver = "union") -> dict:
+    """:func:`sctab.evaluate.metrics.split_scores` with the store's ontology and class weights: f1_macro (over
+    the classes ``average_over`` names: "union" for a whole split, "truth" for a subset), accuracy, loss and rows."""
+    return split_scores(y, p, store.child_matrix(), store.class_weights(), average_over=average_over)
 
 
 def score_split(clf: Classifier, store: Store, split: str) -> dict:

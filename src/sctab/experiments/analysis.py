@@ -31,7 +31,8 @@ def data_size_summary(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def organ_summary(table: pd.DataFrame) -> pd.DataFrame:
-    return _agg(table, ["model", "training"], metrics=("tissue_test_f1_macro", "tissue_test_loss"))
+    return _agg(table, ["model", "training"],
+                metrics=("tissue_test_f1_macro", "tissue_test_accuracy", "tissue_test_loss"))
 
 
 def augmentation_summary(table: pd.DataFrame) -> tuple[pd.DataFrame, dict]:

@@ -26,12 +26,18 @@ class Point:
     overrides: dict                     # TrainSpec settings on top of models.<model>
     labels: dict = field(default_factory=dict)
     eval_tissue: str | None = None      # also score the test cells of this tissue_general
+    # macro F1 on those cells: over the types in their truth, the published rule for a subset (see
+    # sctab.evaluate.metrics)
+    eval_average_over: str = "truth"
 
     def digest(self, params: dict) -> str:
-        """Hash of everything the point's result depends on (settings, training section, profile)."""
+        """Hash of everything the point's result depends on (settings, training section, profile, and for a
+        tissue score its averaging rule, so a run scored under another rule is not reused)."""
         blob = {"model": self.model, "overrides": self.overrides, "eval_tissue": self.eval_tissue,
                 "models": (params.get("models") or {}).get(self.model), "train": params.get("train"),
                 "profile": params.get("profile")}
+        if self.eval_tissue:
+            blob["eval_average_over"] = self.eval_average_over
         return hashlib.sha1(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -10,6 +10,7 @@ import pandas as pd
 
 from sctab.data.store import Store
 from sctab.evaluate import figures
+from sctab.evaluate.metrics import AVERAGING
 from sctab.evaluate.paper import PAPER
 from sctab.experiments import analysis
 from sctab.experiments.sweep import mlflow_experiment
@@ -88,6 +89,11 @@ def summarise_experiment(name: str, table: pd.DataFrame, params: dict, out_dir: 
                              models=tuple(sorted(ok["model"].unique())), profile=profile)
             paper = "- paper (lung): " + "; ".join(f"{k}: {_paper_ms(v)}" for k, v in PAPER["lung_holdout"].items())
             paper += f"\n- here: test cells with tissue_general = {tissue}"
+            rule = _tissue_rule(table)
+            extra["tissue_f1_average_over"] = rule
+            paper += (f"\n- tissue macro F1: averaged over {AVERAGING[rule]} (average_over={rule}"
+                      + ("; as the published code scored a subset: sklearn labels=np.unique(y_true)"
+                         if rule == "truth" else "") + "); predictions ontology-corrected")
         summary.to_csv(tmp / "summary.csv", index=False)
         (tmp / "summary.json").write_text(json.dumps({"experiment": name, "profile": profile,
                                                       "summary": summary.to_dict(orient="records"), **extra},
@@ -100,6 +106,14 @@ def summarise_experiment(name: str, table: pd.DataFrame, params: dict, out_dir: 
         (tmp / "summary.md").write_text("\n".join(md) + "\n")
     _log(name, out_dir, params)
     return out_dir
+
+
+def _tissue_rule(table: pd.DataFrame) -> str:
+    """The one averaging rule the points' tissue macro F1 used (each point records its own)."""
+    rules = sorted(set(table["tissue_f1_average_over"].dropna())) if "tissue_f1_average_over" in table else []
+    if len(rules) != 1:
+        raise ValueError(f"the organ points name {rules or 'no'} tissue macro F1 averaging rule(s); expected one")
+    return rules[0]
 
 
 def _markdown_table(df: pd.DataFrame) -> str:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import weakref
 from typing import List, Optional, Tuple
 
 import torch
@@ -54,6 +55,7 @@ __all__ = [
     "GhostBatchNorm",
     "MaskedInput",
     "SparseBNInput",
+    "WeightTCache",
     "MASK_TYPES",
 ]
 
@@ -97,22 +99,45 @@ class GhostBatchNorm(nn.Module):
         return torch.cat([self.bn(c) for c in x.chunk(n_chunks, 0)], dim=0)
 
 
-_WT_CACHE: dict = {}
-
-
-def _weight_t(weight: torch.Tensor) -> torch.Tensor:
-    """weight.t() made contiguous (genes x out: one row per gene), reused while the weight is unchanged.
+class WeightTCache:
+    """Per-model inference cache of transposed first-layer weights (one per :class:`TabNetEncoder`).
 
     The first shared Linear (19,331 x 384, 30 MB) is read by gene rows twice per forward (sparse input and
-    masked input); without autograd (inference) the transposed copy is made once per weight version."""
-    if torch.is_grad_enabled() and weight.requires_grad:
-        return weight.t().contiguous()  # keep the graph to the parameter
-    key = (weight.data_ptr(), weight._version, tuple(weight.shape), weight.dtype)
-    hit = _WT_CACHE.get("w")
-    if hit is None or hit[0] != key:
-        hit = (key, weight.detach().t().contiguous())
-        _WT_CACHE["w"] = hit
-    return hit[1]
+    masked input), so without autograd the contiguous ``weight.t()`` is made once per weight version. It
+    lives on the model, not in a global slot: ensemble members do not evict each other, and a model
+    allocated where a freed one lived cannot be served the old weights. An entry holds while its parameter
+    is the same tensor object with the same storage, version, shape, dtype and device; the encoder also
+    empties the cache on ``.to()``/``.float()``/..., ``load_state_dict`` and ``train()``/``eval()``. Pickling
+    or deep-copying a model gives an empty cache.
+    """
+
+    def __init__(self):
+        self._entries: dict = {}  # id(weight) -> (weakref to weight, key, weight.t().contiguous())
+
+    def get(self, weight: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and weight.requires_grad:
+            return weight.t().contiguous()  # keep the graph to the parameter
+        key = (weight._version, weight.data_ptr(), weight.shape, weight.dtype, weight.device)
+        hit = self._entries.get(id(weight))
+        if hit is not None and hit[1] == key and hit[0]() is weight:
+            return hit[2]
+        wt = weight.detach().t().contiguous()
+        self._entries[id(weight)] = (weakref.ref(weight), key, wt)
+        return wt
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __reduce__(self):
+        return (WeightTCache, ())
+
+
+def _weight_t(weight: torch.Tensor, cache: Optional[WeightTCache]) -> torch.Tensor:
+    """weight.t() made contiguous (genes x out: one row per gene), from ``cache`` when there is one."""
+    return cache.get(weight) if cache is not None else weight.t().contiguous()
 
 
 def _bn_affine(bn: nn.BatchNorm1d) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -134,10 +159,11 @@ class SparseBNInput:
     masked input needs; ``rows(r)`` densifies only the few rows whose entmax needed the full sort.
     """
 
-    def __init__(self, x: torch.Tensor, bn: nn.BatchNorm1d):
+    def __init__(self, x: torch.Tensor, bn: nn.BatchNorm1d, weight_cache: Optional[WeightTCache] = None):
         if x.layout != torch.sparse_csr or x.dim() != 2:
             raise ValueError(f"SparseBNInput needs a 2-D sparse CSR tensor, got layout {x.layout}")
         self.shape = x.shape
+        self.weight_cache = weight_cache
         self.scale, self.shift = _bn_affine(bn)
         crow, col, val = x.crow_indices(), x.col_indices(), x.values()
         self.crow, self.col = crow.long(), col.long()
@@ -153,7 +179,7 @@ class SparseBNInput:
         self.keys, self.values = keys, val
 
     def linear(self, weight: torch.Tensor) -> torch.Tensor:
-        wt = _weight_t(weight)
+        wt = _weight_t(weight, self.weight_cache)
         return torch.sparse.mm(self.scaled, wt) + self.shift @ wt
 
     def gather(self, rows: Optional[torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
@@ -191,8 +217,9 @@ class MaskedInput:
     dense 19k-wide matmul.
     """
 
-    def __init__(self, mask: torch.Tensor, x: "torch.Tensor | SparseBNInput", info):
-        self.mask, self.x, self.info = mask, x, info
+    def __init__(self, mask: torch.Tensor, x: "torch.Tensor | SparseBNInput", info,
+                 weight_cache: Optional[WeightTCache] = None):
+        self.mask, self.x, self.info, self.weight_cache = mask, x, info, weight_cache
         self._sparse_x = isinstance(x, SparseBNInput)
 
     def dense(self) -> torch.Tensor:
@@ -205,7 +232,7 @@ class MaskedInput:
         info = self.info
         if info is None or info.dense_rows is None or not info.candidates:
             return F.linear(self.dense(), weight)
-        weight_t = _weight_t(weight)  # (genes, out): one row per gene
+        weight_t = _weight_t(weight, self.weight_cache)  # (genes, out): one row per gene
         out = None
         for rows, idx in info.candidates:
             m = self.mask.gather(1, idx) if rows is None else self.mask[rows.unsqueeze(1), idx]
@@ -424,6 +451,8 @@ class TabNetEncoder(nn.Module):
         self.mask_type = mask_type
         #: compute the masked first layer sparsely (see MaskedInput); False = dense matmul
         self.sparse_masked_input = True
+        #: this model's transposed first-layer weights for inference (see WeightTCache)
+        self.weight_cache = WeightTCache()
 
         self.initial_bn = nn.BatchNorm1d(input_dim, momentum=0.01)
         hidden = n_d + n_a
@@ -452,6 +481,19 @@ class TabNetEncoder(nn.Module):
             ]
         )
 
+    # the weights' storage, dtype or device may change, or new values arrive: the cached copies go
+    def _apply(self, *args, **kwargs):
+        self.weight_cache.clear()
+        return super()._apply(*args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.weight_cache.clear()
+        return super()._load_from_state_dict(*args, **kwargs)
+
+    def train(self, mode: bool = True):
+        self.weight_cache.clear()
+        return super().train(mode)
+
     def forward(
         self, x: torch.Tensor, return_masks: bool = False
     ) -> Tuple[List[torch.Tensor], torch.Tensor] | Tuple[List[torch.Tensor], torch.Tensor, List[torch.Tensor]]:
@@ -461,7 +503,7 @@ class TabNetEncoder(nn.Module):
                 x = self.initial_bn(x)
                 first = x
             else:
-                x = first = SparseBNInput(x, self.initial_bn)
+                x = first = SparseBNInput(x, self.initial_bn, self.weight_cache)
         elif x.layout != torch.strided:
             raise ValueError(f"TabNet takes a dense or sparse CSR input, got layout {x.layout}")
         else:
@@ -482,7 +524,7 @@ class TabNetEncoder(nn.Module):
             use_info = info if self.sparse_masked_input else None
             if use_info is None and isinstance(x, SparseBNInput):
                 x = x.dense()
-            masked = MaskedInput(mask, x, use_info)
+            masked = MaskedInput(mask, x, use_info, self.weight_cache)
             out = self.feat_transformers[step](masked)
             steps_output.append(F.relu(out[:, : self.n_d]))
             att = out[:, self.n_d :]

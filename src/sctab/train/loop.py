@@ -84,7 +84,7 @@ def evaluate_loader(model: torch.nn.Module, loader, class_weights: torch.Tensor,
                                                                                           dtype=torch.float64)])
     model.train(was_training)
     cm, sums = all_reduce(cm), all_reduce(sums)
-    f1, _, _ = f1_from_confusion(cm.reshape(n_classes, n_classes).cpu().numpy())
+    f1, _, _ = f1_from_confusion(cm.reshape(n_classes, n_classes).cpu().numpy(), average_over="union")
     return {"loss": float(sums[0] / sums[1]) if sums[1] > 0 else float("nan"), "f1_macro": f1, "rows": int(sums[2])}
 
 
