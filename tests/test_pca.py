@@ -264,6 +264,12 @@ def test_outputs_are_byte_identical_across_runs_and_thread_counts(store_dir, cfg
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 
 
+def test_blas_threads_must_be_positive(store, tmp_path):
+    with pytest.raises(PCAError, match="blas_threads must be at least 1"):
+        write_pca(store, tmp_path / "pca", 8, 2048, progress=False, blas_threads=0)
+    assert not (tmp_path / "pca").exists()
+
+
 class _FailingStore(Store):
     """Fails while reading the val split, after the train embedding was written."""
 

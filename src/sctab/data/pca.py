@@ -46,7 +46,10 @@ class PCAError(ValueError):
     """The PCA cannot be fitted, saved, loaded or applied as asked."""
 
 
-BLAS_THREADS = 1  # the one count every machine has (a count above the cores spins: 10x slower on 2 busy cores)
+# the one count every machine has (a count above the cores spins: 10x slower on 2 busy cores). On a many-core
+# machine (census profile) one thread is slower than all of them: pca.blas_threads trades that back, the
+# output then reproducible only with the same count
+BLAS_THREADS = 1
 
 
 @contextmanager
@@ -58,6 +61,8 @@ def pinned_blas(threads: int = BLAS_THREADS):
     import sklearn.decomposition  # noqa: F401
     from threadpoolctl import threadpool_info, threadpool_limits
 
+    if int(threads) < 1:
+        raise PCAError(f"blas_threads must be at least 1 (got {threads})")
     with threadpool_limits(limits=int(threads), user_api="blas"):
         loose = [i for i in threadpool_info() if i["user_api"] == "blas" and i["num_threads"] != int(threads)]
         if loose:
