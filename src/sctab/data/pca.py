@@ -7,10 +7,11 @@ sklearn's SVD of one (n_components + batch_size) x n_genes matrix. Small batches
 (IncrementalPCA truncates to n_components after each), so batch_size should be well above n_components.
 
 The outputs are byte-identical run to run for the same store and parameters, on any number of cores: the
-fit and the projection run with the BLAS pinned to ``BLAS_THREADS`` threads, because OpenBLAS's float32
-matrix products and SVD round differently with 1 and with 2+ threads (measured: last-bit differences, 5e-5
-in the components). XGBoost's histogram binning turns such differences into other trees (test macro F1
-0.7542 vs 0.7345 on tiny). Timings are returned and printed, not written. Different CPU families may still
+fit and the projection run with the BLAS pinned to ``pca.blas_threads`` threads (default 1), because
+OpenBLAS's float32 matrix products and SVD round differently with 1 and with 2+ threads (measured: last-bit
+differences, 5e-5 in the components). XGBoost's histogram binning turns such differences into other trees:
+on tiny, test macro F1 0.7542 on a 2-thread fit and 0.7472 on a 1-thread fit, the booster itself
+bit-identical run to run. Timings are returned and printed, not written. Different CPU families may still
 pick different OpenBLAS kernels (``OPENBLAS_CORETYPE`` pins one).
 
 Output folder (written atomically: complete or absent):
