@@ -7,7 +7,7 @@ import argparse
 from rich.console import Console
 
 from sctab.config import get, load_params
-from sctab.data.pca import write_pca
+from sctab.data.pca import BLAS_THREADS, write_pca
 from sctab.data.store import Store
 
 
@@ -16,7 +16,9 @@ def main(argv: list[str] | None = None) -> None:
         description="Fit an incremental PCA (pca.n_components components, pca.batch_size rows per partial_fit) on "
         "the train split only, streaming the store one row group at a time, then project the train, val and test "
         "splits. Writes pca.npz, <split>.npy (float32 embedding), <split>_cell_type.npy (int64 codes) and "
-        "report.json into the output folder (atomically: complete or not at all).")
+        "report.json into the output folder (atomically: complete or not at all). The BLAS runs on pca.blas_threads "
+        "threads (default 1) so the output is the same bytes on any machine with the same CPU family; a larger "
+        "count is faster on many cores and reproducible only with that count.")
     parser.add_argument("--params", default="params.yaml", help="YAML parameter file with a `pca` section "
                         "(default: %(default)s)")
     parser.add_argument("--store", default="data/store", help="store folder (default: %(default)s)")
@@ -25,7 +27,8 @@ def main(argv: list[str] | None = None) -> None:
 
     params = load_params(args.params)
     n_components, batch_size = int(get(params, "pca.n_components")), int(get(params, "pca.batch_size"))
-    r = write_pca(Store(args.store), args.out, n_components, batch_size)
+    threads = int(get(params, "pca.blas_threads", BLAS_THREADS))
+    r = write_pca(Store(args.store), args.out, n_components, batch_size, blas_threads=threads)
     rows = ", ".join(f"{s} {n:,}" for s, n in r["rows"].items())
     Console().print(f"PCA: {r['n_components']} of {r['n_genes']:,} genes explain {r['explained_variance_ratio']:.1%} "
                     f"of the train variance; projected {rows} rows to {args.out} in {r['seconds']['total']:.1f} s")

@@ -206,7 +206,8 @@ def test_written_folder(written, fitted, store, cfg):
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["pca.npz", "report.json"] + [f"{s}.npy" for s in SPLITS] + [f"{s}_cell_type.npy" for s in SPLITS])
     on_disk = json.loads((out / "report.json").read_text())
-    assert on_disk == report
+    assert on_disk == {k: v for k, v in report.items() if k != "seconds"}  # timings are not written
+    assert report["seconds"]["total"] >= report["seconds"]["fit"] > 0 and on_disk["blas_threads"] == 1
     assert report["n_components"] == k and report["n_genes"] == store.n_genes and report["batch_size"] == 512
     assert report["explained_variance_ratio"] == pytest.approx(fitted.explained_variance_ratio_.sum(), rel=1e-6)
     model = PCAModel.load(out / "pca.npz")
@@ -234,6 +235,39 @@ def test_load_embedding_errors(written, tmp_path):
     np.save(bad / "val_cell_type.npy", np.load(bad / "val_cell_type.npy")[:-3])
     with pytest.raises(PCAError, match="inconsistent"):
         load_embedding(bad, "val")
+
+
+_WRITE = """
+import sys
+from sctab.data.pca import write_pca
+from sctab.data.store import Store
+write_pca(Store(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), progress=False)
+"""
+
+
+def _write_in_process(store_dir, out: Path, cfg: dict, threads: int) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads),
+           "MKL_NUM_THREADS": str(threads)}
+    r = subprocess.run([sys.executable, "-c", _WRITE, str(store_dir), str(out), str(cfg["n_components"]),
+                        str(cfg["batch_size"])], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_outputs_are_byte_identical_across_runs_and_thread_counts(store_dir, cfg, tmp_path):
+    """Two fresh processes, one with single-threaded and one with 2-thread BLAS defaults: the same bytes
+    (unpinned, OpenBLAS rounds the float32 products and SVD differently with 1 and 2 threads)."""
+    _write_in_process(store_dir, tmp_path / "a", cfg, threads=1)
+    _write_in_process(store_dir, tmp_path / "b", cfg, threads=2)
+    names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "b").iterdir()) and "report.json" in names
+    for name in names:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_blas_threads_must_be_positive(store, tmp_path):
+    with pytest.raises(PCAError, match="blas_threads must be at least 1"):
+        write_pca(store, tmp_path / "pca", 8, 2048, progress=False, blas_threads=0)
+    assert not (tmp_path / "pca").exists()
 
 
 class _FailingStore(Store):

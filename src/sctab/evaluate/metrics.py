@@ -54,6 +54,7 @@ def confusion(y_true, y_pred, n_classes: int) -> np.ndarray:
 
 
 def check_average_over(average_over: str) -> str:
+    """``average_over`` if it names a rule; a typo must not silently pick one."""
     if average_over not in AVERAGING:
         raise ValueError(f"average_over must be one of {sorted(AVERAGING)}, got {average_over!r}")
     return average_over
@@ -133,7 +134,8 @@ def evaluate_probs(y_true, probs, child_matrix: np.ndarray, class_weights: np.nd
     Keys: ``f1_macro`` (over the classes ``average_over`` names; their number is ``n_types``), ``accuracy``
     (ontology-corrected), ``nll`` (unweighted mean), ``weighted_loss`` (cross entropy weighted by
     ``class_weights[y]`` and normalised by their sum, as torch's weighted CrossEntropyLoss; None without
-    weights), ``n_cells``, ``per_class_f1`` (float array, n_classes) and ``per_class_support`` (int array).
+    weights), ``n_cells``, ``per_class_f1`` (float array, n_classes), ``per_class_support`` (int array) and
+    ``average_over`` (the rule used).
     Empty input gives f1_macro 0.0 and NaN accuracy/nll/weighted_loss.
     """
     child_matrix = np.asarray(child_matrix)

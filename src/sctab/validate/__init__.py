@@ -4,9 +4,9 @@
 store, writes ``summary.json`` and Data Docs, and raises ``ValidationError`` naming every problem.
 """
 
-from sctab.validate.validation import ValidationError, build_suites, expected_rows_from, validate_all
 from sctab.validate.stats import StoreStats, split_row_stats
 from sctab.validate.suites import Check, SuiteSpec, extract_suite, filters_suite, split_suites, store_suite
+from sctab.validate.validation import ValidationError, build_suites, expected_rows_from, validate_all
 
 __all__ = [
     "Check",
