@@ -162,7 +162,8 @@ def test_promote_annotate_serve_and_ui(project, tmp_path):
 
     pbmc = write_pbmc_h5ad(tmp_path / "pbmc.h5ad")
     out = tmp_path / "pbmc.annotated.h5ad"
-    r = subprocess.run(["make", "-s", "-C", str(project), "annotate", venv, f"INPUT={pbmc}", f"OUTPUT={out}"],
+    r = subprocess.run(["make", "-s", "-C", str(project), "annotate", *_venv_args(), f"INPUT={pbmc}",
+                        f"OUTPUT={out}"],
                        capture_output=True, text=True, env=env_clean, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "559 cells annotated with models:/sctab-ensemble@champion" in r.stdout
