@@ -126,7 +126,7 @@ fuzz: venv  ## the hypothesis tests with new random examples (make test replays 
 	$(PY) -m pytest tests/test_store_fuzz.py tests/test_annotate_fuzz.py --hypothesis-profile=explore $(if $(SEED),--hypothesis-seed=$(SEED)) -s $(PYTEST_ARGS)
 
 # merlin-dataloader 23.8 (optional loader backend) cannot share the main env: it needs pip 23.2 to install,
-# pandas<1.6 (so numpy<2) and dask 2023.9.x (../shared/reference/known-pitfalls.md). Pins: the `merlin`
+# pandas<1.6 (so numpy<2) and dask 2023.9.x (docs/published-artifacts.md). Pins: the `merlin`
 # extra of pyproject.toml. dask-cuda is pinned (merlin-core needs it) because later releases depend on
 # rapids-dask-dependency, a stub that downloads from an NVIDIA index; 23.10 pins dask/distributed 2023.9.2
 # (not the 2023.9.3 of the pitfalls note). pyarrow 22+ refuses numpy 1.x at import. The project goes in

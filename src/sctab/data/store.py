@@ -1,6 +1,6 @@
 """The training store, in the published scTab (Merlin-compatible) parquet layout, and its reader.
 
-Layout (../shared/reference/published-sctab-artifacts.md):
+Layout (docs/published-artifacts.md):
     train/ val/ test/            part.N.parquet: X list<float32> (fixed length n_genes, normalised),
                                  cell_type and other obs columns as int64 codes, is_primary_data bool
     categorical_lookup/<col>.parquet   column `label` (row position = code); cell_type also has
