@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv repro test test-fast fuzz params status push pull clean help postgres merlin-env test-merlin ui metrics \
+.PHONY: seed-spread venv repro test test-fast fuzz params status push pull clean help postgres merlin-env test-merlin ui metrics \
 	tune-baselines apply-tuned sweep-model-size sweep-data-size exp-augmentation exp-organ experiments \
 	register promote serve annotate models browser
 
@@ -81,7 +81,12 @@ metrics: venv  ## each trained model's validation/test macro F1 (DVC metrics)
 
 # Ray Tune + Optuna studies of the baselines (params.yaml `tune`, search spaces in conf/tune/), outside the
 # default DAG. Re-running resumes an interrupted study; TUNE_ARGS="--fresh" starts over, "--model xgboost" picks.
+SEED_ARGS ?=
 TUNE_ARGS ?=
+seed-spread: venv  ## each single model's test F1 over ensemble.seeds (mean ± sd) -> reports/seeds/
+	$(VENV)/bin/dvc repro train_linear train_mlp train_xgboost train_celltypist
+	$(PY) pipelines/seed_spread.py --params params.yaml $(SEED_ARGS)
+
 tune-baselines: venv  ## tune the baselines (Ray Tune + Optuna); default-vs-tuned table in reports/tune/
 	$(VENV)/bin/dvc repro pca augment
 	$(PY) pipelines/tune.py --params params.yaml $(TUNE_ARGS)

@@ -156,3 +156,24 @@ def test_xgboost_without_pca_says_what_to_run(census_params, store_dir, tracking
 def test_train_baseline_pipeline_help():
     out = pipeline_help("train_baseline")
     assert "--model" in out and "xgboost" in out and "celltypist" in out
+
+
+def test_seed_spread_refits_other_seeds_and_writes_their_scores(census_params, store_dir, pca_dir, tracking,
+                                                              tmp_path):
+    from sctab.train.fitting import seed_spread
+
+    p = copy.deepcopy(census_params)
+    p["models"]["xgboost"].update({"n_estimators": 8, "subsample": 0.5})  # the seed moves a subsampled booster
+    spec = make_spec(p, "xgboost", store=store_dir, pca_dir=pca_dir)
+    first = fit(spec, p, tmp_path / "xgboost")
+    spread = seed_spread(spec, p, first, [0, 1, 2])
+    assert spread["seeds"] == [0, 1, 2]
+    t = spread["test_f1_macro"]
+    assert t["values"][0] == pytest.approx(first.metrics["test_f1_macro"], abs=1e-6) and len(set(t["values"])) > 1
+    assert t["mean"] == pytest.approx(np.mean(t["values"]), abs=1e-6)
+    assert t["sd"] == pytest.approx(np.std(t["values"], ddof=1), abs=1e-6) and t["sd"] > 0
+    assert json.loads((tmp_path / "xgboost" / "seeds.json").read_text()) == spread
+    client, runs = _runs(tracking)
+    extra = [r for r in runs if r.data.tags.get("role") == "seed_spread"]
+    assert len(extra) == 2 and {r.data.tags["seed"] for r in extra} == {"1", "2"}
+    assert all(r.data.tags["spread_of"] == first.run_id for r in extra)

@@ -316,14 +316,16 @@ def comparison_markdown(summaries: dict, seed_sd: dict[str, float] | None = None
                      f"{t['failed']} |")
     lines.append("")
     lines.append("Test-split ontology-corrected macro F1; each study selects on the validation split. A gain within "
-                 "twice the seed spread of the params.yaml settings (models/<model>/seeds.json, `ensemble."
-                 "spread_seeds` in params) cannot be told from a different seed.")
+                 "twice the seed spread of the params.yaml settings (`make seed-spread`, reports/seeds/) cannot be "
+                 "told from a different seed.")
     return "\n".join(lines) + "\n"
 
 
-def seed_spreads(models_dir: str | Path = "models") -> dict[str, float]:
-    """model -> sd of its test macro F1 over seeds, from the train stages' seeds.json files."""
+def seed_spreads(models_dir: str | Path = "models", seeds_dir: str | Path = "reports/seeds") -> dict[str, float]:
+    """model -> sd of its test macro F1 over seeds: from `make seed-spread` (reports/seeds/<model>.json), else
+    from a train stage run with ensemble.spread_seeds > 1 (models/<model>/seeds.json)."""
     out = {}
-    for f in sorted(Path(models_dir).glob(f"*/{SEEDS_FILE}")):
-        out[f.parent.name] = float(json.loads(f.read_text())["test_f1_macro"]["sd"])
+    for f in [*sorted(Path(models_dir).glob(f"*/{SEEDS_FILE}")), *sorted(Path(seeds_dir).glob("*.json"))]:
+        name = f.parent.name if f.name == SEEDS_FILE else f.stem
+        out[name] = float(json.loads(f.read_text())["test_f1_macro"]["sd"])
     return out
