@@ -66,15 +66,16 @@ def test_organ_points_score_the_tissue_over_its_truth(store_dir, census_params):
     from sctab.evaluate.metrics import correct_predictions
     from sctab.evaluate.predict import predict_split
     from sctab.experiments.sweep import tissue_metrics
-    from sctab.models import build_model
+    from sctab.models import FeatureSpace, TorchClassifier, build_model
 
     org = experiment_points("organ", census_params)
     assert {pt.eval_average_over for pt in org} == {"truth"}
     assert org[0].digest(census_params) != replace(org[0], eval_average_over="union").digest(census_params)
     store = Store(store_dir)
     torch.manual_seed(0)
-    model = build_model("linear", store.n_genes, store.n_classes)  # untrained: predicts types beyond lung's
-    y, p = predict_split(model, store, "test", batch_size=256)
+    module = build_model("linear", store.n_genes, store.n_classes)  # untrained: predicts types beyond lung's
+    model = TorchClassifier(kind="linear", module=module, space=FeatureSpace.of(store))
+    y, p = predict_split(model, store, "test")
     rows = label_rows(store, "test", "tissue_general", "lung")
     yt, pred = y[rows], correct_predictions(y[rows], p[rows].argmax(1), store.child_matrix())
     truth = f1_score(yt, pred, labels=np.unique(yt), average="macro", zero_division=0)
