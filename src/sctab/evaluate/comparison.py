@@ -183,7 +183,7 @@ def _sections(metrics, per_organ, PAPER, side_by_side, profile) -> list[dict]:
     ours = {k: v["test_f1_macro"] for k, v in metrics.items()}
     table = side_by_side(ours, PAPER["model_comparison"], label="test macro F1")
     table.insert(1, "single model over seeds", [
-        format_mean_std(metrics[k]["seeds_test_f1_macro_mean"], metrics[k]["seeds_test_f1_macro_sd"], 4)
+        format_mean_std(metrics[k]["seeds_test_f1_macro_mean"], metrics[k]["seeds_test_f1_macro_sd"])
         + f" (n={metrics[k]['seeds']})" if "seeds" in metrics[k] else "n/a" for k in table.index])
     organs = pd.DataFrame(per_organ).rename_axis("organ system").reset_index()
     return [
