@@ -8,7 +8,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PYTHONUNBUFFERED := 1
 
 .PHONY: seed-spread venv repro test test-fast fuzz params status push pull clean help postgres merlin-env test-merlin ui metrics \
-	tune-baselines apply-tuned sweep-model-size sweep-data-size exp-augmentation exp-organ experiments \
+	tune-baselines tune-sctab apply-tuned sweep-model-size sweep-data-size exp-augmentation exp-organ experiments \
 	register promote serve annotate models browser
 
 help:  ## list the targets
@@ -90,6 +90,10 @@ seed-spread: venv  ## each single model's test F1 over ensemble.seeds (mean ± s
 tune-baselines: venv  ## tune the baselines (Ray Tune + Optuna); default-vs-tuned table in reports/tune/
 	$(VENV)/bin/dvc repro pca augment
 	$(PY) pipelines/tune.py --params params.yaml $(TUNE_ARGS)
+
+tune-sctab: venv  ## tune scTab itself (Ray Tune + Optuna, conf/tune/sctab.yaml): lr, weight decay, decay, batch size
+	$(VENV)/bin/dvc repro augment
+	$(PY) pipelines/tune.py --params params.yaml --model sctab $(TUNE_ARGS)
 
 apply-tuned: venv  ## write the best settings of the last studies into params.yaml (then `make repro`)
 	$(PY) pipelines/tune.py --params params.yaml --apply-only $(TUNE_ARGS)
