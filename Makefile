@@ -9,7 +9,7 @@ export PYTHONUNBUFFERED := 1
 
 .PHONY: seed-spread venv repro test test-fast fuzz params status push pull clean help postgres merlin-env test-merlin ui metrics \
 	tune-baselines tune-sctab apply-tuned sweep-model-size sweep-data-size exp-augmentation exp-organ experiments \
-	register promote serve annotate models browser
+	register promote serve annotate models browser census-realism
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -83,6 +83,9 @@ metrics: venv  ## each trained model's validation/test macro F1 (DVC metrics)
 # default DAG. Re-running resumes an interrupted study; TUNE_ARGS="--fresh" starts over, "--model xgboost" picks.
 SEED_ARGS ?=
 TUNE_ARGS ?=
+census-realism: venv  ## the embedded census beside real 10x data shipped in packages -> reports/census/realism.*
+	$(PY) pipelines/census_realism.py --params params.yaml
+
 seed-spread: venv  ## each single model's test F1 over ensemble.seeds (mean ± sd) -> reports/seeds/
 	$(VENV)/bin/dvc repro train_linear train_mlp train_xgboost train_celltypist
 	$(PY) pipelines/seed_spread.py --params params.yaml $(SEED_ARGS)

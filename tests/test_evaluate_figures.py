@@ -217,3 +217,15 @@ def test_write_report(tmp_path):
     assert "&lt;tags&gt;" in page and "<code>code</code>" in page and "<li>one</li>" in page
     assert "<table>" in page and "<style>" in page and 'src="figures/fig1c.png"' in page
     assert "| model | ours | paper | difference |" in md
+
+
+def test_report_says_when_the_data_is_the_embedded_census(tmp_path):
+    """The evaluation report carries the test-bed box on an embedded profile, and only there."""
+    sections = [{"title": "Model comparison", "text": "x", "table": None, "figures": []}]
+    for embedded in (True, False):
+        out_dir = tmp_path / str(embedded)
+        page = write_report(out_dir, profile="tiny", sections=sections, embedded=embedded).read_text()
+        md = (out_dir / "index.md").read_text()
+        for doc in (md, page):
+            assert ("a test bed we built, not biology" in doc) is embedded
+            assert ("make census-realism" in doc) is embedded

@@ -136,7 +136,8 @@ def evaluate_models(models_dir: str | Path, store_path: str | Path, out: str | P
         sections.append({"title": "Per cell type (Fig. 1g)",
                          "text": f"{ref} F1 per cell type against its number of training cells; the five lowest:",
                          "table": worst, "figures": ["figures/f1_vs_training_cells.png"]})
-        write_report(tmp, profile=profile, sections=sections)
+        write_report(tmp, profile=profile, sections=sections,
+                     embedded=(params.get("census") or {}).get("source") == "embedded")
     flat = {k: {m: (round(float(v), 6) if isinstance(v, float) else v) for m, v in d.items()}
             for k, d in metrics.items()}
     summary = {"profile": profile, "models": flat,
