@@ -585,3 +585,33 @@ def paired_comparison(df: pd.DataFrame, out, profile: str = "") -> Path:
     fig.suptitle(_title("Effect of data augmentation on the test set (Supp. Table 3; lines join seeds, "
                         "black = mean ± std)", profile), fontsize=11)
     return _save(fig, out)
+
+
+def organ_scaling(long: pd.DataFrame, out, model: str = "sctab", scheme: str = "donors", profile: str = "") -> Path:
+    """Test macro F1 per organ system against the training cells of donor subsets (Fig. 2c): one line per
+    organ, mean ± sd over seeds.
+
+    ``long`` has columns ``model``, ``scheme``, ``train_cells``, ``organ``, ``f1_macro`` (one row per point and
+    organ; rows sharing an organ and size are seeds)."""
+    d = pd.DataFrame(long)
+    if len(d):
+        d = d[(d["model"] == model) & (d["scheme"] == scheme)]
+    fig = _figure(8.5, 5.0)
+    ax = fig.add_subplot()
+    if d.empty or "train_cells" not in d:
+        _no_data(ax, f"no per-organ scores of {model} ({scheme})")
+    else:
+        full = d[d["train_cells"] == d["train_cells"].max()].groupby("organ")["f1_macro"].mean()
+        for i, organ in enumerate(full.sort_values(ascending=False).index):
+            g = d[d["organ"] == organ].groupby("train_cells")["f1_macro"]
+            m, s = g.mean(), g.std(ddof=1).fillna(0.0)
+            ax.plot(m.index, m.values, "o-", ms=3, lw=1.3, color=_CYCLE[i % len(_CYCLE)],
+                    label=f"{organ} ({len(d[d['organ'] == organ]['seed'].unique())} seeds)")
+            ax.fill_between(m.index, (m - s).values, (m + s).values, color=_CYCLE[i % len(_CYCLE)], alpha=0.15)
+        ax.set_xscale("log")
+        ax.set_xlabel(f"training cells ({scheme} subsets)")
+        ax.set_ylabel("test macro F1 of the organ system's cells")
+        ax.legend(fontsize=7, ncol=2, loc="lower right")
+        ax.grid(alpha=0.3)
+    ax.set_title(_title(f"{model}: data scaling per organ system (Fig. 2c analogue)", profile), fontsize=10)
+    return _save(fig, out)

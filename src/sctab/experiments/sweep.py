@@ -14,10 +14,13 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import pandas as pd
 
 from sctab.data.subsets import label_rows
+from sctab.evaluate.organs import f1_by_organ
 from sctab.evaluate.predict import predict_split
 from sctab.evaluate.scores import score_probs
 from sctab.experiments.points import Point, experiment_points
@@ -55,6 +58,39 @@ def tissue_metrics(clf, store, spec, tissue: str, average_over: str = "truth") -
     return {f"tissue_test_{k}": v for k, v in m.items()}
 
 
+ORGAN_PREFIX = "organ_f1."
+
+
+def organ_metrics(clf, store, spec) -> dict:
+    """Test macro F1 per organ system (paper Fig. 2c), averaged over the types in each system's truth."""
+    y, p = predict_split(clf, store, "test")
+    codes = store.read_obs("test", columns=("tissue_general",))["tissue_general"].to_numpy()
+    tissue = np.asarray(store.lookup("tissue_general")["label"].astype(str).tolist(), dtype=object)[codes]
+    organs = f1_by_organ(y, p.argmax(axis=1), tissue, store.child_matrix(), average_over="truth")
+    out = {f"{ORGAN_PREFIX}{o}": v["f1_macro"] for o, v in organs.items()}
+    out.update({f"organ_types.{o}": float(v["n_types"]) for o, v in organs.items()})
+    return out
+
+
+def point_metrics(point: Point) -> Callable | None:
+    """What a point scores beyond val/test: one tissue's test cells, each organ system's, both or neither."""
+    parts = []
+    if point.eval_tissue:
+        parts.append(partial(tissue_metrics, tissue=point.eval_tissue, average_over=point.eval_average_over))
+    if point.eval_organs:
+        parts.append(organ_metrics)
+    if not parts:
+        return None
+
+    def extra(clf, store, spec):
+        out = {}
+        for part in parts:
+            out.update(part(clf, store, spec))
+        return out
+
+    return extra
+
+
 def run_point(config: dict, ctx: SweepContext) -> None:
     """Ray Tune function trainable: train one point, report its final scores."""
     import ray  # the trial's own process: Ray is there already
@@ -67,9 +103,8 @@ def run_point(config: dict, ctx: SweepContext) -> None:
             "resumed": str(tune.get_checkpoint() is not None).lower(),
             **{f"label.{k}": str(v) for k, v in point.labels.items()},
             **({"tissue_f1_average_over": point.eval_average_over} if point.eval_tissue else {})}
-    extra = (partial(tissue_metrics, tissue=point.eval_tissue, average_over=point.eval_average_over)
-             if point.eval_tissue else None)
-    final = fit_in_trial(ctx.base, point.overrides, run_name=point.key, tags=tags, extra_eval=extra, model=point.model)
+    final = fit_in_trial(ctx.base, point.overrides, run_name=point.key, tags=tags, extra_eval=point_metrics(point),
+                         model=point.model)
     tune.report({k: v for k, v in final.items() if isinstance(v, (int, float, str))} | {"final": True})
 
 
