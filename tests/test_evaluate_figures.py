@@ -97,6 +97,11 @@ def test_uncertainty_embedding_and_reliability(tmp_path):
                out_all)
     with pytest.raises(ValueError):
         figures.uncertainty_embedding(xy, u[:10], correct, tmp_path / "bad.png")
+    types = np.array([f"type {i % 15}" for i in range(n)])
+    out = tmp_path / "types.png"
+    assert_png(figures.cell_type_embedding(xy, types, out, purity=0.7, chance=0.07, profile="tiny"), out)
+    with pytest.raises(ValueError, match="one label per row"):
+        figures.cell_type_embedding(xy, types[:5], tmp_path / "bad2.png")
 
     edges = np.linspace(0, 1, 11)
     bins = [{"lo": lo, "hi": hi, "confidence": (lo + hi) / 2, "accuracy": max(0.0, (lo + hi) / 2 - 0.05),
