@@ -275,17 +275,15 @@ def read_obs(params: dict, ontology) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
             if prim is None:
                 absent.append("is_primary_data")
             groups = []
-            for g in s.donor_columns:
-                if g in df.columns and g not in absent:
+            for g in s.donor_columns:  # a census column the file lacks reads "unknown": one donor per file
+                if g in df.columns:
                     groups.append(df[g].astype(str))
-                elif g == "dataset_id":
-                    groups.append(df["dataset_id"].astype(str))
-                else:
-                    v = _obs_column(f, g)
-                    if v is None:
-                        raise InputError(f"{path} has no obs column {g!r} of census.donor_columns "
-                                         f"{list(s.donor_columns)}; name columns every input has")
-                    groups.append(v.astype(str))
+                    continue
+                v = _obs_column(f, g)
+                if v is None:
+                    raise InputError(f"{path} has no obs column {g!r} of census.donor_columns "
+                                     f"{list(s.donor_columns)}; name columns every input has")
+                groups.append(v.astype(str))
             df["tech_sample"] = groups[0].str.cat(groups[1:], sep="_") if len(groups) > 1 else groups[0]
             df["_file"] = len(frames)
             frames.append(df)
