@@ -8,9 +8,9 @@ import time
 from rich.console import Console
 
 from sctab.config import get, load_params
-from sctab.io import atomic_dir, write_json
 from sctab.data.augment import compute_augmentations, write_augmentations
 from sctab.data.store import Store
+from sctab.io import atomic_dir, write_json
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -211,3 +211,18 @@ def test_no_partial_store_when_counts_turn_bad(params, ontology, tmp_path):
     with pytest.raises(InputError, match=r"ref_0.h5ad.*non-integer"):
         _write(hp, ex, ontology, out)
     assert not out.exists() and not list(tmp_path.glob(".store.tmp-*"))
+
+
+def test_augment_disabled_writes_only_the_report(params, store_dir, tmp_path):
+    """A reference of one donor has no donor differences: augment.enabled false gives a report and no vectors."""
+    import importlib.util
+    import json
+
+    params["augment"]["enabled"] = False
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    spec = importlib.util.spec_from_file_location("augment_stage", Path(__file__).parents[1] / "pipelines/augment.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.main(["--params", str(tmp_path / "params.yaml"), "--store", str(store_dir), "--out", str(tmp_path / "aug")])
+    assert sorted(p.name for p in (tmp_path / "aug").iterdir()) == ["augment_report.json"]
+    assert json.loads((tmp_path / "aug" / "augment_report.json").read_text())["enabled"] is False
