@@ -19,8 +19,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sctab.data.store import open_parquet
-
 STAT_COLUMNS = ("part", "row", "n_values", "n_nonfinite", "min", "max", "expm1_sum", "cell_type")
 VALUES_PER_BATCH = 1 << 22  # ~16 MB of float32 per batch, ~32 MB once widened for expm1
 
@@ -113,7 +111,7 @@ def split_row_stats(split_dir: str | Path, n_genes_hint: int | None = None) -> S
     cols: dict[str, list] = {c: [] for c in STAT_COLUMNS}
     for path in part_files(split_dir):
         try:
-            pf = open_parquet(path)  # pages checked against their checksums
+            pf = pq.ParquetFile(path, page_checksum_verification=True)  # the store writes page CRCs
         except Exception as exc:  # noqa: BLE001 - report any unreadable file by name
             problems.append(f"{path.name} is not a readable parquet file ({exc})")
             continue
