@@ -58,6 +58,7 @@ ui: venv  ## MLflow UI on http://127.0.0.1:$(UI_PORT) over the local tracking st
 MODEL      ?= sctab-ensemble
 MODEL_URI  ?= models:/$(MODEL)@champion
 SERVE_PORT ?= 5001
+WORKERS    ?= 1
 TRACKING   := $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlruns/mlflow.db}
 register: venv  ## register the trained models (dvc repro register): new versions get @challenger
 	$(VENV)/bin/dvc repro register
@@ -68,9 +69,9 @@ models: venv  ## registered models, versions, aliases and test F1
 promote: venv  ## move @champion of MODEL to @challenger if its test F1 is at least as good (FORCE=1, VERSION=n)
 	$(VENV)/bin/sctab promote --model $(MODEL) $(if $(VERSION),--version $(VERSION)) $(if $(FORCE),--force)
 
-serve: venv  ## serve MODEL_URI (default models:/sctab-ensemble@champion) on http://127.0.0.1:$(SERVE_PORT)/invocations
+serve: venv  ## serve MODEL_URI (default models:/sctab-ensemble@champion) on http://127.0.0.1:$(SERVE_PORT)/invocations (WORKERS=n processes)
 	MLFLOW_TRACKING_URI=$(TRACKING) $(VENV)/bin/mlflow models serve -m $(MODEL_URI) --env-manager local \
-		--host 127.0.0.1 --port $(SERVE_PORT)
+		--host 127.0.0.1 --port $(SERVE_PORT) --workers $(WORKERS)
 
 annotate: venv  ## label INPUT=cells.h5ad with MODEL_URI -> OUTPUT (default INPUT's name + .annotated.h5ad)
 	@test -n "$(INPUT)" || { echo "usage: make annotate INPUT=cells.h5ad [OUTPUT=out.h5ad|.csv|.parquet] [MODEL_URI=models:/...]"; exit 2; }

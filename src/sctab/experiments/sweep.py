@@ -24,7 +24,17 @@ from sctab.evaluate.organs import f1_by_organ
 from sctab.evaluate.predict import predict_split
 from sctab.evaluate.scores import score_probs
 from sctab.experiments.points import Point, experiment_points
-from sctab.tracking import close_run, experiment_id, project_root, tracked_run, tracking_uri
+from sctab.tracking import (
+    close_run,
+    close_stale_runs,
+    data_version,
+    experiment_id,
+    project_root,
+    running_runs,
+    tracked_run,
+    tracking_uri,
+)
+from sctab.train import ray_console
 from sctab.train.ray_train import ensure_ray
 from sctab.train.trial import TrialContext, fit_in_trial
 
@@ -96,6 +106,7 @@ def run_point(config: dict, ctx: SweepContext) -> None:
     import ray  # the trial's own process: Ray is there already
     from ray import tune
 
+    ray_console.quiet_worker()
     point: Point = ctx.points[config["point"]]
     # where and which attempt: a trial retried after its node was lost shows up as a second run of the point
     tags = {"role": "point", "point_key": point.key, "point_hash": ctx.hashes[point.key],
@@ -114,6 +125,8 @@ def run_experiment(name: str, params: dict, *, store: str | Path = "data/store",
                    verbose: int = 1) -> pd.DataFrame:
     """Train the points of experiment ``name`` that have no finished run yet; return one row per point."""
     from mlflow.tracking import MlflowClient  # heavy: loaded when a sweep runs
+
+    ray_console.prepare()  # before Ray's first import
     from ray import tune
 
     points = experiment_points(name, params)
@@ -130,6 +143,7 @@ def run_experiment(name: str, params: dict, *, store: str | Path = "data/store",
     uri = tracking_uri()
     client = MlflowClient(uri)
     exp = experiment_id(exp_name, uri)
+    close_stale_runs(exp_name, data_version=data_version(), who=f"sweep {exp_name}", uri=uri)  # a killed sweep's
     if fresh and path.exists():
         shutil.rmtree(path)
     done = _finished(client, exp, set(hashes.values()), ignore=fresh)
@@ -184,10 +198,8 @@ def _finished(client, exp: str, wanted: set, ignore: bool = False) -> dict:
 
 def _close_lost_attempts(client, exp: str, parent_id: str) -> None:
     """Runs of attempts that died with their node or process stay RUNNING: once the grid is over, mark them."""
-    for r in client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}' and "
-                                "attributes.status = 'RUNNING'"):
-        client.set_tag(r.info.run_id, "error", "attempt lost (its Ray node or trial process died); Tune retried it")
-        client.set_terminated(r.info.run_id, "FAILED")
+    for r in running_runs(client, [exp], f"tags.`mlflow.parentRunId` = '{parent_id}'"):
+        close_run(client, r.info.run_id, "FAILED", "attempt lost (its Ray node or trial process died); Tune retried it")
 
 
 def _run_grid(mode, group, name, exp_name, exp, path, storage, params, hashes, store, augmentations, root, uri,
@@ -229,8 +241,7 @@ def _run_grid(mode, group, name, exp_name, exp, path, storage, params, hashes, s
             if grid.num_terminated + grid.num_errors < len(group):
                 raise KeyboardInterrupt(f"sweep {exp_name} was interrupted; run it again to resume")
         except BaseException:
-            for r in client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}' and "
-                                        "attributes.status = 'RUNNING'"):
+            for r in running_runs(client, [exp], f"tags.`mlflow.parentRunId` = '{parent_id}'"):
                 close_run(client, r.info.run_id, "KILLED")
             raise
         for res in grid:
