@@ -7,6 +7,7 @@ batch size and epochs. Everything a Ray worker needs travels in a plain dict (``
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -25,6 +26,10 @@ class TrainSpec:
     lr_gamma: float = 0.9
     epochs: int = 50
     patience: int | None = None          # early stopping on val macro F1; None = train all epochs
+    # a budget in optimiser steps instead of epochs: the run gets as many epochs as its train rows need to make
+    # this many steps (at least one), so a 1,000-cell reference and a 15 M-cell census get the same number of
+    # updates, not the same number of passes; early stopping (patience) still ends it sooner
+    max_steps: int | None = None
     augment: bool = False
     augmentations: str | None = None     # augmentations.npy (or its folder) when augment is on
     augment_clip: tuple[float, float] = (0.0, 9.0)
@@ -46,6 +51,10 @@ class TrainSpec:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ConfigError(f"models.{self.model}/train: {name} must be a positive integer, got {v!r}")
+        if self.max_steps is not None and (not isinstance(self.max_steps, int) or isinstance(self.max_steps, bool)
+                                           or self.max_steps < 1):
+            raise ConfigError(f"models.{self.model}: max_steps must be a positive integer or null, "
+                              f"got {self.max_steps!r}")
         for name in ("lr", "weight_decay", "lr_gamma"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or v < 0 or (name != "weight_decay" and v == 0):
@@ -72,6 +81,13 @@ class TrainSpec:
     def with_seed(self, seed: int) -> "TrainSpec":
         return self.with_(seed=int(seed))
 
+    def epochs_for(self, n_rows: int, world_size: int = 1) -> int:
+        """Epochs of this run over ``n_rows`` train rows: ``epochs``, or as many as ``max_steps`` needs."""
+        if self.max_steps is None:
+            return self.epochs
+        steps_per_epoch = max(1, math.ceil(n_rows / (self.batch_size * max(1, world_size))))
+        return max(1, math.ceil(self.max_steps / steps_per_epoch))
+
     @property
     def run_name(self) -> str:
         return f"{self.model}-seed{self.seed}"
@@ -83,7 +99,7 @@ class TrainSpec:
 
 _TRAIN_KEYS = {"loader", "block_row_groups", "eval_batch_size", "num_workers", "cpus_per_worker", "use_gpu",
                "max_failures", "augment_clip", "checkpoints_to_keep"}
-_MODEL_KEYS = {"arch", "batch_size", "lr", "weight_decay", "lr_gamma", "epochs", "patience", "augment"}
+_MODEL_KEYS = {"arch", "batch_size", "lr", "weight_decay", "lr_gamma", "epochs", "patience", "augment", "max_steps"}
 
 
 def spec_from_params(params: dict, model: str, *, store: str = "data/store", augmentations: str | None = None,
@@ -98,6 +114,9 @@ def spec_from_params(params: dict, model: str, *, store: str = "data/store", aug
         unknown = sorted(set(cfg) - allowed)
         if unknown:
             raise ConfigError(f"params {where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+    if mcfg.get("max_steps") is not None and "epochs" in mcfg:
+        raise ConfigError(f"params models.{model}: give either epochs or max_steps (a budget in optimiser steps), "
+                          f"not both")
     kwargs = {**tcfg, **mcfg}
     kwargs["arch"] = kwargs.get("arch") or {}
     if kwargs.get("augment"):
@@ -107,6 +126,8 @@ def spec_from_params(params: dict, model: str, *, store: str = "data/store", aug
     bad = sorted(set(overrides) - known)
     if bad:
         raise ConfigError(f"unknown training setting(s) {bad}")
+    if "epochs" in overrides and "max_steps" not in overrides:  # an experiment's epochs replace the step budget
+        kwargs["max_steps"] = None
     kwargs.update(overrides)
     if kwargs.get("augment") and not kwargs.get("augmentations"):  # switched on by an override
         kwargs["augmentations"] = augmentations
