@@ -49,6 +49,7 @@ def neighbour_graph(x_log1p, *, seed: int = 0) -> sp.csr_matrix:
                             f"a neighbour graph; give clusters with --over-clustering COLUMN instead")
     adata.uns["log1p"] = {"base": None}  # the values are log1p already
     sc.pp.highly_variable_genes(adata, n_top_genes=min(2500, adata.n_vars), subset=True)
+    adata.X = adata.X.toarray()  # scaling centres the genes: dense (cells x at most 2,500), as in CellTypist
     sc.pp.scale(adata, max_value=10)
     n_comps = max(1, min(50, n - 1, adata.n_vars - 1))
     sc.pp.pca(adata, n_comps=n_comps, random_state=seed)
