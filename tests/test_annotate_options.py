@@ -285,3 +285,25 @@ def test_default_min_probability_recorded_at_registration_and_used(models, store
     x = test_counts[:, annotator_genes].X.toarray().astype(np.int64)
     served = mlflow.pyfunc.load_model("models:/voted@challenger").predict(pd.DataFrame(x, columns=genes))
     assert (served["label"].to_numpy() == out.obs["sctab_label"].to_numpy()).all()
+
+
+def test_register_stage_records_each_default_on_a_sample_of_val(models, store_dir, obo_file, tracking):  # noqa: F811
+    from sctab.annotation import load_annotator
+    from sctab.registry import register_pipeline_models
+    from sctab.registry.register import client
+    from tests.conftest import pipeline_help
+
+    params = {"profile": "test", "registry": {"models": {"sctab": "stage-ens", "linear": "stage-lin"},
+                                              "min_probability_precision": 0.99, "threshold_max_cells": 100}}
+    versions = register_pipeline_models(models, store=store_dir, ontology_path=obo_file,
+                                        metrics={"sctab": {"test_f1_macro": 0.5}}, params=params)
+    assert sorted(v.name for v in versions) == ["stage-ens", "stage-lin"]
+    val = Store(store_dir).split("val")
+    assert val.n_rows > 100
+    for v in versions:
+        tags = client().get_model_version(v.name, v.version).tags
+        rec = load_annotator(f"models:/{v.name}/{v.version}").bundle.meta["min_probability"]
+        assert tags["min_probability"] == f"{rec['value']:.6f}" and tags["min_probability_precision"] == "0.99"
+        assert rec["precision_target"] == 0.99 and rec["split"] == "val" and "smallest t" in rec["rule"]
+        assert 0 < rec["n_cells"] < val.n_rows  # evenly spread row groups, not the whole split
+    assert "minimum probability" in pipeline_help("register")

@@ -118,7 +118,7 @@ def _cmd_models(args) -> int:
 
     c = client()
     t = Table(title="registered models")
-    for col in ("model", "version", "aliases", "test_f1_macro", "kind", "data_version", "created"):
+    for col in ("model", "version", "aliases", "test_f1_macro", "min_probability", "kind", "data_version", "created"):
         t.add_column(col)
     import datetime as dt
 
@@ -132,7 +132,8 @@ def _cmd_models(args) -> int:
             tags = v.tags or {}
             created = dt.datetime.fromtimestamp(v.creation_timestamp / 1000).strftime("%Y-%m-%d %H:%M")
             t.add_row(rm.name, str(v.version), ", ".join(sorted(by_version.get(str(v.version), []))),
-                      tags.get("test_f1_macro", ""), tags.get("model_kind", ""), tags.get("data_version", ""), created)
+                      tags.get("test_f1_macro", ""), tags.get("min_probability", ""), tags.get("model_kind", ""),
+                      tags.get("data_version", ""), created)
     Console(width=max(Console().width, 140)).print(t)
     return 0
 

@@ -195,7 +195,9 @@ def _description(bundle: Bundle, tags: dict) -> str:
     return (f"{bundle.kind} ({len(bundle.members)} member(s)), {len(bundle.genes):,} genes -> "
             f"{bundle.space.n_classes} cell types. Input: raw counts by Ensembl id; output: label, Cell Ontology "
             f"id, probability, uncertainty, coarse label. Test macro F1 {tags['test_f1_macro']} on "
-            f"{tags['test_split']}; git {tags['git_commit'][:12]}; profile {tags['profile']}.")
+            f"{tags['test_split']}; git {tags['git_commit'][:12]}; profile {tags['profile']}."
+            + (f" Default minimum probability {float(tags['min_probability']):.4f} (precision >= "
+               f"{tags['min_probability_precision']} on the validation split)." if "min_probability" in tags else ""))
 
 
 def store_class_ids(store: str | Path) -> dict[str, str]:
