@@ -307,3 +307,24 @@ def test_register_stage_records_each_default_on_a_sample_of_val(models, store_di
         assert rec["precision_target"] == 0.99 and rec["split"] == "val" and "smallest t" in rec["rule"]
         assert 0 < rec["n_cells"] < val.n_rows  # evenly spread row groups, not the whole split
     assert "minimum probability" in pipeline_help("register")
+
+
+def test_over_clustering_of_many_cells_finds_the_groups():
+    """From 8,192 cells on scanpy takes approximate neighbours (pynndescent); three expression programmes
+    come out as clusters that never mix them."""
+    import scipy.sparse as sp
+
+    from sctab.annotation.voting import PYNNDESCENT_FROM, over_cluster
+
+    rng = np.random.default_rng(0)
+    n, genes = PYNNDESCENT_FROM + 300, 60
+    group = rng.integers(0, 3, n)
+    rates = np.full((3, genes), 0.3)
+    for g in range(3):
+        rates[g, g * 20:(g + 1) * 20] = 6.0
+    counts = rng.poisson(rates[group])
+    x = sp.csr_matrix(np.log1p(counts / counts.sum(1, keepdims=True) * 1e4).astype(np.float32))
+    clusters, info = over_cluster(x, resolution=0.2)
+    assert "Leiden at resolution 0.2" in info["over_clustering"]
+    table = pd.crosstab(clusters, group)
+    assert len(table) >= 3 and ((table > 0).sum(axis=1) == 1).all()  # every cluster holds one group only

@@ -36,6 +36,35 @@ def default_resolution(n_cells: int) -> float:
     return 30.0
 
 
+PYNNDESCENT_FROM = 8192  # scanpy's exact (brute force) kNN below this many cells, pynndescent from here on
+
+
+class _NNDescent:
+    """pynndescent's approximate kNN with the settings scanpy takes from UMAP, returning the ``csr_matrix``
+    scanpy expects: pynndescent 0.7 returns a ``csr_array``, which scanpy 1.11's neighbour code cannot read
+    (``getnnz``), so without this wrapper every input of 8,192 cells or more would fail."""
+
+    def __init__(self, n_obs: int, n_neighbors: int, seed: int):
+        from pynndescent import PyNNDescentTransformer
+
+        self._knn = PyNNDescentTransformer(n_neighbors=n_neighbors, metric="euclidean", random_state=seed,
+                                           n_trees=min(64, 5 + round(n_obs ** 0.5 / 20.0)),
+                                           n_iters=max(5, round(np.log2(n_obs))))
+
+    def get_params(self, deep: bool = True) -> dict:
+        return self._knn.get_params(deep)
+
+    def fit(self, x, y=None):
+        self._knn.fit(x)
+        return self
+
+    def transform(self, x):
+        return sp.csr_matrix(self._knn.transform(x))
+
+    def fit_transform(self, x, y=None):
+        return sp.csr_matrix(self._knn.fit_transform(x))
+
+
 def neighbour_graph(x_log1p, *, seed: int = 0) -> sp.csr_matrix:
     """kNN connectivities of log1p-normalised cells (CellTypist's recipe, see the module docstring)."""
     import anndata
@@ -53,7 +82,9 @@ def neighbour_graph(x_log1p, *, seed: int = 0) -> sp.csr_matrix:
     sc.pp.scale(adata, max_value=10)
     n_comps = max(1, min(50, n - 1, adata.n_vars - 1))
     sc.pp.pca(adata, n_comps=n_comps, random_state=seed)
-    sc.pp.neighbors(adata, n_neighbors=min(10, n), n_pcs=n_comps, random_state=seed)
+    k = min(10, n)
+    knn = _NNDescent(n, k, seed) if n >= PYNNDESCENT_FROM else None
+    sc.pp.neighbors(adata, n_neighbors=k, n_pcs=n_comps, random_state=seed, transformer=knn)
     return sp.csr_matrix(adata.obsp["connectivities"])
 
 
