@@ -8,8 +8,8 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PYTHONUNBUFFERED := 1
 
 .PHONY: seed-spread venv repro test test-fast fuzz params status push pull clean help postgres merlin-env test-merlin ui metrics \
-	tune-baselines apply-tuned sweep-model-size sweep-data-size exp-augmentation exp-organ experiments \
-	register promote serve annotate models browser
+	tune-baselines tune-sctab apply-tuned sweep-model-size sweep-data-size exp-augmentation exp-organ experiments \
+	register promote serve annotate models browser census-realism
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -58,6 +58,7 @@ ui: venv  ## MLflow UI on http://127.0.0.1:$(UI_PORT) over the local tracking st
 MODEL      ?= sctab-ensemble
 MODEL_URI  ?= models:/$(MODEL)@champion
 SERVE_PORT ?= 5001
+WORKERS    ?= 1
 TRACKING   := $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlruns/mlflow.db}
 register: venv  ## register the trained models (dvc repro register): new versions get @challenger
 	$(VENV)/bin/dvc repro register
@@ -68,9 +69,9 @@ models: venv  ## registered models, versions, aliases and test F1
 promote: venv  ## move @champion of MODEL to @challenger if its test F1 is at least as good (FORCE=1, VERSION=n)
 	$(VENV)/bin/sctab promote --model $(MODEL) $(if $(VERSION),--version $(VERSION)) $(if $(FORCE),--force)
 
-serve: venv  ## serve MODEL_URI (default models:/sctab-ensemble@champion) on http://127.0.0.1:$(SERVE_PORT)/invocations
+serve: venv  ## serve MODEL_URI (default models:/sctab-ensemble@champion) on http://127.0.0.1:$(SERVE_PORT)/invocations (WORKERS=n processes)
 	MLFLOW_TRACKING_URI=$(TRACKING) $(VENV)/bin/mlflow models serve -m $(MODEL_URI) --env-manager local \
-		--host 127.0.0.1 --port $(SERVE_PORT)
+		--host 127.0.0.1 --port $(SERVE_PORT) --workers $(WORKERS)
 
 annotate: venv  ## label INPUT=cells.h5ad with MODEL_URI -> OUTPUT (default INPUT's name + .annotated.h5ad)
 	@test -n "$(INPUT)" || { echo "usage: make annotate INPUT=cells.h5ad [OUTPUT=out.h5ad|.csv|.parquet] [MODEL_URI=models:/...] [ANNOTATE_ARGS='--majority-voting ...']"; exit 2; }
@@ -83,6 +84,9 @@ metrics: venv  ## each trained model's validation/test macro F1 (DVC metrics)
 # default DAG. Re-running resumes an interrupted study; TUNE_ARGS="--fresh" starts over, "--model xgboost" picks.
 SEED_ARGS ?=
 TUNE_ARGS ?=
+census-realism: venv  ## the embedded census beside real 10x data shipped in packages -> reports/census/realism.*
+	$(PY) pipelines/census_realism.py --params params.yaml
+
 seed-spread: venv  ## each single model's test F1 over ensemble.seeds (mean ± sd) -> reports/seeds/
 	$(VENV)/bin/dvc repro train_linear train_mlp train_xgboost train_celltypist
 	$(PY) pipelines/seed_spread.py --params params.yaml $(SEED_ARGS)
@@ -90,6 +94,10 @@ seed-spread: venv  ## each single model's test F1 over ensemble.seeds (mean ± s
 tune-baselines: venv  ## tune the baselines (Ray Tune + Optuna); default-vs-tuned table in reports/tune/
 	$(VENV)/bin/dvc repro pca augment
 	$(PY) pipelines/tune.py --params params.yaml $(TUNE_ARGS)
+
+tune-sctab: venv  ## tune scTab itself (Ray Tune + Optuna, conf/tune/sctab.yaml): lr, weight decay, decay, batch size
+	$(VENV)/bin/dvc repro augment
+	$(PY) pipelines/tune.py --params params.yaml --model sctab $(TUNE_ARGS)
 
 apply-tuned: venv  ## write the best settings of the last studies into params.yaml (then `make repro`)
 	$(PY) pipelines/tune.py --params params.yaml --apply-only $(TUNE_ARGS)

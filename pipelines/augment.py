@@ -10,19 +10,27 @@ from rich.console import Console
 from sctab.config import get, load_params
 from sctab.data.augment import compute_augmentations, write_augmentations
 from sctab.data.store import Store
+from sctab.io import atomic_dir, write_json
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description="Compute the augmentation vectors: class-balanced subsample of the train split, centroids per "
         "cell type and donor, differences between donors of a type, zero small values, clamp, and sample from the "
-        "big k-means clusters. Writes augmentations.npy and augment_report.json (atomically).")
+        "big k-means clusters. Writes augmentations.npy and augment_report.json (atomically); with augment.enabled "
+        "false (a reference without donor pairs) only the report.")
     parser.add_argument("--params", default="params.yaml", help="YAML parameter file (default: %(default)s)")
     parser.add_argument("--store", default="data/store", help="store folder (default: %(default)s)")
     parser.add_argument("--out", default="data/augment", help="output folder (default: %(default)s)")
     args = parser.parse_args(argv)
 
     cfg = get(load_params(args.params), "augment")
+    if cfg.get("enabled", True) is False:  # e.g. a reference of one donor: no donor differences to compute
+        with atomic_dir(args.out) as tmp:
+            write_json(tmp / "augment_report.json", {"enabled": False, "note": "augment.enabled is false: no "
+                       "vectors; models with models.<model>.augment true cannot train on this output"})
+        print(f"augment.enabled is false: wrote only {args.out}/augment_report.json (no augmentation vectors)")
+        return
     t0 = time.perf_counter()
     vectors, r = compute_augmentations(Store(args.store), cfg)
     write_augmentations(vectors, r, args.out)

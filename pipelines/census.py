@@ -1,12 +1,15 @@
 """Pipeline stage `census`: write the embedded synthetic census (SOMA) that the default profile reads.
 
-Skipped for profiles whose census.source is `cellxgene` (the hosted census needs no local copy).
+For the other sources (the hosted census, a local SOMA copy, .h5ad files) it only records the source in the
+summary: their data is what `census.data` names, which extract and store depend on.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from sctab.census.source import census_description
 from sctab.config import load_params
 from sctab.io import write_json
 
@@ -14,15 +17,22 @@ from sctab.io import write_json
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description="Generate the embedded synthetic CELLxGENE-like census (real SOMA format, real CL terms and "
-        "GENCODE gene ids) described by the `synthetic` section of the params file.")
+        "GENCODE gene ids) described by the `synthetic` section of the params file; for the other sources (hosted "
+        "census, local SOMA copy, .h5ad files) record the source in the summary.")
     parser.add_argument("--params", default="params.yaml", help="YAML parameter file (default: %(default)s)")
     parser.add_argument("--out", default=None, help="census folder (default: census.uri of the params)")
     parser.add_argument("--summary", default="data/census/summary.json", help="summary JSON (default: %(default)s)")
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    if params["census"].get("source") != "embedded":
-        print(f"profile {params['profile']!r} reads the hosted CELLxGENE census; nothing to generate")
-        write_json(args.summary, {"source": params["census"].get("source"), "version": params["census"].get("version")})
+    c = params["census"]
+    if c.get("source") != "embedded":
+        record = {"source": c.get("source"), "version": c.get("version"), "uri": c.get("uri"),
+                  "data": c.get("data"), "obs_value_filter": c.get("obs_value_filter")}
+        if c.get("source") == "h5ad":
+            record["inputs"] = [{"file": str(p), "bytes": Path(p).stat().st_size if Path(p).is_file() else None}
+                                for p in c.get("inputs") or []]
+        print(f"profile {params['profile']!r} reads {census_description(params)}; nothing to generate")
+        write_json(args.summary, record)
         return
     from sctab.census.synthetic import build_synthetic_census  # anndata + tiledbsoma: seconds, embedded only
 

@@ -180,7 +180,7 @@ def test_promote_annotate_serve_and_ui(project, tmp_path):
     server = _make("serve", project, SERVE_PORT=port)
     try:
         _wait_http(f"http://127.0.0.1:{port}/ping", server, project / "serve.log")
-        from sctab.annotation.counts import match_genes
+        from sctab.census.counts import match_genes
 
         genes = __import__("pandas").read_parquet(project / "models/sctab/seed_0/var.parquet")["feature_id"].tolist()
         match = match_genes(annotated.var, genes)

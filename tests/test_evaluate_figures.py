@@ -97,6 +97,11 @@ def test_uncertainty_embedding_and_reliability(tmp_path):
                out_all)
     with pytest.raises(ValueError):
         figures.uncertainty_embedding(xy, u[:10], correct, tmp_path / "bad.png")
+    types = np.array([f"type {i % 15}" for i in range(n)])
+    out = tmp_path / "types.png"
+    assert_png(figures.cell_type_embedding(xy, types, out, purity=0.7, chance=0.07, profile="tiny"), out)
+    with pytest.raises(ValueError, match="one label per row"):
+        figures.cell_type_embedding(xy, types[:5], tmp_path / "bad2.png")
 
     edges = np.linspace(0, 1, 11)
     bins = [{"lo": lo, "hi": hi, "confidence": (lo + hi) / 2, "accuracy": max(0.0, (lo + hi) / 2 - 0.05),
@@ -217,3 +222,15 @@ def test_write_report(tmp_path):
     assert "&lt;tags&gt;" in page and "<code>code</code>" in page and "<li>one</li>" in page
     assert "<table>" in page and "<style>" in page and 'src="figures/fig1c.png"' in page
     assert "| model | ours | paper | difference |" in md
+
+
+def test_report_says_when_the_data_is_the_embedded_census(tmp_path):
+    """The evaluation report carries the test-bed box on an embedded profile, and only there."""
+    sections = [{"title": "Model comparison", "text": "x", "table": None, "figures": []}]
+    for embedded in (True, False):
+        out_dir = tmp_path / str(embedded)
+        page = write_report(out_dir, profile="tiny", sections=sections, embedded=embedded).read_text()
+        md = (out_dir / "index.md").read_text()
+        for doc in (md, page):
+            assert ("a test bed we built, not biology" in doc) is embedded
+            assert ("make census-realism" in doc) is embedded

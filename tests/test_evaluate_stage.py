@@ -51,10 +51,11 @@ def test_evaluate_stage(store_dir, pca_dir, census_params, tracking, tmp_path):
         m["linear"]["test_f1_macro"]
     html = (out / "report" / "index.html").read_text()
     for fig in ("model_comparison", "organ_f1", "validation_curves", "f1_vs_training_cells",
-                "uncertainty_embedding", "reliability"):
+                "uncertainty_embedding", "cell_type_embedding", "reliability"):
         assert (out / "report" / "figures" / f"{fig}.png").stat().st_size > 1000, fig
         assert f"figures/{fig}.png" in html, fig
     assert census_params["profile"] in html and "0.8295" in html  # the profile, and the paper beside us
+    assert "nearest neighbours" in html and "a test bed we built, not biology" in html
     curves = (out / "plots" / "validation_curves.csv").read_text()
     assert "sctab seed 0" in curves and "linear" in curves
     assert (out / "plots" / "per_class_f1.csv").exists() and (out / "plots" / "reliability.csv").exists()

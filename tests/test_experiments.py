@@ -115,6 +115,15 @@ def test_data_size_runs_points_once_and_summarises(workdir, census_params, store
     assert {"points.csv", "summary.csv", "summary.json", "summary.md", "data_size.png"} <= {p.name for p in
                                                                                              out.iterdir()}
     assert "0.0447" in (out / "summary.md").read_text()  # the paper's number beside ours
+    # Fig. 2c: every point scored each organ system's test cells; the per-organ curve, table and findings
+    organ_cols = [c for c in table.columns if c.startswith("organ_f1.")]
+    assert organ_cols and table[organ_cols].stack().between(0, 1).all()
+    assert (out / "organ_scaling.png").stat().st_size > 1000
+    long = pd.read_csv(out / "organ_scaling.csv")
+    assert set(long["organ"]) == {c[len("organ_f1."):] for c in organ_cols} and long["n_types"].ge(1).all()
+    s = json.loads((out / "summary.json").read_text())
+    assert s["organ_scaling"]["organs"] == len(organ_cols) and s["organ_scaling"]["full_fraction"] == 100
+    assert [d["a"] for d in s["paired"]] == ["cells"] and s["paired"][0]["pairs"] == 1   # linear only here
     summary_runs = client.search_runs([exp.experiment_id], filter_string="tags.role = 'summary'")
     assert len(summary_runs) == 1
 
@@ -146,7 +155,10 @@ def test_augmentation_and_organ(workdir, census_params, store_dir, augment_dir):
     out = summarise_experiment("organ", organ, census_params, tmp / "organ", store=store_dir)
     md = (out / "summary.md").read_text()
     assert "0.5291" in md and "average_over=truth" in md and "tissue test accuracy" in md
-    assert json.loads((out / "summary.json").read_text())["tissue_f1_average_over"] == "truth"
+    s = json.loads((out / "summary.json").read_text())
+    assert s["tissue_f1_average_over"] == "truth"
+    assert {d["model"] for d in s["paired"]} == set(organ["model"]) | ({"linear vs sctab"} if {"sctab", "linear"}
+                                                                         <= set(organ["model"]) else set())
 
 
 @pytest.mark.slow
@@ -222,3 +234,40 @@ def test_interrupted_sweep_resumes_points_from_their_checkpoints(workdir, census
     first_steps = [client.get_metric_history(r.info.run_id, "val_f1_macro")[0].step for r in resumed]
     assert max(first_steps) >= 1, "the interrupted point continued from its checkpoint, not from epoch 0"
     assert (tmp / "reports" / "model-size" / "summary.md").exists()
+
+
+def test_paired_differences_and_organ_scaling_findings():
+    """The spread-aware comparisons of the experiment reports, on a table whose answer is known."""
+    from sctab.experiments import analysis
+
+    rows = []
+    for seed, (a, b) in enumerate([(0.80, 0.70), (0.82, 0.71), (0.81, 0.69)]):
+        rows += [{"model": "sctab", "seed": seed, "test_f1_macro": a, "status": "finished"},
+                 {"model": "linear", "seed": seed, "test_f1_macro": b, "status": "finished"}]
+    rows.append({"model": "linear", "seed": 9, "test_f1_macro": 0.0, "status": "failed"})
+    d = analysis.paired_difference(pd.DataFrame(rows), "model", "sctab", "linear")
+    assert d["pairs"] == 3 and d["mean_difference"] == pytest.approx(0.11)
+    assert d["std_difference"] == pytest.approx(np.std([0.10, 0.11, 0.12], ddof=1)) and d["p_value"] < 0.01
+    assert "beyond the seed spread" in analysis.describe_difference(d)
+    noisy = analysis.paired_difference(pd.DataFrame(rows[:4]), "model", "sctab", "linear")
+    assert noisy["pairs"] == 2
+    none = analysis.paired_difference(pd.DataFrame(rows), "model", "sctab", "mlp")
+    assert none["pairs"] == 0 and "no paired runs" in analysis.describe_difference(none)
+
+    pts = []
+    gains = {"lung": 0.10, "gut": 0.02, "heart": 0.05}
+    types = {"lung": 9, "gut": 4, "heart": 6}
+    for seed in range(3):
+        for frac in (15, 100):
+            row = {"model": "sctab", "scheme": "donors", "fraction": frac, "seed": seed, "status": "finished",
+                   "train_cells": frac * 10}
+            for organ, g in gains.items():
+                row[f"organ_f1.{organ}"] = 0.6 + (g if frac == 100 else 0.0) + 0.001 * seed
+                row[f"organ_types.{organ}"] = types[organ]
+            pts.append(row)
+    long = analysis.organ_scaling(pd.DataFrame(pts))
+    assert len(long) == 18 and set(long["organ"]) == set(gains)
+    f = analysis.organ_scaling_findings(long)
+    assert f["gain_min"]["organ"] == "gut" and f["gain_min"]["mean"] == pytest.approx(0.02)
+    assert f["gain_median"]["organ"] == "heart" and f["organs_gaining"] == 3
+    assert f["corr_f1_vs_n_types"] > 0.9   # here F1 grows with the number of types (the paper saw -0.55)

@@ -7,6 +7,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow.exceptions import MlflowException
 
 from sctab.cli import main as cli
 from sctab.data.store import Store
@@ -48,8 +49,8 @@ def test_register_ensemble_lineage_alias_and_pyfunc(folders, store_dir, ontology
     assert len(c.search_model_versions("name = 'sctab-ensemble'")) == 1
 
     model = mlflow.pyfunc.load_model("models:/sctab-ensemble@challenger")
-    inputs = model.metadata.get_input_schema().input_names()
-    assert inputs == Store(store_dir).var["feature_id"].astype(str).tolist()
+    # no input schema: the pyfunc checks requests itself (MLflow's check drops unknown columns silently)
+    assert model.metadata.get_input_schema() is None
     counts = _counts(store_dir)
     served = model.predict(counts)
     assert list(served.columns) == ["label", "cell_type_ontology_term_id", "probability", "uncertainty",
@@ -66,8 +67,20 @@ def test_register_ensemble_lineage_alias_and_pyfunc(folders, store_dir, ontology
     # a request with a subset of genes is zero-filled, a request of floats is refused
     part = model.predict(counts.iloc[:, ::2])
     assert len(part) == len(counts)
-    with pytest.raises(Exception, match="raw counts|Incompatible input types"):
+    with pytest.raises(MlflowException, match="not whole numbers") as e:
         model.predict(counts.astype(float) + 0.5)
+    assert e.value.get_http_status_code() == 400
+    # every problem of a request named at once: unknown columns (a few + count), bad values, cells
+    bad = counts.iloc[:4].copy()
+    bad.iloc[1, 0] = -3
+    bad = bad.assign(**{f"gene_{i}": 1 for i in range(7)})
+    with pytest.raises(MlflowException) as e:
+        model.predict(bad)
+    msg = e.value.message
+    assert e.value.error_code == "INVALID_PARAMETER_VALUE" and msg.startswith(f"request of 4 cells x {bad.shape[1]} ")
+    assert "not genes of this model: 7 (gene_0, gene_1, gene_2, gene_3, gene_4, ...)" in msg
+    assert f"negative values: 1 ({counts.columns[0]}), in 1 of the 4 cells" in msg
+    assert "Traceback" not in msg and "/" not in msg
 
 
 def test_promote_rules(folders, store_dir, ontology, tracking, capsys):

@@ -184,3 +184,21 @@ def test_neural_study_reports_per_epoch(workdir, census_params, store_dir, augme
     hist = client.get_metric_history(best.info.run_id, "val_f1_macro")
     assert [h.step for h in hist] == [0, 1, 2]
     assert {"default", "params"} <= {k for k in summary if k in ("default", "params")}
+
+
+def test_sctab_joins_the_studies(workdir, census_params, store_dir, augment_dir):
+    """scTab is tuned like the baselines: its own search space, trials on the training loop, per-epoch reports."""
+    from mlflow.tracking import MlflowClient
+
+    tmp, uri = workdir
+    space = load_search_space("sctab")
+    assert {"lr", "weight_decay", "lr_gamma", "batch_size"} <= set(space.space)
+    params = _params(census_params)
+    params["models"]["sctab"].update({"epochs": 2})
+    params["models"]["sctab"]["arch"].update({"n_d": 16, "n_a": 8})
+    summary = run_study("sctab", params, store=store_dir, augmentations=augment_dir, storage=tmp / "rr",
+                        num_samples=2, verbose=0, reference_runs=False)
+    assert summary["trials"]["failed"] == 0 and 0.0 < summary["tuned"]["test_f1_macro"] <= 1.0
+    assert set(summary["best_config"]) == set(space.space)
+    hist = MlflowClient(uri).get_metric_history(summary["tuned"]["mlflow_run_id"], "val_f1_macro")
+    assert len(hist) >= 1 and all(0.0 <= h.value <= 1.0 for h in hist)

@@ -17,15 +17,40 @@ def _cmd_params(args) -> int:
     if args.list:
         print("\n".join(available_profiles()))
         return 0
-    load_profile(args.profile)  # validates before anything is overwritten
+    profile = load_profile(args.profile)  # validates before anything is overwritten
+    inputs = _reference_inputs(args.input, profile) if args.input else None
     src = profile_path(args.profile)
     header = f"# Materialised from conf/profiles/{args.profile}.yaml by `sctab params --profile {args.profile}`.\n" \
              f"# DVC tracks this file; edit it (or the profile) to change a run.\n"
     tmp = Path(args.out).with_suffix(".tmp")
     tmp.write_text(header + src.read_text())
+    if inputs:
+        from sctab.config import update_params_file
+
+        update_params_file(tmp, "census", inputs)
     shutil.move(tmp, args.out)
-    print(f"wrote {args.out} from profile {args.profile!r}")
+    print(f"wrote {args.out} from profile {args.profile!r}"
+          + (f" with {len(args.input)} input(s) under {inputs['data']}" if inputs else ""))
     return 0
+
+
+def _reference_inputs(paths: list[str], profile: dict) -> dict:
+    """census.inputs and census.data (the folder DVC watches: the inputs' common folder) for an h5ad profile."""
+    import os
+
+    if profile["census"].get("source") != "h5ad":
+        raise ConfigError(f"--input is for a profile whose census.source is h5ad (e.g. reference); "
+                          f"{profile['profile']!r} reads {profile['census'].get('source')!r}")
+    for p in paths:
+        if not Path(p).is_file() or not p.endswith(".h5ad"):
+            raise ConfigError(f"--input {p} is not an existing .h5ad file")
+    folder = os.path.commonpath([os.path.dirname(os.path.normpath(p)) or "." for p in paths])
+    outputs = ("data/census", "data/extract", "data/split", "data/store", "data/augment", "data/pca", "models")
+    if folder in ("", ".", "data") or any(o.startswith(folder.rstrip("/") + "/") for o in outputs):
+        raise ConfigError(f"the inputs' common folder {folder or '.'!r} would hold pipeline outputs as well: DVC "
+                          f"watches that folder, so put the .h5ad files in a folder of their own, e.g. "
+                          f"data/reference/")
+    return {"inputs": [os.path.normpath(p) for p in paths], "data": folder}
 
 
 def _cmd_store_info(args) -> int:
@@ -157,10 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     pp = sub.add_parser("params", help="write params.yaml from a profile in conf/profiles/",
                         description="Materialise a profile (tiny = embedded synthetic census, census-2023-05-15 = the "
-                        "paper's scale) into params.yaml, the file DVC tracks.")
+                        "paper's scale, reference = your own .h5ad files with --input) into params.yaml, the file "
+                        "DVC tracks.")
     pp.add_argument("--profile", default="tiny", help="profile name (default: %(default)s)")
     pp.add_argument("--out", default="params.yaml", help="file to write (default: %(default)s)")
     pp.add_argument("--list", action="store_true", help="list the available profiles and exit")
+    pp.add_argument("--input", action="append", default=None, metavar="H5AD",
+                    help="for an h5ad profile (reference): a labelled .h5ad file, repeatable; sets census.inputs "
+                    "and census.data (their folder, which DVC watches)")
     pp.set_defaults(func=_cmd_params)
     si = sub.add_parser("store-info", help="summarise a training store (ours or the published scTab one)")
     si.add_argument("store", nargs="?", default="data/store", help="store folder (default: %(default)s)")

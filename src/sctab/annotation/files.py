@@ -25,7 +25,9 @@ import numpy as np
 import pandas as pd
 
 from sctab.annotation.annotator import UNASSIGNED, Annotator, to_model_space
-from sctab.annotation.counts import (
+from sctab.annotation.errors import AnnotateError
+from sctab.annotation.resolve import DEFAULT_MODEL, load_annotator
+from sctab.census.counts import (
     CountsSource,
     GeneMatch,
     LegacyH5ad,
@@ -35,8 +37,6 @@ from sctab.annotation.counts import (
     h5ad_matrices,
     match_genes,
 )
-from sctab.annotation.errors import AnnotateError
-from sctab.annotation.resolve import DEFAULT_MODEL, load_annotator
 
 OUTPUT_SUFFIXES = (".h5ad", ".csv", ".parquet")
 LOW_COVERAGE = 0.5  # below it a warning is logged even when no minimum is asked for

@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 
 from sctab.data.normalize import normalize_log1p
-from sctab.data.store import PartWriter, write_sparse_layout, x_list_array
+from sctab.data.store import PartWriter, write_frame, write_sparse_layout, x_list_array
 from sctab.io import atomic_dir
 
 VERSION = 1  # bump when the generator changes: cached stores are keyed by it
@@ -66,10 +66,10 @@ def make_store(root: str | Path, n_cells: int, n_genes: int = 19_331, n_classes:
                                 "soma_joinid": pa.array(np.arange(start, start + n), pa.int64())}))
         parts.close(truncate=False)
         (tmp / "categorical_lookup").mkdir()
-        pd.DataFrame({"label": [f"type_{i:03d}" for i in range(n_classes)]}).to_parquet(
-            tmp / "categorical_lookup" / "cell_type.parquet", index=False)
-        pd.DataFrame({"feature_id": [f"ENSG{i:011d}" for i in range(n_genes)],
-                      "feature_name": [f"G{i}" for i in range(n_genes)]}).to_parquet(tmp / "var.parquet", index=False)
+        write_frame(pd.DataFrame({"label": [f"type_{i:03d}" for i in range(n_classes)]}),
+                    tmp / "categorical_lookup" / "cell_type.parquet")
+        write_frame(pd.DataFrame({"feature_id": [f"ENSG{i:011d}" for i in range(n_genes)],
+                                  "feature_name": [f"G{i}" for i in range(n_genes)]}), tmp / "var.parquet")
     stats = write_sparse_layout(root)
     (root / "bench_store.json").write_text(json.dumps({"n_cells": n_cells, "n_genes": n_genes,
                                                        "n_classes": n_classes, "seed": seed, **stats}))

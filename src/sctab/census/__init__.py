@@ -1,5 +1,6 @@
-"""sctab.census: the census (the embedded synthetic one or the hosted CELLxGENE one) behind one API, extraction
-with the paper's six cell filters, the model's gene space, and the generator of the embedded census.
+"""sctab.census: the census (the embedded synthetic one or the hosted CELLxGENE one) or a reference of .h5ad
+files behind one API, extraction with the paper's six cell filters, the model's gene space, the counts and
+gene rules shared with annotation, and the generator of the embedded census.
 
     with open_census(params) as census: ...        # either census, as cellxgene_census.open_soma gives it
     result = sctab.census.extract.extract(params, ontology)   # kept cells, model genes, a report per filter
@@ -20,6 +21,10 @@ _LAZY = {
     "type_level_filters": "sctab.census.filters",
     "gencode_genes": "sctab.census.genes", "protein_coding_ids": "sctab.census.genes",
     "read_feature_list": "sctab.census.genes",
+    "InputError": "sctab.census.counts", "match_genes": "sctab.census.counts",
+    "choose_matrix": "sctab.census.counts", "to_model_space": "sctab.census.counts",
+    "H5adSettings": "sctab.census.h5ad", "gene_universe": "sctab.census.h5ad", "open_h5ad_counts": "sctab.census.h5ad",
+    "read_obs": "sctab.census.h5ad", "value_filter_of": "sctab.census.extract",
     "SyntheticCensusConfig": "sctab.census.synthetic", "build_synthetic_census": "sctab.census.synthetic",
     "generate_census_anndata": "sctab.census.synthetic", "write_census": "sctab.census.synthetic",
 }

@@ -30,8 +30,13 @@ class CensusError(RuntimeError):
     """The census cannot be opened or lacks what the pipeline needs."""
 
 
+SOURCES = ("embedded", "cellxgene", "h5ad")
+
+
 def census_description(params: dict) -> str:
     c = params["census"]
+    if c.get("source") == "h5ad":
+        return f"h5ad reference of {len(c.get('inputs') or [])} file(s)"
     return f"embedded census at {c.get('uri')}" if c.get("source") == "embedded" or c.get("uri") else \
         f"CELLxGENE census {c.get('version')}"
 
@@ -42,8 +47,11 @@ def open_census(params: dict):
 
     c = params["census"]
     source = c.get("source")
-    if source not in ("embedded", "cellxgene"):
-        raise ConfigError(f"census.source must be 'embedded' or 'cellxgene', got {source!r}")
+    if source == "h5ad":
+        raise ConfigError("census.source is 'h5ad': a reference of .h5ad files has no SOMA census to open "
+                          "(sctab.census.h5ad reads it)")
+    if source not in SOURCES:
+        raise ConfigError(f"census.source must be one of {', '.join(SOURCES)}, got {source!r}")
     uri = c.get("uri")
     if uri:
         path = Path(uri)
@@ -77,9 +85,16 @@ CountsReader = Callable[[np.ndarray, np.ndarray], sp.csr_matrix]
 
 @contextlib.contextmanager
 def open_counts(params: dict) -> Iterator[CountsReader]:
-    """Open the census of ``params`` and yield a reader of its raw counts (``census.x_layer``, default raw).
+    """Open the census of ``params`` and yield a reader of its raw counts (``census.x_layer``, default raw); for
+    the h5ad source, a reader of the input files' counts on the profile's genes.
 
     The store writer takes this reader as an argument, so sctab.data does not need to know about censuses."""
+    if params["census"].get("source") == "h5ad":
+        from sctab.census.h5ad import open_h5ad_counts  # anndata + h5py: only for this source
+
+        with open_h5ad_counts(params) as read:
+            yield read
+        return
     with open_census(params) as census:
         X = get_experiment(census, params).ms["RNA"].X[params["census"].get("x_layer", "raw")]
         yield functools.partial(read_counts, X)

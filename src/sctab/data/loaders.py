@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from sctab.data.store import Store, StoreError
+from sctab.data.store import Store, StoreError, open_parquet
 
 # torch marks sparse CSR "beta"; we only build CSR tensors and hand them to torch.sparse.mm / to_dense
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
@@ -237,7 +237,7 @@ class _GroupReader:
         path, index, _ = self.split.row_groups[g]
         try:
             if path not in self._files:
-                self._files[path] = pq.ParquetFile(path)
+                self._files[path] = open_parquet(path)  # pages checked against their checksums
             tbl = self._files[path].read_row_group(index, columns=self._read)
         except Exception as e:
             raise StoreError(f"cannot read row group {index} of {path}: {e}") from e

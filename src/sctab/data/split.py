@@ -4,6 +4,9 @@ Donors (tech_sample = dataset_id + donor_id) are shuffled with a seed and cut 70
 which some cell type is missing from val or test is useless for per-type evaluation, so the cut is
 re-drawn with seed+1, seed+2, ... (deterministically) until every type is in every split.
 Subsets of train (Methods, "Subsampled datasets") are incremental: the 30% set contains the 15% set.
+
+``split.by: cell`` (for a reference with too few donors) cuts cells instead of donors: the report flags it as
+leaky, since cells of one donor then sit in train and test and the test score is optimistic.
 """
 
 from __future__ import annotations
@@ -52,12 +55,39 @@ def assign_donors(donors: np.ndarray, fractions: dict[str, float], rng: np.rando
     return out
 
 
+MIN_DONORS = 3  # one each for train, val and test
+LEAKY = ("split.by is 'cell': cells of one donor sit in train, val and test, so the test score is optimistic "
+         "(it does not measure generalisation to new donors)")
+
+
+def _split_by(params: dict) -> str:
+    by = params["split"].get("by", "donor")
+    if by not in ("donor", "cell"):
+        raise SplitError(f"split.by must be 'donor' or 'cell', got {by!r}")
+    return by
+
+
+def _too_few_donors(n: int, params: dict) -> SplitError:
+    c = params.get("census", {}) or {}
+    where = (f"the inputs {', '.join(map(str, c.get('inputs') or []))} (donors = census.donor_columns "
+             f"{c.get('donor_columns') or ['dataset_id', 'donor_id']})" if c.get("source") == "h5ad"
+             else "the extracted cells (donors = dataset_id + donor_id)")
+    return SplitError(f"{n} donor(s) in {where}: a donor split into train/val/test needs at least {MIN_DONORS} "
+                      f"(70/15/15 of the donors). Name another group column with census.donor_columns (e.g. a "
+                      f"sample or lane column), or set split.by: cell (cells split at random; the report flags "
+                      f"it as leaky)")
+
+
 def split_cells(obs: pd.DataFrame, params: dict) -> Split:
     fractions = _fractions(params)
     sp = params["split"]
     seed, attempts = int(sp.get("seed", 0)), int(sp.get("max_attempts", 100))
-    donors = np.array(sorted(obs["tech_sample"].astype(str).unique()))
-    cell_donor = obs["tech_sample"].astype(str).to_numpy()
+    by = _split_by(params)
+    group = obs["tech_sample"].astype(str) if by == "donor" else obs["soma_joinid"].astype(np.int64).astype(str)
+    donors = np.array(sorted(group.unique()))
+    if by == "donor" and len(donors) < MIN_DONORS:
+        raise _too_few_donors(len(donors), params)
+    cell_donor = group.to_numpy()
     types = obs["cell_type"].astype(str).to_numpy()
     all_types = set(types)
     worst = None
@@ -74,23 +104,30 @@ def split_cells(obs: pd.DataFrame, params: dict) -> Split:
         raise SplitError(
             f"no donor split within {attempts} attempts puts every cell type in train, val and test; "
             f"best attempt still misses {worst[1]}; raise filters.min_donors_per_type (types need donors in "
-            f"every split) or split.max_attempts")
+            f"every split) or split.max_attempts"
+            + ("; with few donors, another census.donor_columns or split.by: cell (leaky) is the way out"
+               if by == "donor" else ""))
     assignment = pd.DataFrame({
         "soma_joinid": obs["soma_joinid"].to_numpy(np.int64),
-        "tech_sample": cell_donor,
+        "tech_sample": obs["tech_sample"].astype(str).to_numpy(),
         "cell_type": types,
         "split": split,
     })
     subsets = nested_subsets(assignment, sp.get("subsample_fractions", [0.15, 0.3, 0.5, 0.7, 1.0]), seed)
     donors_per = {s: int(sum(1 for v in mapping.values() if v == s)) for s in SPLITS}
+    if by == "cell":  # the groups were cells; count the real donors per split
+        donors_per = {s: int(assignment.loc[assignment["split"] == s, "tech_sample"].nunique()) for s in SPLITS}
     report = {
         "seed": seed, "attempt": attempt, "effective_seed": seed + attempt,
         "donors": donors_per,
-        "donor_fractions": {s: round(donors_per[s] / len(donors), 4) for s in SPLITS},
+        "donor_fractions": {s: round(donors_per[s] / (len(donors) if by == "donor" else
+                                                      max(1, sum(donors_per.values()))), 4) for s in SPLITS},
         "cells": {s: int((split == s).sum()) for s in SPLITS},
         "cell_types": len(all_types),
         "subsets": {k: int(len(v)) for k, v in subsets.items()},
     }
+    if by == "cell":
+        report.update(by="cell", leaky=LEAKY)
     return Split(assignment=assignment, subsets=subsets, report=report)
 
 

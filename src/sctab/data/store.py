@@ -53,6 +53,20 @@ class StoreError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------- writer
+# ----------------------------------------------------------------------------------------------- checksums
+# Every parquet file of the store carries a CRC32 per data page (the format's optional page checksum), and
+# every read verifies it: a flipped bit in a page is an error naming the file, not other numbers. Files
+# written before checksums existed have none and read as before.
+def write_frame(df: pd.DataFrame, path: Path) -> None:
+    """A small table of the store (lookups, var) as parquet with page checksums."""
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path, write_page_checksum=True)
+
+
+def open_parquet(path: str | Path) -> pq.ParquetFile:
+    """A store part opened so that every page read is checked against its checksum."""
+    return pq.ParquetFile(path, page_checksum_verification=True)
+
+
 def _lookups(obs: pd.DataFrame, ontology) -> dict[str, pd.DataFrame]:
     """Codes are positions in the sorted label list, identical for every split."""
     out = {}
@@ -141,8 +155,8 @@ def write_store(params: dict, obs: pd.DataFrame, var: pd.DataFrame, assignment: 
         lk = tmp / "categorical_lookup"
         lk.mkdir()
         for c, df in lookups.items():
-            df.to_parquet(lk / f"{c}.parquet", index=False)
-        var[["feature_id", "feature_name"]].to_parquet(tmp / "var.parquet", index=False)
+            write_frame(df, lk / f"{c}.parquet")
+        write_frame(var[["feature_id", "feature_name"]], tmp / "var.parquet")
         train_labels = codes["cell_type"][obs["split"].to_numpy() == "train"]
         np.save(tmp / "class_weights.npy", balanced_class_weights(train_labels, len(lookups["cell_type"])))
         (tmp / "cell_type_hierarchy").mkdir()
@@ -197,7 +211,8 @@ class PartWriter:
     def _write(self, tbl: pa.Table) -> None:
         idx = pa.array(np.arange(self.n_written, self.n_written + tbl.num_rows, dtype=np.int64))
         tbl = tbl.append_column("idx", idx)
-        pq.write_table(tbl, self.folder / f"part.{self.part}.parquet", row_group_size=self.rg, compression="snappy")
+        pq.write_table(tbl, self.folder / f"part.{self.part}.parquet", row_group_size=self.rg, compression="snappy",
+                       write_page_checksum=True)
         for j, sj in enumerate(tbl.column("soma_joinid").to_numpy()):
             self.joinid_pos[int(sj)] = self.n_written + j
         self.part += 1
@@ -228,7 +243,7 @@ def _write_sparse_parts(root: Path, out: Path, n_genes: int) -> dict:
             continue
         (out / split).mkdir(parents=True)
         for f in sorted(d.glob("part.*.parquet")):
-            pf = pq.ParquetFile(f)
+            pf = open_parquet(f)
             others = [c for c in pf.schema_arrow.names if c != "X"]
             writer = None
             try:
@@ -430,8 +445,7 @@ class Store:
     def read_row_group(self, path: Path, index: int, columns=("X", "cell_type")) -> dict[str, np.ndarray]:
         """One row group as numpy: X -> (rows, n_genes) float32, other columns 1-d."""
         try:
-            # pages written with CRCs (pyarrow write_page_checksum=True) are verified; others read as before
-            tbl = pq.ParquetFile(path, page_checksum_verification=True).read_row_group(index, columns=list(columns))
+            tbl = open_parquet(path).read_row_group(index, columns=list(columns))
         except Exception as e:
             raise StoreError(f"cannot read row group {index} of {path}: {e}") from e
         out = {}
@@ -452,7 +466,7 @@ class Store:
         tables = []
         for f in self.split(split).files:
             try:
-                tables.append(pq.read_table(f, columns=list(columns)))
+                tables.append(open_parquet(f).read(columns=list(columns)))
             except Exception as e:
                 raise StoreError(f"cannot read columns {list(columns)} of {f}: {e}") from e
         try:
@@ -463,8 +477,8 @@ class Store:
 
 def _read_parquet_frame(path: Path) -> pd.DataFrame:
     try:
-        return pd.read_parquet(path)
-    except Exception as e:  # truncated or not parquet at all: ArrowInvalid, OSError, ...
+        return open_parquet(path).read().to_pandas()
+    except Exception as e:  # truncated, not parquet at all, a failed page checksum: ArrowInvalid, OSError, ...
         raise StoreError(f"cannot read {path}: {e}") from e
 
 

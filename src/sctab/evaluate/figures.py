@@ -585,3 +585,65 @@ def paired_comparison(df: pd.DataFrame, out, profile: str = "") -> Path:
     fig.suptitle(_title("Effect of data augmentation on the test set (Supp. Table 3; lines join seeds, "
                         "black = mean ± std)", profile), fontsize=11)
     return _save(fig, out)
+
+
+def organ_scaling(long: pd.DataFrame, out, model: str = "sctab", scheme: str = "donors", profile: str = "") -> Path:
+    """Test macro F1 per organ system against the training cells of donor subsets (Fig. 2c): one line per
+    organ, mean ± sd over seeds.
+
+    ``long`` has columns ``model``, ``scheme``, ``train_cells``, ``organ``, ``f1_macro`` (one row per point and
+    organ; rows sharing an organ and size are seeds)."""
+    d = pd.DataFrame(long)
+    if len(d):
+        d = d[(d["model"] == model) & (d["scheme"] == scheme)]
+    fig = _figure(8.5, 5.0)
+    ax = fig.add_subplot()
+    if d.empty or "train_cells" not in d:
+        _no_data(ax, f"no per-organ scores of {model} ({scheme})")
+    else:
+        full = d[d["train_cells"] == d["train_cells"].max()].groupby("organ")["f1_macro"].mean()
+        for i, organ in enumerate(full.sort_values(ascending=False).index):
+            g = d[d["organ"] == organ].groupby("train_cells")["f1_macro"]
+            m, s = g.mean(), g.std(ddof=1).fillna(0.0)
+            ax.plot(m.index, m.values, "o-", ms=3, lw=1.3, color=_CYCLE[i % len(_CYCLE)],
+                    label=f"{organ} ({len(d[d['organ'] == organ]['seed'].unique())} seeds)")
+            ax.fill_between(m.index, (m - s).values, (m + s).values, color=_CYCLE[i % len(_CYCLE)], alpha=0.15)
+        ax.set_xscale("log")
+        ax.set_xlabel(f"training cells ({scheme} subsets)")
+        ax.set_ylabel("test macro F1 of the organ system's cells")
+        ax.legend(fontsize=7, ncol=2, loc="lower right")
+        ax.grid(alpha=0.3)
+    ax.set_title(_title(f"{model}: data scaling per organ system (Fig. 2c analogue)", profile), fontsize=10)
+    return _save(fig, out)
+
+
+def cell_type_embedding(xy: np.ndarray, labels, out, purity: float | None = None, chance: float | None = None,
+                        top: int = 12, profile: str = "") -> Path:
+    """Cells on a 2-D embedding coloured by annotated type (Fig. 1f's raw-feature panel): the ``top`` most
+    frequent types in colour, the rest grey; the kNN label purity (and its chance level) in the title."""
+    xy = np.asarray(xy, dtype=float)
+    labels = np.asarray(labels).astype(str)
+    if xy.ndim != 2 or xy.shape[1] != 2 or len(xy) != len(labels):
+        raise ValueError(f"xy must have shape (n, 2) with one label per row, not {xy.shape} and {len(labels)}")
+    fig = _figure(9.5, 6.0)
+    ax = fig.add_subplot()
+    if not len(xy):
+        _no_data(ax)
+    else:
+        s = max(0.5, min(12.0, 3000.0 / len(xy)))
+        counts = pd.Series(labels).value_counts()
+        shown = list(counts.index[:top])
+        rest = ~np.isin(labels, shown)
+        if rest.any():
+            ax.scatter(xy[rest, 0], xy[rest, 1], s=s, color="#cccccc", linewidths=0, rasterized=True,
+                       label=f"{len(counts) - len(shown)} other types")
+        for i, lab in enumerate(shown):
+            m = labels == lab
+            ax.scatter(xy[m, 0], xy[m, 1], s=s, color=_CYCLE[i % len(_CYCLE)], linewidths=0, rasterized=True,
+                       label=f"{lab} ({m.sum():,})")
+        ax.legend(fontsize=6.5, markerscale=3, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    sub = "" if purity is None else f"; kNN label purity {purity:.2f} (random neighbours {chance:.2f})"
+    ax.set_title(_title(f"test cells by annotated type{sub}", profile), fontsize=10)
+    return _save(fig, out)

@@ -186,16 +186,31 @@ def _rel_figure(p, out_dir: Path) -> str:
 # ------------------------------------------------------------------------------------------ the report
 
 
-def header_text(profile: str) -> str:
+EMBEDDED_BOX = (
+    "**The data here is the embedded census, a test bed we built, not biology.** Its cells are generated: "
+    "cell-type programs that follow the Cell Ontology (a term's expression is the sum of its ancestors' effects), "
+    "state-dependent marker modules that tell sibling types apart only together with the cell's state (so a "
+    "linear model cannot fully separate them and a nonlinear one can), donor, assay and dataset effects, and "
+    "negative-binomial counts at 10x-like depth. It was designed to make visible what the paper's findings are "
+    "about (nonlinear models beating the linear one, augmentation across donors, cost of data size), so its "
+    "figures show that the platform measures those things correctly, not that the findings hold for real "
+    "tissues. `make census-realism` measures it beside real 10x data shipped in packages (UMIs and genes per "
+    "cell, mean-variance relation, kNN label purity): see the README section \"The embedded census\".")
+
+
+def header_text(profile: str, embedded: bool = False) -> str:
+    """The banner of a report: whose numbers are whose, and (embedded census) what the data is."""
     n = DATASET["n_cells"] / 1e6
+    box = f"\n\n{EMBEDDED_BOX}" if embedded else ""
     return (f"All numbers of ours in this report come from the **{profile}** profile. The paper's numbers "
             f"(Fischer et al.) are for the full CELLxGENE census ({n:.1f} M cells, {DATASET['n_donors']:,} "
             f"donors, {DATASET['n_cell_types']} cell types, {DATASET['n_train_cells'] / 1e6:.1f} M training "
             f"cells); they are shown for reference, and differences from them mostly reflect data size unless "
-            f"the profile is the full census.")
+            f"the profile is the full census.{box}")
 
 
-def write_report(out_dir, *, profile: str, sections: list[dict], title: str = "scTab reproduction report") -> Path:
+def write_report(out_dir, *, profile: str, sections: list[dict], title: str = "scTab reproduction report",
+                 embedded: bool = False) -> Path:
     """Write ``index.md`` and ``index.html`` into ``out_dir``; returns the path of ``index.html``.
 
     Figure paths are written as given (relative to ``out_dir``; absolute paths under it are made
@@ -203,9 +218,9 @@ def write_report(out_dir, *, profile: str, sections: list[dict], title: str = "s
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    banner = header_text(profile)
+    banner = header_text(profile, embedded)
 
-    md = [f"# {title}: profile `{profile}`", "", f"> {banner}", ""]
+    md = [f"# {title}: profile `{profile}`", ""] + [f"> {b}\n" for b in banner.split("\n\n")]
     body = []
     toc = []
     for i, sec in enumerate(sections, 1):
@@ -243,7 +258,7 @@ def write_report(out_dir, *, profile: str, sections: list[dict], title: str = "s
         f"<title>{html.escape(title)}: {html.escape(profile)}</title>",
         f"<style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(title)}: profile <code>{html.escape(profile)}</code></h1>",
-        f'<div class="banner">{_inline_html(banner)}</div>',
+        "".join(f'<div class="banner">{_inline_html(b)}</div>' for b in banner.split("\n\n")),
         "<nav><ul>" + "".join(toc) + "</ul></nav>" if toc else "",
         *body,
         f"<footer>Paper: {html.escape(SOURCE)}</footer>",

@@ -101,3 +101,99 @@ def fmt(mean: float, std: float | None) -> str:
     if std is None or (isinstance(std, float) and math.isnan(std)):
         return f"{mean:.4f}"
     return f"{mean:.4f} ± {std:.4f}"
+
+
+def paired_difference(table: pd.DataFrame, column: str, a, b, metric: str = "test_f1_macro",
+                      where: dict | None = None) -> dict:
+    """``a`` minus ``b`` of ``column`` paired over seeds: mean ± sd of the differences and a paired t-test.
+
+    The experiments run every point with the same seeds, so two settings are compared seed by seed (the
+    paper reports such differences as mean ± sd, e.g. scTab minus linear at full data)."""
+    from scipy import stats
+
+    ok = table[table["status"] == "finished"]
+    for k, v in (where or {}).items():
+        ok = ok[ok[k] == v]
+    out = {"a": str(a), "b": str(b), "metric": metric, "pairs": 0, "mean_difference": float("nan"),
+           "std_difference": float("nan"), "t": float("nan"), "p_value": float("nan")}
+    if metric not in ok.columns or "seed" not in ok.columns:
+        return out
+    wide = ok.pivot_table(index="seed", columns=column, values=metric)
+    if a not in wide.columns or b not in wide.columns:
+        return out
+    pair = wide[[a, b]].dropna()
+    diff = pair[a] - pair[b]
+    out.update(pairs=int(len(pair)), mean_difference=float(diff.mean()) if len(pair) else float("nan"))
+    if len(pair) >= 2:
+        out["std_difference"] = float(diff.std(ddof=1))
+        if float(diff.std(ddof=1)) > 0:
+            t = stats.ttest_rel(pair[a], pair[b])
+            out.update(t=float(t.statistic), p_value=float(t.pvalue))
+    return out
+
+
+def describe_difference(d: dict) -> str:
+    """One line: the paired difference, its spread and whether it exceeds it."""
+    if not d["pairs"]:
+        return f"{d['a']} - {d['b']} ({d['metric']}): no paired runs"
+    sd = d["std_difference"]
+    verdict = ""
+    if d["pairs"] >= 2 and not math.isnan(d["p_value"]):
+        verdict = (" — beyond the seed spread (p < 0.05)" if d["p_value"] < 0.05
+                   else " — within the seed spread (p >= 0.05): not a finding on this profile")
+    return (f"{d['a']} - {d['b']} ({d['metric'].replace('_', ' ')}): {fmt(d['mean_difference'], sd)} over "
+            f"{d['pairs']} paired seed(s), paired t-test p = {d['p_value']:.3g}{verdict}")
+
+
+def organ_scaling(table: pd.DataFrame, store=None) -> pd.DataFrame:
+    """Long table of the data-size points' per-organ test macro F1 (paper Fig. 2c): one row per point x organ."""
+    ok = table[table["status"] == "finished"]
+    cols = [c for c in ok.columns if c.startswith("organ_f1.")]
+    if not cols:
+        return pd.DataFrame(columns=["model", "scheme", "fraction", "seed", "organ", "f1_macro", "n_types"])
+    keep = [c for c in ("model", "scheme", "fraction", "seed", "train_cells") if c in ok.columns]
+    long = ok.melt(id_vars=keep, value_vars=cols, var_name="organ", value_name="f1_macro")
+    long["organ"] = long["organ"].str[len("organ_f1."):]
+    types = ok.melt(id_vars=keep, value_vars=[c.replace("organ_f1.", "organ_types.") for c in cols
+                                              if c.replace("organ_f1.", "organ_types.") in ok.columns],
+                    var_name="organ", value_name="n_types")
+    if len(types):
+        types["organ"] = types["organ"].str[len("organ_types."):]
+        long = long.merge(types, on=keep + ["organ"], how="left")
+    return long.dropna(subset=["f1_macro"]).reset_index(drop=True)
+
+
+def organ_scaling_findings(long: pd.DataFrame, model: str = "sctab", scheme: str = "donors") -> dict:
+    """The paper's Fig. 2c numbers on our points: per organ, full-data F1 minus smallest-subset F1 (paired over
+    seeds), their minimum and median over organs, and the correlation of full-data organ F1 with the number of
+    cell types per organ (paper: minimum 0.0454 ± 0.0083, median 0.1219 ± 0.0212, correlation -0.55)."""
+    d = long[(long["model"] == model) & (long["scheme"] == scheme)]
+    if d.empty:
+        return {}
+    lo, hi = d["fraction"].min(), d["fraction"].max()
+    rows = []
+    for organ, g in d.groupby("organ"):
+        wide = g.pivot_table(index="seed", columns="fraction", values="f1_macro")
+        if lo not in wide or hi not in wide:
+            continue
+        diff = (wide[hi] - wide[lo]).dropna()
+        full = g[g["fraction"] == hi]
+        rows.append({"organ": organ, "gain_mean": float(diff.mean()),
+                     "gain_std": float(diff.std(ddof=1)) if len(diff) > 1 else float("nan"), "seeds": int(len(diff)),
+                     "f1_full": float(full["f1_macro"].mean()),
+                     "n_types": float(full["n_types"].mean()) if "n_types" in full else float("nan")})
+    gains = pd.DataFrame(rows)
+    if gains.empty:
+        return {}
+    order = gains["gain_mean"].sort_values()
+    i_min = order.index[0]
+    i_med = order.index[len(order) // 2]
+    corr = float(gains[["f1_full", "n_types"]].corr().iloc[0, 1]) if len(gains) > 2 else float("nan")
+    return {"model": model, "scheme": scheme, "smallest_fraction": int(lo), "full_fraction": int(hi),
+            "per_organ": gains.to_dict(orient="records"),
+            "gain_min": {"organ": gains.loc[i_min, "organ"], "mean": gains.loc[i_min, "gain_mean"],
+                         "std": gains.loc[i_min, "gain_std"]},
+            "gain_median": {"organ": gains.loc[i_med, "organ"], "mean": gains.loc[i_med, "gain_mean"],
+                            "std": gains.loc[i_med, "gain_std"]},
+            "organs_gaining": int((gains["gain_mean"] > 0).sum()), "organs": int(len(gains)),
+            "corr_f1_vs_n_types": corr}

@@ -29,6 +29,7 @@ class Point:
     # macro F1 on those cells: over the types in their truth, the published rule for a subset (see
     # sctab.evaluate.metrics)
     eval_average_over: str = "truth"
+    eval_organs: bool = False           # also score the test cells of each organ system (paper Fig. 2c)
 
     def digest(self, params: dict) -> str:
         """Hash of everything the point's result depends on (settings, training section, profile, and for a
@@ -38,6 +39,8 @@ class Point:
                 "profile": params.get("profile")}
         if self.eval_tissue:
             blob["eval_average_over"] = self.eval_average_over
+        if self.eval_organs:
+            blob["eval_organs"] = True
         return hashlib.sha1(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -99,7 +102,8 @@ def data_size(params: dict) -> list[Point]:
                         base = over.get("epochs") or int(params["models"][model].get("epochs", 10))
                         over["epochs"] = int(math.ceil(base * 100 / float(frac)))
                     points.append(Point(f"{model}-{scheme}{frac}-seed{seed}", model, over,
-                                        {"scheme": scheme, "fraction": int(frac), "seed": seed}))
+                                        {"scheme": scheme, "fraction": int(frac), "seed": seed},
+                                        eval_organs=bool(sec.get("per_organ", True))))
     return points
 
 

@@ -48,6 +48,12 @@ def summarise_experiment(name: str, table: pd.DataFrame, params: dict, out_dir: 
                                   title="scTab model size (Fig. 2f analogue)")
             paper = "\n".join(f"- paper, {k}: {_paper_ms(v)} ({v.get('n_params', 0) / 1e6:.1f} M parameters)"
                               for k, v in PAPER["model_size"].items())
+            if len(ok):
+                big, small = int(ok["n_d"].max()), int(ok["n_d"].min())
+                pairs = [analysis.paired_difference(table, "n_d", big, small, metric=m) for m in analysis.METRICS]
+                extra["paired"] = pairs
+                paper += "".join(f"\n- here, widest minus narrowest (n_d {big} vs {small}): "
+                                 f"{analysis.describe_difference(d)}" for d in pairs)
         elif name == "data-size":
             store_obj = Store(store)
             ok = ok.assign(train_cells=[len(store_obj.train_subset(f"{s}_{f}")) for s, f in
@@ -57,6 +63,7 @@ def summarise_experiment(name: str, table: pd.DataFrame, params: dict, out_dir: 
             figures.scaling_curve(ok, "train_cells", tmp / "data_size.png", hue="series", xlog=True, profile=profile,
                                   title="Training data size: cells vs donors (Fig. 2b/2d analogue)")
             paper = "- paper: " + "; ".join(f"{k}: {_paper_ms(v)}" for k, v in PAPER["data_scaling"].items())
+            paper += _data_size_findings(table, ok, store_obj, tmp, profile, extra)
         elif name == "augmentation":
             summary, tests = analysis.augmentation_summary(table)
             extra["paired_tests"] = tests
@@ -89,6 +96,7 @@ def summarise_experiment(name: str, table: pd.DataFrame, params: dict, out_dir: 
                              models=tuple(sorted(ok["model"].unique())), profile=profile)
             paper = "- paper (lung): " + "; ".join(f"{k}: {_paper_ms(v)}" for k, v in PAPER["lung_holdout"].items())
             paper += f"\n- here: test cells with tissue_general = {tissue}"
+            paper += _organ_findings(table, extra)
             rule = _tissue_rule(table)
             extra["tissue_f1_average_over"] = rule
             paper += (f"\n- tissue macro F1: averaged over {AVERAGING[rule]} (average_over={rule}"
@@ -106,6 +114,68 @@ def summarise_experiment(name: str, table: pd.DataFrame, params: dict, out_dir: 
         (tmp / "summary.md").write_text("\n".join(md) + "\n")
     _log(name, out_dir, params)
     return out_dir
+
+
+def _data_size_findings(table, ok, store_obj, tmp: Path, profile: str, extra: dict) -> str:
+    """scTab minus linear at full data, cells vs donors at the smallest subset (paired over seeds), and the
+    per-organ scaling of Fig. 2c (figure, table and the paper's three numbers)."""
+    lines, pairs = [], []
+    full = int(ok["fraction"].max()) if len(ok) else 100
+    smallest = int(ok["fraction"].min()) if len(ok) else 15
+    models = set(ok["model"]) if len(ok) else set()
+    if {"sctab", "linear"} <= models:
+        d = analysis.paired_difference(table, "model", "sctab", "linear", where={"fraction": full, "scheme": "donors"})
+        pairs.append(d)
+        lines.append(f"- here, at full data: {analysis.describe_difference(d)}")
+    main = "sctab" if "sctab" in models else (sorted(models)[0] if models else "sctab")
+    if models and {"cells", "donors"} <= set(ok["scheme"]):
+        d = analysis.paired_difference(table, "scheme", "cells", "donors",
+                                       where={"fraction": smallest, "model": main})
+        pairs.append(d)
+        lines.append(f"- here, {main} on {smallest}% subsets, random cells minus whole donors: "
+                     f"{analysis.describe_difference(d)}")
+    extra["paired"] = pairs
+    long = analysis.organ_scaling(ok.drop(columns=["series"], errors="ignore"))
+    if len(long):
+        long.to_csv(tmp / "organ_scaling.csv", index=False)
+        figures.organ_scaling(long, tmp / "organ_scaling.png", model=main, profile=profile)
+        f = analysis.organ_scaling_findings(long, model=main)
+        extra["organ_scaling"] = f
+        if f:
+            lines.append(
+                f"- here, per organ system (Fig. 2c, {main} on donor subsets, {f['smallest_fraction']}% -> "
+                f"{f['full_fraction']}%): {f['organs_gaining']} of {f['organs']} systems gain; smallest gain "
+                f"{analysis.fmt(f['gain_min']['mean'], f['gain_min']['std'])} ({f['gain_min']['organ']}), median "
+                f"{analysis.fmt(f['gain_median']['mean'], f['gain_median']['std'])} ({f['gain_median']['organ']}); "
+                f"correlation of full-data organ F1 with its number of cell types {f['corr_f1_vs_n_types']:.2f}")
+    return "".join("\n" + line for line in lines)
+
+
+def _organ_findings(table: pd.DataFrame, extra: dict) -> str:
+    """Per model, cross-organ minus tissue-only on the tissue's test cells, and the models' drops compared."""
+    metric = "tissue_test_f1_macro"
+    lines, pairs = [], []
+    ok = table[table["status"] == "finished"]
+    drops = {}
+    for model in sorted(set(ok["model"])):
+        d = analysis.paired_difference(table, "training", "cross-organ", next(
+            (t for t in set(ok["training"]) if t.endswith(" only")), "only"), metric=metric, where={"model": model})
+        pairs.append({"model": model, **d})
+        lines.append(f"- here, {model}: {analysis.describe_difference(d)}")
+        sub = ok[ok["model"] == model].pivot_table(index="seed", columns="training", values=metric)
+        if sub.shape[1] == 2:
+            drops[model] = sub[[c for c in sub.columns if c.endswith(" only")][0]] - sub["cross-organ"]
+    if {"sctab", "linear"} <= set(drops):
+        both = pd.DataFrame({"model": ["sctab"] * len(drops["sctab"]) + ["linear"] * len(drops["linear"]),
+                             "seed": list(drops["sctab"].index) + list(drops["linear"].index),
+                             "drop": list(drops["sctab"].values) + list(drops["linear"].values),
+                             "status": "finished"})
+        d = analysis.paired_difference(both, "model", "linear", "sctab", metric="drop")
+        pairs.append({"model": "linear vs sctab", **d})
+        lines.append(f"- here, the linear model's drop (tissue-only minus cross-organ) minus scTab's: "
+                     f"{analysis.describe_difference(d)} (paper: 0.1855 vs 0.0158)")
+    extra["paired"] = pairs
+    return "".join("\n" + line for line in lines)
 
 
 def _tissue_rule(table: pd.DataFrame) -> str:

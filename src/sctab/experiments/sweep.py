@@ -14,14 +14,27 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import pandas as pd
 
 from sctab.data.subsets import label_rows
+from sctab.evaluate.organs import f1_by_organ
 from sctab.evaluate.predict import predict_split
 from sctab.evaluate.scores import score_probs
 from sctab.experiments.points import Point, experiment_points
-from sctab.tracking import close_run, experiment_id, project_root, tracked_run, tracking_uri
+from sctab.tracking import (
+    close_run,
+    close_stale_runs,
+    data_version,
+    experiment_id,
+    project_root,
+    running_runs,
+    tracked_run,
+    tracking_uri,
+)
+from sctab.train import ray_console
 from sctab.train.ray_train import ensure_ray
 from sctab.train.trial import TrialContext, fit_in_trial
 
@@ -55,11 +68,45 @@ def tissue_metrics(clf, store, spec, tissue: str, average_over: str = "truth") -
     return {f"tissue_test_{k}": v for k, v in m.items()}
 
 
+ORGAN_PREFIX = "organ_f1."
+
+
+def organ_metrics(clf, store, spec) -> dict:
+    """Test macro F1 per organ system (paper Fig. 2c), averaged over the types in each system's truth."""
+    y, p = predict_split(clf, store, "test")
+    codes = store.read_obs("test", columns=("tissue_general",))["tissue_general"].to_numpy()
+    tissue = np.asarray(store.lookup("tissue_general")["label"].astype(str).tolist(), dtype=object)[codes]
+    organs = f1_by_organ(y, p.argmax(axis=1), tissue, store.child_matrix(), average_over="truth")
+    out = {f"{ORGAN_PREFIX}{o}": v["f1_macro"] for o, v in organs.items()}
+    out.update({f"organ_types.{o}": float(v["n_types"]) for o, v in organs.items()})
+    return out
+
+
+def point_metrics(point: Point) -> Callable | None:
+    """What a point scores beyond val/test: one tissue's test cells, each organ system's, both or neither."""
+    parts = []
+    if point.eval_tissue:
+        parts.append(partial(tissue_metrics, tissue=point.eval_tissue, average_over=point.eval_average_over))
+    if point.eval_organs:
+        parts.append(organ_metrics)
+    if not parts:
+        return None
+
+    def extra(clf, store, spec):
+        out = {}
+        for part in parts:
+            out.update(part(clf, store, spec))
+        return out
+
+    return extra
+
+
 def run_point(config: dict, ctx: SweepContext) -> None:
     """Ray Tune function trainable: train one point, report its final scores."""
     import ray  # the trial's own process: Ray is there already
     from ray import tune
 
+    ray_console.quiet_worker()
     point: Point = ctx.points[config["point"]]
     # where and which attempt: a trial retried after its node was lost shows up as a second run of the point
     tags = {"role": "point", "point_key": point.key, "point_hash": ctx.hashes[point.key],
@@ -67,9 +114,8 @@ def run_point(config: dict, ctx: SweepContext) -> None:
             "resumed": str(tune.get_checkpoint() is not None).lower(),
             **{f"label.{k}": str(v) for k, v in point.labels.items()},
             **({"tissue_f1_average_over": point.eval_average_over} if point.eval_tissue else {})}
-    extra = (partial(tissue_metrics, tissue=point.eval_tissue, average_over=point.eval_average_over)
-             if point.eval_tissue else None)
-    final = fit_in_trial(ctx.base, point.overrides, run_name=point.key, tags=tags, extra_eval=extra, model=point.model)
+    final = fit_in_trial(ctx.base, point.overrides, run_name=point.key, tags=tags, extra_eval=point_metrics(point),
+                         model=point.model)
     tune.report({k: v for k, v in final.items() if isinstance(v, (int, float, str))} | {"final": True})
 
 
@@ -79,6 +125,8 @@ def run_experiment(name: str, params: dict, *, store: str | Path = "data/store",
                    verbose: int = 1) -> pd.DataFrame:
     """Train the points of experiment ``name`` that have no finished run yet; return one row per point."""
     from mlflow.tracking import MlflowClient  # heavy: loaded when a sweep runs
+
+    ray_console.prepare()  # before Ray's first import
     from ray import tune
 
     points = experiment_points(name, params)
@@ -95,6 +143,7 @@ def run_experiment(name: str, params: dict, *, store: str | Path = "data/store",
     uri = tracking_uri()
     client = MlflowClient(uri)
     exp = experiment_id(exp_name, uri)
+    close_stale_runs(exp_name, data_version=data_version(), who=f"sweep {exp_name}", uri=uri)  # a killed sweep's
     if fresh and path.exists():
         shutil.rmtree(path)
     done = _finished(client, exp, set(hashes.values()), ignore=fresh)
@@ -149,10 +198,8 @@ def _finished(client, exp: str, wanted: set, ignore: bool = False) -> dict:
 
 def _close_lost_attempts(client, exp: str, parent_id: str) -> None:
     """Runs of attempts that died with their node or process stay RUNNING: once the grid is over, mark them."""
-    for r in client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}' and "
-                                "attributes.status = 'RUNNING'"):
-        client.set_tag(r.info.run_id, "error", "attempt lost (its Ray node or trial process died); Tune retried it")
-        client.set_terminated(r.info.run_id, "FAILED")
+    for r in running_runs(client, [exp], f"tags.`mlflow.parentRunId` = '{parent_id}'"):
+        close_run(client, r.info.run_id, "FAILED", "attempt lost (its Ray node or trial process died); Tune retried it")
 
 
 def _run_grid(mode, group, name, exp_name, exp, path, storage, params, hashes, store, augmentations, root, uri,
@@ -194,8 +241,7 @@ def _run_grid(mode, group, name, exp_name, exp, path, storage, params, hashes, s
             if grid.num_terminated + grid.num_errors < len(group):
                 raise KeyboardInterrupt(f"sweep {exp_name} was interrupted; run it again to resume")
         except BaseException:
-            for r in client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}' and "
-                                        "attributes.status = 'RUNNING'"):
+            for r in running_runs(client, [exp], f"tags.`mlflow.parentRunId` = '{parent_id}'"):
                 close_run(client, r.info.run_id, "KILLED")
             raise
         for res in grid:

@@ -32,6 +32,7 @@ class CellOntology:
         indirect: dict[str, frozenset[str]],
         obsolete: frozenset[str],
         replaced_by: dict[str, str],
+        exact_synonyms: dict[str, frozenset[str]] | None = None,
     ):
         self.path = Path(path)
         self.version = version
@@ -40,6 +41,7 @@ class CellOntology:
         self._obsolete = obsolete
         self._replaced_by = replaced_by
         self._by_label = {lab: tid for tid, lab in labels.items() if lab}
+        self._exact_synonyms = exact_synonyms or {}
         self._ancestors = _closure(parents, indirect)
         children: dict[str, set[str]] = {tid: set() for tid in labels}
         descendants: dict[str, set[str]] = {tid: set() for tid in labels}
@@ -66,19 +68,24 @@ class CellOntology:
         indirect: dict[str, frozenset[str]] = {}
         obsolete: set[str] = set()
         replaced_by: dict[str, str] = {}
+        synonyms: dict[str, set[str]] = {}
         for term in onto.terms():
             tid = term.id
             labels[tid] = term.name or ""
             parents[tid] = frozenset(t.id for t in term.superclasses(distance=1, with_self=False))
             via = [ts for rel, ts in term.relationships.items() if rel.id == INDIRECT_RELATION]
             indirect[tid] = frozenset(t.id for ts in via for t in ts)
+            for syn in term.synonyms:
+                if syn.scope == "EXACT" and syn.description:
+                    synonyms.setdefault(syn.description, set()).add(tid)
             if term.obsolete:
                 obsolete.add(tid)
                 targets = sorted(t.id for t in term.replaced_by)
                 if targets:
                     replaced_by[tid] = targets[0]
         version = onto.metadata.data_version or ""
-        return cls(path, version, labels, parents, indirect, frozenset(obsolete), replaced_by)
+        return cls(path, version, labels, parents, indirect, frozenset(obsolete), replaced_by,
+                   {name: frozenset(ids) for name, ids in synonyms.items()})
 
     # ------------------------------------------------------------------ look-ups
     def _check(self, term_id: str) -> str:
@@ -106,6 +113,23 @@ class CellOntology:
             return self._by_label[label]
         except KeyError:
             raise KeyError(f"no Cell Ontology term is labelled {label!r} in {self.path}") from None
+
+    def ids_for_name(self, name: str) -> list[str]:
+        """Current (not obsolete) terms whose label, else whose exact synonym, is ``name`` (case-insensitive).
+
+        What a free-text cell type column of a user's reference maps to; more than one id means ambiguous."""
+        key = name.strip().casefold()
+        if not hasattr(self, "_folded"):
+            folded: dict[str, set[str]] = {}
+            for tid, lab in self._labels.items():
+                if lab and tid not in self._obsolete:
+                    folded.setdefault(lab.casefold(), set()).add(tid)
+            syn: dict[str, set[str]] = {}
+            for text, ids in self._exact_synonyms.items():
+                syn.setdefault(text.casefold(), set()).update(t for t in ids if t not in self._obsolete)
+            self._folded = (folded, syn)
+        folded, syn = self._folded
+        return sorted(folded.get(key) or syn.get(key) or ())
 
     def is_obsolete(self, term_id: str) -> bool:
         return self._check(term_id) in self._obsolete

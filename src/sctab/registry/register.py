@@ -132,7 +132,7 @@ def register_folder(folder: str | Path, name: str, *, class_ids: dict[str, str],
                 # no input example on purpose: requests are raw counts by gene id
                 warnings.filterwarnings("ignore", message=".*input example.*")
                 info = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_CODE),
-                                               artifacts={BUNDLE: str(bdir)}, signature=signature(bundle.genes),
+                                               artifacts={BUNDLE: str(bdir)}, signature=signature(),
                                                pip_requirements=PIP_REQUIREMENTS)
             run_id = run.run_id
     mv = mlflow.register_model(info.model_uri, name)

@@ -9,6 +9,8 @@
 One failure policy: a run whose body raises ends FAILED with the error as the tag ``error``; one stopped on
 purpose (Ctrl+C, or Ray Tune stopping a trial early, which raises SystemExit) ends KILLED; otherwise
 FINISHED. Closing is best effort, so when the tracking server is what failed, the original error surfaces.
+A process killed outright cannot close its run: every run carries its owner (host, pid), so that a later
+stage closes it as stale (:mod:`sctab.tracking.stale`).
 A process that only logs to a run someone else opened (a Ray Train worker) uses :meth:`TrackedRun.attach`.
 """
 
@@ -24,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from sctab.tracking.runs import experiment_id, flatten, lineage_tags, tracking_uri
+from sctab.tracking.stale import STALE_TAG, owner_tags
 
 __all__ = ["TrackedRun", "tracked_run", "record_failure", "STOPPED", "close_run"]
 
@@ -142,8 +145,11 @@ def tracked_run(experiment: str, *, name: str, params: dict | None = None, log_p
         experiment_id(experiment, uri)  # a clear error when the tracking server is unreachable
         client.update_run(resume, status="RUNNING")
         run_id = resume
+        for stale in {"error", STALE_TAG} & set(client.get_run(resume).data.tags):
+            client.delete_tag(resume, stale)  # closed as stale while its process was gone: it goes on now
+        TrackedRun(run_id=run_id, uri=uri, _client=client).set_tags(**owner_tags())  # its owner now
     else:
-        all_tags = lineage_tags(params or {}, **(tags or {}))
+        all_tags = {**lineage_tags(params or {}, **(tags or {})), **owner_tags()}
         if parent:
             all_tags["mlflow.parentRunId"] = parent
         run_id = client.create_run(experiment_id(experiment, uri), run_name=name, tags=all_tags).info.run_id

@@ -10,7 +10,7 @@ from pathlib import Path
 from sctab.config import load_params
 from sctab.io import write_json
 from sctab.models import BASELINES, MODEL_NAMES
-from sctab.tracking import TrackingServerError
+from sctab.tracking import TrackingServerError, close_stale_runs, data_version
 from sctab.train.fitting import fit, fit_ensemble, for_file, seed_spread
 from sctab.train.spec import make_spec
 
@@ -50,6 +50,9 @@ def _main(argv: list[str] | None = None, models=MODEL_NAMES + BASELINES) -> None
     args = parser(models).parse_args(argv)
     params = load_params(args.params)
     spec = make_spec(params, args.model, store=args.store, augmentations=args.augmentations, pca_dir=args.pca)
+    # runs of this stage that a killed process left RUNNING (same model, same data version): FAILED, with why
+    close_stale_runs(args.experiment, data_version=data_version(), who=f"train_{args.model}",
+                     match={"model_type": [args.model, f"{args.model}-ensemble"]})
     t0 = time.perf_counter()
     if args.ensemble:
         if args.model in BASELINES:

@@ -1,37 +1,64 @@
 """Ray Train: the shared loop on ``num_workers`` DDP workers (gloo on CPU, NCCL on GPU).
 
-Local Ray by default; ``RAY_ADDRESS`` joins an existing cluster. Checkpoints go through
-``ray.train.report`` into ``<project>/ray_results``; ``FailureConfig`` restarts lost workers from the
-last one. Rank 0 logs each epoch to the MLflow run the driver opened.
+Local Ray (with its dashboard on 127.0.0.1) by default; ``RAY_ADDRESS`` joins an existing cluster.
+Checkpoints go through ``ray.train.report`` into ``<project>/ray_results``; ``FailureConfig`` restarts
+lost workers from the last one. Rank 0 logs each epoch to the MLflow run the driver opened.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import torch
 
 from sctab.tracking import TrackedRun
+from sctab.train import ray_console
 from sctab.train.loop import EpochLogger, TrainingError, load_checkpoint_dir, run_training
+from sctab.train.ray_sessions import remove_stale_sessions
 from sctab.train.spec import TrainSpec
+
+#: Ray's own default; the next free one when another Ray holds it
+DASHBOARD_PORT = 8265
 
 
 def ensure_ray(num_cpus: int | None = None) -> dict:
-    """Connect to ``RAY_ADDRESS`` or start a local Ray; return the cluster's resources."""
+    """Connect to ``RAY_ADDRESS`` or start a local Ray (with its dashboard on 127.0.0.1); return the cluster's
+    resources. The first start in a process prints the dashboard's address."""
+    ray_console.prepare()
     import ray
 
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS") or None
-        kwargs = dict(address=address, include_dashboard=False, log_to_driver=True,
-                      configure_logging=True, logging_level="WARNING")
+        # the dashboard also serves the State API that Ray Train's placement-group cleaner polls
+        kwargs = dict(address=address, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True,
+                      configure_logging=True, logging_level=ray_console.driver_level())
         if address is None:
-            kwargs.update(num_cpus=num_cpus, object_store_memory=256 * 1024 ** 2)
-        os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-        # reports reach the controller at its polling interval (2 s by default): one epoch of tiny is shorter
-        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
-        ray.init(**kwargs)
+            remove_stale_sessions()  # folders of local Rays that are gone
+            # Ray's State API client finds "its" cluster by scanning for GCS processes, which fails when other
+            # local Rays run beside this one (tests, other users): tell every process of ours where to ask
+            port = _free_port(DASHBOARD_PORT)
+            kwargs.update(num_cpus=num_cpus, object_store_memory=256 * 1024 ** 2, dashboard_port=port,
+                          runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}})
+        ray_console.quiet_driver()
+        ctx = ray.init(**kwargs)
+        url = getattr(ctx, "dashboard_url", None)
+        if url:
+            print(f"Ray dashboard: http://{url} (while this process runs)", flush=True)
     return ray.cluster_resources()
+
+
+def _free_port(first: int, tries: int = 100) -> int:
+    """The first port from ``first`` on that nothing listens on at 127.0.0.1."""
+    for port in range(first, first + tries):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise TrainingError(f"no free port for the Ray dashboard in {first}-{first + tries - 1} on 127.0.0.1")
 
 
 def _use_gpu(spec: TrainSpec, resources: dict) -> bool:
@@ -106,6 +133,7 @@ def _mlflow_logger(tracking_uri: str, run_id: str, label: str) -> EpochLogger:
 
 def train_worker(config: dict) -> None:
     """Entry point of each Ray Train worker."""
+    ray_console.quiet_worker()
     torch.set_num_threads(int(config["spec"]["cpus_per_worker"]))
     spec = TrainSpec.from_dict(config["spec"])
     session = RaySession()
@@ -120,6 +148,7 @@ def train_worker(config: dict) -> None:
 def run_on_ray(spec: TrainSpec, *, name: str, storage_path: str | Path, run_id: str | None = None,
                tracking_uri: str | None = None):
     """Fit with Ray Train; return (Ray Result, folder of the last checkpoint)."""
+    ray_console.prepare()  # before Ray's first import
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -136,7 +165,7 @@ def run_on_ray(spec: TrainSpec, *, name: str, storage_path: str | Path, run_id: 
         run_config=RunConfig(name=name, storage_path=str(Path(storage_path).resolve()),
                              failure_config=FailureConfig(max_failures=spec.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoints_to_keep),
-                             logging_config=LoggingConfig(log_level=os.environ.get("SCTAB_RAY_LOG_LEVEL", "WARNING")),
+                             logging_config=LoggingConfig(log_level=ray_console.driver_level()),
                              # progress lines go straight to the console instead of through Ray Train's logger
                              worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}),
     )

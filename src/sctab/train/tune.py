@@ -18,8 +18,19 @@ import time
 from pathlib import Path
 
 from sctab.models import SEEDS_FILE, is_neural
-from sctab.tracking import close_run, experiment_id, project_root, record_failure, tracked_run, tracking_uri
+from sctab.tracking import (
+    close_run,
+    close_stale_runs,
+    data_version,
+    experiment_id,
+    project_root,
+    record_failure,
+    running_runs,
+    tracked_run,
+    tracking_uri,
+)
 from sctab.tracking.runs import flatten
+from sctab.train import ray_console
 from sctab.train.ray_train import ensure_ray
 from sctab.train.runners import METRIC, LocalRunner
 from sctab.train.search_space import SearchSpace, check_against_model, load_search_space
@@ -39,6 +50,7 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     """Ray Tune function trainable: train one config, report as it goes, end with val and test scores."""
     from ray import tune
 
+    ray_console.quiet_worker()
     trial_id = tune.get_context().get_trial_id()
     final = fit_in_trial(ctx, config, run_name=f"trial {trial_id}",
                          tags={"ray_trial_id": trial_id, "study": ctx.study, "role": "trial"})
@@ -66,6 +78,8 @@ def run_study(model: str, params: dict, *, store: str | Path = "data/store", pca
               verbose: int = 1) -> dict:
     """Run (or resume) the study of ``model``; return its summary (best config, default vs tuned)."""
     from mlflow.tracking import MlflowClient  # heavy, optional at import: loaded when a study runs
+
+    ray_console.prepare()  # before Ray's first import
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
@@ -93,6 +107,7 @@ def run_study(model: str, params: dict, *, store: str | Path = "data/store", pca
     resuming = state is not None and tune.Tuner.can_restore(str(path))
     if state is None and path.exists():
         shutil.rmtree(path)  # a study that never saved its state cannot be resumed: start it over
+    close_stale_runs(name, data_version=data_version(), who=f"study {name}", uri=uri)  # a killed study's runs
     with tracked_run(name, name=f"{name} {time.strftime('%Y-%m-%d %H:%M')}", params=params,
                      tags={"model_type": model, "study": name, "role": "study", "search_space": str(space.path)},
                      resume=state["parent_run_id"] if state is not None else None, uri=uri) as parent:
@@ -139,8 +154,7 @@ def run_study(model: str, params: dict, *, store: str | Path = "data/store", pca
                 raise KeyboardInterrupt(f"study {name} was interrupted after {grid.num_terminated + grid.num_errors} "
                                         f"of {n} trials; run again to resume it")
         except BaseException:
-            for r in client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{pid}' and "
-                                        "attributes.status = 'RUNNING'"):
+            for r in running_runs(client, [exp], f"tags.`mlflow.parentRunId` = '{pid}'"):
                 client.set_tag(r.info.run_id, "tune_status", "interrupted")
                 close_run(client, r.info.run_id, "KILLED")
             raise

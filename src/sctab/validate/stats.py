@@ -111,7 +111,7 @@ def split_row_stats(split_dir: str | Path, n_genes_hint: int | None = None) -> S
     cols: dict[str, list] = {c: [] for c in STAT_COLUMNS}
     for path in part_files(split_dir):
         try:
-            pf = pq.ParquetFile(path)
+            pf = pq.ParquetFile(path, page_checksum_verification=True)  # the store writes page CRCs
         except Exception as exc:  # noqa: BLE001 - report any unreadable file by name
             problems.append(f"{path.name} is not a readable parquet file ({exc})")
             continue

@@ -1,4 +1,7 @@
-"""Raw counts out of a user's AnnData, row block by row block, and its genes matched to a model's.
+"""Raw counts out of a user's AnnData, row block by row block, and its genes matched to a gene list.
+
+Shared by annotation (a user's cells onto a model's genes) and the h5ad source of the pipeline (a labelled
+reference onto the profile's genes), so both apply the same rules; it lives here, below both.
 
 Where the counts are: ``X``, a ``counts`` layer or ``.raw.X`` (the first that holds non-negative
 integers, unless the caller names one). An ``.h5ad`` path is read through h5py one block of rows at a
@@ -22,7 +25,6 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from sctab.annotation.errors import AnnotateError
 from sctab.census.genes import gencode_genes
 
 ENSEMBL = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
@@ -30,6 +32,11 @@ ID_COLUMNS = ("feature_id", "gene_ids", "gene_id", "ensembl_id", "ensembl_ids", 
 SYMBOL_COLUMNS = ("feature_name", "gene_symbols", "gene_symbol", "symbol", "gene_name", "gene_names")
 SAMPLE_ROWS = 2000
 LOG_LIKE_MAX = 30.0  # log1p of 10,000-normalised data stays below ~10; raw counts of real cells reach far higher
+
+
+class InputError(ValueError):
+    """Bad input data (no counts, normalised values, no shared genes, unreadable file): the message names the
+    file and what to do. Annotation raises it as ``InputError`` (the same class)."""
 
 
 @dataclass
@@ -77,7 +84,7 @@ def _h5_matrix(elem):
     enc = elem.attrs.get("encoding-type", "")
     if enc in ("csr_matrix", "csc_matrix"):
         return aio.sparse_dataset(elem)
-    raise AnnotateError(f"{elem.name} in the h5ad is a {enc or 'group'!r}, not a matrix of counts")
+    raise InputError(f"{elem.name} in the h5ad is a {enc or 'group'!r}, not a matrix of counts")
 
 
 class LegacyH5ad(Exception):
@@ -90,14 +97,14 @@ def h5ad_matrices(f, path: Path) -> tuple[pd.Index, list[Matrix]]:
     import h5py
 
     if "obs" not in f or "var" not in f:
-        raise AnnotateError(f"{path} is not an AnnData h5ad file (no obs/var groups)")
+        raise InputError(f"{path} is not an AnnData h5ad file (no obs/var groups)")
     if not isinstance(f["obs"], h5py.Group) or "encoding-type" not in f["obs"].attrs:
         raise LegacyH5ad(f"{path} is in the pre-0.7 AnnData layout")
     try:
         obs_index = aio.read_elem(f["obs"]).index
         var = aio.read_elem(f["var"])
     except Exception as e:
-        raise AnnotateError(f"cannot read obs/var of {path}: {e}") from e
+        raise InputError(f"cannot read obs/var of {path}: {e}") from e
     out = []
     n = len(obs_index)
     if "X" in f:
@@ -109,7 +116,7 @@ def h5ad_matrices(f, path: Path) -> tuple[pd.Index, list[Matrix]]:
         try:
             raw_var = aio.read_elem(f["raw"]["var"])
         except Exception as e:
-            raise AnnotateError(f"cannot read raw/var of {path}: {e}") from e
+            raise InputError(f"cannot read raw/var of {path}: {e}") from e
         out.append(Matrix(".raw.X", raw_var, n, _rows_reader(_h5_matrix(f["raw"]["X"]))))
     return obs_index, out
 
@@ -165,13 +172,13 @@ def choose_matrix(obs_names: pd.Index, matrices: list[Matrix], *, layer: str | N
                   allow_non_integer: bool, source: str) -> CountsSource:
     """Pick the matrix of raw counts (or the one the caller named) and check a sample of its values."""
     if len(obs_names) == 0:
-        raise AnnotateError(f"{source} has no cells")
+        raise InputError(f"{source} has no cells")
     if not matrices:
-        raise AnnotateError(f"{source} has no matrix at all (no X, layers or .raw)")
+        raise InputError(f"{source} has no matrix at all (no X, layers or .raw)")
     if layer is not None:
         named = [m for m in matrices if _layer_key(m) == layer]
         if not named:
-            raise AnnotateError(f"{source} has no matrix {layer!r}; it has: "
+            raise InputError(f"{source} has no matrix {layer!r}; it has: "
                                 f"{', '.join(_layer_key(m) for m in matrices)}")
         candidates = named
     elif from_log1p:
@@ -202,7 +209,7 @@ def choose_matrix(obs_names: pd.Index, matrices: list[Matrix], *, layer: str | N
             "(--allow-non-integer).")
     if from_log1p:
         hint = "from_log1p expects non-negative log1p values (no NaN, no scaling)."
-    raise AnnotateError(f"{source} holds no raw counts the model can use: " + "; ".join(found) + ". " + hint)
+    raise InputError(f"{source} holds no raw counts the model can use: " + "; ".join(found) + ". " + hint)
 
 
 def check_block(block: sp.csr_matrix, values: str, rows: tuple[int, int], where: str) -> None:
@@ -210,18 +217,38 @@ def check_block(block: sp.csr_matrix, values: str, rows: tuple[int, int], where:
     kind = classify(block)
     a, b = rows
     if kind == "bad":
-        raise AnnotateError(f"{where} has NaN or infinite values in rows {a}-{b - 1}")
+        raise InputError(f"{where} has NaN or infinite values in rows {a}-{b - 1}")
     if kind == "negative":
-        raise AnnotateError(f"{where} has negative values in rows {a}-{b - 1} (min {block.data.min():.3g}); "
+        raise InputError(f"{where} has negative values in rows {a}-{b - 1} (min {block.data.min():.3g}); "
                             f"counts cannot be negative")
     if values == "counts" and kind in ("log-like", "non-integer"):
         example = block.data[block.data != np.round(block.data)][0]
-        raise AnnotateError(f"{where} has non-integer values in rows {a}-{b - 1} (e.g. {example:.4g}) "
+        raise InputError(f"{where} has non-integer values in rows {a}-{b - 1} (e.g. {example:.4g}) "
                             f"although its first rows were integer counts; pass allow_non_integer=True "
                             f"(--allow-non-integer) if these are corrected counts")
 
 
 # --------------------------------------------------------------------------------------------- genes
+def to_model_space(block: sp.csr_matrix, columns: np.ndarray) -> sp.csr_matrix:
+    """(cells, model genes) counts, sparse: file columns picked in model order, absent genes empty.
+
+    The non-zeros are renumbered into model columns in one pass (selecting columns of the block and
+    assigning them into a dense array took 0.65 s per 2,048 cells at 19,331 genes, a third of annotation).
+    """
+    block = sp.csr_matrix(block)
+    if not block.has_canonical_format:  # duplicate entries add up, as in toarray(); sum them in float64 first
+        block = block.copy()
+        block.sum_duplicates()
+    present = np.flatnonzero(columns >= 0)
+    model_col = np.full(block.shape[1], -1, dtype=np.int64)  # file column -> model column
+    model_col[columns[present]] = present  # one file column per model gene (model genes are unique)
+    new = model_col[block.indices]
+    keep = new >= 0
+    kept_before = np.concatenate([[0], np.cumsum(keep)])
+    return sp.csr_matrix((block.data[keep], new[keep], kept_before[block.indptr]), shape=(block.shape[0], len(columns)))
+
+
+
 @dataclass
 class GeneMatch:
     """Which file column feeds each model gene (-1: absent, zero-filled)."""
@@ -262,7 +289,7 @@ def match_genes(var: pd.DataFrame, model_genes: list[str], *, gene_column: str |
     """Map the file's genes onto the model's (Ensembl ids first, then symbols)."""
     if gene_column is not None:
         if gene_column != "index" and gene_column not in var.columns:
-            raise AnnotateError(f"{where} var has no column {gene_column!r}; columns: {list(var.columns)}")
+            raise InputError(f"{where} var has no column {gene_column!r}; columns: {list(var.columns)}")
         options = [(gene_column, var.index.to_series() if gene_column == "index" else var[gene_column])]
     else:
         options = [("index", var.index.to_series())]
@@ -278,7 +305,7 @@ def match_genes(var: pd.DataFrame, model_genes: list[str], *, gene_column: str |
         symbols = values.astype(str).reset_index(drop=True)
         dup = symbols[symbols.duplicated()].unique()
         if len(dup):
-            raise AnnotateError(f"{where} has duplicate gene names in var {name}: {', '.join(map(str, dup[:5]))}"
+            raise InputError(f"{where} has duplicate gene names in var {name}: {', '.join(map(str, dup[:5]))}"
                                 f"{' ...' if len(dup) > 5 else ''} ({len(dup)} in all); make them unique "
                                 f"(anndata's var_names_make_unique) or sum the duplicates first")
         table = _symbol_table()
@@ -287,7 +314,7 @@ def match_genes(var: pd.DataFrame, model_genes: list[str], *, gene_column: str |
     present = ids.dropna()
     dup = present[present.duplicated()].unique()
     if kind == "Ensembl id" and len(dup):
-        raise AnnotateError(f"{where} has duplicate gene ids in var {name}: {', '.join(map(str, dup[:5]))}"
+        raise InputError(f"{where} has duplicate gene ids in var {name}: {', '.join(map(str, dup[:5]))}"
                             f"{' ...' if len(dup) > 5 else ''} ({len(dup)} in all); each gene must appear once")
     pos: dict[str, int] = {}
     collisions = 0
@@ -300,7 +327,7 @@ def match_genes(var: pd.DataFrame, model_genes: list[str], *, gene_column: str |
     cols = np.array([pos.get(g, -1) for g in model_genes], dtype=np.int64)
     match = GeneMatch(cols, f"{kind} ({name})", len(var), collisions)
     if match.n_found == 0:
-        raise AnnotateError(f"none of the model's {len(model_genes):,} genes is in {where} (matched by {kind} in "
+        raise InputError(f"none of the model's {len(model_genes):,} genes is in {where} (matched by {kind} in "
                             f"var {name}, e.g. {', '.join(map(str, var.index[:3]))}); is it human data with "
                             f"Ensembl ids or gene symbols? pass gene_column= (--gene-column) to name the column")
     return match
