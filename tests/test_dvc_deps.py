@@ -9,6 +9,7 @@ stage that runs it.
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 import subprocess
@@ -126,6 +127,17 @@ def _stand_in_params(root: Path, keys: list[str]) -> None:
         for p in parents:
             node = node.setdefault(p, {})
         node.setdefault(leaf, "stand-in")
+    # values dvc.yaml interpolates (${census.data}) keep their real value: a path the stages name
+    real = yaml.safe_load((REPO / "params.yaml").read_text())
+    for key in sorted(set(re.findall(r"\$\{([a-z_.]+)\}", (REPO / "dvc.yaml").read_text()))):
+        *parents, leaf = key.split(".")
+        node, value = tree, real
+        for p in parents:
+            if not isinstance(node.get(p), dict):
+                node[p] = {}
+            node, value = node[p], value[p]
+        if isinstance(value, dict) and leaf in value:
+            node[leaf] = value[leaf]
     (root / "params.yaml").write_text(yaml.safe_dump(tree))
 
 

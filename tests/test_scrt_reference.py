@@ -8,31 +8,25 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from sctab.census.extract import extract
+from sctab.census.scrt import fetch_wheel
 from sctab.census.source import open_counts
 from sctab.config import load_profile
 from sctab.data.split import split_cells
 from sctab.data.store import Store, write_store
 
 REPO = Path(__file__).resolve().parents[1]
-CACHE = Path(os.environ.get("SCTAB_TEST_CACHE", REPO / "test-artifacts" / "wheels"))
+CACHE = Path(os.environ.get("SCTAB_TEST_CACHE", REPO / "benchmarks" / ".cache" / "real-data"))
 
 
 @pytest.fixture(scope="module")
 def wheel() -> Path:
-    found = sorted(CACHE.glob("pyplnmodels-1.0.10-*.whl")) + sorted(Path("/tmp/wh").glob("pyplnmodels-1.0.10-*.whl"))
-    if found:
-        return found[0]
-    CACHE.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "pyPLNmodels==1.0.10", "-d", str(CACHE)],
-                   check=True, capture_output=True, timeout=300)
-    return sorted(CACHE.glob("pyplnmodels-1.0.10-*.whl"))[0]
+    """The pyPLNmodels wheel, fetched once with pip into the cache the realism comparison shares."""
+    return fetch_wheel(CACHE)
 
 
 def _converter():

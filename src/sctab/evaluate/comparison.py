@@ -18,7 +18,6 @@ import pandas as pd
 from sklearn.decomposition import PCA
 
 from sctab import models
-from sctab.census.realism import knn_purity
 from sctab.data.store import Store
 from sctab.evaluate import figures
 from sctab.evaluate.metrics import correct_predictions, evaluate_probs
@@ -26,6 +25,7 @@ from sctab.evaluate.organs import f1_by_organ
 from sctab.evaluate.paper import PAPER
 from sctab.evaluate.predict import predict_split_members
 from sctab.evaluate.report import format_mean_std, side_by_side, write_report
+from sctab.evaluate.structure import knn_purity
 from sctab.evaluate.uncertainty import calibration, uncertainty, uncertainty_auroc
 from sctab.io import atomic_dir, write_json
 from sctab.models import SEEDS_FILE, Ensemble

