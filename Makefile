@@ -74,8 +74,8 @@ serve: venv  ## serve MODEL_URI (default models:/sctab-ensemble@champion) on htt
 		--host 127.0.0.1 --port $(SERVE_PORT) --workers $(WORKERS)
 
 annotate: venv  ## label INPUT=cells.h5ad with MODEL_URI -> OUTPUT (default INPUT's name + .annotated.h5ad)
-	@test -n "$(INPUT)" || { echo "usage: make annotate INPUT=cells.h5ad [OUTPUT=out.h5ad|.csv|.parquet] [MODEL_URI=models:/...]"; exit 2; }
-	$(VENV)/bin/sctab annotate $(INPUT) -o $(or $(OUTPUT),$(basename $(INPUT)).annotated.h5ad) --model $(MODEL_URI)
+	@test -n "$(INPUT)" || { echo "usage: make annotate INPUT=cells.h5ad [OUTPUT=out.h5ad|.csv|.parquet] [MODEL_URI=models:/...] [ANNOTATE_ARGS='--majority-voting ...']"; exit 2; }
+	$(VENV)/bin/sctab annotate $(INPUT) -o $(or $(OUTPUT),$(basename $(INPUT)).annotated.h5ad) --model $(MODEL_URI) $(ANNOTATE_ARGS)
 
 metrics: venv  ## each trained model's validation/test macro F1 (DVC metrics)
 	$(VENV)/bin/dvc metrics show

@@ -17,10 +17,14 @@ def main(argv: list[str] | None = None) -> int:
         "as its own registered model (names: params.yaml registry.models). Each version takes raw counts by "
         "Ensembl id and returns label, Cell Ontology id, probability and uncertainty; it carries its lineage "
         "(git commit, data version, profile, test macro F1, member runs) as tags and gets the alias @challenger. "
+        "Each also gets its default minimum probability for annotation (below it a cell is 'Unassigned'): the "
+        "smallest whose assigned validation cells reach registry.min_probability_precision (docs/annotate.md), "
+        "recorded in the bundle and as the tag min_probability. "
         "Unchanged models are not registered twice. `make promote` then moves @champion.")
     parser.add_argument("--params", default="params.yaml", help="YAML parameter file (default: %(default)s)")
     parser.add_argument("--models", default="models", help="folder of model folders (default: %(default)s)")
-    parser.add_argument("--store", default="data/store", help="the store: class ontology ids (default: %(default)s)")
+    parser.add_argument("--store", default="data/store", help="the store: class ontology ids and the validation split "
+                        "that chooses the default minimum probability (default: %(default)s)")
     parser.add_argument("--ontology", default="data/ontology/cl.obo", help="Cell Ontology OBO (default: %(default)s)")
     parser.add_argument("--metrics", default="reports/evaluate/metrics.json",
                         help="the evaluate stage's metrics: each model's test macro F1 (default: %(default)s)")

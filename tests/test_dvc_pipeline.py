@@ -168,7 +168,13 @@ def test_promote_annotate_serve_and_ui(project, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "559 cells annotated with models:/sctab-ensemble@champion" in r.stdout
     annotated = anndata.read_h5ad(out)
-    assert annotated.obs["sctab_cell_type_ontology_term_id"].str.startswith("CL:").all()
+    obs = annotated.obs
+    # below the model's default minimum probability (recorded at registration) a cell is 'Unassigned', no id
+    floor = annotated.uns["sctab_annotation"]["min_probability"]
+    unassigned = (obs["sctab_label"] == "Unassigned").to_numpy()
+    assert (unassigned == (obs["sctab_probability"] < floor).to_numpy()).all()
+    assert obs.loc[~unassigned, "sctab_cell_type_ontology_term_id"].str.startswith("CL:").all()
+    assert obs["sctab_coarse_ontology_term_id"].str.startswith("CL:").all()
 
     port = free_port()
     server = _make("serve", project, SERVE_PORT=port)

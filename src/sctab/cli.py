@@ -73,6 +73,19 @@ def _cmd_store_info(args) -> int:
     return 0
 
 
+def _restrict_names(values: list[str] | None) -> list[str] | None:
+    """--restrict-to values: a label or CL id each, or a .txt file of them, one per line."""
+    if not values:
+        return None
+    names = []
+    for v in values:
+        if v.endswith(".txt") and Path(v).is_file():
+            names += [line.strip() for line in Path(v).read_text().splitlines() if line.strip()]
+        else:
+            names.append(v)
+    return names
+
+
 def _cmd_annotate(args) -> int:
     from sctab.annotation import annotate_file, load_annotator
 
@@ -80,7 +93,11 @@ def _cmd_annotate(args) -> int:
                          store=args.store, ontology=args.ontology)
     report = annotate_file(args.input, args.output, ann, layer=args.layer, gene_column=args.gene_column,
                            from_log1p=args.from_log1p, allow_non_integer=args.allow_non_integer,
-                           batch_size=args.batch_size, key_added=args.key_added, progress=not args.quiet)
+                           batch_size=args.batch_size, key_added=args.key_added, progress=not args.quiet,
+                           min_probability=args.min_probability, restrict_to=_restrict_names(args.restrict_to),
+                           majority_voting=args.majority_voting, over_clustering=args.over_clustering,
+                           resolution=args.resolution, min_prop=args.min_prop,
+                           min_gene_coverage=args.min_gene_coverage, probabilities=args.probabilities)
     print(report.summary())
     print(f"wrote {args.output}")
     if args.plot:
@@ -126,7 +143,7 @@ def _cmd_models(args) -> int:
 
     c = client()
     t = Table(title="registered models")
-    for col in ("model", "version", "aliases", "test_f1_macro", "kind", "data_version", "created"):
+    for col in ("model", "version", "aliases", "test_f1_macro", "min_probability", "kind", "data_version", "created"):
         t.add_column(col)
     import datetime as dt
 
@@ -140,7 +157,8 @@ def _cmd_models(args) -> int:
             tags = v.tags or {}
             created = dt.datetime.fromtimestamp(v.creation_timestamp / 1000).strftime("%Y-%m-%d %H:%M")
             t.add_row(rm.name, str(v.version), ", ".join(sorted(by_version.get(str(v.version), []))),
-                      tags.get("test_f1_macro", ""), tags.get("model_kind", ""), tags.get("data_version", ""), created)
+                      tags.get("test_f1_macro", ""), tags.get("min_probability", ""), tags.get("model_kind", ""),
+                      tags.get("data_version", ""), created)
     Console(width=max(Console().width, 140)).print(t)
     return 0
 
@@ -181,8 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "layer or .raw.X (streamed, so files larger than memory work), genes matched by Ensembl id or "
                         "symbol (absent ones zero-filled and reported), normalised as the model expects. Writes obs "
                         "columns <key>_label, _cell_type_ontology_term_id, _probability, _uncertainty and a coarser "
-                        "_coarse_label (lowest common ontology ancestor) for uncertain cells. The output is written "
-                        "only when every cell was annotated.")
+                        "_coarse_label (lowest common ontology ancestor) for uncertain cells. CellTypist's options: "
+                        "--min-probability (p_thres; 'Unassigned' below it), --restrict-to, --majority-voting, "
+                        "--probabilities, plus --min-gene-coverage; docs/annotate.md maps the columns to "
+                        "CellTypist's. The gene coverage is always reported. The output is written only when every "
+                        "cell was annotated.")
     an.add_argument("input", help="the .h5ad file to annotate")
     an.add_argument("-o", "--output", required=True, help="output .h5ad (input + new obs columns), .csv or .parquet")
     an.add_argument("--model", default="models:/sctab-ensemble@champion",
@@ -199,6 +220,31 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--batch-size", type=int, default=4096, help="cells per prediction batch (default: %(default)s)")
     an.add_argument("--uncertainty-threshold", type=float, default=None,
                     help="above it a cell also gets the coarse label (default: the model's, 0.5)")
+    an.add_argument("--min-probability", type=float, default=None, metavar="P",
+                    help="CellTypist's p_thres: a cell whose top probability is below P is labelled 'Unassigned' "
+                    "(default: the model's own, chosen at registration as the smallest P giving 0.95 precision on "
+                    "its validation split; 0 disables)")
+    an.add_argument("--restrict-to", action="append", default=None, metavar="LABEL",
+                    help="predict only these classes, probabilities renormalised over them: a class label, a Cell "
+                    "Ontology id, or a broader ontology term (all model classes below it); repeat the option, or "
+                    "give a .txt file with one per line")
+    an.add_argument("--majority-voting", action="store_true",
+                    help="over-cluster the cells (Leiden, CellTypist's resolution by cell count) and add "
+                    "<key>_over_clustering and <key>_majority_voting (each cluster's most frequent label) beside "
+                    "the per-cell label")
+    an.add_argument("--over-clustering", default=None, metavar="COLUMN",
+                    help="obs column with clusters to vote over instead of Leiden (implies --majority-voting)")
+    an.add_argument("--resolution", type=float, default=None,
+                    help="Leiden resolution of the over-clustering (default: 5 below 5k cells ... 30 from 200k)")
+    an.add_argument("--min-prop", type=float, default=0.0,
+                    help="a cluster whose majority label holds a smaller share is 'Heterogeneous' "
+                    "(default: %(default)s)")
+    an.add_argument("--min-gene-coverage", type=float, default=None, metavar="FRACTION",
+                    help="refuse the input (nothing written) if it has fewer than this fraction of the model's "
+                    "genes (default: no minimum; below 0.5 a warning is logged)")
+    an.add_argument("--probabilities", action="store_true",
+                    help="also write every class's probability: obsm['<key>_probabilities'] (classes in "
+                    "uns['<key>_probabilities']) in an .h5ad, columns <key>_probabilities:<class> in a table")
     an.add_argument("--key-added", default="sctab", help="prefix of the new obs columns (default: %(default)s)")
     an.add_argument("--plot", default=None, help="also save an embedding coloured by label and uncertainty (PNG)")
     an.add_argument("--trust-pickle", action="store_true", help="allow loading a pickled model (CellTypist) from a "

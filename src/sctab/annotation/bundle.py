@@ -2,7 +2,8 @@
 
 A registered model, a served model and ``sctab annotate`` all read the same folder:
 
-    bundle.yaml          kind, members, normalisation, fallback settings, where it came from
+    bundle.yaml          kind, members, normalisation, fallback settings, where it came from, and (once
+                         registered against a store) the default ``min_probability`` and how it was chosen
     var.parquet          the model's genes in input order (feature_id, feature_name)
     classes.parquet      the model's classes in output order (label, ontology_term_id)
     ontology.json        the Cell Ontology slice the coarse fallback label needs (ancestors of every class)
@@ -141,6 +142,16 @@ def write_bundle(model_folder: str | Path, out: str | Path, *, class_ids: dict[s
            "ontology_version": getattr(ontology, "version", None), "source": source or {"folder": str(model_folder)}}
     (out / "bundle.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     return out
+
+
+def update_meta(path: str | Path, **fields) -> dict:
+    """Add or replace top-level fields of a bundle's bundle.yaml (e.g. the default ``min_probability``
+    recorded at registration); the new document."""
+    target = Path(path) / "bundle.yaml"
+    doc = yaml.safe_load(target.read_text()) or {}
+    doc.update(fields)
+    target.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return doc
 
 
 @dataclass

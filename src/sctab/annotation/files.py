@@ -3,22 +3,28 @@
 The output is written only when every cell was annotated: an .h5ad output is a copy of the input with
 new obs columns (written through h5py into a temporary file that is renamed into place, so X is never
 loaded whole); .csv and .parquet outputs hold the new columns indexed by obs_names.
+
+CellTypist's options have counterparts here (docs/annotate.md has the column mapping): a minimum
+probability below which a cell is "Unassigned", a restriction to some classes, majority voting over
+(Leiden or given) clusters, the per-class probability matrix, and a minimum gene coverage below which the
+input is refused. The gene coverage is always reported.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from sctab.annotation.annotator import COLUMNS, UNASSIGNED, Annotator, to_model_space
+from sctab.annotation.annotator import UNASSIGNED, Annotator, to_model_space
 from sctab.annotation.errors import AnnotateError
 from sctab.annotation.resolve import DEFAULT_MODEL, load_annotator
 from sctab.census.counts import (
@@ -33,6 +39,8 @@ from sctab.census.counts import (
 )
 
 OUTPUT_SUFFIXES = (".h5ad", ".csv", ".parquet")
+LOW_COVERAGE = 0.5  # below it a warning is logged even when no minimum is asked for
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -51,38 +59,85 @@ class AnnotationReport:
     unassigned_cells: int
     uncertain_cells: int
     seconds: float
+    gene_coverage: float = float("nan")      # genes_found / model_genes
+    min_probability: float = 0.0             # in use: below it a cell is 'Unassigned'
+    min_probability_source: str = "none"     # given, or the model's default (and its rule), or none
+    below_min_probability: int = 0           # cells 'Unassigned' because of min_probability
+    restricted_to: list | None = None        # the classes allowed by restrict_to (None: all)
+    majority_voting: str | None = None       # how the cells were over-clustered (None: no voting)
+    n_clusters: int | None = None
 
     @property
     def cells_per_s(self) -> float:
         return self.n_cells / self.seconds if self.seconds > 0 else float("nan")
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "cells_per_s": round(self.cells_per_s, 1)}
+        """Fields as plain values for uns (h5ad cannot store None: unset options are left out)."""
+        return {k: v for k, v in {**asdict(self), "cells_per_s": round(self.cells_per_s, 1)}.items() if v is not None}
 
     def summary(self) -> str:
         return (f"{self.n_cells:,} cells annotated with {self.model} ({self.model_kind}) in {self.seconds:.1f} s "
                 f"({self.cells_per_s:,.0f} cells/s); counts from {self.matrix} ({self.values}); genes matched by "
-                f"{self.gene_ids}: {self.genes_found:,} of the model's {self.model_genes:,} found, "
-                f"{self.genes_missing:,} zero-filled; {self.uncertain_cells:,} cells above the uncertainty "
-                f"threshold got a coarser label; {self.unassigned_cells:,} cells without counts on the model's "
-                f"genes are '{UNASSIGNED}'")
+                f"{self.gene_ids}: {self.genes_found:,} of the model's {self.model_genes:,} found (gene coverage "
+                f"{self.gene_coverage:.1%}), {self.genes_missing:,} zero-filled; {self.uncertain_cells:,} cells "
+                f"above the uncertainty threshold got a coarser label; {self.below_min_probability:,} cells below "
+                f"the minimum probability {self.min_probability:g} ({self.min_probability_source}) and "
+                f"{self.unassigned_cells:,} cells without counts on the model's genes are '{UNASSIGNED}'"
+                + (f"; restricted to {len(self.restricted_to)} classes" if self.restricted_to is not None else "")
+                + (f"; majority voting over {self.n_clusters} clusters ({self.majority_voting})"
+                   if self.majority_voting else ""))
 
 
-def _as_annotator(model, trust_pickle: bool, uncertainty_threshold) -> Annotator:
+def _as_annotator(model, trust_pickle: bool, uncertainty_threshold, min_probability=None,
+                  restrict_to=None) -> Annotator:
+    """The model loaded (or a given Annotator copied) with the call's settings; bad settings fail here,
+    before any input is read."""
+    if min_probability is not None and not 0.0 <= float(min_probability) <= 1.0:
+        raise AnnotateError(f"min_probability must be between 0 and 1 (0 disables it), got {min_probability}")
     if isinstance(model, Annotator):
-        if uncertainty_threshold is not None:
-            model.uncertainty_threshold = uncertainty_threshold
-        return model
-    return load_annotator(model, trust_pickle=trust_pickle, uncertainty_threshold=uncertainty_threshold)
+        ann = model if uncertainty_threshold is None else replace(model, uncertainty_threshold=uncertainty_threshold)
+    else:
+        ann = load_annotator(model, trust_pickle=trust_pickle, uncertainty_threshold=uncertainty_threshold)
+    if min_probability is not None:
+        ann = replace(ann, min_probability=float(min_probability))
+    if restrict_to is not None:
+        ann = ann.restrict([restrict_to] if isinstance(restrict_to, str) else list(restrict_to))
+    return ann
+
+
+@dataclass
+class Streamed:
+    """What one pass over the cells gives: the per-cell frame, and when asked, the probabilities (after any
+    restriction) and the normalised values (for the over-clustering graph)."""
+
+    frame: pd.DataFrame
+    probabilities: np.ndarray | None = None
+    normalised: object = None  # scipy CSR (cells, model genes) of log1p values
+
+
+def _check_coverage(match: GeneMatch, n_model: int, min_gene_coverage: float | None, where: str) -> float:
+    coverage = match.n_found / n_model if n_model else 0.0
+    log.info("%s covers %d of the model's %d genes (%.1f%%)", where, match.n_found, n_model, 100 * coverage)
+    if min_gene_coverage is not None and not 0.0 <= float(min_gene_coverage) <= 1.0:
+        raise AnnotateError(f"min_gene_coverage is a fraction between 0 and 1, got {min_gene_coverage}")
+    if min_gene_coverage is not None and coverage < float(min_gene_coverage):
+        raise AnnotateError(f"{where} covers {match.n_found:,} of the model's {n_model:,} genes ({coverage:.1%}), "
+                            f"below the minimum gene coverage {float(min_gene_coverage):.1%}: its cells would be "
+                            f"labelled from too little of what the model reads. Check the gene ids "
+                            f"(--gene-column) or lower --min-gene-coverage; nothing was written")
+    if coverage < LOW_COVERAGE:
+        log.warning("%s covers only %.1f%% of the model's genes; labels may be unreliable", where, 100 * coverage)
+    return coverage
 
 
 def _predict_stream(ann: Annotator, source: CountsSource, match: GeneMatch, batch_size: int,
-                    progress: bool) -> pd.DataFrame:
+                    progress: bool, *, keep_probabilities: bool = False, keep_normalised: bool = False) -> Streamed:
+    import scipy.sparse as sp
     from tqdm.auto import tqdm
 
     if batch_size < 1:
         raise AnnotateError(f"batch_size must be >= 1, got {batch_size}")
-    frames = []
+    frames, probs, xs = [], [], []
     with tqdm(total=source.n_obs, unit="cells", desc="annotating", disable=not progress, leave=False) as bar:
         for a in range(0, source.n_obs, batch_size):
             b = min(a + batch_size, source.n_obs)
@@ -99,55 +154,168 @@ def _predict_stream(ann: Annotator, source: CountsSource, match: GeneMatch, batc
             if source.values == "log1p":
                 block = block.copy()
                 np.expm1(block.data, out=block.data)
-            frames.append(ann.predict_counts(to_model_space(block, match.columns)))
+            p, ok, x = ann.predict_block(to_model_space(block, match.columns))
+            frames.append(ann.frame(p, ok))
+            if keep_probabilities:
+                probs.append(p)
+            if keep_normalised:
+                xs.append(sp.csr_matrix(x))
             bar.update(b - a)
     out = pd.concat(frames, ignore_index=True)
     out.index = pd.Index(source.obs_names.astype(str), name=None)
-    return out
+    n_classes = ann.bundle.space.n_classes
+    return Streamed(frame=out,
+                    probabilities=(np.concatenate(probs) if probs else np.zeros((0, n_classes), np.float32))
+                    if keep_probabilities else None,
+                    normalised=(sp.vstack(xs).tocsr() if xs else sp.csr_matrix((0, len(ann.genes)), dtype=np.float32))
+                    if keep_normalised else None)
 
 
-def _report(ann: Annotator, source: CountsSource, match: GeneMatch, out: pd.DataFrame,
-            seconds: float) -> AnnotationReport:
+@dataclass
+class Voting:
+    """Majority voting settings: clusters from an obs column, or Leiden at ``resolution`` (None: by cell count)."""
+
+    column: str | None = None
+    resolution: float | None = None
+    min_prop: float = 0.0
+
+
+def _cluster_column(obs: pd.DataFrame, column: str, where: str) -> np.ndarray:
+    if column not in obs.columns:
+        raise AnnotateError(f"over-clustering column {column!r} is not in the obs of {where} (its columns: "
+                            f"{', '.join(map(str, obs.columns)) or 'none'})")
+    values = obs[column]
+    if values.isna().any():
+        raise AnnotateError(f"over-clustering column {column!r} of {where} has {int(values.isna().sum())} missing "
+                            f"value(s); every cell needs a cluster")
+    return values.astype(str).to_numpy()
+
+
+def _vote(ann: Annotator, streamed: Streamed, voting: Voting, clusters: np.ndarray | None,
+          connectivities) -> tuple[str, int]:
+    """Add over_clustering, majority_voting and its ontology id to the frame; (how, number of clusters)."""
+    from sctab.annotation.voting import majority_vote, over_cluster
+
+    frame = streamed.frame
+    if clusters is not None:
+        how = f"clusters from obs column {voting.column!r}"
+    else:
+        if connectivities is not None and connectivities.shape != (len(frame), len(frame)):
+            connectivities = None  # a graph of other cells (e.g. a subset was written): build our own
+        clusters, info = over_cluster(streamed.normalised, connectivities=connectivities,
+                                      resolution=voting.resolution)
+        how = info["over_clustering"]
+    ids = dict(zip(ann.bundle.space.classes, ann.bundle.class_ids))
+    votes = majority_vote(frame["label"].to_numpy(), clusters, min_prop=voting.min_prop)
+    frame["over_clustering"] = np.asarray(clusters, dtype=object).astype(str).astype(object)
+    frame["majority_voting"] = votes
+    frame["majority_voting_ontology_term_id"] = [ids.get(v, "") for v in votes]
+    return how, int(pd.Series(clusters).nunique())
+
+
+def _floor_source(ann: Annotator) -> str:
+    if ann.min_probability is not None:
+        return "given"
+    rec = ann.bundle.meta.get("min_probability")
+    if rec:
+        return (f"the model's default: precision >= {rec.get('precision_target')} on its validation split"
+                + ("" if rec.get("reached", True) else ", not reached, so none"))
+    return "none"
+
+
+def _report(ann: Annotator, source: CountsSource, match: GeneMatch, out: pd.DataFrame, seconds: float, *,
+            coverage: float, voting: tuple[str, int] | None = None) -> AnnotationReport:
+    no_counts = out["probability"].isna().to_numpy()
+    classes = ann.bundle.space.classes
     return AnnotationReport(
         model=ann.description.get("model", str(ann.bundle.path)), model_kind=ann.bundle.kind, n_cells=len(out),
         matrix=source.matrix.where, values=source.values, gene_ids=match.id_type, model_genes=len(ann.genes),
-        genes_found=match.n_found, genes_missing=match.n_missing,
-        unassigned_cells=int((out["label"] == UNASSIGNED).sum()),
-        uncertain_cells=int((out["label"] != out["coarse_label"]).sum()), seconds=seconds)
+        genes_found=match.n_found, genes_missing=match.n_missing, unassigned_cells=int(no_counts.sum()),
+        uncertain_cells=int((out["uncertainty"] > ann.threshold).sum()), seconds=seconds,
+        gene_coverage=float(coverage), min_probability=ann.probability_floor,
+        min_probability_source=_floor_source(ann),
+        below_min_probability=int(((out["label"] == UNASSIGNED).to_numpy() & ~no_counts).sum()),
+        restricted_to=None if ann.allowed is None else [c for c, a in zip(classes, ann.allowed) if a],
+        majority_voting=None if voting is None else voting[0], n_clusters=None if voting is None else voting[1])
 
 
 def _prefixed(frame: pd.DataFrame, key_added: str) -> pd.DataFrame:
-    return frame.rename(columns={c: f"{key_added}_{c}" for c in COLUMNS})
+    return frame.rename(columns={c: f"{key_added}_{c}" for c in frame.columns})
+
+
+def _probability_table(ann: Annotator, probs: np.ndarray, index, key_added: str) -> pd.DataFrame:
+    """The probability matrix as table columns ``<key>_probabilities:<class label>``."""
+    columns = [f"{key_added}_probabilities:{c}" for c in ann.bundle.space.classes]
+    return pd.DataFrame(probs, index=index, columns=columns)
+
+
+def _probability_classes(ann: Annotator) -> dict:
+    """uns entry naming the columns of obsm['<key>_probabilities']."""
+    return {"classes": list(ann.bundle.space.classes), "ontology_term_ids": list(ann.bundle.class_ids)}
+
+
+def _voting(majority_voting: bool, over_clustering: str | None, resolution: float | None,
+            min_prop: float) -> Voting | None:
+    """Voting settings, or None; a cluster column implies voting (it is only used for voting)."""
+    if not (majority_voting or over_clustering):
+        return None
+    if not 0.0 <= min_prop <= 1.0:
+        raise AnnotateError(f"min_prop must be between 0 and 1, got {min_prop}")
+    if resolution is not None and resolution <= 0:
+        raise AnnotateError(f"the over-clustering resolution must be > 0, got {resolution}")
+    return Voting(column=over_clustering, resolution=resolution, min_prop=min_prop)
 
 
 def annotate(adata, model=DEFAULT_MODEL, *, layer: str | None = None, gene_column: str | None = None,
              from_log1p: bool = False, allow_non_integer: bool = False, batch_size: int = 4096,
              uncertainty_threshold: float | None = None, key_added: str = "sctab", copy: bool = False,
-             trust_pickle: bool = False, progress: bool = True):
+             trust_pickle: bool = False, progress: bool = True, min_probability: float | None = None,
+             restrict_to=None, majority_voting: bool = False, over_clustering: str | None = None,
+             resolution: float | None = None, min_prop: float = 0.0, min_gene_coverage: float | None = None,
+             probabilities: bool = False):
     """Annotate ``adata`` with a scTab model, as scanpy/CellTypist users expect.
 
     Adds ``obs[f"{key_added}_label"]``, ``_cell_type_ontology_term_id``, ``_probability``,
     ``_uncertainty``, ``_coarse_label`` and ``_coarse_ontology_term_id``, and
-    ``uns[f"{key_added}_annotation"]`` (what was used). Returns the annotated AnnData (a copy when
-    ``copy=True``). ``model`` is a models:/ URI, a model folder or a loaded :class:`Annotator`.
+    ``uns[f"{key_added}_annotation"]`` (what was used, gene coverage included). Returns the annotated
+    AnnData (a copy when ``copy=True``). ``model`` is a models:/ URI, a model folder or a loaded
+    :class:`Annotator`.
+
+    CellTypist's options: ``min_probability`` (``p_thres``; None: the model's default, 0: off) labels cells
+    below it "Unassigned"; ``restrict_to`` (labels or CL ids) renormalises over those classes;
+    ``majority_voting`` adds ``_over_clustering``, ``_majority_voting`` and its ontology id (clusters from
+    obs column ``over_clustering`` if given, else Leiden at ``resolution``, default by cell count; an
+    existing ``obsp['connectivities']`` is used as the graph); ``probabilities`` adds
+    ``obsm[f"{key_added}_probabilities"]`` with the classes in ``uns[f"{key_added}_probabilities"]``;
+    ``min_gene_coverage`` refuses input covering a smaller fraction of the model's genes.
     """
     import anndata
 
     if not isinstance(adata, anndata.AnnData):
         raise AnnotateError(f"annotate expects an AnnData, got {type(adata).__name__}; for a file use "
                             f"annotate_file or `sctab annotate`")
-    ann = _as_annotator(model, trust_pickle, uncertainty_threshold)
+    voting = _voting(majority_voting, over_clustering, resolution, min_prop)
+    ann = _as_annotator(model, trust_pickle, uncertainty_threshold, min_probability, restrict_to)
     t0 = time.perf_counter()
+    clusters = _cluster_column(adata.obs, voting.column, "the AnnData") if voting and voting.column else None
+    graph = adata.obsp["connectivities"] if voting and clusters is None and "connectivities" in adata.obsp else None
     obs_names, matrices = adata_matrices(adata)
     source = choose_matrix(obs_names, matrices, layer=layer, from_log1p=from_log1p,
                            allow_non_integer=allow_non_integer, source="the AnnData")
     match = match_genes(source.matrix.var, ann.genes, gene_column=gene_column, where="the AnnData")
-    out = _predict_stream(ann, source, match, batch_size, progress)
-    report = _report(ann, source, match, out, time.perf_counter() - t0)
+    coverage = _check_coverage(match, len(ann.genes), min_gene_coverage, "the AnnData")
+    streamed = _predict_stream(ann, source, match, batch_size, progress, keep_probabilities=probabilities,
+                               keep_normalised=voting is not None and clusters is None and graph is None)
+    vote = _vote(ann, streamed, voting, clusters, graph) if voting else None
+    out = streamed.frame
+    report = _report(ann, source, match, out, time.perf_counter() - t0, coverage=coverage, voting=vote)
     target = adata.copy() if copy else adata
     for c, v in _prefixed(out, key_added).items():
         target.obs[c] = v.to_numpy()
-    target.uns[f"{key_added}_annotation"] = {k: v for k, v in report.as_dict().items()}
+    if probabilities:
+        target.obsm[f"{key_added}_probabilities"] = streamed.probabilities
+        target.uns[f"{key_added}_probabilities"] = _probability_classes(ann)
+    target.uns[f"{key_added}_annotation"] = report.as_dict()
     return target
 
 
@@ -165,7 +333,8 @@ def _output_tmp(out: Path):
             os.unlink(tmp)
 
 
-def _write_h5ad(src: Path, out: Path, frame: pd.DataFrame, report: AnnotationReport, key_added: str) -> None:
+def _write_h5ad(src: Path, out: Path, frame: pd.DataFrame, report: AnnotationReport, key_added: str,
+                extra_uns: dict | None = None, obsm: dict | None = None) -> None:
     import anndata.io as aio
     import h5py
 
@@ -177,14 +346,16 @@ def _write_h5ad(src: Path, out: Path, frame: pd.DataFrame, report: AnnotationRep
                 obs[c] = v.to_numpy()
             del f["obs"]
             aio.write_elem(f, "obs", obs)
-            uns = f.require_group("uns") if "uns" in f else None
-            if uns is None:
-                aio.write_elem(f, "uns", {})
-                uns = f["uns"]
-            name = f"{key_added}_annotation"
-            if name in uns:
-                del uns[name]
-            aio.write_elem(uns, name, {k: v for k, v in report.as_dict().items()})
+            for group, items in (("uns", {f"{key_added}_annotation": report.as_dict(), **(extra_uns or {})}),
+                                 ("obsm", obsm or {})):
+                if not items:
+                    continue
+                if group not in f:
+                    aio.write_elem(f, group, {})
+                for name, value in items.items():
+                    if name in f[group]:
+                        del f[group][name]
+                    aio.write_elem(f[group], name, value)
         _check_readable(tmp)
 
 
@@ -218,11 +389,37 @@ def _read_legacy(src: Path):
         raise AnnotateError(f"cannot read {src} as an AnnData file: {e}") from e
 
 
+def _file_obs(f, legacy) -> pd.DataFrame:
+    import anndata.io as aio
+
+    return legacy.obs if legacy is not None else aio.read_elem(f["obs"])
+
+
+def _file_graph(f, legacy):
+    """An existing neighbour graph of the file (obsp['connectivities']), or None."""
+    import anndata.io as aio
+
+    if legacy is not None:
+        return legacy.obsp["connectivities"] if "connectivities" in legacy.obsp else None
+    if "obsp" in f and "connectivities" in f["obsp"]:
+        return aio.read_elem(f["obsp"]["connectivities"])
+    return None
+
+
 def annotate_file(input: str | Path, output: str | Path, model=DEFAULT_MODEL, *, layer: str | None = None,
                   gene_column: str | None = None, from_log1p: bool = False, allow_non_integer: bool = False,
                   batch_size: int = 4096, uncertainty_threshold: float | None = None, key_added: str = "sctab",
-                  trust_pickle: bool = False, progress: bool = True) -> AnnotationReport:
-    """Annotate an .h5ad file without loading its matrix; write .h5ad, .csv or .parquet to ``output``."""
+                  trust_pickle: bool = False, progress: bool = True, min_probability: float | None = None,
+                  restrict_to=None, majority_voting: bool = False, over_clustering: str | None = None,
+                  resolution: float | None = None, min_prop: float = 0.0, min_gene_coverage: float | None = None,
+                  probabilities: bool = False) -> AnnotationReport:
+    """Annotate an .h5ad file without loading its matrix; write .h5ad, .csv or .parquet to ``output``.
+
+    The options are :func:`annotate`'s. Majority voting over Leiden clusters without a graph in the file
+    holds the normalised values of the model's genes (sparse) in memory to build one; with a cluster column
+    or an existing graph the file stays streamed. Probabilities go to obsm (.h5ad) or to columns
+    ``<key>_probabilities:<class>`` (.csv/.parquet).
+    """
     import h5py
 
     src, out = Path(input), Path(output)
@@ -232,13 +429,15 @@ def annotate_file(input: str | Path, output: str | Path, model=DEFAULT_MODEL, *,
         raise AnnotateError(f"input file {src} does not exist")
     if src.suffix != ".h5ad":
         raise AnnotateError(f"input {src} is not an .h5ad file (convert other formats with anndata/scanpy first)")
-    ann = _as_annotator(model, trust_pickle, uncertainty_threshold)
+    voting = _voting(majority_voting, over_clustering, resolution, min_prop)
+    ann = _as_annotator(model, trust_pickle, uncertainty_threshold, min_probability, restrict_to)
     t0 = time.perf_counter()
     try:
         f = h5py.File(src, "r")
     except OSError as e:
         raise AnnotateError(f"cannot open {src} as HDF5 (truncated or not an h5ad file?): {e}") from e
     legacy = None
+    clusters = graph = None
     with f:
         try:
             try:
@@ -246,30 +445,46 @@ def annotate_file(input: str | Path, output: str | Path, model=DEFAULT_MODEL, *,
             except LegacyH5ad:
                 legacy = _read_legacy(src)
                 obs_names, matrices = adata_matrices(legacy)
+            if voting and voting.column:
+                clusters = _cluster_column(_file_obs(f, legacy), voting.column, str(src))
+            elif voting:
+                graph = _file_graph(f, legacy)
             source = choose_matrix(obs_names, matrices, layer=layer, from_log1p=from_log1p,
                                    allow_non_integer=allow_non_integer, source=str(src))
             match = match_genes(source.matrix.var, ann.genes, gene_column=gene_column, where=str(src))
-            frame = _predict_stream(ann, source, match, batch_size, progress)
+            coverage = _check_coverage(match, len(ann.genes), min_gene_coverage, str(src))
+            streamed = _predict_stream(ann, source, match, batch_size, progress, keep_probabilities=probabilities,
+                                       keep_normalised=voting is not None and clusters is None and graph is None)
         except AnnotateError:
             raise
         except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:  # damaged HDF5 structure
             raise AnnotateError(f"cannot read {src}: the file is damaged or not a valid h5ad ({e})") from e
-    report = _report(ann, source, match, frame, time.perf_counter() - t0)
+    vote = _vote(ann, streamed, voting, clusters, graph) if voting else None
+    frame = streamed.frame
+    report = _report(ann, source, match, frame, time.perf_counter() - t0, coverage=coverage, voting=vote)
+    extra_uns = {f"{key_added}_probabilities": _probability_classes(ann)} if probabilities else {}
+    obsm = {f"{key_added}_probabilities": streamed.probabilities} if probabilities else {}
     if out.suffix == ".h5ad" and legacy is not None:
         for c, v in _prefixed(frame, key_added).items():
             legacy.obs[c] = v.to_numpy()
         legacy.uns[f"{key_added}_annotation"] = report.as_dict()
+        legacy.uns.update(extra_uns)
+        for k, v in obsm.items():
+            legacy.obsm[k] = v
         with _output_tmp(out) as tmp:
             legacy.write_h5ad(tmp)
     elif out.suffix == ".h5ad":
         try:
-            _write_h5ad(src, out, frame, report, key_added)
+            _write_h5ad(src, out, frame, report, key_added, extra_uns=extra_uns, obsm=obsm)
         except Exception as e:  # damaged parts of the copy (h5py and anndata raise many kinds)
             raise AnnotateError(f"cannot write the annotated copy of {src}: the file is damaged or not a valid "
                                 f"h5ad ({e}); nothing was written to {out}") from e
     else:
         with _output_tmp(out) as tmp:
             table = _prefixed(frame, key_added)
+            if probabilities:
+                table = pd.concat([table, _probability_table(ann, streamed.probabilities, table.index, key_added)],
+                                  axis=1)
             table.index.name = "obs_names"
             if out.suffix == ".csv":
                 table.to_csv(tmp)

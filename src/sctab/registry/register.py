@@ -6,6 +6,11 @@ version carries tags: git commit, data version (store md5 from dvc.lock), profil
 test split it was scored on, the MLflow runs of its members, and the md5 of its bundle, so registering
 unchanged content again returns the existing version instead of a duplicate.
 
+Registered against a store, a version also gets its default minimum probability (the threshold below which
+annotation says "Unassigned"), chosen on the store's validation split (:mod:`sctab.registry.thresholds`):
+recorded in the bundle (``min_probability`` in bundle.yaml, which ``sctab annotate`` reads) and as the tag
+``min_probability``.
+
 A version is complete or absent: if tagging or aliasing fails after the version was created (a server
 restart, say), the version is deleted again before the error is raised.
 """
@@ -22,10 +27,11 @@ from pathlib import Path
 # artifact downloads of small bundles need no progress bar in every log
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-from sctab.annotation.bundle import Bundle, write_bundle
+from sctab.annotation.bundle import Bundle, update_meta, write_bundle
 from sctab.data.store import Store
 from sctab.ontology.cell_ontology import load_cell_ontology
 from sctab.registry.pyfunc import BUNDLE, MODEL_CODE, signature
+from sctab.registry.thresholds import DEFAULT_MAX_CELLS, DEFAULT_PRECISION, validation_threshold
 from sctab.tracking import lineage_tags, tracked_run, tracking_uri
 
 EXPERIMENT = "registry"
@@ -75,8 +81,13 @@ def _existing_version(c, name: str, md5: str):
 
 def register_folder(folder: str | Path, name: str, *, class_ids: dict[str, str], ontology, params: dict,
                     test_f1: float | None, alias: str = CHALLENGER, fallback: dict | None = None,
-                    extra_tags: dict | None = None) -> RegisteredVersion:
-    """Bundle ``folder``, log it as a pyfunc model in experiment ``registry``, register it as ``name``."""
+                    extra_tags: dict | None = None, store: str | Path | None = None,
+                    min_probability_precision: float = DEFAULT_PRECISION,
+                    threshold_max_cells: int = DEFAULT_MAX_CELLS) -> RegisteredVersion:
+    """Bundle ``folder``, log it as a pyfunc model in experiment ``registry``, register it as ``name``.
+
+    With ``store``, the default minimum probability is chosen on its validation split for
+    ``min_probability_precision`` and recorded in the bundle and as a tag."""
     import mlflow
 
     folder = Path(folder)
@@ -85,6 +96,11 @@ def register_folder(folder: str | Path, name: str, *, class_ids: dict[str, str],
         bdir = write_bundle(folder, Path(tmp) / BUNDLE, class_ids=class_ids, ontology=ontology, fallback=fallback,
                             source={"folder": str(folder)})
         bundle = Bundle.load(bdir, trust_pickle=True)  # just written from our own pipeline output
+        floor = None
+        if store is not None:
+            floor = validation_threshold(bundle.classifier, store, precision=min_probability_precision,
+                                         max_cells=threshold_max_cells)
+            bundle.meta = update_meta(bdir, min_probability=floor)
         md5 = bundle.md5()
         old = _existing_version(c, name, md5)
         if old is not None:
@@ -96,13 +112,19 @@ def register_folder(folder: str | Path, name: str, *, class_ids: dict[str, str],
                      "member_runs": ",".join(r for r in bundle.meta.get("member_runs", []) if r),
                      "bundle_md5": md5, "ontology_version": str(bundle.meta.get("ontology_version")),
                      "source_folder": str(folder)})
+        if floor is not None:
+            tags.update({"min_probability": f"{floor['value']:.6f}",
+                         "min_probability_precision": f"{floor['precision_target']:g}",
+                         "min_probability_reached": str(floor["reached"]).lower()})
         tags.update({k: str(v) for k, v in (extra_tags or {}).items()})
         mlflow.set_tracking_uri(tracking_uri())
         mlflow.set_registry_uri(tracking_uri())
         with tracked_run(EXPERIMENT, name=f"register {name}", params=params, tags=tags) as run:
             run.log_params({"model_folder": str(folder), "kind": bundle.kind, "members": len(bundle.members),
                             "genes": len(bundle.genes), "classes": bundle.space.n_classes,
-                            "uncertainty_threshold": bundle.fallback["uncertainty_threshold"]})
+                            "uncertainty_threshold": bundle.fallback["uncertainty_threshold"],
+                            **({"min_probability": floor["value"],
+                                "min_probability_precision": floor["precision_target"]} if floor else {})})
             if test_f1 is not None:
                 run.log_metrics({"test_f1_macro": float(test_f1)})
             # log_model is MLflow's fluent API: it logs into the active run, which is ours
@@ -173,7 +195,9 @@ def _description(bundle: Bundle, tags: dict) -> str:
     return (f"{bundle.kind} ({len(bundle.members)} member(s)), {len(bundle.genes):,} genes -> "
             f"{bundle.space.n_classes} cell types. Input: raw counts by Ensembl id; output: label, Cell Ontology "
             f"id, probability, uncertainty, coarse label. Test macro F1 {tags['test_f1_macro']} on "
-            f"{tags['test_split']}; git {tags['git_commit'][:12]}; profile {tags['profile']}.")
+            f"{tags['test_split']}; git {tags['git_commit'][:12]}; profile {tags['profile']}."
+            + (f" Default minimum probability {float(tags['min_probability']):.4f} (precision >= "
+               f"{tags['min_probability_precision']} on the validation split)." if "min_probability" in tags else ""))
 
 
 def store_class_ids(store: str | Path) -> dict[str, str]:
@@ -187,6 +211,8 @@ def register_pipeline_models(models_dir: str | Path, *, store: str | Path, ontol
     reg = params.get("registry") or {}
     names = {**DEFAULT_NAMES, **(reg.get("models") or {})}
     fallback = {k: reg[k] for k in ("uncertainty_threshold", "coverage", "max_labels") if k in reg}
+    floor = {"min_probability_precision": float(reg.get("min_probability_precision", DEFAULT_PRECISION)),
+             "threshold_max_cells": int(reg.get("threshold_max_cells", DEFAULT_MAX_CELLS))}
     class_ids = store_class_ids(store)
     onto = load_cell_ontology(ontology_path)
     out = []
@@ -197,7 +223,7 @@ def register_pipeline_models(models_dir: str | Path, *, store: str | Path, ontol
         f1 = (metrics.get(folder_name) or {}).get("test_f1_macro")
         out.append(register_folder(folder, name, class_ids=class_ids, ontology=onto, params=params,
                                    test_f1=None if f1 is None else float(f1), alias=reg.get("alias", CHALLENGER),
-                                   fallback=fallback))
+                                   fallback=fallback, store=store, **floor))
     if not out:
         raise RegistryError(f"no model folder of {sorted(names)} under {models_dir}")
     return out
