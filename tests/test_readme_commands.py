@@ -31,9 +31,9 @@ def blocks(text: str) -> list[tuple[str, str]]:
 
 
 def shell_lines(body: str) -> list[str]:
-    """Commands of a shell block: comments dropped, `a && b` split."""
+    """Commands of a shell block: continuation lines joined, comments dropped, `a && b` split."""
     out = []
-    for line in body.splitlines():
+    for line in re.sub(r"\\\n\s*", " ", body).splitlines():   # continuation lines joined
         line = re.sub(r"(^|\s)#.*$", "", line).strip()
         out += [part.strip() for part in line.split("&&") if part.strip()]
     return out
