@@ -29,7 +29,7 @@ from sctab.data.subsets import train_rows
 from sctab.evaluate.metrics import f1_from_confusion
 from sctab.io import atomic_dir
 from sctab.models import build_model, model_outputs, takes_sparse
-from sctab.models.device import autocast, model_input
+from sctab.models.device import autocast, model_input, resolve_device
 from sctab.train.spec import TrainSpec
 
 STATE_FILE = "state.pt"
@@ -231,7 +231,7 @@ class LocalSession:
 
     def __init__(self, checkpoint_dir: str | Path, device: str | torch.device | None = None):
         self.checkpoint_dir = Path(checkpoint_dir)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(device or "auto")
         self.reports: list[dict] = []
 
     def load_state(self):
