@@ -15,13 +15,18 @@ import torch
 
 from sctab.config import ConfigError, check_device, check_precision
 
-__all__ = ["DeviceError", "resolve_device", "cuda_usable", "torch_build", "to_device", "model_input", "autocast",
-           "device_name"]
+__all__ = ["DeviceError", "cuda_hint", "resolve_device", "cuda_usable", "torch_build", "to_device", "model_input",
+           "autocast", "device_name"]
 
 #: how to get a CUDA build of the pinned torch (PyTorch's own wheel index; pick the CUDA version of the driver)
 CUDA_HINT = ("install a CUDA build of the same torch, e.g. `pip install torch=={v} --index-url "
              "https://download.pytorch.org/whl/cu128` (see https://pytorch.org/get-started/locally/), "
              "or set device: auto / --device auto to run on the CPU")
+
+
+def cuda_hint() -> str:
+    """How to get a CUDA build of the installed torch version (its release, without a local tag like +cpu)."""
+    return CUDA_HINT.format(v=torch.__version__.split("+")[0])
 
 
 class DeviceError(ConfigError):
@@ -53,7 +58,7 @@ def resolve_device(setting: str | torch.device | None = "auto") -> torch.device:
     if text == "cpu":
         return torch.device("cpu")
     if torch.version.cuda is None:
-        raise DeviceError(f"device {text!r} was asked for, but {torch_build()}: {CUDA_HINT.format(v=torch.__version__)}")
+        raise DeviceError(f"device {text!r} was asked for, but {torch_build()}: {cuda_hint()}")
     if not torch.cuda.is_available():
         raise DeviceError(f"device {text!r} was asked for and {torch_build()}, but it sees no GPU "
                           f"(torch.cuda.is_available() is False): check `nvidia-smi`, the driver and "

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from sctab.config import ConfigError
-from sctab.models.device import CUDA_HINT, DeviceError, device_name, torch_build
+from sctab.models.device import DeviceError, cuda_hint, device_name, torch_build
 from sctab.tracking import TrackedRun
 from sctab.train.loop import EpochLogger, TrainingError, load_checkpoint_dir, run_training
 from sctab.train.spec import TrainSpec
@@ -49,7 +49,7 @@ def _use_gpu(spec: TrainSpec, resources: dict) -> bool:
     if not torch.backends.cuda.is_built():
         if wanted:
             raise DeviceError(f"Ray Train workers were asked to use GPUs (train.device {spec.device}, use_gpu "
-                              f"{spec.use_gpu}), but {torch_build()}: {CUDA_HINT.format(v=torch.__version__)}")
+                              f"{spec.use_gpu}), but {torch_build()}: {cuda_hint()}")
         return False
     if gpus < spec.num_workers:
         if wanted:
@@ -96,7 +96,7 @@ def trial_resources(setting, device: str, cpus: int, max_concurrent: int, resour
         gpus = float(setting)
         if gpus > 0 and not torch.backends.cuda.is_built():
             raise DeviceError(f"{where}.gpus_per_trial is {gpus:g}, but {torch_build()}: "
-                              f"{CUDA_HINT.format(v=torch.__version__)}")
+                              f"{cuda_hint()}")
         if gpus > gpus_in_cluster:
             raise ConfigError(f"{where}.gpus_per_trial is {gpus:g}, but the Ray cluster has {gpus_in_cluster:g} "
                               f"GPU(s); lower it (0 = CPU only) or use auto")
