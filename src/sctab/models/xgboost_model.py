@@ -7,6 +7,7 @@ pickled, so loading a model cannot run code.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Callable
@@ -185,6 +186,11 @@ class XGBoostClassifier(Classifier):
             raise ClassifierError("the XGBoost model's PCA was fitted on other genes than the model's: "
                                   f"{first_difference(pca.feature_id, space.genes)}")
         self.booster, self.pca, self.space, self.config = booster, pca, space, dict(config or {})
+
+    @property
+    def device(self) -> str:
+        """Where the booster trains and predicts, as XGBoost itself records it (``cpu``, ``cuda``, ``cuda:N``)."""
+        return json.loads(self.booster.save_config())["learner"]["generic_param"].get("device", "cpu")
 
     def to(self, device) -> XGBoostClassifier:
         self.booster.set_param({"device": resolve_device(str(device))})

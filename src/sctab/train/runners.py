@@ -128,6 +128,7 @@ class Runner:
                     self.step_report(step, m)
 
                 clf, info = train_baseline(spec, on_step=on_step)
+                run.set_tags(worker_device=str(getattr(clf, "device", "cpu")))  # CellTypist: always the CPU
                 return Trained(clf, info)
             return self.train_neural(spec, run)
         finally:
