@@ -16,13 +16,13 @@ import torch
 import torch.nn.functional as F
 
 from sctab.config import ConfigError, check_device, check_precision, check_settings
-from sctab.models import TabNet
 from sctab.models.device import DeviceError, autocast, cuda_usable, model_input, resolve_device, to_device
 from sctab.models.xgboost_model import XGBoostConfigError
 from sctab.models.xgboost_model import check_config as check_xgboost
 from sctab.models.xgboost_model import resolve_device as xgboost_device
 from sctab.train.ray_train import _use_gpu, model_device_setting, trial_resources
 from sctab.train.spec import TrainSpec
+from tests.test_annotation import bundle_dir, models, test_counts  # noqa: F401  (fixtures)
 
 
 # ------------------------------------------------------------------------------------------- the policy
@@ -216,3 +216,47 @@ def test_training_on_the_sparse_layout_equals_the_dense_one(census_params, store
         assert sparse["train_rows"] == dense["train_rows"] and sparse["val_rows"] == dense["val_rows"]
         assert sparse["train_loss"] == pytest.approx(dense["train_loss"], rel=1e-6)
         assert sparse["val_f1_macro"] == pytest.approx(dense["val_f1_macro"], abs=1e-9)
+
+
+# ------------------------------------------------------------------------------------------- command lines
+def test_train_command_refuses_a_gpu_torch_cannot_use_before_any_run(census_params, store_dir, tmp_path, capsys,
+                                                                     tracking):
+    import yaml
+
+    from sctab.train.command import main
+
+    from sctab.models.device import check_cuda_build
+
+    if torch.version.cuda is not None:  # a CUDA build passes the driver's check (the GPU suite trains on it)
+        check_cuda_build("cuda", "--device")
+        return
+    params = {k: v for k, v in census_params.items() if not k.startswith("_")}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(SystemExit) as info:
+        main(["--model", "linear", "--params", str(tmp_path / "params.yaml"), "--store", str(store_dir),
+              "--out", str(tmp_path / "model"), "--device", "cuda"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--device 'cuda'" in err and "CPU-only build" in err
+    assert not (tmp_path / "model").exists() and not (tmp_path / "mlflow.db").exists()
+    with pytest.raises(SystemExit):
+        main(["--model", "linear", "--out", "x", "--device", "tpu"])
+    assert "--device must be one of auto, cpu, cuda" in capsys.readouterr().err
+
+
+def test_annotate_device_option(bundle_dir, test_counts, tmp_path, capsys):  # noqa: F811
+    import anndata
+
+    from sctab.cli import main as cli
+
+    src = tmp_path / "in.h5ad"
+    test_counts.write_h5ad(src)
+    auto, cpu = tmp_path / "auto.h5ad", tmp_path / "cpu.h5ad"
+    assert cli(["annotate", str(src), "-o", str(cpu), "--model", str(bundle_dir), "--device", "cpu", "-q"]) == 0
+    assert cli(["annotate", str(src), "-o", str(auto), "--model", str(bundle_dir), "-q"]) == 0
+    a, c = anndata.read_h5ad(auto).obs, anndata.read_h5ad(cpu).obs
+    assert (a["sctab_label"] == c["sctab_label"]).all()
+    if not cuda_usable():  # asking for a GPU that is not there: a clear error, no output file
+        bad = tmp_path / "cuda.h5ad"
+        assert cli(["annotate", str(src), "-o", str(bad), "--model", str(bundle_dir), "--device", "cuda", "-q"]) == 2
+        assert "torch" in capsys.readouterr().err and not bad.exists()

@@ -179,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--ontology", default="data/ontology/cl.obo",
                     help="for a pipeline model folder: the Cell Ontology (default: %(default)s)")
     an.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]: where the model runs (default: "
-                    "%(default)s = the GPU when torch can use one; cuda without one is an error naming the torch build)")
+                    "%(default)s = the GPU when torch can use one; cuda without one is an error naming the torch "
+                    "build)")
     an.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     an.set_defaults(func=_cmd_annotate)
     pr = sub.add_parser("promote", help="move @champion to a version if its test F1 is at least the champion's",

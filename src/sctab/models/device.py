@@ -15,7 +15,7 @@ import torch
 
 from sctab.config import ConfigError, check_device, check_precision
 
-__all__ = ["DeviceError", "cuda_hint", "resolve_device", "cuda_usable", "torch_build", "to_device", "model_input",
+__all__ = ["DeviceError", "cuda_hint", "check_cuda_build", "resolve_device", "cuda_usable", "torch_build", "to_device", "model_input",
            "autocast", "device_name"]
 
 #: how to get a CUDA build of the pinned torch (PyTorch's own wheel index; pick the CUDA version of the driver)
@@ -67,6 +67,14 @@ def resolve_device(setting: str | torch.device | None = "auto") -> torch.device:
     if dev.index is not None and dev.index >= torch.cuda.device_count():
         raise DeviceError(f"device {text!r} was asked for, but torch sees {torch.cuda.device_count()} GPU(s)")
     return dev
+
+
+def check_cuda_build(setting: str | None, where: str = "device") -> None:
+    """DeviceError unless ``setting`` is cpu/auto or torch is a CUDA build: what a driver can check for workers
+    on other nodes (they run the same environment; whether they have a GPU is Ray's to say)."""
+    text = check_device("auto" if setting is None else setting, where)
+    if text.startswith("cuda") and torch.version.cuda is None:
+        raise DeviceError(f"{where} {text!r} was asked for, but {torch_build()}: {cuda_hint()}")
 
 
 def device_name(device: torch.device) -> str:

@@ -10,16 +10,18 @@ from pathlib import Path
 from sctab.config import ConfigError, check_device, load_params
 from sctab.io import write_json
 from sctab.models import BASELINES, MODEL_NAMES
+from sctab.models.device import check_cuda_build
 from sctab.tracking import TrackingServerError
 from sctab.train.fitting import fit, fit_ensemble, for_file, seed_spread
 from sctab.train.spec import make_spec
 
 
 def main(argv: list[str] | None = None, models=MODEL_NAMES + BASELINES) -> None:
-    """Run the stage; an unreachable tracking server is a one-line error (exit 2), not a stack trace."""
+    """Run the stage; an unreachable tracking server or a bad setting (a GPU torch cannot use) is a one-line
+    error (exit 2), not a stack trace."""
     try:
         _main(argv, models)
-    except TrackingServerError as e:
+    except (TrackingServerError, ConfigError) as e:
         print(f"train: error: {e}", file=sys.stderr)
         sys.exit(2)
 
@@ -72,6 +74,7 @@ def device_overrides(model: str, device: str | None) -> tuple[dict, dict]:
 def _main(argv: list[str] | None = None, models=MODEL_NAMES + BASELINES) -> None:
     args = parser(models).parse_args(argv)
     params = load_params(args.params)
+    check_cuda_build(args.device, "--device")  # before any run starts
     settings, overrides = device_overrides(args.model, args.device)
     spec = make_spec(params, args.model, store=args.store, augmentations=args.augmentations, pca_dir=args.pca,
                      overrides=overrides, **settings)

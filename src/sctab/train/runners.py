@@ -20,7 +20,7 @@ from sctab.data.store import Store
 from sctab.models import Classifier, FeatureSpace, TorchClassifier, build_model
 from sctab.models.device import resolve_device
 from sctab.tracking import TrackedRun, project_root
-from sctab.train.baselines import train_baseline
+from sctab.train.baselines import baseline_device, train_baseline
 from sctab.train.loop import BEST_FILE, EpochLogger, load_checkpoint_dir, run_training
 from sctab.train.ray_train import restore_best, run_on_ray
 from sctab.train.spec import BaselineSpec, TrainSpec
@@ -127,8 +127,8 @@ class Runner:
                     run.log_metrics(m, step=step)
                     self.step_report(step, m)
 
+                run.set_tags(worker_device=baseline_device(spec))  # before: a trial ASHA stops has it too
                 clf, info = train_baseline(spec, on_step=on_step)
-                run.set_tags(worker_device=str(getattr(clf, "device", "cpu")))  # CellTypist: always the CPU
                 return Trained(clf, info)
             return self.train_neural(spec, run)
         finally:
