@@ -223,9 +223,8 @@ def test_train_command_refuses_a_gpu_torch_cannot_use_before_any_run(census_para
                                                                      tracking):
     import yaml
 
-    from sctab.train.command import main
-
     from sctab.models.device import check_cuda_build
+    from sctab.train.command import main
 
     if torch.version.cuda is not None:  # a CUDA build passes the driver's check (the GPU suite trains on it)
         check_cuda_build("cuda", "--device")

@@ -15,8 +15,8 @@ import torch
 
 from sctab.config import ConfigError, check_device, check_precision
 
-__all__ = ["DeviceError", "cuda_hint", "check_cuda_build", "resolve_device", "cuda_usable", "torch_build", "to_device", "model_input",
-           "autocast", "device_name"]
+__all__ = ["DeviceError", "cuda_hint", "check_cuda_build", "resolve_device", "cuda_usable", "torch_build",
+           "to_device", "model_input", "autocast", "device_name"]
 
 #: how to get a CUDA build of the pinned torch (PyTorch's own wheel index; pick the CUDA version of the driver)
 CUDA_HINT = ("install a CUDA build of the same torch, e.g. `pip install torch=={v} --index-url "
