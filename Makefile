@@ -4,10 +4,11 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PROFILE ?= tiny
 PYTEST_ARGS ?=
+DEVICE  ?=
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: seed-spread venv repro test test-fast fuzz params status push pull clean help postgres merlin-env test-merlin ui metrics \
+.PHONY: seed-spread venv repro test test-fast test-gpu fuzz params status push pull clean help postgres merlin-env test-merlin ui metrics \
 	tune-baselines tune-sctab apply-tuned sweep-model-size sweep-data-size exp-augmentation exp-organ experiments \
 	register promote serve annotate models browser census-realism
 
@@ -70,12 +71,13 @@ promote: venv  ## move @champion of MODEL to @challenger if its test F1 is at le
 	$(VENV)/bin/sctab promote --model $(MODEL) $(if $(VERSION),--version $(VERSION)) $(if $(FORCE),--force)
 
 serve: venv  ## serve MODEL_URI (default models:/sctab-ensemble@champion) on http://127.0.0.1:$(SERVE_PORT)/invocations (WORKERS=n processes)
-	MLFLOW_TRACKING_URI=$(TRACKING) $(VENV)/bin/mlflow models serve -m $(MODEL_URI) --env-manager local \
-		--host 127.0.0.1 --port $(SERVE_PORT) --workers $(WORKERS)
+	SCTAB_DEVICE=$(or $(DEVICE),auto) MLFLOW_TRACKING_URI=$(TRACKING) $(VENV)/bin/mlflow models serve -m $(MODEL_URI) \
+		--env-manager local --host 127.0.0.1 --port $(SERVE_PORT) --workers $(WORKERS)
 
 annotate: venv  ## label INPUT=cells.h5ad with MODEL_URI -> OUTPUT (default INPUT's name + .annotated.h5ad)
-	@test -n "$(INPUT)" || { echo "usage: make annotate INPUT=cells.h5ad [OUTPUT=out.h5ad|.csv|.parquet] [MODEL_URI=models:/...] [ANNOTATE_ARGS='--majority-voting ...']"; exit 2; }
-	$(VENV)/bin/sctab annotate $(INPUT) -o $(or $(OUTPUT),$(basename $(INPUT)).annotated.h5ad) --model $(MODEL_URI) $(ANNOTATE_ARGS)
+	@test -n "$(INPUT)" || { echo "usage: make annotate INPUT=cells.h5ad [OUTPUT=out.h5ad|.csv|.parquet] [MODEL_URI=models:/...] [DEVICE=cuda] [ANNOTATE_ARGS='--majority-voting ...']"; exit 2; }
+	$(VENV)/bin/sctab annotate $(INPUT) -o $(or $(OUTPUT),$(basename $(INPUT)).annotated.h5ad) --model $(MODEL_URI) \
+		$(if $(DEVICE),--device $(DEVICE)) $(ANNOTATE_ARGS)
 
 metrics: venv  ## each trained model's validation/test macro F1 (DVC metrics)
 	$(VENV)/bin/dvc metrics show
@@ -135,6 +137,10 @@ test: venv browser postgres  ## the whole test suite, slow end-to-end tests incl
 test-fast: venv  ## unit tests only
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
+# The GPU suite (tests/test_gpu.py, docs/gpu.md): skipped with its reason where torch sees no CUDA device.
+test-gpu: venv  ## the GPU suite (pytest -m gpu): CUDA == CPU, Ray Train on a GPU, XGBoost on CUDA, bf16
+	$(PY) -m pytest -m gpu -rs $(PYTEST_ARGS)
+
 fuzz: venv  ## the hypothesis tests with new random examples (make test replays fixed ones); SEED=n to replay
 	$(PY) -m pytest tests/test_store_fuzz.py tests/test_annotate_fuzz.py --hypothesis-profile=explore $(if $(SEED),--hypothesis-seed=$(SEED)) -s $(PYTEST_ARGS)
 
@@ -163,11 +169,12 @@ test-merlin: merlin-env  ## the merlin loader tests, in .venv-merlin
 	$(MERLIN_PY) -m pytest tests/test_loaders.py -k merlin $(PYTEST_ARGS)
 
 # Loader and scTab throughput vs in-run baselines (issue 7); synthetic stores cached in benchmarks/.cache/.
-# BENCH_ARGS="--quick" for a smoke run, "--cases loader_csr infer_csr" for a subset.
+# BENCH_ARGS="--quick" for a smoke run, "--cases loader_csr infer_csr" for a subset; DEVICE=cuda adds the GPU
+# rows (loader to device, training step, inference, annotate; docs/gpu.md).
 BENCH_ARGS ?=
 .PHONY: bench
 bench: venv  ## throughput table (medians, baselines, targets, peak RSS) -> benchmarks/results/<date>.md
-	$(PY) benchmarks/run.py $(BENCH_ARGS)
+	$(PY) benchmarks/run.py $(if $(DEVICE),--device $(DEVICE)) $(BENCH_ARGS)
 
 clean:  ## remove pipeline outputs (not the venv, not the DVC cache)
 	rm -rf data reports/validation reports/evaluate/report models ray_results

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sctab.config import load_params
+from sctab.config import check_device, load_params
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,13 +21,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="reports/evaluate", help="output folder (default: %(default)s)")
     parser.add_argument("--embedding-cells", type=int, default=3000,
                         help="test cells shown in the uncertainty t-SNE (default: %(default)s)")
+    parser.add_argument("--device", default=None,
+                        help="auto, cpu or cuda[:N]: where the models predict (default: params' train.device, auto "
+                        "= the GPU when torch can use one)")
     args = parser.parse_args(argv)
 
     from sctab.evaluate.comparison import evaluate_models  # torch and the models: after --help, which needs neither
 
     try:
-        evaluate_models(args.models, args.store, args.out, load_params(args.params),
-                        embedding_cells=args.embedding_cells)
+        params = load_params(args.params)
+        device = check_device(args.device or (params.get("train") or {}).get("device", "auto"), "--device")
+        evaluate_models(args.models, args.store, args.out, params, embedding_cells=args.embedding_cells,
+                        device=device)
     except (FileNotFoundError, ValueError) as e:
         print(f"evaluate: error: {e}", file=sys.stderr)
         return 2

@@ -59,3 +59,35 @@ def test_table_marks_missed_targets_and_errors():
     assert "| error |" in text and "boom" in text
     assert np.isclose(rows[0]["ratio"], rows[0]["median"] / rows[0]["baseline_median"])
     assert set(REGISTRY) >= {"loader_csr", "loader_dense", "infer_dense", "infer_csr", "train_step", "annotate_e2e"}
+
+
+DEVICE_ROWS = {"device_loader", "device_train_step", "device_train_step_bf16", "device_inference", "device_annotate"}
+
+
+def test_device_rows_are_registered_and_cuda_without_one_is_a_clear_error():
+    assert {n for n, c in REGISTRY.items() if c.device_row} == DEVICE_ROWS
+    assert REGISTRY["device_train_step"].target == 30_000 and REGISTRY["device_inference"].target == 150_000
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--quick", "--device", "cuda",
+                        "--out", "-"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode != 0 and "CPU-only build" in r.stderr or "sees no GPU" in r.stderr, r.stderr[-1000:]
+
+
+@pytest.mark.slow  # ~2 minutes: the device rows, on the CPU (what a machine without a GPU can smoke)
+def test_quick_bench_device_rows_run(tmp_path):
+    out = tmp_path / "result.md"
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--quick", "--repeats", "1",
+                        "--cache", str(tmp_path / "cache"), "--out", str(out), "--device", "cpu",
+                        "--cases", *sorted(DEVICE_ROWS)],
+                       capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    text = out.read_text()
+    assert "no GPU, device rows on the CPU" in text
+    lines = [ln for ln in text.splitlines() if ln.startswith("| ")][1:]
+    assert len(lines) == len(DEVICE_ROWS)
+    for ln in lines:
+        cells = [c.strip() for c in ln.split("|")[1:-1]]
+        assert "cells/s" in cells[1] and cells[4].endswith("x"), ln

@@ -125,3 +125,25 @@ def test_corrupt_part_names_the_file(census_params, store_dir, augment_dir, tmp_
     spec = _spec(census_params, dst, augment_dir, model="linear", epochs=1)
     with pytest.raises(StoreError, match="part.0.parquet"):
         run_training(spec, LocalSession(tmp_path / "ckpt", device="cpu"))
+
+
+def test_a_step_budget_sets_the_epochs_from_the_train_rows(census_params, store_dir, augment_dir, tmp_path,
+                                                           torch_one_thread):
+    """models.<m>.max_steps: as many epochs as the run's train rows need for that many optimiser steps."""
+    store = Store(store_dir)
+    n = store.split("train").n_rows
+    spec = _spec(census_params, store_dir, augment_dir, model="linear", max_steps=3 * -(-n // 64) - 1,
+                 batch_size=64, patience=None)
+    assert spec.epochs_for(n) == 3 and spec.epochs_for(n, world_size=2) == 6 and spec.epochs_for(10) == spec.max_steps
+    out = run_training(spec, LocalSession(tmp_path / "ckpt", device="cpu"))
+    assert [h["epoch"] for h in out["history"]] == [0, 1, 2]
+    # a profile gives one of the two; an experiment's epochs override replaces the budget
+    p = copy.deepcopy(census_params)
+    p["models"]["linear"]["max_steps"] = 500
+    with pytest.raises(ConfigError, match="either epochs or max_steps"):
+        spec_from_params(p, "linear")
+    del p["models"]["linear"]["epochs"]
+    assert spec_from_params(p, "linear").max_steps == 500
+    assert spec_from_params(p, "linear", epochs=4).max_steps is None
+    with pytest.raises(ConfigError, match="max_steps must be a positive integer"):
+        spec_from_params(p, "linear", max_steps=0)

@@ -10,7 +10,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from sctab.config import ConfigError, available_profiles, load_profile, profile_path
+from sctab.config import ConfigError, available_profiles, check_device, load_profile, profile_path
 
 
 def _cmd_params(args) -> int:
@@ -90,7 +90,7 @@ def _cmd_annotate(args) -> int:
     from sctab.annotation import annotate_file, load_annotator
 
     ann = load_annotator(args.model, trust_pickle=args.trust_pickle, uncertainty_threshold=args.uncertainty_threshold,
-                         store=args.store, ontology=args.ontology)
+                         store=args.store, ontology=args.ontology, device=check_device(args.device, "--device"))
     report = annotate_file(args.input, args.output, ann, layer=args.layer, gene_column=args.gene_column,
                            from_log1p=args.from_log1p, allow_non_integer=args.allow_non_integer,
                            batch_size=args.batch_size, key_added=args.key_added, progress=not args.quiet,
@@ -253,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="for a pipeline model folder: the store (default: %(default)s)")
     an.add_argument("--ontology", default="data/ontology/cl.obo",
                     help="for a pipeline model folder: the Cell Ontology (default: %(default)s)")
+    an.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]: where the model runs (default: "
+                    "%(default)s = the GPU when torch can use one; cuda without one is an error naming the torch "
+                    "build)")
     an.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     an.set_defaults(func=_cmd_annotate)
     pr = sub.add_parser("promote", help="move @champion to a version if its test F1 is at least the champion's",

@@ -25,6 +25,42 @@ class ConfigError(ValueError):
     """A parameter file or profile is missing, unknown or malformed."""
 
 
+#: where models run: ``auto`` = a GPU when one is there and torch can use it (sctab.models.device resolves it)
+DEVICES = ("auto", "cpu", "cuda")
+#: training arithmetic: float32 throughout, or bf16 autocast for the matmuls (entmax and losses in float32)
+PRECISIONS = ("32", "bf16-mixed")
+
+
+def check_device(value: Any, where: str = "device") -> str:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``, as a string; ConfigError naming ``where`` otherwise."""
+    text = str(value).strip().lower() if isinstance(value, str) else None
+    if text in DEVICES or (text is not None and text.startswith("cuda:") and text[5:].isdigit()):
+        return text
+    raise ConfigError(f"{where} must be one of {', '.join(DEVICES)} (or cuda:N), got {value!r}")
+
+
+def check_precision(value: Any, where: str = "precision") -> str:
+    """``32`` (a number or a string) or ``bf16-mixed``, as a string; ConfigError naming ``where`` otherwise."""
+    text = str(value).strip().lower() if isinstance(value, (str, int)) and not isinstance(value, bool) else None
+    if text in PRECISIONS:
+        return text
+    raise ConfigError(f"{where} must be one of {', '.join(PRECISIONS)}, got {value!r}")
+
+
+def check_settings(params: dict[str, Any], source: str = "params") -> None:
+    """The device and precision settings of a params file, checked before any stage starts."""
+    train = params.get("train") or {}
+    if "device" in train:
+        check_device(train["device"], f"{source}: train.device")
+    if "precision" in train:
+        check_precision(train["precision"], f"{source}: train.precision")
+    for section in ("tune", "experiments"):
+        v = (params.get(section) or {}).get("gpus_per_trial", "auto")
+        if v != "auto" and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
+            raise ConfigError(f"{source}: {section}.gpus_per_trial must be auto or a number >= 0 (a fraction "
+                              f"shares a GPU between trials), got {v!r}")
+
+
 def available_profiles(profiles_dir: Path = PROFILES_DIR) -> list[str]:
     return sorted(p.stem for p in Path(profiles_dir).glob("*.yaml"))
 
@@ -51,6 +87,7 @@ def load_params(path: str | os.PathLike = "params.yaml") -> dict[str, Any]:
     missing = [s for s in REQUIRED_SECTIONS if s not in params]
     if missing:
         raise ConfigError(f"parameter file {path} lacks section(s): {', '.join(missing)}")
+    check_settings(params, str(path))
     return params
 
 

@@ -74,8 +74,9 @@ def _project_bundle(folder: Path, dest: Path, store: str | Path, ontology: str |
 
 def load_annotator(model: str | Path = DEFAULT_MODEL, *, trust_pickle: bool = False,
                    uncertainty_threshold: float | None = None, store: str | Path = "data/store",
-                   ontology: str | Path = "data/ontology/cl.obo") -> Annotator:
-    """Load a model for annotation; AnnotateError naming the problem when it cannot be used."""
+                   ontology: str | Path = "data/ontology/cl.obo", device: str = "auto") -> Annotator:
+    """Load a model for annotation, its members on ``device`` (auto: the GPU when torch can use one);
+    AnnotateError naming the problem when it cannot be used."""
     text = str(model)
     with tempfile.TemporaryDirectory(prefix="sctab-model-") as tmp:
         tmp = Path(tmp)
@@ -89,7 +90,7 @@ def load_annotator(model: str | Path = DEFAULT_MODEL, *, trust_pickle: bool = Fa
             path = path / "artifacts" / BUNDLE_ARTIFACT
         elif (path / "ensemble.json").exists() or (path / "model.yaml").exists():
             path = _project_bundle(path, tmp / "bundle", store, ontology)
-        bundle = Bundle.load(path, trust_pickle=trust_pickle)
+        bundle = Bundle.load(path, trust_pickle=trust_pickle, device=device)
         # members are in memory now; the folder is only needed for describing where it came from
         bundle.path = Path(text)
     return Annotator(bundle=bundle, uncertainty_threshold=uncertainty_threshold,

@@ -57,6 +57,7 @@ class Config:
     annotate_baseline_cells: int = 8192
     annotate_repeats: int = 2  # each repeat annotates every cell (~2 min here)
     cache: str = "benchmarks/.cache"
+    device: str = "cpu"  # where the device rows run (`--device`); the other rows always run on the CPU
 
     @classmethod
     def quick(cls, cache: str = "benchmarks/.cache") -> "Config":
@@ -78,14 +79,16 @@ class Case:
     run: Optional[Callable[[str, Config], dict]]
     baseline: str = ""
     note: str = ""
+    device_row: bool = False  # ours on Config.device, baseline on the CPU; run only with `--device`
 
 
 REGISTRY: dict[str, Case] = {}
 
 
-def register(name: str, figure: str, target: Optional[float], run, baseline: str = "", note: str = "") -> None:
+def register(name: str, figure: str, target: Optional[float], run, baseline: str = "", note: str = "",
+             device_row: bool = False) -> None:
     """Add (or replace) a row of the bench table."""
-    REGISTRY[name] = Case(name, figure, target, run, baseline, note)
+    REGISTRY[name] = Case(name, figure, target, run, baseline, note, device_row)
 
 
 class Rates:
@@ -385,7 +388,7 @@ def annotate_e2e(part: str, cfg: Config) -> dict:
     if proc.exitcode != 0:
         raise RuntimeError(f"building the annotate inputs failed (exit {proc.exitcode})")
     h5ad, bundle = _annotate_inputs(cfg, cfg.annotate_cells)
-    ann = load_annotator(bundle)
+    ann = load_annotator(bundle, device="cpu")
     fast = part == "ours"
     for m in ann.bundle.members:
         m.module.set_fast(fast)
@@ -409,3 +412,136 @@ def annotate_e2e(part: str, cfg: Config) -> dict:
 
 register("annotate_e2e", "`sctab annotate` end to end, 100k cells, 5-member ensemble", 1_000, annotate_e2e,
          baseline="same command, textbook model")
+
+
+# ------------------------------------------------------------------------------------------- device rows
+# `--device cuda` (or cpu, to smoke them): ours on Config.device, the baseline the same work on the CPU. The
+# targets are the issue's for one H100: training >= 30,000 cells/s, inference >= 150,000 cells/s per model,
+# and the loader (to the device, densified there) never the bottleneck, i.e. at least the training rate.
+def _device(part: str, cfg: Config) -> torch.device:
+    from sctab.models.device import resolve_device
+
+    return resolve_device(cfg.device if part == "ours" else "cpu")
+
+
+def _sync(dev: torch.device) -> None:
+    """Wait for the device's queued work, so a timer sees it done (GPU calls return before they finish)."""
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _where(dev: torch.device) -> str:
+    from sctab.models.device import device_name
+
+    return "CPU" if dev.type == "cpu" else device_name(dev)
+
+
+def device_loader(part: str, cfg: Config) -> dict:
+    """Shuffled CSR batches from the sparse layout, copied to the device (pinned, non-blocking) and densified."""
+    from sctab.models.device import model_input
+
+    dev = _device(part, cfg)
+    ld = make_loader(_store(cfg), "train", backend="sparse", x_format="csr", batch_size=cfg.batch_size, shuffle=True,
+                     seed=0, block_row_groups=cfg.block_row_groups)
+    rates = Rates()
+    for r in range(cfg.repeats):
+        ld.set_epoch(r)
+        n = 0
+        rates.start()
+        for b in ld:
+            x = model_input(b.x, dev, dense=True)
+            b.y.to(dev, non_blocking=True)
+            n += x.shape[0]
+        _sync(dev)
+        rates.stop(n)
+    return rates.result(unit="cells/s", label=f"sparse loader -> dense batches on {_where(dev)}")
+
+
+def device_train_step(precision: str):
+    def run(part: str, cfg: Config) -> dict:
+        from sctab.models.device import autocast, model_input
+
+        dev = _device(part, cfg)
+        model, batches = _model_and_batches(cfg, 1)
+        model.to(dev).train()
+        x = model_input(batches[0].x, dev, dense=True)
+        y = batches[0].y.to(dev)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+        def step():
+            with autocast(dev, precision):
+                logits, m_loss = model(x)
+            loss = F.cross_entropy(logits.float(), y) + model.lambda_sparse * m_loss.float()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        step()  # warm-up (kernels, entmax k)
+        _sync(dev)
+        rates = Rates()
+        for _ in range(cfg.repeats):
+            rates.start()
+            for _ in range(4):
+                step()
+            _sync(dev)
+            rates.stop(4 * len(y))
+        return rates.result(unit="cells/s", label=f"fast path, {precision}, on {_where(dev)}")
+    return run
+
+
+def device_inference(part: str, cfg: Config) -> dict:
+    """The fast path on CSR batches copied to the device (what evaluation and annotation run)."""
+    from sctab.models.device import model_input
+
+    dev = _device(part, cfg)
+    model, batches = _model_and_batches(cfg, cfg.model_batches)
+    model.to(dev).eval()
+    check = {}
+    with torch.no_grad():
+        if part == "ours" and dev.type != "cpu":  # the device computes what the CPU does
+            cpu_model = copy.deepcopy(model).cpu()
+            got = torch.softmax(model(model_input(batches[0].x, dev, dense=False))[0], -1).cpu()
+            check["max |p_device - p_cpu|"] = float((got - torch.softmax(cpu_model(batches[0].x)[0], -1)).abs().max())
+        model(model_input(batches[0].x, dev, dense=False))  # warm-up
+        _sync(dev)
+        rates = Rates()
+        for _ in range(cfg.repeats):
+            rates.start()
+            n = sum(int(model(model_input(b.x, dev, dense=False))[0].shape[0]) for b in batches)
+            _sync(dev)
+            rates.stop(n)
+    return rates.result(unit="cells/s", label=f"fast path, csr input, on {_where(dev)}", check=check)
+
+
+def device_annotate(part: str, cfg: Config) -> dict:
+    """`sctab annotate` end to end with the 5-member ensemble on the device (the CPU for the baseline)."""
+    from sctab.annotation import annotate_file, load_annotator
+
+    dev = _device(part, cfg)
+    proc = multiprocessing.get_context("spawn").Process(target=_annotate_inputs, args=(cfg, cfg.annotate_cells))
+    proc.start()
+    proc.join()
+    if proc.exitcode != 0:
+        raise RuntimeError(f"building the annotate inputs failed (exit {proc.exitcode})")
+    h5ad, bundle = _annotate_inputs(cfg, cfg.annotate_cells)
+    ann = load_annotator(bundle, device=str(dev))
+    out = Path(cfg.cache) / f"annotated-device-{part}.h5ad"
+    rates, n = Rates(), 0
+    for _ in range(cfg.annotate_repeats):
+        rates.start()
+        n = annotate_file(h5ad, out, ann, batch_size=cfg.batch_size, progress=False).n_cells
+        rates.stop(n)
+    out.unlink(missing_ok=True)
+    return rates.result(unit="cells/s", label=f"fast TabNet path on {_where(dev)}, {n:,} cells", check={})
+
+
+register("device_loader", "Device: loader to the device (CSR batches, pinned copies, densified there)", 30_000,
+         device_loader, baseline="same loader, dense batches on the CPU", device_row=True)
+register("device_train_step", "Device: scTab training step, float32", 30_000, device_train_step("32"),
+         baseline="same step on the CPU", device_row=True)
+register("device_train_step_bf16", "Device: scTab training step, bf16-mixed", 30_000,
+         device_train_step("bf16-mixed"), baseline="same step on the CPU", device_row=True)
+register("device_inference", "Device: scTab inference per model, CSR batch", 150_000, device_inference,
+         baseline="same on the CPU", device_row=True)
+register("device_annotate", "Device: `sctab annotate` end to end, 5-member ensemble", None, device_annotate,
+         baseline="same command on the CPU", device_row=True)

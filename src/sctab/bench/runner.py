@@ -139,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="synthetic store cache (default: %(default)s)")
     p.add_argument("--out", default=None, help="result file (default benchmarks/results/<YYYY-MM-DD>.md; "
                    "'-' = do not write; quick runs write nothing unless given)")
+    p.add_argument("--device", default=None, help="also run the device rows (loader to device, training step, "
+                   "inference, annotate) on this device: cuda (auto, or cpu to smoke them); default: CPU rows only")
     p.add_argument("--_child", nargs=3, help=argparse.SUPPRESS)
     p.add_argument("--_config", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -148,7 +150,20 @@ def main(argv: list[str] | None = None) -> int:
     cfg = Config.quick(a.cache) if a.quick else Config(cache=a.cache)
     if a.repeats:
         cfg.repeats = a.repeats
-    names = a.cases or list(REGISTRY)
+    where = "no GPU"
+    if a.device:
+        from sctab.models.device import device_name, resolve_device
+
+        try:
+            dev = resolve_device(a.device)
+        except ValueError as e:
+            p.error(str(e))
+        cfg.device = str(dev)
+        if dev.type == "cuda":
+            where = f"GPU {device_name(dev)} (torch CUDA {torch.version.cuda}), device rows on {dev}"
+        else:
+            where = "no GPU, device rows on the CPU"
+    names = a.cases or [n for n, c in REGISTRY.items() if a.device or not c.device_row]
     unknown = [n for n in names if n not in REGISTRY]
     if unknown:
         p.error(f"unknown case(s) {unknown}; known: {', '.join(REGISTRY)}")
@@ -162,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(run_case(n, cfg))
     header = (f"## scTab bench, {dt.date.today().isoformat()}{' (quick)' if a.quick else ''}\n\n"
               f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
-              f"({torch.get_num_threads()} threads), no GPU. Store: {cfg.n_cells:,} synthetic cells x "
+              f"({torch.get_num_threads()} threads), {where}. Store: {cfg.n_cells:,} synthetic cells x "
               f"{cfg.n_genes:,} genes, {cfg.n_classes} classes, {stats['density']:.1%} non-zero "
               f"({stats['nnz'] / stats['cells']:,.0f} genes per cell), row groups of {cfg.row_group_size}, "
               f"shuffle blocks of {cfg.block_row_groups} row groups; batch {cfg.batch_size}; TabNet n_d {cfg.n_d}, "

@@ -40,8 +40,9 @@ def _labels(store: Store, split: str, column: str) -> np.ndarray:
 
 
 def evaluate_models(models_dir: str | Path, store_path: str | Path, out: str | Path, params: dict, *,
-                    embedding_cells: int = 3000, log_mlflow: bool = True) -> dict:
-    """Score every model folder under ``models_dir``; write metrics, plots and the report to ``out``."""
+                    embedding_cells: int = 3000, log_mlflow: bool = True, device: str = "auto") -> dict:
+    """Score every model folder under ``models_dir`` on ``device`` (auto: the GPU when torch can use one);
+    write metrics, plots and the report to ``out``."""
     t0 = time.perf_counter()
     store = Store(store_path)
     profile = str(params.get("profile", "?"))
@@ -58,7 +59,7 @@ def evaluate_models(models_dir: str | Path, store_path: str | Path, out: str | P
     spread = {}  # model -> (mean, sd, n) of a single model's test macro F1 over seeds
     for folder in folders:
         # trusted: these folders are this pipeline's own train-stage outputs (CellTypist's is a pickle)
-        clf = models.load(folder, trust_pickle=True)
+        clf = models.load(folder, device=device, trust_pickle=True)
         y, members = predict_split_members(clf, store, "test")
         p = Ensemble.mean(members) if len(members) > 1 else members[0]
         m = evaluate_probs(y, p, child, weights)

@@ -35,7 +35,7 @@ from sctab.tracking import (
     tracking_uri,
 )
 from sctab.train import ray_console
-from sctab.train.ray_train import ensure_ray
+from sctab.train.ray_train import ensure_ray, model_device_setting, trial_resources
 from sctab.train.trial import TrialContext, fit_in_trial
 
 STATE_FILE = "sctab_sweep.json"
@@ -226,8 +226,11 @@ def _run_grid(mode, group, name, exp_name, exp, path, storage, params, hashes, s
                             report_every=1, threads=cpus, study=exp_name)
         ctx = SweepContext(base=base, points={p.key: p for p in group}, hashes=hashes)
         try:
-            ensure_ray()
-            trainable = tune.with_resources(tune.with_parameters(run_point, ctx=ctx), {"cpu": cpus})
+            device = model_device_setting(params, group[0].model)  # the points are neural: train.device
+            resources = trial_resources((params.get("experiments") or {}).get("gpus_per_trial", "auto"), device,
+                                        cpus, conc, ensure_ray(), "experiments")
+            parent.set_tags(trial_resources=json.dumps(resources))
+            trainable = tune.with_resources(tune.with_parameters(run_point, ctx=ctx), resources)
             if mode == "resume":
                 tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True,
                                            resume_errored=True)

@@ -25,7 +25,7 @@ from sctab.models.folder import (
 from sctab.models.kinds import BASELINES, KINDS, MODEL_NAMES, NEURAL_MODELS, classifier_class, is_neural
 from sctab.models.linear import LinearModel
 from sctab.models.mlp import MLP
-from sctab.models.neural import TorchClassifier, build_model, model_outputs
+from sctab.models.neural import TorchClassifier, build_model, model_outputs, takes_sparse
 from sctab.models.published import load_published_sctab, save_published_style_checkpoint
 from sctab.models.tabnet import TabNet
 
@@ -35,7 +35,7 @@ __all__ = [
     "is_model_folder",
     "ModelFolderError",
     "KINDS", "NEURAL_MODELS", "MODEL_NAMES", "BASELINES", "classifier_class", "is_neural", "build_model",
-    "model_outputs",
+    "model_outputs", "takes_sparse",
     "TabNet", "MLP", "LinearModel", "entmax15", "entmax15_sort", "sparsemax", "Entmax15", "Sparsemax",
     "load_published_sctab", "save_published_style_checkpoint",
 ]

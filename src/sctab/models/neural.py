@@ -12,11 +12,12 @@ import torch
 from torch import nn
 
 from sctab.models.classifier import Classifier, FeatureSpace
+from sctab.models.device import model_input, resolve_device
 from sctab.models.linear import LinearModel
 from sctab.models.mlp import MLP
 from sctab.models.tabnet import TabNet
 
-__all__ = ["NEURAL_MODELS", "MODEL_NAMES", "build_model", "model_outputs", "TorchClassifier"]
+__all__ = ["NEURAL_MODELS", "MODEL_NAMES", "build_model", "model_outputs", "takes_sparse", "TorchClassifier"]
 
 #: torch module of each neural kind, with the names of its (genes, classes) arguments
 NEURAL_MODELS: dict[str, tuple[type[nn.Module], str, str]] = {
@@ -55,6 +56,12 @@ def model_outputs(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torc
     return out, None
 
 
+def takes_sparse(model: nn.Module) -> bool:
+    """The module reads a sparse CSR batch itself (scTab's TabNet); the others need it densified."""
+    model = getattr(model, "module", model)  # DDP wraps the module
+    return isinstance(model, TabNet)
+
+
 @dataclass(eq=False)
 class TorchClassifier(Classifier):
     """scTab (TabNet), the MLP and the linear model: a torch module whose softmax gives the probabilities."""
@@ -72,7 +79,8 @@ class TorchClassifier(Classifier):
         return p.device if p is not None else torch.device("cpu")
 
     def to(self, device: str | torch.device) -> TorchClassifier:
-        self.module.to(device)
+        """Move to ``device`` (``auto``, ``cpu``, ``cuda``: resolved by :mod:`sctab.models.device`)."""
+        self.module.to(resolve_device(device))
         return self
 
     @torch.inference_mode()
@@ -82,8 +90,10 @@ class TorchClassifier(Classifier):
         device = self.device
         out = np.empty((x_log1p.shape[0], self.n_classes), dtype=np.float32)
         for i in range(0, x_log1p.shape[0], self.batch_size):
-            xb = torch.as_tensor(np.ascontiguousarray(x_log1p[i:i + self.batch_size], dtype=np.float32))
-            logits, _ = model_outputs(self.module, xb.to(device, non_blocking=True))
+            # a host tensor on purpose: model_input pins it and copies it without blocking when bound for a GPU
+            xb = torch.as_tensor(np.ascontiguousarray(x_log1p[i:i + self.batch_size], dtype=np.float32),
+                                 device="cpu")
+            logits, _ = model_outputs(self.module, model_input(xb, device, dense=True))
             out[i:i + len(xb)] = torch.softmax(logits.float(), dim=1).cpu().numpy()
         return out
 
@@ -97,6 +107,7 @@ class TorchClassifier(Classifier):
         module = build_model(meta["model"], space.n_genes, space.n_classes, **arch)
         state = torch.load(folder / cls.model_file, map_location="cpu", weights_only=True)
         module.load_state_dict(state)
-        return cls(kind=str(meta["model"]), module=module.to(device).eval(), space=space, config=arch)
+        return cls(kind=str(meta["model"]), module=module.to(resolve_device(device)).eval(), space=space,
+                   config=arch)
 
 

@@ -135,6 +135,11 @@ class WeightTCache:
         return (WeightTCache, ())
 
 
+def _float32(t: torch.Tensor):
+    """Autocast off (float32 arithmetic) on ``t``'s device, for the layers that stay exact under bf16-mixed."""
+    return torch.autocast(device_type=t.device.type, enabled=False)
+
+
 def _weight_t(weight: torch.Tensor, cache: Optional[WeightTCache]) -> torch.Tensor:
     """weight.t() made contiguous (genes x out: one row per gene), from ``cache`` when there is one."""
     return cache.get(weight) if cache is not None else weight.t().contiguous()
@@ -168,8 +173,8 @@ class SparseBNInput:
         crow, col, val = x.crow_indices(), x.col_indices(), x.values()
         self.crow, self.col = crow.long(), col.long()
         self.scaled = torch.sparse_csr_tensor(self.crow, self.col, val * self.scale[self.col], size=x.shape,
-                                              check_invariants=False)
-        row = torch.repeat_interleave(torch.arange(x.shape[0]), self.crow.diff())
+                                              check_invariants=False, device=val.device)
+        row = torch.repeat_interleave(torch.arange(x.shape[0], device=val.device), self.crow.diff())
         keys = row * x.shape[1] + self.col
         if keys.numel() > 1 and not bool((keys[1:] > keys[:-1]).all()):
             keys, order = torch.sort(keys)  # columns unsorted within rows (or duplicates: caught below)
@@ -179,12 +184,13 @@ class SparseBNInput:
         self.keys, self.values = keys, val
 
     def linear(self, weight: torch.Tensor) -> torch.Tensor:
-        wt = _weight_t(weight, self.weight_cache)
-        return torch.sparse.mm(self.scaled, wt) + self.shift @ wt
+        with _float32(self.scaled):  # the sparse first layer is float32 under every precision
+            wt = _weight_t(weight, self.weight_cache)
+            return torch.sparse.mm(self.scaled, wt) + self.shift @ wt
 
     def gather(self, rows: Optional[torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
         """BN(x)[rows[:, None], idx] (rows None: all rows), shape of ``idx``."""
-        r = torch.arange(idx.shape[0]) if rows is None else rows
+        r = torch.arange(idx.shape[0], device=idx.device) if rows is None else rows
         return self.pairs(r.unsqueeze(1).expand_as(idx).flatten(), idx.flatten()).view(idx.shape)
 
     def pairs(self, r: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -192,17 +198,17 @@ class SparseBNInput:
         q = r * self.shape[1] + c
         if self.keys.numel():
             pos = torch.searchsorted(self.keys, q).clamp(max=self.keys.numel() - 1)
-            raw = torch.where(self.keys[pos] == q, self.values[pos], torch.zeros((), dtype=self.values.dtype))
+            raw = torch.where(self.keys[pos] == q, self.values[pos], self.values.new_zeros(()))
         else:
-            raw = torch.zeros(q.shape, dtype=self.values.dtype)
+            raw = self.values.new_zeros(q.shape)
         return raw * self.scale[c] + self.shift[c]
 
     def rows(self, rows: torch.Tensor) -> torch.Tensor:
-        idx = torch.arange(self.shape[1]).expand(len(rows), -1)
+        idx = torch.arange(self.shape[1], device=rows.device).expand(len(rows), -1)
         return self.gather(rows, idx)
 
     def dense(self) -> torch.Tensor:
-        return self.rows(torch.arange(self.shape[0]))
+        return self.rows(torch.arange(self.shape[0], device=self.keys.device))
 
 
 class MaskedInput:
@@ -229,6 +235,12 @@ class MaskedInput:
         return self.x.pairs(r, c) if self._sparse_x else self.x[r, c]
 
     def linear(self, weight: torch.Tensor) -> torch.Tensor:
+        """``(mask * x) @ W.T`` in float32 under every precision: the masked input is exact, and the fast and
+        textbook paths agree whatever autocast does to the dense layers after it."""
+        with _float32(self.mask):
+            return self._linear(weight)
+
+    def _linear(self, weight: torch.Tensor) -> torch.Tensor:
         info = self.info
         if info is None or info.dense_rows is None or not info.candidates:
             return F.linear(self.dense(), weight)
@@ -242,7 +254,7 @@ class MaskedInput:
             counts = keep.sum(1)
             offsets = torch.zeros_like(counts)
             offsets[1:] = counts.cumsum(0)[:-1]
-            local = torch.arange(idx.shape[0]).unsqueeze(1).expand_as(idx)[keep]
+            local = torch.arange(idx.shape[0], device=idx.device).unsqueeze(1).expand_as(idx)[keep]
             cols = idx[keep]
             vals = m[keep] * self._x_pairs(local if rows is None else rows[local], cols)
             part = F.embedding_bag(cols, weight_t, offsets, per_sample_weights=vals, mode="sum")
@@ -407,6 +419,8 @@ class AttentiveTransformer(nn.Module):
             x = self.bn(self.fc(att))
         if prior is not None:  # prior None == all ones (first step): skip a full pass
             x = x * prior
+        if x.dtype in (torch.float16, torch.bfloat16):
+            x = x.float()  # entmax (its support, its gradient) in float32 under every precision
         if not self.fast:
             if not isinstance(self.selector, Entmax15):
                 raise ValueError("the textbook path is the sort-based 1.5-entmax (mask_type 'entmax')")

@@ -7,12 +7,14 @@ pickled, so loading a model cannot run code.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from sctab.config import ConfigError, check_device
 from sctab.data.pca import PCAModel
 from sctab.models.classifier import Classifier, ClassifierError, FeatureSpace, first_difference
 
@@ -58,21 +60,20 @@ def check_config(config: dict) -> dict:
                 or v > hi or v < lo or (lo_open and v == lo):
             side = "(" if lo_open else "["
             raise XGBoostConfigError(f"{key} must be a number in {side}{lo}, {hi}], got {v!r}")
-    if c.get("device", "auto") not in ("auto", "cpu", "cuda") and not str(c.get("device")).startswith("cuda:"):
-        raise XGBoostConfigError(f"device must be auto, cpu or cuda[:N], got {c.get('device')!r}")
+    try:
+        check_device(c.get("device", "auto"), "device")
+    except ConfigError as e:
+        raise XGBoostConfigError(str(e)) from None
     return c
 
 
 def resolve_device(device: str | None) -> str:
-    """``auto`` means the GPU when one is visible (and XGBoost was built with CUDA), else the CPU."""
-    if device in (None, "auto"):
-        try:
-            import torch
+    """XGBoost's ``device`` under the one policy (:mod:`sctab.models.device`): ``auto`` means the GPU when torch
+    can use one, and trials, final training and prediction all resolve it the same way; ``cuda`` where there
+    is no usable GPU is a DeviceError naming the torch build."""
+    from sctab.models.device import resolve_device as policy
 
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        except ImportError:  # pragma: no cover - torch is a dependency
-            return "cpu"
-    return device
+    return str(policy(device))
 
 
 def booster_params(config: dict, n_classes: int) -> dict:
@@ -186,8 +187,13 @@ class XGBoostClassifier(Classifier):
                                   f"{first_difference(pca.feature_id, space.genes)}")
         self.booster, self.pca, self.space, self.config = booster, pca, space, dict(config or {})
 
+    @property
+    def device(self) -> str:
+        """Where the booster trains and predicts, as XGBoost itself records it (``cpu``, ``cuda``, ``cuda:N``)."""
+        return json.loads(self.booster.save_config())["learner"]["generic_param"].get("device", "cpu")
+
     def to(self, device) -> XGBoostClassifier:
-        self.booster.set_param({"device": "cuda" if str(device).startswith("cuda") else "cpu"})
+        self.booster.set_param({"device": resolve_device(str(device))})
         return self
 
     def predict_proba(self, x_log1p) -> np.ndarray:

@@ -12,6 +12,7 @@ It is logged as "models from code" (``model_code.py``), so loading it unpickles 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -22,6 +23,7 @@ from sctab.annotation.annotator import Annotator
 from sctab.annotation.bundle import Bundle
 
 BUNDLE = "bundle"
+DEVICE_ENV = "SCTAB_DEVICE"
 MODEL_CODE = Path(__file__).with_name("model_code.py")
 
 
@@ -30,8 +32,10 @@ class SctabAnnotatorModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context):
         # the bundle was written by our own registration; a CellTypist member is trusted here because the
-        # registry holds only what `sctab register` / the register stage put there
-        bundle = Bundle.load(context.artifacts[BUNDLE], trust_pickle=True)
+        # registry holds only what `sctab register` / the register stage put there. The members run on
+        # SCTAB_DEVICE (auto, cpu, cuda[:N]; default auto = the GPU when torch can use one), served or loaded.
+        bundle = Bundle.load(context.artifacts[BUNDLE], trust_pickle=True,
+                             device=os.environ.get(DEVICE_ENV, "auto"))
         self.annotator = Annotator(bundle=bundle)
         self.position = {g: i for i, g in enumerate(bundle.genes)}
 

@@ -17,6 +17,7 @@ from sctab.models.celltypist_model import CellTypistClassifier, fit_celltypist, 
 from sctab.models.celltypist_model import check_config as check_celltypist
 from sctab.models.xgboost_model import EveryNRounds, XGBoostClassifier, best_rounds, fit_xgboost, predict_proba
 from sctab.models.xgboost_model import check_config as check_xgboost
+from sctab.models.xgboost_model import resolve_device as resolve_xgboost_device
 from sctab.train.spec import BaselineSpec
 
 StepHook = Callable[[int, dict], None]
@@ -34,6 +35,13 @@ def baseline_config(spec: BaselineSpec) -> dict:
     if spec.threads is not None:
         config = {**config, THREADS[spec.model]: int(spec.threads)}
     return config
+
+
+def baseline_device(spec: BaselineSpec) -> str:
+    """Where the baseline trains: XGBoost's ``device`` under the device policy; CellTypist on the CPU."""
+    if spec.model == "xgboost":
+        return resolve_xgboost_device(spec.config.get("device", "auto"))
+    return "cpu"
 
 
 def train_baseline(spec: BaselineSpec, on_step: StepHook | None = None):

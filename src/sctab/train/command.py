@@ -7,19 +7,21 @@ import sys
 import time
 from pathlib import Path
 
-from sctab.config import load_params
+from sctab.config import ConfigError, check_device, load_params
 from sctab.io import write_json
 from sctab.models import BASELINES, MODEL_NAMES
+from sctab.models.device import check_cuda_build
 from sctab.tracking import TrackingServerError, close_stale_runs, data_version
 from sctab.train.fitting import fit, fit_ensemble, for_file, seed_spread
 from sctab.train.spec import make_spec
 
 
 def main(argv: list[str] | None = None, models=MODEL_NAMES + BASELINES) -> None:
-    """Run the stage; an unreachable tracking server is a one-line error (exit 2), not a stack trace."""
+    """Run the stage; an unreachable tracking server or a bad setting (a GPU torch cannot use) is a one-line
+    error (exit 2), not a stack trace."""
     try:
         _main(argv, models)
-    except TrackingServerError as e:
+    except (TrackingServerError, ConfigError) as e:
         print(f"train: error: {e}", file=sys.stderr)
         sys.exit(2)
 
@@ -43,13 +45,39 @@ def parser(models=MODEL_NAMES + BASELINES) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="model folder to write (e.g. models/linear)")
     p.add_argument("--report", help="also write the metrics JSON here (a DVC metrics file)")
     p.add_argument("--experiment", default="train", help="MLflow experiment (default: %(default)s)")
+    p.add_argument("--device", type=_device_arg, default=None,
+                   help="auto, cpu or cuda[:N]: where the model trains and is scored (default: params' train.device "
+                   "for the neural models, models.xgboost.device for XGBoost; CellTypist always uses the CPU)")
     return p
+
+
+def _device_arg(value: str) -> str:
+    try:
+        return check_device(value, "--device")
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def device_overrides(model: str, device: str | None) -> tuple[dict, dict]:
+    """(runner settings, model overrides) that put ``model`` on ``device``; a GPU for CellTypist is an error."""
+    if device is None:
+        return {}, {}
+    if model in MODEL_NAMES:
+        return {"device": device}, {}
+    if model == "xgboost":
+        return {}, {"device": device}
+    if device != "cpu" and device != "auto":
+        raise ConfigError(f"--device {device}: {model} runs on the CPU only")
+    return {}, {}
 
 
 def _main(argv: list[str] | None = None, models=MODEL_NAMES + BASELINES) -> None:
     args = parser(models).parse_args(argv)
     params = load_params(args.params)
-    spec = make_spec(params, args.model, store=args.store, augmentations=args.augmentations, pca_dir=args.pca)
+    check_cuda_build(args.device, "--device")  # before any run starts
+    settings, overrides = device_overrides(args.model, args.device)
+    spec = make_spec(params, args.model, store=args.store, augmentations=args.augmentations, pca_dir=args.pca,
+                     overrides=overrides, **settings)
     # runs of this stage that a killed process left RUNNING (same model, same data version): FAILED, with why
     close_stale_runs(args.experiment, data_version=data_version(), who=f"train_{args.model}",
                      match={"model_type": [args.model, f"{args.model}-ensemble"]})

@@ -28,7 +28,8 @@ from sctab.data.store import Store
 from sctab.data.subsets import train_rows
 from sctab.evaluate.metrics import f1_from_confusion
 from sctab.io import atomic_dir
-from sctab.models import build_model, model_outputs
+from sctab.models import build_model, model_outputs, takes_sparse
+from sctab.models.device import autocast, model_input, resolve_device
 from sctab.train.spec import TrainSpec
 
 STATE_FILE = "state.pt"
@@ -66,23 +67,30 @@ def _check_labels(y: torch.Tensor, n_classes: int, where: str) -> None:
 @torch.no_grad()
 def evaluate_loader(model: torch.nn.Module, loader, class_weights: torch.Tensor, child_matrix: torch.Tensor,
                     device: torch.device, all_reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> dict:
-    """Weighted CE loss and ontology-corrected macro F1 over a (sharded) split, summed across workers."""
+    """Weighted CE loss and ontology-corrected macro F1 over a (sharded) split, summed across workers.
+
+    In float32 whatever the training precision (the score a model is selected on is the model's own), with
+    the sums kept on the device: one synchronisation at the end, none per batch."""
     n_classes = child_matrix.shape[0]
     was_training = model.training
     model.eval()
+    dense = not takes_sparse(model)
     cm = torch.zeros(n_classes * n_classes, dtype=torch.float64, device=device)
-    sums = torch.zeros(3, dtype=torch.float64, device=device)  # weighted loss sum, weight sum, rows
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # weighted loss sum, weight sum
+    rows = 0
     for batch in loader:
-        x, y = batch.x.to(device, non_blocking=True), batch.y.to(device, non_blocking=True)
-        _check_labels(y, n_classes, "validation split")
+        _check_labels(batch.y, n_classes, "validation split")  # on the host copy: no device round trip
+        x, y = model_input(batch.x, device, dense), batch.y.to(device, non_blocking=True)
         logits, _ = model_outputs(model, x)
+        logits = logits.float()
         loss = F.cross_entropy(logits, y, weight=class_weights, reduction="sum")
         pred = logits.argmax(dim=1)
         pred = torch.where(child_matrix[y, pred] > 0, y, pred)  # subtype of the truth counts as right
         cm += torch.bincount(y * n_classes + pred, minlength=n_classes * n_classes).to(cm.dtype)
-        sums += torch.stack([loss.double(), class_weights[y].sum().double(), torch.tensor(float(len(y)), device=device,
-                                                                                          dtype=torch.float64)])
+        sums += torch.stack([loss.double(), class_weights[y].sum().double()])
+        rows += len(batch)
     model.train(was_training)
+    sums = torch.cat([sums, torch.tensor([float(rows)], dtype=torch.float64, device=device)])
     cm, sums = all_reduce(cm), all_reduce(sums)
     f1, _, _ = f1_from_confusion(cm.reshape(n_classes, n_classes).cpu().numpy(), average_over="union")
     return {"loss": float(sums[0] / sums[1]) if sums[1] > 0 else float("nan"), "f1_macro": f1, "rows": int(sums[2])}
@@ -132,41 +140,53 @@ def run_training(spec: TrainSpec, session: Session, logger: EpochLogger | None =
     train_model = session.wrap(model)
 
     rows = train_rows(store, spec.subset)
+    # the sparse layout travels as CSR batches (~10x fewer bytes to copy to a GPU), densified on the device
+    x_format = "csr" if spec.loader == "sparse" else "dense"
     train_loader = make_loader(store, "train", batch_size=spec.batch_size, backend=spec.loader, shuffle=True,
                                seed=spec.seed, rank=rank, world_size=world, block_row_groups=spec.block_row_groups,
-                               rows=rows)
+                               rows=rows, x_format=x_format)
     val_loader = make_loader(store, "val", batch_size=spec.eval_batch_size, backend=spec.loader, shuffle=False,
-                             rank=rank, world_size=world, block_row_groups=spec.block_row_groups)
+                             rank=rank, world_size=world, block_row_groups=spec.block_row_groups, x_format=x_format)
     augmenter = None
     if spec.augment:
         augmenter = Augmenter(load_augmentations(spec.augmentations, n_genes), clip=spec.augment_clip).to(device)
 
     metrics: dict = history[-1] if history else {}
-    for epoch in range(start_epoch, spec.epochs):
+    n_train = len(rows) if rows is not None else store.split("train").n_rows
+    n_epochs = spec.epochs_for(n_train, world)  # a step budget (max_steps) becomes epochs over these rows
+    if rank == 0 and spec.max_steps is not None and start_epoch == 0:
+        print(f"{spec.model}: budget of {spec.max_steps:,} optimiser steps = {n_epochs} epochs over "
+              f"{n_train:,} train cells (batch {spec.batch_size})", flush=True)
+    for epoch in range(start_epoch, n_epochs):
         train_loader.set_epoch(epoch)
         gen = torch.Generator(device=device).manual_seed(spec.seed * 1_000_003 + epoch * 1_009 + rank)
         model.train()
-        sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss x rows, rows, batches
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # sum of loss x rows, on the device
+        n_rows = n_batches = 0
         t0 = time.perf_counter()
         with _join(train_model, world):
             for batch in train_loader:
-                x, y = batch.x.to(device, non_blocking=True), batch.y.to(device, non_blocking=True)
-                _check_labels(y, n_classes, "training split")
+                _check_labels(batch.y, n_classes, "training split")  # on the host copy: no device round trip
+                x, y = model_input(batch.x, device, dense=True), batch.y.to(device, non_blocking=True)
                 if augmenter is not None:
                     x = augmenter(x, generator=gen)
-                logits, aux = model_outputs(train_model, x)
-                loss = F.cross_entropy(logits, y, weight=class_weights)
+                with autocast(device, spec.precision):  # bf16-mixed: bf16 matmuls; entmax stays float32
+                    logits, aux = model_outputs(train_model, x)
+                loss = F.cross_entropy(logits.float(), y, weight=class_weights)  # losses in float32
                 if aux is not None and lambda_sparse:
-                    loss = loss + lambda_sparse * aux
+                    loss = loss + lambda_sparse * aux.float()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                sums += torch.tensor([loss.item() * len(y), len(y), 1.0], dtype=torch.float64, device=device)
-        train_seconds = time.perf_counter() - t0
+                loss_sum += loss.detach().double() * len(batch)
+                n_rows, n_batches = n_rows + len(batch), n_batches + 1
         lr = opt.param_groups[0]["lr"]
         sched.step()
-        sums = session.all_reduce(sums)
+        # the epoch's one synchronisation: the device's running sum joins the host's counts
+        sums = session.all_reduce(torch.stack([loss_sum, loss_sum.new_tensor(float(n_rows)),
+                                               loss_sum.new_tensor(float(n_batches))]))
         train_loss = float(sums[0] / sums[1]) if sums[1] > 0 else float("nan")
+        train_seconds = time.perf_counter() - t0  # after the synchronisation: the device's work included
         if not math.isfinite(train_loss):
             raise TrainingError(f"training loss became {train_loss} in epoch {epoch} (lr {lr}); "
                                 f"lower the learning rate")
@@ -216,7 +236,7 @@ class LocalSession:
 
     def __init__(self, checkpoint_dir: str | Path, device: str | torch.device | None = None):
         self.checkpoint_dir = Path(checkpoint_dir)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(device or "auto")
         self.reports: list[dict] = []
 
     def load_state(self):

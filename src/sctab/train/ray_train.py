@@ -7,12 +7,15 @@ lost workers from the last one. Rank 0 logs each epoch to the MLflow run the dri
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from pathlib import Path
 
 import torch
 
+from sctab.config import ConfigError
+from sctab.models.device import DeviceError, cuda_hint, device_name, torch_build
 from sctab.tracking import TrackedRun
 from sctab.train import ray_console
 from sctab.train.loop import EpochLogger, TrainingError, load_checkpoint_dir, run_training
@@ -62,9 +65,71 @@ def _free_port(first: int, tries: int = 100) -> int:
 
 
 def _use_gpu(spec: TrainSpec, resources: dict) -> bool:
-    if spec.use_gpu == "auto":
-        return resources.get("GPU", 0) >= spec.num_workers
-    return bool(spec.use_gpu)
+    """Whether each Ray Train worker gets a GPU: when the device policy allows it (``train.device`` not cpu,
+    ``use_gpu`` not false), the cluster has a GPU per worker and torch can use CUDA. The driver may be a head
+    node without a GPU, so the torch *build* is checked here (workers run the same environment); asking for
+    GPUs (device cuda, or use_gpu true) where there are none is an error before any worker starts."""
+    if spec.device == "cpu" or spec.use_gpu is False:
+        return False
+    gpus = resources.get("GPU", 0)
+    wanted = spec.device.startswith("cuda") or spec.use_gpu is True
+    if not torch.backends.cuda.is_built():
+        if wanted:
+            raise DeviceError(f"Ray Train workers were asked to use GPUs (train.device {spec.device}, use_gpu "
+                              f"{spec.use_gpu}), but {torch_build()}: {cuda_hint()}")
+        return False
+    if gpus < spec.num_workers:
+        if wanted:
+            raise TrainingError(f"train.device {spec.device} / use_gpu {spec.use_gpu} needs one GPU per worker "
+                                f"({spec.num_workers}), but the Ray cluster has {gpus:g}; lower train.num_workers, "
+                                f"add GPU nodes or set train.device: auto")
+        return False
+    return True
+
+
+#: models whose trials can use a GPU, and where their device setting lives
+_GPU_MODELS = {"xgboost": ("models", "xgboost", "device")}
+
+
+def model_device_setting(params: dict, model: str) -> str:
+    """The device setting that governs ``model``: ``train.device`` for the neural kinds, XGBoost's own
+    ``models.xgboost.device``; ``cpu`` for models that never use a GPU (CellTypist)."""
+    from sctab.models import is_neural
+
+    if is_neural(model):
+        return str((params.get("train") or {}).get("device", "auto"))
+    if model in _GPU_MODELS:
+        a, b, c = _GPU_MODELS[model]
+        return str(((params.get(a) or {}).get(b) or {}).get(c, "auto"))
+    return "cpu"
+
+
+def trial_resources(setting, device: str, cpus: int, max_concurrent: int, resources: dict, where: str) -> dict:
+    """Ray resources of one Tune trial or sweep point: ``cpus``, plus a GPU share.
+
+    ``setting`` is ``gpus_per_trial``: a number (a fraction shares one GPU between trials), or ``auto`` =
+    the cluster's GPUs split over the ``max_concurrent`` trials (at most one each) when ``device`` allows a
+    GPU and torch is a CUDA build, else none. A trial given no GPU sees none (Ray hides the others), so the
+    device policy inside it resolves ``auto`` to the CPU: trials and final training run where they are told."""
+    gpus_in_cluster = float(resources.get("GPU", 0))
+    if setting == "auto":
+        if device == "cpu" or not gpus_in_cluster or not torch.backends.cuda.is_built():
+            gpus = 0.0
+        else:
+            gpus = min(1.0, math.floor(gpus_in_cluster / max(1, max_concurrent) * 1e4) / 1e4)
+    else:
+        if isinstance(setting, bool) or not isinstance(setting, (int, float)) or setting < 0:
+            raise ConfigError(f"{where}.gpus_per_trial must be auto or a number >= 0, got {setting!r}")
+        gpus = float(setting)
+        if gpus > 0 and not torch.backends.cuda.is_built():
+            raise DeviceError(f"{where}.gpus_per_trial is {gpus:g}, but {torch_build()}: "
+                              f"{cuda_hint()}")
+        if gpus > gpus_in_cluster:
+            raise ConfigError(f"{where}.gpus_per_trial is {gpus:g}, but the Ray cluster has {gpus_in_cluster:g} "
+                              f"GPU(s); lower it (0 = CPU only) or use auto")
+        if gpus > 1 and gpus != int(gpus):
+            raise ConfigError(f"{where}.gpus_per_trial above 1 must be a whole number, got {gpus:g}")
+    return {"cpu": int(cpus), "gpu": gpus} if gpus else {"cpu": int(cpus)}
 
 
 class RaySession:
@@ -141,7 +206,9 @@ def train_worker(config: dict) -> None:
     logger = EpochLogger()
     if session.rank == 0 and config.get("run_id"):
         logger = _mlflow_logger(config["tracking_uri"], config["run_id"], f"{spec.model} seed {spec.seed}")
-        TrackedRun.attach(config["run_id"], config["tracking_uri"]).set_tags(worker_nodes=",".join(nodes))
+        TrackedRun.attach(config["run_id"], config["tracking_uri"]).set_tags(
+            worker_nodes=",".join(nodes), worker_device=f"{session.device} ({device_name(session.device)})",
+            precision=spec.precision)
     run_training(spec, session, logger)
 
 

@@ -18,8 +18,9 @@ import torch
 
 from sctab.data.store import Store
 from sctab.models import Classifier, FeatureSpace, TorchClassifier, build_model
+from sctab.models.device import resolve_device
 from sctab.tracking import TrackedRun, project_root
-from sctab.train.baselines import train_baseline
+from sctab.train.baselines import baseline_device, train_baseline
 from sctab.train.loop import BEST_FILE, EpochLogger, load_checkpoint_dir, run_training
 from sctab.train.ray_train import restore_best, run_on_ray
 from sctab.train.spec import BaselineSpec, TrainSpec
@@ -39,12 +40,15 @@ class Trained:
 
 
 def torch_classifier(spec: TrainSpec, weights: dict) -> TorchClassifier:
-    """The network of ``spec`` with ``weights``, as a classifier over the store's genes and classes."""
+    """The network of ``spec`` with ``weights``, as a classifier over the store's genes and classes, placed
+    where this process scores it: the GPU when there is one here (unless the spec says cpu). Ray Train's
+    workers may have had GPUs this process lacks, so ``cuda`` asked of training is ``auto`` here."""
     store = Store(spec.store)
     module = build_model(spec.model, store.n_genes, store.n_classes, **spec.arch)
     module.load_state_dict(weights)
-    return TorchClassifier(kind=spec.model, module=module.eval(), space=FeatureSpace.of(store),
-                           config=dict(spec.arch), batch_size=spec.eval_batch_size)
+    clf = TorchClassifier(kind=spec.model, module=module.eval(), space=FeatureSpace.of(store),
+                          config=dict(spec.arch), batch_size=spec.eval_batch_size)
+    return clf.to("cpu" if spec.device == "cpu" else "auto")
 
 
 def _neural_info(clf: TorchClassifier, **info) -> dict:
@@ -56,8 +60,8 @@ class InProcessSession:
 
     rank, world_size = 0, 1
 
-    def __init__(self):
-        self.device = torch.device("cpu")
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device = resolve_device(device)
         self.best_weights = None
         self.last: dict = {}  # the latest epoch's metrics
 
@@ -123,6 +127,7 @@ class Runner:
                     run.log_metrics(m, step=step)
                     self.step_report(step, m)
 
+                run.set_tags(worker_device=baseline_device(spec))  # before: a trial ASHA stops has it too
                 clf, info = train_baseline(spec, on_step=on_step)
                 return Trained(clf, info)
             return self.train_neural(spec, run)
@@ -130,7 +135,8 @@ class Runner:
             torch.set_num_threads(before)
 
     def train_neural(self, spec: TrainSpec, run: TrackedRun) -> Trained:
-        session = self.session_class()
+        session = self.session_class(spec.device)  # in a Tune trial: the GPU share Ray gave it, if any
+        run.set_tags(worker_device=str(session.device), precision=spec.precision)
         t0 = time.perf_counter()
         final = run_training(spec, session, EpochLogger(log_epoch=run.log_epoch))
         history = final.get("history") or []

@@ -11,7 +11,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from sctab.config import ConfigError
+from sctab.config import ConfigError, check_device, check_precision
 from sctab.models import BASELINES, MODEL_NAMES
 
 
@@ -41,6 +41,8 @@ class TrainSpec:
     num_workers: int = 1
     cpus_per_worker: int = 1
     use_gpu: str | bool = "auto"
+    device: str = "auto"                 # auto | cpu | cuda[:N] (sctab.models.device)
+    precision: str = "32"                # 32 | bf16-mixed (bf16 autocast for the matmuls)
     max_failures: int = 3
     checkpoints_to_keep: int = 2
 
@@ -62,6 +64,10 @@ class TrainSpec:
         if self.augment and not self.augmentations:
             raise ConfigError(f"models.{self.model}: augment is on but no augmentation file is given")
         self.augment_clip = tuple(float(c) for c in self.augment_clip)
+        self.device = check_device(self.device, f"train.device of {self.model}")
+        self.precision = check_precision(self.precision, f"train.precision of {self.model}")
+        if self.use_gpu not in ("auto", True, False):
+            raise ConfigError(f"train.use_gpu must be auto, true or false, got {self.use_gpu!r}")
         self.store = str(Path(self.store).resolve())
         if self.augmentations:
             self.augmentations = str(Path(self.augmentations).resolve())
@@ -94,11 +100,11 @@ class TrainSpec:
 
     def training_meta(self) -> dict:
         """The optimisation settings, as the model folder records them (architecture and paths apart)."""
-        return {k: v for k, v in self.to_dict().items() if k not in ("arch", "store", "augmentations")}
+        return {k: v for k, v in self.to_dict().items() if k not in ("arch", "store", "augmentations", "device")}
 
 
 _TRAIN_KEYS = {"loader", "block_row_groups", "eval_batch_size", "num_workers", "cpus_per_worker", "use_gpu",
-               "max_failures", "augment_clip", "checkpoints_to_keep"}
+               "device", "precision", "max_failures", "augment_clip", "checkpoints_to_keep"}
 _MODEL_KEYS = {"arch", "batch_size", "lr", "weight_decay", "lr_gamma", "epochs", "patience", "augment", "max_steps"}
 
 

@@ -31,7 +31,7 @@ from sctab.tracking import (
 )
 from sctab.tracking.runs import flatten
 from sctab.train import ray_console
-from sctab.train.ray_train import ensure_ray
+from sctab.train.ray_train import ensure_ray, model_device_setting, trial_resources
 from sctab.train.runners import METRIC, LocalRunner
 from sctab.train.search_space import SearchSpace, check_against_model, load_search_space
 from sctab.train.trial import TrialContext, fit_in_trial, plain
@@ -134,8 +134,10 @@ def run_study(model: str, params: dict, *, store: str | Path = "data/store", pca
         t0 = time.perf_counter()
         try:
             references = _reference_runs(model, params, space, ctx, client, pid) if reference_runs else {}
-            ensure_ray()
-            trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"cpu": cpus})
+            resources = trial_resources(tcfg.get("gpus_per_trial", "auto"), model_device_setting(params, model), cpus,
+                                        conc, ensure_ray(), "tune")
+            client.set_tag(pid, "trial_resources", json.dumps(resources))
+            trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
             if resuming:
                 tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True,
                                            resume_errored=False, restart_errored=False)
