@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import scipy.sparse as sp
+from tqdm.auto import tqdm
 
 from sctab.census.genes import gencode_genes
 from sctab.io import atomic_dir
@@ -307,7 +308,7 @@ def generate_census_anndata(cfg: SyntheticCensusConfig) -> tuple[ad.AnnData, dic
 
     obs_parts, x_parts = [], []
     coarse_label, coarse_of = COARSE_T
-    for ds in plan:
+    for ds in tqdm(plan, desc="census datasets", unit="dataset", disable=None):
         t: TissueSpec = ds["tissue"]
         drng = _term_rng(cfg.seed, f"dataset:{ds['k']}")
         ds_shift = drng.normal(0, cfg.dataset_sd, G)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+from tqdm.auto import tqdm
 
 from sctab.data.store import Store
 from sctab.io import atomic_dir, write_json
@@ -154,7 +155,8 @@ def _centroids(store: Store, group_of: np.ndarray, n_groups: int) -> np.ndarray:
     sums = np.zeros((n_groups, store.n_genes), dtype=np.float64)
     counts = np.bincount(group_of[group_of >= 0], minlength=n_groups)
     start = 0
-    for path, index, n_rows in store.split("train").row_groups:
+    for path, index, n_rows in tqdm(store.split("train").row_groups, desc="augment: read train", unit="row group",
+                                    disable=None):
         g = group_of[start:start + n_rows]
         start += n_rows
         sel = np.flatnonzero(g >= 0)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from sklearn.decomposition import PCA
+from tqdm.auto import tqdm
 
 from sctab import models
 from sctab.data.store import Store
@@ -57,7 +58,7 @@ def evaluate_models(models_dir: str | Path, store_path: str | Path, out: str | P
 
     metrics, per_organ, per_class, runs, ens = {}, {}, {}, {}, None
     spread = {}  # model -> (mean, sd, n) of a single model's test macro F1 over seeds
-    for folder in folders:
+    for folder in tqdm(folders, desc="evaluate", unit="model", disable=None):
         # trusted: these folders are this pipeline's own train-stage outputs (CellTypist's is a pickle)
         clf = models.load(folder, device=device, trust_pickle=True)
         y, members = predict_split_members(clf, store, "test")

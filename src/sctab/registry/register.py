@@ -26,6 +26,7 @@ from pathlib import Path
 
 # artifact downloads of small bundles need no progress bar in every log
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+from tqdm.auto import tqdm
 
 from sctab.annotation.bundle import Bundle, update_meta, write_bundle
 from sctab.data.store import Store
@@ -216,7 +217,7 @@ def register_pipeline_models(models_dir: str | Path, *, store: str | Path, ontol
     class_ids = store_class_ids(store)
     onto = load_cell_ontology(ontology_path)
     out = []
-    for folder_name, name in names.items():
+    for folder_name, name in tqdm(names.items(), desc="register", unit="model", disable=None):
         folder = Path(models_dir) / folder_name
         if not folder.is_dir():
             continue
