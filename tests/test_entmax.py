@@ -10,6 +10,7 @@ from entmax import entmax15 as ref_entmax15
 from entmax import sparsemax as ref_sparsemax
 
 from sctab.models.entmax import (
+    HINT_QUANTILE,
     Entmax15,
     SolveInfo,
     entmax15,
@@ -143,11 +144,14 @@ def test_module_adapts_k():
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(16, 5000, generator=gen) * 0.3  # support ~ dozens
     y = m(x)
-    assert m.last_info.max_support > 0
+    info = m.last_info
+    assert info.max_support > 0
+    assert torch.equal(info.supports, (y > 0).sum(1))  # every row's support size is recorded
     k_after = m._k_hint
-    assert k_after >= 2 * m.last_info.max_support
+    # k covers 2x a high quantile of the supports, not their maximum (the rest is retried on those rows only)
+    assert k_after >= 2 * torch.quantile(info.supports.float(), HINT_QUANTILE)
     y2 = m(x)
-    assert (m.last_info.path == 0).all()  # the hint fits the support now
+    assert (m.last_info.path == 0).float().mean() >= HINT_QUANTILE  # the hint fits most rows now
     torch.testing.assert_close(y, y2, atol=0, rtol=0)
     torch.testing.assert_close(y, ref_entmax15(x), atol=VALUE_ATOL, rtol=0)
 

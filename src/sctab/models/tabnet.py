@@ -55,6 +55,7 @@ __all__ = [
     "GhostBatchNorm",
     "MaskedInput",
     "SparseBNInput",
+    "DenseBNInput",
     "WeightTCache",
     "MASK_TYPES",
 ]
@@ -211,6 +212,35 @@ class SparseBNInput:
         return self.rows(torch.arange(self.shape[0], device=self.keys.device))
 
 
+class DenseBNInput:
+    """``initial_bn(x)`` for a dense ``x`` in eval mode, never materialised: the eval BN is a per-gene affine
+    map, so the first Linear takes ``x @ (scale * W.T) + shift @ W.T`` and the masked input reads
+    ``x[r, c] * scale[c] + shift[c]`` at the few (cell, gene) pairs it needs. Saves a full pass (and a
+    cells x genes buffer) over the input per model; same values to float32 rounding."""
+
+    def __init__(self, x: torch.Tensor, bn: nn.BatchNorm1d, weight_cache: Optional[WeightTCache] = None):
+        self.x, self.shape, self.weight_cache = x, x.shape, weight_cache
+        self.scale, self.shift = _bn_affine(bn)
+
+    def linear(self, weight: torch.Tensor) -> torch.Tensor:
+        with _float32(self.x):
+            wt = _weight_t(weight, self.weight_cache)
+            return torch.addmm(self.shift @ wt, self.x, wt * self.scale.unsqueeze(1))
+
+    def pairs(self, r: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self.x[r, c] * self.scale[c] + self.shift[c]
+
+    def rows(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.x[rows] * self.scale + self.shift
+
+    def dense(self) -> torch.Tensor:
+        return self.x * self.scale + self.shift
+
+
+#: inputs of the first layer kept factored (BN not applied yet, or the mask not applied yet)
+_BN_INPUTS = (SparseBNInput, DenseBNInput)
+
+
 class MaskedInput:
     """``mask * x`` kept in factored form so the first Linear can skip zero genes.
 
@@ -223,10 +253,10 @@ class MaskedInput:
     dense 19k-wide matmul.
     """
 
-    def __init__(self, mask: torch.Tensor, x: "torch.Tensor | SparseBNInput", info,
+    def __init__(self, mask: torch.Tensor, x: "torch.Tensor | SparseBNInput | DenseBNInput", info,
                  weight_cache: Optional[WeightTCache] = None):
         self.mask, self.x, self.info, self.weight_cache = mask, x, info, weight_cache
-        self._sparse_x = isinstance(x, SparseBNInput)
+        self._sparse_x = isinstance(x, _BN_INPUTS)
 
     def dense(self) -> torch.Tensor:
         return self.mask * (self.x.dense() if self._sparse_x else self.x)
@@ -294,7 +324,7 @@ class GLULayer(nn.Module):
         self.bn = GhostBatchNorm(2 * output_dim, virtual_batch_size, momentum)
 
     def forward(self, x: "torch.Tensor | MaskedInput | SparseBNInput") -> torch.Tensor:
-        h = x.linear(self.fc.weight) if isinstance(x, (MaskedInput, SparseBNInput)) else self.fc(x)
+        h = x.linear(self.fc.weight) if isinstance(x, (MaskedInput, *_BN_INPUTS)) else self.fc(x)
         return F.glu(self.bn(h), dim=-1)
 
 
@@ -323,7 +353,7 @@ class GLUBlock(nn.Module):
             self.glu_layers.append(GLULayer(in_dim, output_dim, fc, virtual_batch_size, momentum))
 
     def forward(self, x: torch.Tensor | MaskedInput) -> torch.Tensor:
-        if isinstance(x, (MaskedInput, SparseBNInput)) and not self.first:
+        if isinstance(x, (MaskedInput, *_BN_INPUTS)) and not self.first:
             x = x.dense()  # a residual needs the dense input
         start = 0
         if self.first:
@@ -375,7 +405,7 @@ class FeatTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor | MaskedInput) -> torch.Tensor:
         x = self.shared(x)
-        if isinstance(x, (MaskedInput, SparseBNInput)) and not isinstance(self.specifics, GLUBlock):
+        if isinstance(x, (MaskedInput, *_BN_INPUTS)) and not isinstance(self.specifics, GLUBlock):
             x = x.dense()  # only Identity blocks: nothing consumed the input
         return self.specifics(x)
 
@@ -520,6 +550,8 @@ class TabNetEncoder(nn.Module):
                 x = first = SparseBNInput(x, self.initial_bn, self.weight_cache)
         elif x.layout != torch.strided:
             raise ValueError(f"TabNet takes a dense or sparse CSR input, got layout {x.layout}")
+        elif not self.training and self.sparse_masked_input:
+            x = first = DenseBNInput(x, self.initial_bn, self.weight_cache)
         else:
             x = first = self.initial_bn(x)
         att = self.initial_splitter(first)[:, self.n_d :]
@@ -536,7 +568,7 @@ class TabNetEncoder(nn.Module):
             if step + 1 < self.n_steps:
                 prior = (self.gamma - mask) if prior is None else (self.gamma - mask) * prior
             use_info = info if self.sparse_masked_input else None
-            if use_info is None and isinstance(x, SparseBNInput):
+            if use_info is None and isinstance(x, _BN_INPUTS):
                 x = x.dense()
             masked = MaskedInput(mask, x, use_info, self.weight_cache)
             out = self.feat_transformers[step](masked)
