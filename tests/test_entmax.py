@@ -14,6 +14,7 @@ from sctab.models.entmax import (
     Entmax15,
     SolveInfo,
     entmax15,
+    entmax15_factored,
     entmax15_solve_info,
     entmax15_sort,
     sparsemax,
@@ -137,6 +138,22 @@ def test_half_precision_input_is_computed_in_float32():
     y = entmax15(x)
     assert y.dtype == torch.bfloat16
     torch.testing.assert_close(y.float(), ref_entmax15(x.float()).to(torch.bfloat16).float())
+
+
+def test_factored_output_is_the_dense_output():
+    """entmax15_factored (inference without the dense output): its values rebuild entmax15's output exactly,
+    and the entropy from them is the dense formula's; rows solved by top-k and by the sort both present."""
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(32, 2000, generator=gen) * 0.3
+    x[:4] = 0.001 * torch.randn(4, 2000, generator=gen)  # nearly flat rows: supports too large for top-k
+    info = entmax15_factored(x, k=16)
+    assert (info.path < 0).any() and (info.path >= 0).any()
+    y = entmax15(x, k=16)
+    torch.testing.assert_close(info.dense(x.shape[1]), y, atol=0, rtol=0)
+    torch.testing.assert_close(support_entropy(None, info), -torch.xlogy(y, y + 1e-15).sum(-1), atol=1e-6, rtol=1e-6)
+    assert torch.equal(info.supports, (y > 0).sum(1))
+    with pytest.raises(ValueError, match="2-D"):
+        entmax15_factored(x[0])
 
 
 def test_module_adapts_k():

@@ -46,6 +46,7 @@ __all__ = [
     "Sparsemax",
     "SolveInfo",
     "entmax15_solve_info",
+    "entmax15_factored",
     "support_entropy",
     "DEFAULT_K",
     "HINT_QUANTILE",
@@ -79,6 +80,25 @@ class SolveInfo:
     dense_rows: object = False
     #: support size of every row (B,), int64
     supports: Optional[torch.Tensor] = None
+    #: the output at ``candidates`` (one tensor per entry, same shape as its column indices) and, for the
+    #: full-sort rows, their dense output rows: everything non-zero, without the dense (B, n) output
+    values: list = field(default_factory=list)
+    dense_values: Optional[torch.Tensor] = None
+
+    def dense(self, n: int) -> torch.Tensor:
+        """The (B, n) output rebuilt from ``values`` (for callers of :func:`entmax15_factored`)."""
+        ref = self.values[0] if self.values else self.dense_values
+        out = ref.new_zeros(self.path.shape[0], n)
+        for (rows, idx), v in zip(self.candidates, self.values):
+            if rows is None:
+                out.scatter_(1, idx, v)
+            else:
+                out[rows.unsqueeze(1), idx] = v
+        if self.dense_rows is None:
+            return self.dense_values
+        if self.dense_rows is not False:
+            out[self.dense_rows] = self.dense_values
+        return out
 
     @property
     def fallback_rows(self) -> torch.Tensor:
@@ -149,8 +169,9 @@ def _solve_sort(x: torch.Tensor, kind: str):
     return _transform(z, tau, kind), support
 
 
-def _solve_topk(x: torch.Tensor, kind: str, k: int, info: Optional[SolveInfo]):
-    """Top-k solver with exact per-row fallback.
+def _solve_topk(x: torch.Tensor, kind: str, k: int, info: Optional[SolveInfo], materialize: bool = True):
+    """Top-k solver with exact per-row fallback (``materialize=False``: no dense output, out is None unless
+    every row needed the full sort; the values are in ``segments`` / ``dense`` and in ``info``).
 
     Returns the dense output and the pieces needed by backward:
     ``segments``: list of (rows or None, idx, p) where the support of those rows
@@ -189,14 +210,16 @@ def _solve_topk(x: torch.Tensor, kind: str, k: int, info: Optional[SolveInfo]):
             else:
                 supports[sel_rows] = support.squeeze(-1)[solved]
         if n_solved:
-            if out is None:
+            if out is None and materialize:
                 out = x.new_zeros(B, n)
             if sel_rows is None:
-                out.scatter_(1, sel_idx, sel_p)
+                if materialize:
+                    out.scatter_(1, sel_idx, sel_p)
                 path.fill_(attempt)
             else:
-                flat = (sel_rows.unsqueeze(1) * n + sel_idx).flatten()
-                out.view(-1).index_copy_(0, flat, sel_p.flatten())
+                if materialize:
+                    flat = (sel_rows.unsqueeze(1) * n + sel_idx).flatten()
+                    out.view(-1).index_copy_(0, flat, sel_p.flatten())
                 path[sel_rows] = attempt
             segments.append((sel_rows, sel_idx, sel_p))
         if n_solved == xr.shape[0]:
@@ -220,7 +243,7 @@ def _solve_topk(x: torch.Tensor, kind: str, k: int, info: Optional[SolveInfo]):
                 supports[rows] = support.squeeze(-1)
         if rows is None:  # no top-k attempt solved anything
             out = p_dense
-        else:
+        elif materialize:
             if out is None:
                 out = x.new_zeros(B, n)
             out[rows] = p_dense
@@ -233,6 +256,8 @@ def _solve_topk(x: torch.Tensor, kind: str, k: int, info: Optional[SolveInfo]):
         info.candidates = [(r, i) for r, i, _ in segments]
         info.dense_rows = dense[0] if dense is not None else False
         info.supports = supports
+        info.values = [p for _, _, p in segments]
+        info.dense_values = dense[1] if dense is not None else None
     return out, segments, dense
 
 
@@ -357,6 +382,20 @@ def sparsemax(
     return _apply(x, dim, lambda x2: _TopkFunction.apply(x2, "sparsemax", k, info))
 
 
+def entmax15_factored(x: torch.Tensor, k: Optional[int] = None, kind: str = "entmax15") -> SolveInfo:
+    """1.5-entmax (or sparsemax) of a 2-D ``x`` over its last dimension, without the dense output, for
+    inference: the non-zeros are ``info.values`` at ``info.candidates`` (plus ``info.dense_values`` for
+    full-sort rows). Skips zero-filling and scattering a (rows, n) array that a reader of a few entries per
+    row does not need. No autograd."""
+    if x.dim() != 2 or not torch.is_floating_point(x):
+        raise ValueError(f"entmax15_factored needs a 2-D floating point input, got {tuple(x.shape)} {x.dtype}")
+    info = SolveInfo()
+    with torch.no_grad():
+        x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x  # as _apply: at least float32
+        _solve_topk(x.contiguous(), kind, DEFAULT_K if k is None else k, info, materialize=False)
+    return info
+
+
 def entmax15_solve_info(x: torch.Tensor, k: Optional[int] = None) -> SolveInfo:
     """Which path (top-k attempt or full-sort fallback) each row of ``x`` takes."""
     info = SolveInfo()
@@ -374,6 +413,8 @@ def support_entropy(p: torch.Tensor, info: SolveInfo, eps: float = 1e-15) -> tor
     input equals that of the dense formula because entmax's backward ignores
     the gradient on zero entries.
     """
+    if p is None:  # factored output (entmax15_factored): the values are in info
+        return _factored_entropy(info, eps)
     if p.dim() == 2 and p.shape[0] == 0:
         return p.new_zeros(0)
     if p.dim() != 2 or info.path is None or info.path.shape[0] != p.shape[0]:
@@ -388,6 +429,20 @@ def support_entropy(p: torch.Tensor, info: SolveInfo, eps: float = 1e-15) -> tor
     if info.dense_rows is not False:
         rows = info.dense_rows
         ent = ent.index_put((rows,), -torch.xlogy(p[rows], p[rows] + eps).sum(-1))
+    return ent
+
+
+def _factored_entropy(info: SolveInfo, eps: float) -> torch.Tensor:
+    ref = info.values[0] if info.values else info.dense_values
+    if info.dense_rows is None:
+        return -torch.xlogy(info.dense_values, info.dense_values + eps).sum(-1)
+    ent = ref.new_zeros(info.path.shape[0])
+    for (rows, _), v in zip(info.candidates, info.values):
+        e = -torch.xlogy(v, v + eps).sum(-1)
+        ent = e if rows is None else ent.index_put((rows,), e)
+    if info.dense_rows is not False:
+        v = info.dense_values
+        ent = ent.index_put((info.dense_rows,), -torch.xlogy(v, v + eps).sum(-1))
     return ent
 
 
@@ -441,6 +496,15 @@ class _AdaptiveMax(nn.Module):
         if self.k is None and info.path is not None:
             self._k_hint = _next_k(_hint_support(info.supports, info.max_support))
         return out, info
+
+    def solve(self, x: torch.Tensor) -> SolveInfo:
+        """:func:`entmax15_factored` with this module's k (and its adaptation): inference without the dense
+        output."""
+        info = entmax15_factored(x, self.k if self.k is not None else self._k_hint, self.kind)
+        self.last_info = info
+        if self.k is None:
+            self._k_hint = _next_k(_hint_support(info.supports, info.max_support))
+        return info
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, k={'adaptive' if self.k is None else self.k}"
