@@ -417,7 +417,7 @@ register("loader_csr", "Training loader: shuffled batches as torch sparse CSR (m
 register("loader_dense", "Training loader: shuffled batches as dense torch float32", 50_000,
          loader_sparse("dense"), baseline="in-memory dense loader")
 register("loader_merlin", "merlin-dataloader (CPU, dense layout)", None, loader_merlin,
-         baseline="our sparse loader", note="needs .venv-merlin (`make merlin-env`)")
+         baseline="our sparse loader", note="ours runs in .venv-merlin (built by `make merlin-env` when missing)")
 register("entmax", "1.5-entmax of the attention scores (batch x genes)", None, entmax_case,
          baseline="textbook full-sort entmax")
 register("infer_dense", "scTab inference, dense batch", 6_000, sctab_inference("dense"),

@@ -138,6 +138,10 @@ def _fmt(v: float) -> str:
     return f"{v:,.0f}" if v >= 100 else f"{v:,.2f}"
 
 
+def _ratio(v: float) -> str:
+    return f"{v:.1f}x" if v >= 0.1 else f"{v:.2g}x"  # a slower baseline-beater still shows its size
+
+
 def _check_text(check: dict) -> str:
     out = []
     for k, v in check.items():
@@ -168,7 +172,8 @@ def table(rows: list[dict], cfg: Config, header: str = "") -> str:
         bcpu = "" if np.isnan(r.get("baseline_cpu_median", np.nan)) else f" ({_fmt(r['baseline_cpu_median'])})"
         lines.append(
             f"| {r['figure']}<br>*{o['label']}* | {_fmt(r['median'])} {o['unit']}{spread} | {cpu} | "
-            f"{_fmt(r['baseline_median'])}{bcpu}, {len(b['samples'])} repeats<br>*{b['label']}* | {r['ratio']:.1f}x | {target} | "
+            f"{_fmt(r['baseline_median'])}{bcpu}, {len(b['samples'])} repeats<br>*{b['label']}* | "
+            f"{_ratio(r['ratio'])} | {target} | "
             f"{yn[r['met']]} / {yn.get(r.get('met_cpu'), '-')} | "
             f"{o['peak_rss_mib']:,.0f} / {b['peak_rss_mib']:,.0f} MiB | "
             f"{'; '.join(x for x in (_check_text(o.get('check', {})), r['note']) if x)} |")
