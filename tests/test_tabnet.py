@@ -484,3 +484,15 @@ def test_copies_of_a_model_start_with_an_empty_cache():
         assert len(clone.encoder.weight_cache) == 0 and clone.encoder.weight_cache is not model.encoder.weight_cache
         fast, ref = _fast_and_reference(clone, _sparse_data(seed=10))
         torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_model_deep_copies_after_a_training_forward():
+    """The solver's info kept on the entmax modules holds no autograd graph (deepcopy refuses graph tensors)."""
+    import copy
+
+    model = _sharp_model()
+    model.train()
+    logits, m_loss = model(_sparse_data(seed=13))
+    (logits.sum() + m_loss).backward()
+    clone = copy.deepcopy(model)
+    assert all(torch.equal(a, b) for a, b in zip(clone.state_dict().values(), model.state_dict().values()))

@@ -256,8 +256,10 @@ def _solve_topk(x: torch.Tensor, kind: str, k: int, info: Optional[SolveInfo], m
         info.candidates = [(r, i) for r, i, _ in segments]
         info.dense_rows = dense[0] if dense is not None else False
         info.supports = supports
-        info.values = [p for _, _, p in segments]
-        info.dense_values = dense[1] if dense is not None else None
+        # detached: the full-sort output may be the autograd output itself, and an info holding a graph
+        # would make the module impossible to deep-copy
+        info.values = [p.detach() for _, _, p in segments]
+        info.dense_values = dense[1].detach() if dense is not None else None
     return out, segments, dense
 
 
