@@ -25,6 +25,10 @@ def test_quick_bench_runs_every_case_and_writes_the_table(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     text = out.read_text()
     assert text.strip() in r.stdout
+    # one invocation, saying how it was made: command, commit, machine, load, wall time, repeats per row
+    for part in ("Command: `benchmarks/run.py --quick", "commit ", "3 rows, all from this invocation", "wall time",
+                 "CPU cores", "Load average (1, 5, 15 min)", "Exact: ours at most 4x"):
+        assert part in text, part
     assert "| Figure | Ours, wall (median, min-max) | Ours, CPU-time rate | Baseline, same run" in text
     lines = [ln for ln in text.splitlines() if ln.startswith("| ")][1:]
     assert len(lines) == 3
@@ -32,7 +36,34 @@ def test_quick_bench_runs_every_case_and_writes_the_table(tmp_path):
         cells = [c.strip() for c in ln.split("|")[1:-1]]
         assert "cells/s" in cells[1] and cells[4].endswith("x") and "MiB" in cells[7], ln
         assert "NO" not in cells[8], ln
+        assert "1 repeats" in cells[1] and "1 repeats" in cells[3], ln
+    for ln in lines[1:]:  # model rows: the criterion, passed, and the support sizes they ran on
+        assert "exact (<= 4x textbook f32 error, same class): yes" in ln and "cells with another class 0" in ln, ln
+    assert "masks: median" in lines[1]
     assert "`sctab annotate` end to end" in lines[2] and "3,000 cells" in lines[2]
+    assert "written labels = fast path's: yes" in lines[2] and "peak RSS < 4,096 MiB: yes" in lines[2]
+    assert "whole epoch" in lines[0]  # the dense baseline reads what it delivers
+
+
+def test_exactness_criterion():
+    """Ours passes within 4x the textbook's float32 error from float64 and with the same class everywhere."""
+    import torch
+
+    from sctab.bench.cases import EXACT_FACTOR, exactness
+
+    ref = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.5, 0.4]], dtype=torch.float64)
+    textbook = ref + 1e-6
+    key = f"exact (<= {EXACT_FACTOR:g}x textbook f32 error, same class)"
+    ok = exactness([ref + 3e-6], [textbook], [ref])
+    assert ok[key] and ok["cells with another class"] == 0
+    assert abs(ok["ours vs f64"] - 3e-6) < 1e-12 and abs(ok["textbook f32 vs f64"] - 1e-6) < 1e-12
+    assert not exactness([ref + 5e-6], [textbook], [ref])[key]  # 5x the textbook's error
+    flipped = ref.clone()
+    flipped[1] = torch.tensor([0.1, 0.45, 0.45 + 1e-6], dtype=torch.float64)  # another class, tiny error
+    tb = flipped.clone()
+    tb[1, 2] -= 2e-6
+    res = exactness([flipped], [tb], [flipped])
+    assert res["cells with another class"] == 1 and not res[key]
 
 
 def test_runner_help_and_unknown_case():

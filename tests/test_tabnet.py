@@ -300,6 +300,37 @@ def test_sparse_csr_input_matches_dense_in_eval():
         model(x.to_sparse())  # COO is not a supported input layout
 
 
+@pytest.mark.parametrize("n_steps", [1, 2])
+@pytest.mark.parametrize("densify_above", [0.0, 1.0])  # CSR scattered to dense (DenseBNInput) / kept sparse
+def test_inference_paths_match_the_reference(n_steps, densify_above):
+    """Eval without autograd: BN folded into the first layer, the last step's mask never made dense (its
+    non-zeros from the solver), CSR input either way: same logits and mask loss as the dense reference, and
+    as eval with autograd on (which builds every mask)."""
+    model = _sharp_model(n_steps=n_steps)
+    model.encoder.csr_densify_above = densify_above
+    x = _sparse_data(seed=11)
+    ref_logits, ref_loss = _reference_forward(model, x)
+    with torch.no_grad():
+        for inp in (x, x.to_sparse_csr()):
+            logits, m_loss = model(inp)
+            torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(m_loss, ref_loss, atol=1e-6, rtol=1e-6)
+        paths = torch.cat([at.selector.last_info.path for at in model.encoder.att_transformers])
+        assert (paths >= 0).any() and (paths < 0).any()  # top-k rows and full-sort rows both exercised
+    logits, m_loss = model(x)  # autograd on: the dense masks
+    torch.testing.assert_close(logits.detach(), ref_logits, atol=1e-5, rtol=1e-5)
+
+
+def test_csr_to_dense_and_duplicates():
+    from sctab.models.tabnet import csr_to_dense
+
+    x = _sparse_data(seed=12)
+    assert torch.equal(csr_to_dense(x.to_sparse_csr()), x)
+    dup = torch.sparse_csr_tensor(torch.tensor([0, 2]), torch.tensor([1, 1]), torch.tensor([1.0, 2.0]), size=(1, 3))
+    with pytest.raises(ValueError, match="duplicate"):
+        csr_to_dense(dup)
+
+
 def test_sparse_csr_input_in_training_equals_dense():
     model = _sharp_model()
     model.train()
@@ -453,3 +484,15 @@ def test_copies_of_a_model_start_with_an_empty_cache():
         assert len(clone.encoder.weight_cache) == 0 and clone.encoder.weight_cache is not model.encoder.weight_cache
         fast, ref = _fast_and_reference(clone, _sparse_data(seed=10))
         torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_model_deep_copies_after_a_training_forward():
+    """The solver's info kept on the entmax modules holds no autograd graph (deepcopy refuses graph tensors)."""
+    import copy
+
+    model = _sharp_model()
+    model.train()
+    logits, m_loss = model(_sparse_data(seed=13))
+    (logits.sum() + m_loss).backward()
+    clone = copy.deepcopy(model)
+    assert all(torch.equal(a, b) for a, b in zip(clone.state_dict().values(), model.state_dict().values()))
