@@ -118,7 +118,7 @@ def _venv_args() -> list[str]:
 
 def _make(target: str, project: Path, **variables) -> subprocess.Popen:
     """A long-running `make <target>` of the project (its own process group, stopped by kill_group)."""
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     args = ["make", "-s", "-C", str(project), target, *_venv_args(),
             *(f"{k}={v}" for k, v in variables.items())]
     log = open(project / f"{target}.log", "w")
@@ -155,7 +155,7 @@ def test_promote_annotate_serve_and_ui(project, tmp_path):
     registered = json.loads((project / "reports/registry/registered.json").read_text())["models"]
     assert {m["name"] for m in registered} == {"sctab-ensemble", "sctab-linear", "sctab-mlp", "sctab-xgboost",
                                                "sctab-celltypist"}
-    env_clean = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env_clean = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     r = subprocess.run(["make", "-s", "-C", str(project), "promote", *_venv_args()], capture_output=True, text=True,
                        env=env_clean, timeout=300)
     assert r.returncode == 0 and "promoted: no champion yet" in r.stdout, r.stdout + r.stderr
