@@ -4,6 +4,8 @@ default minimum probability a registered version carries (chosen on its store's 
 
 from __future__ import annotations
 
+import os
+
 import anndata
 import numpy as np
 import pandas as pd
@@ -269,6 +271,9 @@ def test_default_min_probability_recorded_at_registration_and_used(models, store
     assert mv.tags["min_probability_reached"] == "true"
 
     out = annotate(test_counts.copy(), "models:/voted@challenger", progress=False)
+    # neither the registration nor the download left MLflow's URIs in the environment of later processes
+    assert "MLFLOW_REGISTRY_URI" not in os.environ
+    assert os.environ["MLFLOW_TRACKING_URI"] == tracking
     rep = out.uns["sctab_annotation"]
     assert rep["min_probability"] == pytest.approx(want["value"], abs=1e-9)
     assert "the model's default" in rep["min_probability_source"]

@@ -51,10 +51,9 @@ def download_model(uri: str, dest: Path) -> Path:
     """Download a models:/ or runs:/ URI into ``dest``; the MLflow model folder."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri())
-    mlflow.set_registry_uri(tracking_uri())
     try:
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest),
+                                                        tracking_uri=tracking_uri(), registry_uri=tracking_uri()))
     except Exception as e:
         if uri.startswith("models:/"):
             raise AnnotateError(f"cannot load model {uri}: {_registry_hint(uri)}") from e

@@ -33,7 +33,7 @@ from sctab.data.store import Store
 from sctab.ontology.cell_ontology import load_cell_ontology
 from sctab.registry.pyfunc import BUNDLE, MODEL_CODE, signature
 from sctab.registry.thresholds import DEFAULT_MAX_CELLS, DEFAULT_PRECISION, validation_threshold
-from sctab.tracking import lineage_tags, tracked_run, tracking_uri
+from sctab.tracking import fluent_uris, lineage_tags, tracked_run, tracking_uri
 
 EXPERIMENT = "registry"
 CHALLENGER = "challenger"
@@ -118,9 +118,7 @@ def register_folder(folder: str | Path, name: str, *, class_ids: dict[str, str],
                          "min_probability_precision": f"{floor['precision_target']:g}",
                          "min_probability_reached": str(floor["reached"]).lower()})
         tags.update({k: str(v) for k, v in (extra_tags or {}).items()})
-        mlflow.set_tracking_uri(tracking_uri())
-        mlflow.set_registry_uri(tracking_uri())
-        with tracked_run(EXPERIMENT, name=f"register {name}", params=params, tags=tags) as run:
+        with fluent_uris(), tracked_run(EXPERIMENT, name=f"register {name}", params=params, tags=tags) as run:
             run.log_params({"model_folder": str(folder), "kind": bundle.kind, "members": len(bundle.members),
                             "genes": len(bundle.genes), "classes": bundle.space.n_classes,
                             "uncertainty_threshold": bundle.fallback["uncertainty_threshold"],
@@ -136,7 +134,8 @@ def register_folder(folder: str | Path, name: str, *, class_ids: dict[str, str],
                                                artifacts={BUNDLE: str(bdir)}, signature=signature(),
                                                pip_requirements=PIP_REQUIREMENTS)
             run_id = run.run_id
-    mv = mlflow.register_model(info.model_uri, name)
+    with fluent_uris():
+        mv = mlflow.register_model(info.model_uri, name)
     try:
         _wait_ready(c, name, mv.version)
         for k, v in tags.items():

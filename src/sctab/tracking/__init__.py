@@ -7,6 +7,7 @@ from sctab.tracking.runs import (
                                  experiment_id,
                                  explain_tracking_error,
                                  flatten,
+                                 fluent_uris,
                                  git_commit,
                                  lineage_tags,
                                  project_root,
@@ -17,5 +18,5 @@ from sctab.tracking.tracked import STOPPED, TrackedRun, close_run, record_failur
 
 __all__ = ["tracked_run", "TrackedRun", "record_failure", "close_run", "STOPPED", "tracking_uri", "experiment_id",
            "lineage_tags", "flatten", "project_root", "git_commit", "data_version", "TrackingServerError",
-           "explain_tracking_error", "close_stale_runs", "owner_tags", "owner_gone", "running_runs",
+           "explain_tracking_error", "fluent_uris", "close_stale_runs", "owner_tags", "owner_gone", "running_runs",
            "STALE_TAG"]

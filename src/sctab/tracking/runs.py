@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -31,6 +33,40 @@ def tracking_uri(root: str | os.PathLike | None = None) -> str:
     db = project_root(root) / DEFAULT_DB
     db.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{db}"
+
+
+URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@contextmanager
+def fluent_uris(uri: str | None = None) -> Iterator[str]:
+    """Point MLflow's fluent API (``mlflow.register_model``, ``log_model``, ``download_artifacts``) at ``uri``
+    (default :func:`tracking_uri`) for tracking and registry, for the block only.
+
+    Why scoped: ``mlflow.set_tracking_uri`` / ``set_registry_uri`` also write ``MLFLOW_*_URI`` into
+    ``os.environ``, so a library call would hand its store to every later call and every child process
+    (a `make serve` started later looked for models in a test's throw-away registry). On exit both
+    variables and MLflow's own settings are as they were.
+    """
+    import mlflow
+    from mlflow.tracking import _model_registry, _tracking_service
+
+    uri = uri or tracking_uri()
+    saved_env = {k: os.environ.get(k) for k in URI_VARIABLES}
+    # MLflow's own settings (None when never set: then the variables decide, as before the block)
+    saved = (_tracking_service.utils._tracking_uri, _model_registry.utils._registry_uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield uri
+    finally:
+        mlflow.set_tracking_uri(saved[0])
+        _model_registry.utils._registry_uri = saved[1]
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _is_local_default(uri: str) -> bool:

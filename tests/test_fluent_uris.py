@@ -1,0 +1,37 @@
+"""MLflow's fluent URIs are scoped: a registration or a download leaves no MLFLOW_*_URI behind."""
+
+import os
+
+import mlflow
+
+from sctab.tracking import fluent_uris
+
+
+def test_fluent_uris_set_inside_and_restore_unset_variables(tmp_path, monkeypatch):
+    for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.delenv(k, raising=False)
+    uri = f"sqlite:///{tmp_path / 'x.db'}"
+    with fluent_uris(uri):
+        assert mlflow.get_tracking_uri() == uri
+        assert mlflow.get_registry_uri() == uri
+        assert os.environ["MLFLOW_REGISTRY_URI"] == uri
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert "MLFLOW_REGISTRY_URI" not in os.environ
+    # a variable set after the block is what MLflow reads: nothing of the block shadows it
+    later = f"sqlite:///{tmp_path / 'later.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", later)
+    assert mlflow.get_tracking_uri() == later
+
+
+def test_fluent_uris_restore_a_variable_that_was_set(tmp_path, monkeypatch):
+    before = f"sqlite:///{tmp_path / 'before.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", before)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    try:
+        with fluent_uris(f"sqlite:///{tmp_path / 'inner.db'}"):
+            raise RuntimeError("boom")
+    except RuntimeError:
+        pass
+    assert os.environ["MLFLOW_TRACKING_URI"] == before
+    assert "MLFLOW_REGISTRY_URI" not in os.environ
+    assert mlflow.get_tracking_uri() == before
