@@ -20,18 +20,27 @@ def test_quick_bench_runs_every_case_and_writes_the_table(tmp_path):
     out = tmp_path / "result.md"
     r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--quick", "--repeats", "1",
                         "--cache", str(tmp_path / "cache"), "--out", str(out),
-                        "--cases", "loader_csr", "infer_csr", "annotate_e2e"],
+                        "--cases", "loader_csr", "infer_csr", "annotate_e2e", "train_e2e"],
                        capture_output=True, text=True, cwd=REPO, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     text = out.read_text()
     assert text.strip() in r.stdout
     # one invocation, saying how it was made: command, commit, machine, load, wall time, repeats per row
-    for part in ("Command: `benchmarks/run.py --quick", "commit ", "3 rows, all from this invocation", "wall time",
+    for part in ("Command: `benchmarks/run.py --quick", "commit ", "4 rows, all from this invocation", "wall time",
                  "CPU cores", "Load average (1, 5, 15 min)", "Exact: ours at most 4x"):
         assert part in text, part
     assert "| Figure | Ours, wall (median, min-max) | Ours, CPU-time rate | Baseline, same run" in text
     lines = [ln for ln in text.splitlines() if ln.startswith("| ")][1:]
-    assert len(lines) == 3
+    assert len(lines) == 4
+    e2e = lines.pop()  # the train stage end to end, against the isolated step: a ratio target
+    assert "Train stage end to end" in e2e and ">= 0.9x baseline" in e2e and "isolated step" in e2e
+    # the run's record beside the table: every row, for `make bench-summary`
+    import json
+
+    rec = json.loads(out.with_suffix(".json").read_text())
+    assert [r["name"] for r in rec["rows"]] == ["loader_csr", "infer_csr", "annotate_e2e", "train_e2e"]
+    assert rec["quick"] and rec["commit"] and len(rec["load_start"]) == 3
+    assert rec["rows"][3]["met"] == (rec["rows"][3]["ratio"] >= 0.9)
     for ln in lines:  # measured rows: a number, a ratio, a peak RSS, and the exactness checks passed
         cells = [c.strip() for c in ln.split("|")[1:-1]]
         assert "cells/s" in cells[1] and cells[4].endswith("x") and "MiB" in cells[7], ln
@@ -122,3 +131,41 @@ def test_quick_bench_device_rows_run(tmp_path):
     for ln in lines:
         cells = [c.strip() for c in ln.split("|")[1:-1]]
         assert "cells/s" in cells[1] and cells[4].endswith("x"), ln
+
+
+def _record(path, started, medians, ratio=2.0, checks_ok=True):
+    import json
+
+    rows = [{"name": "infer", "figure": "Inference", "target": 100.0, "min_ratio": None, "status": "ok",
+             "median": m, "baseline_median": m / ratio, "ratio": ratio, "checks_ok": checks_ok,
+             "baseline_name": "tb", "note": "", "ours": {"unit": "cells/s"}} for m in medians[:1]]
+    rows.append({"name": "e2e", "figure": "End to end", "target": None, "min_ratio": 0.9, "status": "ok",
+                 "median": medians[1], "baseline_median": 100.0, "ratio": medians[1] / 100.0, "checks_ok": True,
+                 "baseline_name": "iso", "note": "", "ours": {"unit": "cells/s"}})
+    path.write_text(json.dumps({"started": started, "commit": "abc1234", "wall_s": 600.0, "quick": False,
+                                "load_start": [0.5, 0.5, 0.5], "load_end": [1.0, 1.0, 1.0], "rows": rows}))
+    return path
+
+
+def test_summary_over_runs_meets_targets_by_the_median(tmp_path):
+    from sctab.bench.summary import latest_runs, load_runs, render, summarise
+
+    paths = [_record(tmp_path / "a.json", "2026-11-25T22:10:00", [90.0, 95.0]),
+             _record(tmp_path / "b.json", "2026-11-25T23:10:00", [120.0, 85.0]),
+             _record(tmp_path / "c.json", "2026-11-26T00:10:00", [110.0, 93.0])]
+    s = {r["name"]: r for r in summarise(load_runs(paths))}
+    # rate target: median of 90/120/110 = 110 >= 100, though one run missed it
+    assert s["infer"]["median"] == 110.0 and (s["infer"]["min"], s["infer"]["max"]) == (90.0, 120.0)
+    assert s["infer"]["met"] is True
+    # ratio target: median ratio 0.93 >= 0.9
+    assert abs(s["e2e"]["ratio"] - 0.93) < 1e-12 and s["e2e"]["met"] is True
+    # a failed check in any run: not met, whatever the speed
+    _record(paths[1], "2026-11-25T23:10:00", [120.0, 85.0], checks_ok=False)
+    s = {r["name"]: r for r in summarise(load_runs(paths))}
+    assert s["infer"]["met"] is False
+    text = render(load_runs(paths), list(s.values()), "benchmarks/summarize.py a b c")
+    assert "| Inference | 110 cells/s | 90.00-120 | 90.00 / 120 / 110 |" in text and "(a check failed)" in text
+    assert "not every run started in a different hour" not in text
+    assert latest_runs(2, tmp_path) == [paths[1], paths[2]]
+    same_hour = _record(tmp_path / "d.json", "2026-11-26T00:40:00", [100.0, 99.0])
+    assert "not every run started in a different hour" in render(load_runs([paths[2], same_hour]), [], "x")

@@ -128,8 +128,16 @@ def run_case(name: str, cfg: Config) -> dict:
                          f"peak RSS < {case.max_rss_mib:,.0f} MiB": ours["peak_rss_mib"] < case.max_rss_mib}
     checks_ok = all(v for k, v in ours.get("check", {}).items() if isinstance(v, bool))
     row["checks_ok"] = checks_ok
-    row["met"] = None if case.target is None else bool(row["median"] >= case.target and checks_ok)
-    row["met_cpu"] = None if case.target is None else bool(row["cpu_median"] >= case.target and checks_ok)
+    row["min_ratio"] = case.min_ratio
+    if case.target is None and case.min_ratio is None:
+        row["met"] = row["met_cpu"] = None
+    else:
+        ratio_ok = case.min_ratio is None or row["ratio"] >= case.min_ratio
+        cpu_ratio = row["cpu_median"] / row["baseline_cpu_median"]
+        cpu_ratio_ok = case.min_ratio is None or cpu_ratio >= case.min_ratio
+        row["met"] = bool((case.target is None or row["median"] >= case.target) and ratio_ok and checks_ok)
+        row["met_cpu"] = bool((case.target is None or row["cpu_median"] >= case.target) and cpu_ratio_ok
+                              and checks_ok)
     row["status"] = "ok"
     return row
 
@@ -154,6 +162,14 @@ def _check_text(check: dict) -> str:
     return "; ".join(out)
 
 
+def target_text(r: dict) -> str:
+    """A row's target: a rate, a ratio to its same-run baseline, both or none."""
+    parts = [] if r.get("target") is None else [f">= {_fmt(r['target'])}"]
+    if r.get("min_ratio") is not None:
+        parts.append(f">= {r['min_ratio']:g}x baseline")
+    return " and ".join(parts) or "-"
+
+
 def table(rows: list[dict], cfg: Config, header: str = "") -> str:
     lines = [header] if header else []
     lines += ["| Figure | Ours, wall (median, min-max) | Ours, CPU-time rate | Baseline, same run: wall (CPU-time) "
@@ -161,7 +177,7 @@ def table(rows: list[dict], cfg: Config, header: str = "") -> str:
               "|---|---|---|---|---|---|---|---|---|"]
     yn = {None: "-", True: "yes", False: "**no**"}
     for r in rows:
-        target = "-" if r["target"] is None else f">= {_fmt(r['target'])}"
+        target = target_text(r)
         if r["status"] != "ok":
             lines.append(f"| {r['figure']} | {r['status']} | - | {r['baseline_name'] or '-'} | - | {target} | "
                          f"{'not run' if r['status'] == 'not run' else 'error'} | - | {r['note']} |")
@@ -192,8 +208,9 @@ def main(argv: list[str] | None = None) -> int:
                    "row 3, each annotates every cell): sets every row's")
     p.add_argument("--cache", default=str(REPO / "benchmarks" / ".cache"),
                    help="synthetic store cache (default: %(default)s)")
-    p.add_argument("--out", default=None, help="result file (default benchmarks/results/<YYYY-MM-DD>.md; "
-                   "'-' = do not write; quick runs write nothing unless given)")
+    p.add_argument("--out", default=None, help="result file (default benchmarks/results/<YYYY-MM-DD-HHMM>.md, "
+                   "its rows also as .json beside it for `make bench-summary`; '-' = do not write; quick runs "
+                   "write nothing unless given)")
     p.add_argument("--device", default=None, help="also run the device rows (loader to device, training step, "
                    "inference, annotate) on this device: cuda (auto, or cpu to smoke them); default: CPU rows only")
     p.add_argument("--_child", nargs=3, help=argparse.SUPPRESS)
@@ -252,12 +269,17 @@ def main(argv: list[str] | None = None) -> int:
               f"meet its target.\n")
     text = table(rows, cfg, header)
     print(text)
-    dated = str(REPO / "benchmarks" / "results" / f"{dt.date.today().isoformat()}.md")
+    dated = str(REPO / "benchmarks" / "results" / f"{started:%Y-%m-%d-%H%M}.md")
     out = a.out if a.out is not None else (None if a.quick else dated)
     if out and out != "-":
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text + "\n")
-        print(f"wrote {out}", file=sys.stderr)
+        record = {"command": cmd, "commit": git_commit(), "started": started.isoformat(timespec="seconds"),
+                  "wall_s": wall, "load_start": list(load0), "load_end": list(load1), "cpu": cpu_model(),
+                  "cores": os.cpu_count(), "torch": torch.__version__, "where": where, "quick": a.quick,
+                  "config": asdict(cfg), "rows": rows}
+        Path(out).with_suffix(".json").write_text(json.dumps(record, indent=1, default=float))
+        print(f"wrote {out} and {Path(out).with_suffix('.json').name}", file=sys.stderr)
     return 0
 
 

@@ -105,6 +105,27 @@ def _join(model: torch.nn.Module, world_size: int):
     return contextlib.nullcontext()
 
 
+def train_step(model: torch.nn.Module, batch, opt: torch.optim.Optimizer, device: torch.device, *,
+               class_weights: torch.Tensor | None = None, lambda_sparse: float = 0.0, precision: str = "32",
+               augmenter=None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One optimiser step on one loader batch (to the device, augmented, forward, weighted CE plus the mask
+    entropy term, backward, step); the detached loss, left on the device (no synchronisation).
+
+    The training loop and the bench's end-to-end training row run this same function."""
+    x, y = model_input(batch.x, device, dense=True), batch.y.to(device, non_blocking=True)
+    if augmenter is not None:
+        x = augmenter(x, generator=generator)
+    with autocast(device, precision):  # bf16-mixed: bf16 matmuls; entmax stays float32
+        logits, aux = model_outputs(model, x)
+    loss = F.cross_entropy(logits.float(), y, weight=class_weights)  # losses in float32
+    if aux is not None and lambda_sparse:
+        loss = loss + lambda_sparse * aux.float()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach()
+
+
 def run_training(spec: TrainSpec, session: Session, logger: EpochLogger | None = None) -> dict:
     """Train ``spec`` in this worker; return the final metrics (identical on every rank)."""
     logger = logger or EpochLogger()
@@ -167,18 +188,10 @@ def run_training(spec: TrainSpec, session: Session, logger: EpochLogger | None =
         with _join(train_model, world):
             for batch in train_loader:
                 _check_labels(batch.y, n_classes, "training split")  # on the host copy: no device round trip
-                x, y = model_input(batch.x, device, dense=True), batch.y.to(device, non_blocking=True)
-                if augmenter is not None:
-                    x = augmenter(x, generator=gen)
-                with autocast(device, spec.precision):  # bf16-mixed: bf16 matmuls; entmax stays float32
-                    logits, aux = model_outputs(train_model, x)
-                loss = F.cross_entropy(logits.float(), y, weight=class_weights)  # losses in float32
-                if aux is not None and lambda_sparse:
-                    loss = loss + lambda_sparse * aux.float()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                loss_sum += loss.detach().double() * len(batch)
+                loss = train_step(train_model, batch, opt, device, class_weights=class_weights,
+                                  lambda_sparse=lambda_sparse, precision=spec.precision, augmenter=augmenter,
+                                  generator=gen)
+                loss_sum += loss.double() * len(batch)
                 n_rows, n_batches = n_rows + len(batch), n_batches + 1
         lr = opt.param_groups[0]["lr"]
         sched.step()
