@@ -329,6 +329,20 @@ def test_csr_to_dense_and_duplicates():
     dup = torch.sparse_csr_tensor(torch.tensor([0, 2]), torch.tensor([1, 1]), torch.tensor([1.0, 2.0]), size=(1, 3))
     with pytest.raises(ValueError, match="duplicate"):
         csr_to_dense(dup)
+    assert torch.equal(dup.values(), torch.tensor([1.0, 2.0]))  # the check did not sum the caller's tensor
+    # columns out of order within a row (no duplicates): the same dense rows; int32 indices too
+    unsorted = torch.sparse_csr_tensor(torch.tensor([0, 2, 3], dtype=torch.int32),
+                                       torch.tensor([2, 0, 1], dtype=torch.int32), torch.tensor([1.0, 2.0, 3.0]),
+                                       size=(2, 3))
+    assert torch.equal(csr_to_dense(unsorted), torch.tensor([[2.0, 0.0, 1.0], [0.0, 3.0, 0.0]]))
+    # the scatter path (what runs on a GPU) gives the same
+    from sctab.models import device as dev
+
+    x64 = x.double().to_sparse_csr()
+    assert torch.equal(csr_to_dense(x64), x.double())
+    assert torch.equal(dev.model_input(x.to_sparse_csr(), torch.device("cpu"), dense=True), x)
+    grad = x.to_sparse_csr().requires_grad_(True)
+    assert torch.equal(csr_to_dense(grad).detach(), x)  # autograd inputs take the torch scatter
 
 
 def test_sparse_csr_input_in_training_equals_dense():
