@@ -131,7 +131,7 @@ def test_sparse_masked_input_gives_same_gradients():
         torch.manual_seed(3)
         model.encoder.sparse_masked_input = sparse
         model.zero_grad()
-        logits, m_loss = model(x)
+        logits, m_loss = model(x.to(model.final_mapping.weight.dtype))
         (torch.nn.functional.cross_entropy(logits, y) + 0.1 * m_loss).backward()
         return {n: p.grad.clone() for n, p in model.named_parameters()}
 
@@ -139,10 +139,23 @@ def test_sparse_masked_input_gives_same_gradients():
     g_sparse = grads(True)
     paths = torch.cat([at.selector.last_info.path for at in model.encoder.att_transformers])
     assert {0, 1, -1} <= set(paths.tolist())  # every MaskedInput branch was used
+    stats_fast = {k: v.clone() for k, v in model.state_dict().items() if "initial_bn.running" in k}
     model.load_state_dict(state)  # undo the BN running-stat update
     g_dense = grads(False)
+    # the batch's BN folded into the first Linear (TrainBNInput) updates the running statistics as BatchNorm1d
+    for k, v in stats_fast.items():
+        torch.testing.assert_close(v, model.state_dict()[k], atol=1e-6, rtol=1e-5, msg=k)
+    model.load_state_dict(state)
+    model.double()
+    g64 = {n: g.float() for n, g in grads(False).items()}  # the textbook model in float64: the reference
+    model.float()
     for name in g_dense:
-        torch.testing.assert_close(g_sparse[name], g_dense[name], atol=1e-5, rtol=1e-4, msg=name)
+        # the fast path sums in another order (the batch's BN folded into the first Linear, the sparse masked
+        # input), so each gradient is held to the project's exactness criterion: at most 4x as far from the
+        # float64 textbook model as the float32 textbook model is (docs/bench.md)
+        err_fast = float((g_sparse[name] - g64[name]).abs().max())
+        err_textbook = float((g_dense[name] - g64[name]).abs().max())
+        assert err_fast <= 4 * max(err_textbook, 1e-7), (name, err_fast, err_textbook)
 
 
 def test_gradients_reach_every_parameter():

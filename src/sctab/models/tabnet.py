@@ -56,6 +56,7 @@ __all__ = [
     "MaskedInput",
     "SparseBNInput",
     "DenseBNInput",
+    "TrainBNInput",
     "csr_to_dense",
     "WeightTCache",
     "MASK_TYPES",
@@ -238,6 +239,45 @@ class DenseBNInput:
         return self.x * self.scale + self.shift
 
 
+class TrainBNInput(DenseBNInput):
+    """``initial_bn(x)`` in training (batch statistics) for a dense ``x`` that needs no gradient, never
+    materialised: the batch's BN is the per-gene affine map ``x * scale + shift`` with ``scale = weight /
+    sqrt(var + eps)`` and ``shift = bias - mean * scale``, where mean and var are the batch's (constants:
+    ``x`` has no gradient). So the first Linear is ``x @ (scale * W.T) + shift @ W.T`` and autograd never
+    forms the gradient of the cells x genes BN output: the backward's dense ``G @ W`` product (as large
+    as the forward's) and BN's dense backward passes go; BN's weight and bias get the same gradients
+    through ``scale`` and ``shift``. The running statistics are updated as ``nn.BatchNorm1d`` does."""
+
+    def __init__(self, x: torch.Tensor, bn: nn.BatchNorm1d):
+        if x.requires_grad:
+            raise ValueError("TrainBNInput is for an input without gradient (the data)")
+        self.x, self.shape, self.weight_cache = x, x.shape, None
+        with torch.no_grad():
+            var, mean = torch.var_mean(x, dim=0, correction=0)
+            if bn.training and bn.track_running_stats:
+                bn.num_batches_tracked.add_(1)
+                m = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+                n = x.shape[0]
+                bn.running_mean.mul_(1 - m).add_(mean, alpha=m)
+                bn.running_var.mul_(1 - m).add_(var * (n / max(n - 1, 1)), alpha=m)
+        scale = torch.rsqrt(var + bn.eps)
+        if bn.weight is not None:
+            scale = scale * bn.weight
+        shift = -mean * scale
+        if bn.bias is not None:
+            shift = shift + bn.bias
+        self.scale, self.shift = scale, shift
+
+    @staticmethod
+    def usable(x: torch.Tensor) -> bool:
+        """Only in float32 arithmetic: the folded product subtracts two large terms (the raw input's product
+        and the mean's), which bf16 autocast would cancel badly; under bf16-mixed the BN output is formed."""
+        return not x.requires_grad and not torch.is_autocast_enabled(x.device.type)
+
+    def linear(self, weight: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.shift @ weight.t(), self.x, (weight * self.scale).t())  # weights change: no cache
+
+
 #: default of TabNetEncoder.csr_densify_above (fraction of non-zero entries)
 CSR_DENSIFY_ABOVE = 0.05
 
@@ -273,7 +313,7 @@ def csr_to_dense(x: torch.Tensor) -> torch.Tensor:
 
 
 #: inputs of the first layer kept factored (BN not applied yet, or the mask not applied yet)
-_BN_INPUTS = (SparseBNInput, DenseBNInput)
+_BN_INPUTS = (SparseBNInput, DenseBNInput)  # TrainBNInput is a DenseBNInput
 
 
 class MaskedInput:
@@ -364,10 +404,18 @@ class GLULayer(nn.Module):
             _init_glu_fc(fc, input_dim, 2 * output_dim)
         self.fc = fc
         self.bn = GhostBatchNorm(2 * output_dim, virtual_batch_size, momentum)
+        #: False: textbook path (BN after the Linear); see TabNet.set_fast
+        self.fast = True
 
     def forward(self, x: "torch.Tensor | MaskedInput | SparseBNInput") -> torch.Tensor:
-        h = x.linear(self.fc.weight) if isinstance(x, (MaskedInput, *_BN_INPUTS)) else self.fc(x)
-        return F.glu(self.bn(h), dim=-1)
+        if isinstance(x, (MaskedInput, *_BN_INPUTS)):
+            h = self.bn(x.linear(self.fc.weight))
+        elif self.fast and not self.training:  # eval BN is affine: folded into the Linear, one pass fewer
+            scale, shift = _bn_affine(self.bn.bn)
+            h = F.linear(x, self.fc.weight * scale.unsqueeze(1), shift)
+        else:
+            h = self.bn(self.fc(x))
+        return F.glu(h, dim=-1)
 
 
 class GLUBlock(nn.Module):
@@ -593,8 +641,10 @@ class TabNetEncoder(nn.Module):
         self, x: torch.Tensor, return_masks: bool = False
     ) -> Tuple[List[torch.Tensor], torch.Tensor] | Tuple[List[torch.Tensor], torch.Tensor, List[torch.Tensor]]:
         if x.layout == torch.sparse_csr:
-            if self.training or not self.sparse_masked_input:
-                x = x.to_dense()  # batch statistics (training) need the dense pass
+            if self.training and self.sparse_masked_input and TrainBNInput.usable(x):
+                x = first = TrainBNInput(csr_to_dense(x), self.initial_bn)  # batch statistics need the dense x
+            elif self.training or not self.sparse_masked_input:
+                x = csr_to_dense(x)
                 x = self.initial_bn(x)
                 first = x
             elif x.device.type == "cpu" and x.values().numel() > self.csr_densify_above * x.shape[0] * x.shape[1]:
@@ -605,6 +655,8 @@ class TabNetEncoder(nn.Module):
             raise ValueError(f"TabNet takes a dense or sparse CSR input, got layout {x.layout}")
         elif not self.training and self.sparse_masked_input:
             x = first = DenseBNInput(x, self.initial_bn, self.weight_cache)
+        elif self.sparse_masked_input and TrainBNInput.usable(x):
+            x = first = TrainBNInput(x, self.initial_bn)
         else:
             x = first = self.initial_bn(x)
         att = self.initial_splitter(first)[:, self.n_d :]
@@ -713,10 +765,13 @@ class TabNet(nn.Module):
 
     def set_fast(self, fast: bool = True) -> "TabNet":
         """Switch every fast path on (default) or off (the textbook model: sort-based entmax, dense
-        masked input, dense BN passes); the weights and the result (to float rounding) are the same."""
+        masked input, dense BN passes, BN after each Linear); the weights and the result (to float rounding) are the same."""
         self.encoder.sparse_masked_input = bool(fast)
         for at in self.encoder.att_transformers:
             at.fast = bool(fast)
+        for m in self.modules():
+            if isinstance(m, GLULayer):
+                m.fast = bool(fast)
         return self
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
