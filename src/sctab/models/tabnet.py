@@ -765,7 +765,8 @@ class TabNet(nn.Module):
 
     def set_fast(self, fast: bool = True) -> "TabNet":
         """Switch every fast path on (default) or off (the textbook model: sort-based entmax, dense
-        masked input, dense BN passes, BN after each Linear); the weights and the result (to float rounding) are the same."""
+        masked input, dense BN passes, BN after each Linear); the weights and the result (to float rounding)
+        are the same."""
         self.encoder.sparse_masked_input = bool(fast)
         for at in self.encoder.att_transformers:
             at.fast = bool(fast)
