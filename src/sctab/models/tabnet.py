@@ -241,37 +241,30 @@ class DenseBNInput:
 
 class TrainBNInput(DenseBNInput):
     """``initial_bn(x)`` in training (batch statistics) for a dense ``x`` that needs no gradient, never
-    materialised: the batch's BN is the per-gene affine map ``x * scale + shift`` with ``scale = weight /
-    sqrt(var + eps)`` and ``shift = bias - mean * scale``, where mean and var are the batch's (constants:
-    ``x`` has no gradient). So the first Linear is ``x @ (scale * W.T) + shift @ W.T`` and autograd never
-    forms the gradient of the cells x genes BN output: the backward's dense ``G @ W`` product (as large
-    as the forward's) and BN's dense backward passes go; BN's weight and bias get the same gradients
-    through ``scale`` and ``shift``. The running statistics are updated as ``nn.BatchNorm1d`` does."""
+    materialised with its affine part: BN is ``xhat * weight + bias`` where ``xhat``, the batch-normalised
+    input, is a constant (``x`` has no gradient). So the first Linear is ``xhat @ (weight * W.T) + bias @ W.T``
+    and autograd never forms the gradient of the cells x genes BN output: the backward's dense ``G @ W``
+    product (as large as the forward's) and BN's dense backward passes go; BN's weight and bias get the
+    same gradients through the folded product. ``xhat`` and the running statistics come from BatchNorm1d's
+    own kernel, so they are the module's."""
 
     def __init__(self, x: torch.Tensor, bn: nn.BatchNorm1d):
         if x.requires_grad:
             raise ValueError("TrainBNInput is for an input without gradient (the data)")
-        self.x, self.shape, self.weight_cache = x, x.shape, None
+        self.shape, self.weight_cache = x.shape, None
         with torch.no_grad():
-            var, mean = torch.var_mean(x, dim=0, correction=0)
-            if bn.training and bn.track_running_stats:
+            track, m = bn.training and bn.track_running_stats, 0.0
+            if track:
                 bn.num_batches_tracked.add_(1)
                 m = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
-                n = x.shape[0]
-                bn.running_mean.mul_(1 - m).add_(mean, alpha=m)
-                bn.running_var.mul_(1 - m).add_(var * (n / max(n - 1, 1)), alpha=m)
-        scale = torch.rsqrt(var + bn.eps)
-        if bn.weight is not None:
-            scale = scale * bn.weight
-        shift = -mean * scale
-        if bn.bias is not None:
-            shift = shift + bn.bias
-        self.scale, self.shift = scale, shift
+            self.x, _, _ = torch.native_batch_norm(x, None, None, bn.running_mean if track else None,
+                                                   bn.running_var if track else None, True, m, bn.eps)
+        self.scale = bn.weight if bn.weight is not None else x.new_ones(x.shape[1])
+        self.shift = bn.bias if bn.bias is not None else x.new_zeros(x.shape[1])
 
     @staticmethod
     def usable(x: torch.Tensor) -> bool:
-        """Only in float32 arithmetic: the folded product subtracts two large terms (the raw input's product
-        and the mean's), which bf16 autocast would cancel badly; under bf16-mixed the BN output is formed."""
+        """For data (no gradient) in float32 arithmetic; under bf16-mixed the BN output is formed as before."""
         return not x.requires_grad and not torch.is_autocast_enabled(x.device.type)
 
     def linear(self, weight: torch.Tensor) -> torch.Tensor:
