@@ -176,5 +176,13 @@ BENCH_ARGS ?=
 bench: venv  ## throughput table (medians, baselines, targets, peak RSS) -> benchmarks/results/<date>.md
 	$(PY) benchmarks/run.py $(if $(DEVICE),--device $(DEVICE)) $(BENCH_ARGS)
 
+# How each DAG stage's time and peak memory grow with cells (issue 15): every stage of dvc.yaml on the embedded
+# census at several sizes in throw-away workspaces, fitted and extrapolated to the paper's census (docs/bench.md).
+# ~30 min on 2 cores; BENCH_SCALE_ARGS="--quick" for a smoke run, "--sizes x1,x2 --stages pca" for a subset.
+BENCH_SCALE_ARGS ?=
+.PHONY: bench-scale
+bench-scale: venv  ## scale curve: time and peak RSS per stage vs cells -> benchmarks/results/scale-<date>.md/.csv/.png
+	$(PY) benchmarks/scale.py $(BENCH_SCALE_ARGS)
+
 clean:  ## remove pipeline outputs (not the venv, not the DVC cache)
 	rm -rf data reports/validation reports/evaluate/report models ray_results
