@@ -183,5 +183,13 @@ RUNS ?=
 bench-summary: venv  ## median/min/max over the newest 3 `make bench` runs, targets met -> benchmarks/results/summary-<date>.md
 	$(PY) benchmarks/summarize.py $(RUNS)
 
+# How each DAG stage's time and peak memory grow with cells (issue 15): every stage of dvc.yaml on the embedded
+# census at several sizes in throw-away workspaces, fitted and extrapolated to the paper's census (docs/bench.md).
+# ~30 min on 2 cores; BENCH_SCALE_ARGS="--quick" for a smoke run, "--sizes x1,x2 --stages pca" for a subset.
+BENCH_SCALE_ARGS ?=
+.PHONY: bench-scale
+bench-scale: venv  ## scale curve: time and peak RSS per stage vs cells -> benchmarks/results/scale-<date>.md/.csv/.png
+	$(PY) benchmarks/scale.py $(BENCH_SCALE_ARGS)
+
 clean:  ## remove pipeline outputs (not the venv, not the DVC cache)
 	rm -rf data reports/validation reports/evaluate/report models ray_results

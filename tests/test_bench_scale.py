@@ -1,0 +1,173 @@
+"""`make bench-scale` (sctab.bench.scale): the fit and its flags on planted curves, the process-tree memory
+sampler on planted process trees, the stages as DVC renders them, and a --quick run end to end."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sctab.bench import scale
+from sctab.config import load_profile
+
+REPO = Path(__file__).resolve().parents[1]
+MIB = 2**20
+
+CELLS = np.array([30_000, 120_000, 480_000], float)
+
+
+def test_linear_stage_is_not_flagged():
+    f = scale.fit_stage(CELLS, 5 + 1e-4 * CELLS, 400 * MIB + 50 * CELLS)  # fixed cost + metadata-sized growth
+    assert f["flags"] == []
+    assert f["time_slope"] < 1.0 and f["bytes_per_cell"] == pytest.approx(50, rel=1e-6)
+    assert f["time_marginal_exp"] == pytest.approx(1.0, abs=1e-6)
+    assert f["time_per_cell_s"] == pytest.approx(1e-4, rel=1e-6)
+
+
+def test_quadratic_time_is_flagged():
+    f = scale.fit_stage(CELLS, 2 + 1e-9 * CELLS**2, np.full(3, 400.0 * MIB))
+    assert f["flags"] == [f"time superlinear (slope {f['time_slope']:.2f})"] and f["time_slope"] > 1.5
+    assert f["time_marginal_exp"] == pytest.approx(2.0, abs=0.01)
+
+
+def test_quadratic_growth_hidden_by_a_fixed_cost_is_caught_by_the_marginal_exponent():
+    t = 60 + 1e-9 * CELLS**2  # 61 s, 74 s, 290 s: a log-log slope of ~0.6, but the marginal cost grows as cells
+    f = scale.fit_stage(CELLS, t, np.full(3, 400.0 * MIB))
+    assert f["time_slope"] < 1 and f["time_marginal_exp"] == pytest.approx(2.0, abs=0.01)
+    assert f["flags"] == ["time superlinear (marginal exponent 2.00)"]
+    # the same shape within timing noise (the last size adds under MARGINAL_MIN_S seconds) is not flagged
+    assert scale.fit_stage(CELLS, 1 + 1e-11 * CELLS**2, np.full(3, 400.0 * MIB))["flags"] == []
+
+
+def test_memory_growing_per_cell_is_flagged():
+    f = scale.fit_stage(CELLS, 1e-4 * CELLS, 300 * MIB + 4 * 1500 * CELLS)  # a dense float32 row per cell
+    assert f["flags"] == [f"memory +{6000:,} B/cell"]
+    assert f["mem_slope"] > 0.5
+
+
+def test_extrapolation_scales_the_per_cell_part_by_genes():
+    # time = 10 s fixed + 1e-4 s per cell at 1,500 genes, 12.9x per cell at the paper's genes (19,331 / 1,500)
+    ratio = scale.PAPER["n_genes"] / 1500
+    f = scale.fit_stage(CELLS, 10 + 1e-4 * CELLS, 500 * MIB + 20 * CELLS)
+    point = {"cells": 30_000, "wall_s": 10 + 1e-4 * 30_000 * ratio, "peak_bytes": 500 * MIB + 20 * 30_000}
+    ex = scale.extrapolate(f, "extract", point)
+    n = scale.PAPER["cells_in"]
+    assert ex["target_cells"] == n
+    assert ex["time_gene_ratio"] == pytest.approx(ratio, rel=1e-6) and ex["time_gene_method"] == "per-cell part"
+    assert ex["time_full"] == pytest.approx(10 + 1e-4 * n * ratio, rel=1e-6)
+    assert ex["mem_gene_ratio"] == pytest.approx(1.0) and ex["mem_full"] == pytest.approx(500 * MIB + 20 * n, rel=1e-6)
+    # training-split and sampled stages are carried to their own cell counts
+    assert scale.extrapolate(f, "train_sctab", None)["target_cells"] == scale.PAPER["train_cells"]
+    assert scale.extrapolate(f, "train_celltypist", None)["target_cells"] == 1_500_000
+
+
+def test_sizes_params_and_bad_input():
+    assert scale.Size.parse("x4") == scale.Size(4.0) and scale.Size.parse("x1@19331").n_genes == 19331
+    assert scale.Size.parse("x0.5").label == "x0.5" and scale.Size(1, 19331).label == "x1@19331g"
+    for bad in ("4", "x", "x-1", "x2@abc", "x1@10"):
+        with pytest.raises(scale.ScaleError, match="size"):
+            scale.Size.parse(bad)
+    tiny = load_profile("tiny")
+    p = scale.size_params(tiny, scale.Size(4, 19331), {"models.sctab.batch_size": 2048})
+    lo, hi = tiny["synthetic"]["cells_per_donor"]
+    assert p["synthetic"]["cells_per_donor"] == [4 * lo, 4 * hi] and p["synthetic"]["n_genes"] == 19331
+    assert all(p["models"][m]["epochs"] == 1 for m in ("linear", "mlp", "sctab"))
+    assert p["models"]["xgboost"]["n_estimators"] == scale.XGBOOST_ROUNDS
+    assert p["models"]["xgboost"]["early_stopping_rounds"] is None
+    assert p["ensemble"]["seeds"] == tiny["ensemble"]["seeds"][:1] and len(tiny["ensemble"]["seeds"]) == 5
+    assert p["augment"]["n_cells"] >= 10**9 and p["models"]["celltypist"]["n_cells"] >= 10**9
+    assert p["models"]["sctab"]["batch_size"] == 2048 and tiny["models"]["sctab"]["batch_size"] != 2048
+    with pytest.raises(scale.ScaleError, match="nosuch"):
+        scale.size_params(tiny, scale.Size(1), {"nosuch.key": 1})
+    with pytest.raises(scale.ScaleError, match="dotted.key=value"):
+        scale.parse_set(["models.sctab.lr"])
+    assert scale.node_ram(REPO / "infra" / "ray" / "cluster.yaml")["gpu_worker (g5.2xlarge)"] == 32 * 2**30
+
+
+def test_stages_are_rendered_by_dvc_in_dag_order(tmp_path):
+    scale.make_workspace(tmp_path, scale.size_params(load_profile("tiny"), scale.Size(1)))
+    stages = scale.render_stages(tmp_path)
+    names = [s.name for s in stages]
+    assert names[:2] == ["ontology", "census"] and names[-2:] == ["evaluate", "register"] and len(names) == 15
+    for s in stages:  # every ${...} substituted, and each stage after the stages making its inputs
+        assert "${" not in s.cmd and s.cmd.startswith("python pipelines/"), s.cmd
+        for up in scale.upstream(stages)[s.name]:
+            assert names.index(up) < names.index(s.name)
+    by = {s.name: s.cmd for s in stages}
+    assert "--model sctab --ensemble" in by["train_sctab"] and "--augmentations data/augment" in by["train_mlp"]
+    assert [s.name for s in scale.with_upstream(stages, ["pca"])] == \
+        ["ontology", "census", "extract", "split", "store", "validate", "pca"]
+    with pytest.raises(scale.ScaleError, match="unknown stage"):
+        scale.with_upstream(stages, ["trian"])
+
+
+ALLOC = "import sys, time; b = bytearray(int(sys.argv[1]) * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep(1.5)"
+
+
+def test_memory_of_the_whole_process_tree_is_summed(tmp_path):
+    # two children of 150 MiB each under one shell: the tree peaks above 300 MiB, no single process does
+    py = sys.executable
+    cmd = f"'{py}' -c \"{ALLOC}\" 150 & '{py}' -c \"{ALLOC}\" 150 & wait"
+    res = scale.run_measured(cmd, tmp_path, None, tmp_path / "log", interval=0.1)
+    assert res["returncode"] == 0
+    assert res["peak_rss_bytes"] > 300 * MIB and res["peak_single_bytes"] < 250 * MIB
+    assert res["peak_procs"] >= 3
+
+
+def test_processes_that_left_the_tree_are_found_by_the_marker(tmp_path):
+    # a daemon re-parented away from the stage (double fork), naming the marker on its command line
+    marker = str(tmp_path / "raytmp")
+    daemon = f"import time; time.sleep(30)  # {marker}"
+    script = tmp_path / "stage.sh"
+    script.write_text(textwrap.dedent(f"""\
+        ( '{sys.executable}' -c '{daemon}' & )
+        sleep 1.5
+    """))
+    res = scale.run_measured(f"sh {script}", tmp_path, None, tmp_path / "log", marker=marker, interval=0.1)
+    assert res["returncode"] == 0 and res["procs_by_marker"] == 1
+    assert scale.stop_leftovers(marker, wait_s=0.5) == 1 and scale._leftovers(marker) == []
+
+
+def test_a_failing_stage_names_itself(tmp_path, monkeypatch):
+    monkeypatch.setattr(scale, "render_stages",
+                        lambda ws: [scale.Stage("boom", "echo kaputt >&2; exit 3", (), ())])
+    with pytest.raises(scale.ScaleError, match=r"stage boom failed at size x1 \(exit 3[\s\S]*kaputt"):
+        scale.run_size(scale.Size(1), load_profile("tiny"), {}, None, tmp_path, echo=lambda m: None)
+
+
+@pytest.mark.slow  # ~2 minutes on 2 cores: seven stages (train_linear starts a local Ray) at two tiny sizes
+def test_quick_scale_run_writes_a_row_per_stage_and_size(tmp_path):
+    out, work = tmp_path / "out", tmp_path / "work"
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "scale.py"), "--quick", "--out", str(out),
+                        "--workdir", str(work), "--keep"], capture_output=True, text=True, cwd=REPO, timeout=400)
+    assert r.returncode == 0, r.stderr[-3000:]
+    [md] = out.glob("scale-*.md")
+    assert md.with_suffix(".png").stat().st_size > 10_000
+    rows = list(csv.DictReader(open(md.with_suffix(".csv"))))
+    stages = ["ontology", "census", "extract", "split", "store", "validate", "train_linear"]
+    sizes = scale.QUICK_SIZES.split(",")
+    assert [(x["size"], x["stage"]) for x in rows] == [(s, st) for s in sizes for st in stages]
+    for x in rows:
+        assert float(x["wall_s"]) > 0 and float(x["peak_rss_mib"]) > 0 and int(x["cells_in"]) > 0, x
+        assert x["n_genes"] == "400"
+    small, big = (int(next(x for x in rows if x["size"] == s)["cells_in"]) for s in sizes)
+    assert 1.6 < big / small < 2.4
+    ray = [x for x in rows if x["stage"] == "train_linear"]
+    # the Ray daemons and workers are counted: many processes, the tree well above its largest process
+    assert all(int(x["peak_procs"]) > 5 and float(x["peak_rss_mib"]) > 1.5 * float(x["peak_single_mib"]) for x in ray)
+    text = md.read_text()
+    assert text.strip() in r.stdout
+    for part in ("Command: `benchmarks/scale.py --quick", "commit ", "Load average (1, 5, 15 min)", "wall time",
+                 "| Size | Genes | Cells in | Training cells |", "| train_linear | train |", "Fits a 32.0 GiB node"):
+        assert part in text, part
+    assert sum(ln.startswith("| ") and " B/cell |" in ln for ln in text.splitlines()) == len(stages)
+    # MLflow tracked into the workspace, not the repository's mlruns/
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{work / sizes[0] / 'mlruns' / 'mlflow.db'}")
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()])
