@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from sctab.data.normalize import normalize_log1p
 from sctab.data.split import SPLITS
+from sctab.data.spool import CountSpool
 from sctab.io import atomic_dir, write_json
 
 if TYPE_CHECKING:
@@ -118,39 +119,49 @@ def write_store(params: dict, obs: pd.DataFrame, var: pd.DataFrame, assignment: 
     var_ids = var["soma_joinid"].to_numpy(np.int64)
     report = {"rows": {}, "dropped_zero_count": {}, "truncated": {}, "n_genes": int(len(var)),
               "n_classes": int(len(lookups["cell_type"])), "row_group_size": rg, "target_sum": target_sum}
-    positions: dict[str, dict[int, int]] = {}
 
     with atomic_dir(out_dir) as tmp:
+        all_joinids = obs["soma_joinid"].to_numpy(np.int64)
+        is_primary = obs["is_primary_data"].to_numpy(bool)
         for split_i, split in enumerate(SPLITS):
             rows = np.flatnonzero(obs["split"].to_numpy() == split)
             rows = np.random.default_rng([seed, 11, split_i]).permutation(rows)  # shuffled on disk
             (tmp / split).mkdir()
             parts = PartWriter(tmp / split, rows_per_part=chunk, row_group_size=rg)
-            dropped = 0
-            bar = tqdm(total=len(rows), desc=f"store {split}", unit="cells", disable=None)
-            for start in range(0, len(rows), chunk):
-                sel = rows[start:start + chunk]
-                joinids = obs["soma_joinid"].to_numpy(np.int64)[sel]
-                counts = read_counts(joinids, var_ids)
-                ok = np.asarray(counts.sum(axis=1)).ravel() > 0
-                dropped += int((~ok).sum())
-                sel, joinids, counts = sel[ok], joinids[ok], counts[ok]
-                cols = {"X": x_list_array(normalize_log1p(counts, target_sum))}
-                for c in CODE_COLUMNS:
-                    cols[c] = pa.array(codes[c][sel], type=pa.int64())
-                cols["soma_joinid"] = pa.array(joinids, type=pa.int64())
-                cols["is_primary_data"] = pa.array(obs["is_primary_data"].to_numpy(bool)[sel])
-                parts.add(pa.table(cols))
-                bar.update(len(rows[start:start + chunk]))
-            bar.close()
+            # the counts are read in ascending soma_joinid order (each tile of the census's X about once), then
+            # handed back chunk by chunk in the store's shuffled order by a spool on disk (sctab.data.spool)
+            by_id = np.argsort(all_joinids[rows], kind="stable")
+            with CountSpool(tmp / f".spool-{split}", len(rows), chunk, len(var_ids)) as spool:
+                with tqdm(total=len(rows), desc=f"read {split}", unit="cells", disable=None) as bar:
+                    for start in range(0, len(rows), chunk):
+                        pos = by_id[start:start + chunk]
+                        spool.add(pos, read_counts(all_joinids[rows[pos]], var_ids))
+                        bar.update(len(pos))
+                dropped = 0
+                with tqdm(total=len(rows), desc=f"store {split}", unit="cells", disable=None) as bar:
+                    for start in range(0, len(rows), chunk):
+                        sel = rows[start:start + chunk]
+                        joinids = all_joinids[sel]
+                        counts = spool.bucket(start // chunk)
+                        ok = np.asarray(counts.sum(axis=1)).ravel() > 0
+                        dropped += int((~ok).sum())
+                        sel, joinids, counts = sel[ok], joinids[ok], counts[ok]
+                        cols = {"X": x_list_array(normalize_log1p(counts, target_sum))}
+                        for c in CODE_COLUMNS:
+                            cols[c] = pa.array(codes[c][sel], type=pa.int64())
+                        cols["soma_joinid"] = pa.array(joinids, type=pa.int64())
+                        cols["is_primary_data"] = pa.array(is_primary[sel])
+                        parts.add(pa.table(cols))
+                        bar.update(len(rows[start:start + chunk]))
             report["truncated"][split] = parts.close(truncate)
-            n_written, joinid_pos = parts.n_written, parts.joinid_pos
+            n_written = parts.n_written
             if n_written == 0:
                 raise StoreError(f"split {split!r} has no cells to write (after dropping {dropped} zero-count cells)")
             report["rows"][split] = n_written
             report["dropped_zero_count"][split] = dropped
             report["truncated"].setdefault(split, 0)
-            positions[split] = joinid_pos
+            if split == "train":
+                train_ids = parts.written_joinids()  # a store row's position is its index here
 
         lk = tmp / "categorical_lookup"
         lk.mkdir()
@@ -163,9 +174,13 @@ def write_store(params: dict, obs: pd.DataFrame, var: pd.DataFrame, assignment: 
         np.save(tmp / "cell_type_hierarchy" / "child_matrix.npy",
                 ontology.child_matrix(lookups["cell_type"]["ontology_term_id"].tolist()))
         (tmp / "train_subsets").mkdir()
-        tp = positions["train"]
+        id_order = np.argsort(train_ids, kind="stable")
+        sorted_ids = train_ids[id_order]
         for name, joinids in subsets.items():
-            pos = np.sort(np.array([tp[int(j)] for j in joinids if int(j) in tp], dtype=np.int64))
+            joinids = np.asarray(joinids, dtype=np.int64)
+            at = np.clip(np.searchsorted(sorted_ids, joinids), 0, max(len(sorted_ids) - 1, 0))
+            found = sorted_ids[at] == joinids if len(sorted_ids) else np.zeros(len(joinids), bool)
+            pos = np.sort(id_order[at[found]].astype(np.int64))
             np.save(tmp / "train_subsets" / f"{name}.npy", pos)
         report["subsets"] = {k: int(len(v)) for k, v in subsets.items()}
         report["layout"] = layout
@@ -186,7 +201,7 @@ class PartWriter:
         self.n_pending = 0
         self.n_written = 0
         self.part = 0
-        self.joinid_pos: dict[int, int] = {}
+        self._joinids: list[np.ndarray] = []  # soma_joinid of every written row, in order (8 bytes a row)
 
     def add(self, tbl: pa.Table) -> None:
         self.pending.append(tbl)
@@ -213,10 +228,13 @@ class PartWriter:
         tbl = tbl.append_column("idx", idx)
         pq.write_table(tbl, self.folder / f"part.{self.part}.parquet", row_group_size=self.rg, compression="snappy",
                        write_page_checksum=True)
-        for j, sj in enumerate(tbl.column("soma_joinid").to_numpy()):
-            self.joinid_pos[int(sj)] = self.n_written + j
+        self._joinids.append(tbl.column("soma_joinid").to_numpy().astype(np.int64))
         self.part += 1
         self.n_written += tbl.num_rows
+
+    def written_joinids(self) -> np.ndarray:
+        """soma_joinid of each written row: row i of the split is ``written_joinids()[i]``."""
+        return np.concatenate(self._joinids) if self._joinids else np.zeros(0, np.int64)
 
 
 # ----------------------------------------------------------------------------------------------- sparse layout
