@@ -169,3 +169,11 @@ def test_summary_over_runs_meets_targets_by_the_median(tmp_path):
     assert latest_runs(2, tmp_path) == [paths[1], paths[2]]
     same_hour = _record(tmp_path / "d.json", "2026-11-26T00:40:00", [100.0, 99.0])
     assert "not every run started in a different hour" in render(load_runs([paths[2], same_hour]), [], "x")
+
+
+def test_a_part_that_does_not_finish_is_stopped_and_named(tmp_path):
+    """A hung part (merlin's loader once deadlocked for good) becomes an error row, not a stalled bench."""
+    from sctab.bench.runner import _run_part
+
+    res = _run_part("entmax", "ours", Config.quick(cache=str(tmp_path)), sys.executable, timeout_s=0.5)
+    assert "did not finish within 0 s" in res["error"] or "did not finish within 1 s" in res["error"]

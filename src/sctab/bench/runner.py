@@ -42,13 +42,16 @@ def _child(case: str, part: str, cfg: Config, out: Path) -> None:
     out.write_text(json.dumps(res))
 
 
-def _run_part(case: str, part: str, cfg: Config, python: str) -> dict:
+def _run_part(case: str, part: str, cfg: Config, python: str, timeout_s: float = 1800.0) -> dict:
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "res.json"
         cmd = [python, "-m", "sctab.bench.runner", "--_child", case, part, str(out),
                "--_config", json.dumps(asdict(cfg))]
         env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout_s)
+        except subprocess.TimeoutExpired:  # a hung part (merlin's loader once deadlocked) must not stall the run
+            return {"error": f"{part} did not finish within {timeout_s:.0f} s (stopped)"}
         if r.returncode != 0 or not out.exists():
             tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
             return {"error": f"{part} failed: {tail[0][:200]}"}
@@ -111,8 +114,9 @@ def run_case(name: str, cfg: Config) -> dict:
             row["note"] = why
             return row
         python = str(MERLIN_PY)
-    ours = _run_part(name, "ours", cfg, python)
-    base = _run_part(name, "baseline", cfg, sys.executable)
+    limit = 600.0 if name == "loader_merlin" else 1800.0
+    ours = _run_part(name, "ours", cfg, python, limit)
+    base = _run_part(name, "baseline", cfg, sys.executable, limit)
     row.update(ours=ours, baseline=base)
     if "error" in ours or "error" in base:
         row["status"] = "error"
