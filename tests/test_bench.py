@@ -68,11 +68,20 @@ def test_exactness_criterion():
     assert abs(ok["ours vs f64"] - 3e-6) < 1e-12 and abs(ok["textbook f32 vs f64"] - 1e-6) < 1e-12
     assert not exactness([ref + 5e-6], [textbook], [ref])[key]  # 5x the textbook's error
     flipped = ref.clone()
-    flipped[1] = torch.tensor([0.1, 0.45, 0.45 + 1e-6], dtype=torch.float64)  # another class, tiny error
+    flipped[1] = torch.tensor([0.1, 0.45, 0.45 + 1e-4], dtype=torch.float64)  # float64 prefers class 2
     tb = flipped.clone()
-    tb[1, 2] -= 2e-6
-    res = exactness([flipped], [tb], [flipped])
+    ours = flipped.clone()
+    ours[1, 1] += 2e-4  # ours picks class 1, 1e-4 behind in float64: far beyond the rounding bound
+    tb[0, 0] += 1e-6
+    res = exactness([ours], [tb], [flipped])
     assert res["cells with another class"] == 1 and not res[key]
+    # a tie: float64 puts the two classes within the rounding bound (4x the textbook's error), so either is right
+    tied = ref.clone()
+    tied[1] = torch.tensor([0.1, 0.45, 0.45 + 1e-6], dtype=torch.float64)
+    tb = tied.clone()
+    tb[1, 2] -= 2e-6  # the textbook picks class 1
+    res = exactness([tied], [tb], [tied])  # ours picks class 2
+    assert res["cells with another class"] == 0 and res["ties within rounding"] == 1 and res[key]
 
 
 def test_runner_help_and_unknown_case():

@@ -21,7 +21,7 @@ from sctab.annotation.bundle import Bundle, write_bundle
 from sctab.annotation.errors import AnnotateError
 from sctab.data.store import Store
 from sctab.ontology.cell_ontology import load_cell_ontology
-from sctab.tracking.runs import tracking_uri
+from sctab.tracking.runs import fluent_uris, tracking_uri
 
 DEFAULT_MODEL = "models:/sctab-ensemble@champion"
 BUNDLE_ARTIFACT = "bundle"
@@ -52,8 +52,10 @@ def download_model(uri: str, dest: Path) -> Path:
     import mlflow
 
     try:
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest),
-                                                        tracking_uri=tracking_uri(), registry_uri=tracking_uri()))
+        # the fluent URIs for the call only: download_artifacts resolves models:/ through the global registry
+        # URI even when given its own (a `make annotate` without MLFLOW_TRACKING_URI found no alias)
+        with fluent_uris():
+            return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
     except Exception as e:
         if uri.startswith("models:/"):
             raise AnnotateError(f"cannot load model {uri}: {_registry_hint(uri)}") from e

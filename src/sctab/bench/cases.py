@@ -328,10 +328,21 @@ def exactness(ours: list[torch.Tensor], textbook: list[torch.Tensor], f64: list[
     ours_c, tb_c, ref = torch.cat(ours).double(), torch.cat(textbook).double(), torch.cat(f64).double()
     err_ours = float((ours_c - ref).abs().max())
     err_tb = float((tb_c - ref).abs().max())
-    differ = int((ours_c.argmax(1) != tb_c.argmax(1)).sum())
+    a_ours, a_tb = ours_c.argmax(1), tb_c.argmax(1)
+    # a cell whose two classes float64 itself puts within the rounding bound is a tie: either class is right
+    gap = (ref.gather(1, a_tb[:, None]) - ref.gather(1, a_ours[:, None])).abs().squeeze(1)
+    other = a_ours != a_tb
+    tie = other & (gap <= tie_bound(err_tb))
+    differ = int((other & ~tie).sum())
     ok = err_ours <= EXACT_FACTOR * max(err_tb, 1e-7) and differ == 0
     return {"ours vs f64": err_ours, "textbook f32 vs f64": err_tb, "cells with another class": differ,
+            "ties within rounding": int(tie.sum()),
             f"exact (<= {EXACT_FACTOR:g}x textbook f32 error, same class)": ok}
+
+
+def tie_bound(err_textbook: float) -> float:
+    """Two classes closer than this in float64 are a tie at float32: the criterion's bound on the error."""
+    return EXACT_FACTOR * max(err_textbook, 1e-7)
 
 
 def _exactness(model, batches, inputs) -> dict:
@@ -567,7 +578,12 @@ def _annotate_exactness(ann, h5ad: Path, written: Path, n: int) -> dict:
     check = exactness([probs[True]], [probs[False]], [p64])
     labels = np.asarray(ann.bundle.space.classes, dtype=object)[probs[True].argmax(1).numpy()]
     written_labels = anndata.read_h5ad(written, backed="r").obs["sctab_label"].to_numpy()[:n]
-    check["written labels = fast path's"] = bool((written_labels.astype(str) == labels.astype(str)).all())
+    # the file was written in blocks of another size (other float rounding): ties within rounding may go
+    # either way there too
+    top2 = torch.topk(p64.double(), 2, dim=1).values
+    tie = ((top2[:, 0] - top2[:, 1]) <= tie_bound(check["textbook f32 vs f64"])).numpy()
+    same = written_labels.astype(str) == labels.astype(str)
+    check["written labels = fast path's"] = bool(same[~tie].all())
     return check
 
 

@@ -284,16 +284,21 @@ def run_measured(cmd: str, cwd: Path, env: dict, log: Path, marker: str | None =
                  interval: float = 0.2) -> dict:
     """Run ``cmd`` through the shell (as DVC does) and sample its process tree's summed RSS every ``interval``
     seconds. Returns wall seconds, the peak of the sum, the largest single process (the kernel's own high-water
-    mark of the stage process and what it waited for: peaks between samples are not missed for it), the most
+    mark of the stage process and what it waited for, so peaks between samples are not missed for it, when
+    it exceeds the launcher's size, which a forked child inherits; else the sampled largest process), the most
     processes at once, how many were found only through ``marker`` and the exit status."""
+    # a forked child starts with the launcher's high-water mark (the pages it shared at fork), so the kernel's
+    # figure says something only above the launcher's own size; below it the sampled largest process counts
+    launcher = psutil.Process().memory_info().rss
     with open(log, "wb") as fh:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, shell=True, cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT)
         root = psutil.Process(proc.pid)
-        peak = peak_n = by_marker = 0
+        peak = peak_n = by_marker = sampled_single = 0
         while True:
             procs, extra = _tree(root, marker)
             peak = max(peak, _rss(procs))
+            sampled_single = max([sampled_single] + [_rss([p]) for p in procs])
             peak_n = max(peak_n, len(procs))
             by_marker = max(by_marker, extra)
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
@@ -302,7 +307,8 @@ def run_measured(cmd: str, cwd: Path, env: dict, log: Path, marker: str | None =
             time.sleep(interval)
         wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
-    single = usage.ru_maxrss * 1024
+    kernel = usage.ru_maxrss * 1024
+    single = kernel if kernel > 1.05 * launcher else sampled_single
     return {"wall_s": wall, "peak_rss_bytes": max(peak, single), "peak_single_bytes": single,
             "peak_procs": peak_n, "procs_by_marker": by_marker, "returncode": proc.returncode}
 
