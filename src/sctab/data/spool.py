@@ -64,16 +64,9 @@ class CountSpool:
         for b, lo, hi in zip(present, starts, ends):
             rows = by_bucket[lo:hi]
             part = counts[rows]
-            data = part.data
-            code = _F64
-            if data.dtype != np.float32:
-                d32 = data.astype(np.float32)
-                if np.array_equal(d32, data):
-                    data, code = d32, _F32
-                else:
-                    data = data.astype(np.float64, copy=False)
-            else:
-                code = _F32
+            data = part.data.astype(np.float64, copy=False)
+            d32 = data.astype(np.float32)
+            code, data = (_F32, d32) if np.array_equal(d32, data) else (_F64, data)
             head = np.array([len(rows), part.nnz, code], dtype=np.int64)
             with open(self._path(int(b)), "ab") as f:
                 for arr in (head, positions[rows], part.indptr.astype(np.int64), part.indices.astype(np.int32), data):

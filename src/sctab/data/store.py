@@ -174,13 +174,10 @@ def write_store(params: dict, obs: pd.DataFrame, var: pd.DataFrame, assignment: 
         np.save(tmp / "cell_type_hierarchy" / "child_matrix.npy",
                 ontology.child_matrix(lookups["cell_type"]["ontology_term_id"].tolist()))
         (tmp / "train_subsets").mkdir()
-        id_order = np.argsort(train_ids, kind="stable")
-        sorted_ids = train_ids[id_order]
+        train_rows = pd.Index(train_ids)
         for name, joinids in subsets.items():
-            joinids = np.asarray(joinids, dtype=np.int64)
-            at = np.clip(np.searchsorted(sorted_ids, joinids), 0, max(len(sorted_ids) - 1, 0))
-            found = sorted_ids[at] == joinids if len(sorted_ids) else np.zeros(len(joinids), bool)
-            pos = np.sort(id_order[at[found]].astype(np.int64))
+            pos = train_rows.get_indexer(np.asarray(joinids, dtype=np.int64))  # -1: not written (dropped)
+            pos = np.sort(pos[pos >= 0].astype(np.int64))
             np.save(tmp / "train_subsets" / f"{name}.npy", pos)
         report["subsets"] = {k: int(len(v)) for k, v in subsets.items()}
         report["layout"] = layout
