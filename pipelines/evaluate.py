@@ -26,9 +26,11 @@ def main(argv: list[str] | None = None) -> int:
                         "= the GPU when torch can use one)")
     args = parser.parse_args(argv)
 
+    from sctab.allocator import keep_freed_memory
     from sctab.evaluate.comparison import evaluate_models  # torch and the models: after --help, which needs neither
 
     try:
+        keep_freed_memory()  # prediction's per-batch buffers reuse freed memory (SCTAB_MALLOC=system: off)
         params = load_params(args.params)
         device = check_device(args.device or (params.get("train") or {}).get("device", "auto"), "--device")
         evaluate_models(args.models, args.store, args.out, params, embedding_cells=args.embedding_cells,

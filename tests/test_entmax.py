@@ -11,6 +11,7 @@ from entmax import sparsemax as ref_sparsemax
 
 from sctab.models.entmax import (
     HINT_QUANTILE,
+    PREFILTER_MIN_N,
     Entmax15,
     SolveInfo,
     entmax15,
@@ -100,15 +101,54 @@ def test_topk_path_and_fallback_are_both_taken():
     wide = torch.randn(2, n, generator=gen) * 0.05  # support of thousands of genes
     mid = torch.randn(1, n, generator=gen) * 0.5  # support ~100: 2nd top-k attempt
     x = torch.cat([narrow, wide, mid])
-    info = entmax15_solve_info(x, k=64)
-    assert info.ks == [64, 512]
+    info = entmax15_solve_info(x, k=64, prefilter=False)
+    assert info.ks == [64, 512] and not info.prefiltered
     assert info.path.tolist() == [0, 0, 0, -1, -1, 1]
     assert info.fallback_rows.tolist() == [3, 4]
     assert info.max_support > 512
     # the mixed batch (scatter into row subsets) is still exact, values and grads
-    _check_against_reference(lambda t: entmax15(t, k=64), x)
+    _check_against_reference(lambda t: entmax15(t, k=64, prefilter=False), x)
     # a k that is too small for every row still gives the exact answer
-    _check_against_reference(lambda t: entmax15(t, k=1), narrow)
+    _check_against_reference(lambda t: entmax15(t, k=1, prefilter=False), narrow)
+
+
+@pytest.mark.parametrize("kind", ["entmax15", "sparsemax"])
+def test_bound_attempt_solves_narrow_rows_and_leaves_wide_ones(kind):
+    """The bound from 64 chunk maxima (attempt 0) solves the rows whose support is small, padded to the
+    widest of them with zeros of their own row; rows with too many candidates go on to top-k and the sort.
+    Its output is the top-k path's bit for bit (same sorted prefix), values and gradients."""
+    gen = torch.Generator().manual_seed(1)
+    n = 19331
+    narrow = torch.randn(3, n, generator=gen) * 3
+    wide = torch.randn(2, n, generator=gen) * (0.05 if kind == "entmax15" else 0.0005)  # supports of thousands
+    mid = torch.randn(1, n, generator=gen) * 0.5
+    x = torch.cat([narrow, wide, mid])
+    fn = entmax15 if kind == "entmax15" else sparsemax
+    info = SolveInfo()
+    with torch.no_grad():
+        y = fn(x, k=64, info=info)
+    assert info.prefiltered and info.path.tolist() == [0, 0, 0, -1, -1, 0]
+    rows, idx = info.candidates[0]
+    assert rows.tolist() == [0, 1, 2, 5] and idx.shape[1] == info.ks[0]
+    assert info.ks[1:] == [64, 512]  # the wide rows tried top-k before the sort
+    assert idx.shape[1] > int(info.supports[rows].min())  # padded: some rows have fewer candidates
+    # every candidate column (padding included) is a real column of its row; the padding holds zeros
+    assert torch.equal(info.values[0], y[rows.unsqueeze(1), idx])
+    assert torch.equal(info.supports, (y > 0).sum(1))
+    torch.testing.assert_close(y, fn(x, k=64, prefilter=False), atol=0, rtol=0)
+    ref = ref_entmax15 if kind == "entmax15" else ref_sparsemax
+    _check_against_reference(lambda t: fn(t, k=64), x, ref=ref)
+    factored = entmax15_factored(x, k=64, kind=kind)
+    torch.testing.assert_close(factored.dense(n), y, atol=0, rtol=0)
+    ent = -torch.xlogy(y, y + 1e-15).sum(-1)
+    torch.testing.assert_close(support_entropy(None, factored), ent, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(support_entropy(y, info), ent, atol=1e-6, rtol=1e-6)
+
+
+def test_bound_attempt_only_on_wide_rows():
+    x = torch.randn(4, PREFILTER_MIN_N - 1) * 3
+    assert not entmax15_solve_info(x).prefiltered
+    assert entmax15_solve_info(torch.randn(4, PREFILTER_MIN_N) * 3).prefiltered
 
 
 def test_fallback_only_for_failed_rows_small_k():

@@ -28,7 +28,7 @@ from tests.imports import import_graph, module_files
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 TIERS: list[tuple[str, tuple[str, ...]]] = [
-    ("0a", ("sctab.config", "sctab.io", "sctab.security")),
+    ("0a", ("sctab.allocator", "sctab.config", "sctab.io", "sctab.security")),
     ("0b", ("sctab.reporting", "sctab.tracking")),
     ("1", ("sctab.ontology",)),
     ("2", ("sctab.census",)),

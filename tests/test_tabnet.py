@@ -477,7 +477,13 @@ def test_weight_cache_follows_weight_changes():
     x = _sparse_data(seed=9)
     model, other = _sharp_model(seed=1), _sharp_model(seed=2)
     before, _ = _fast_and_reference(model, x)
-    assert len(model.encoder.weight_cache) == 1
+    n_cached = len(model.encoder.weight_cache)
+    assert n_cached >= 1
+    with torch.no_grad():
+        cached = model.encoder.weight_cache.get(_first_weight(model))
+        model.eval()  # eval() again (a classifier calls it before every block) keeps the copies
+        assert len(model.encoder.weight_cache) == n_cached
+        assert model.encoder.weight_cache.get(_first_weight(model)) is cached
     model.load_state_dict(other.state_dict())
     fast, ref = _fast_and_reference(model, x)
     torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
@@ -500,13 +506,34 @@ def test_weight_cache_follows_weight_changes():
     assert len(model.encoder.weight_cache) == 0
 
 
+def test_folded_first_layer_follows_the_input_bn():
+    """A dense input's first Linear uses the cached W.T * scale and shift @ W.T: a new BN statistic, weight or
+    eps (in place, as a running-statistics update does) gives new folded weights, never the old ones."""
+    x = _sparse_data(seed=11).to_dense()
+    model = _sharp_model(seed=3).eval()
+    bn = model.encoder.initial_bn
+    with torch.no_grad():
+        first = model(x)[0]
+        torch.testing.assert_close(first, _reference_forward(model, x)[0], atol=1e-5, rtol=1e-5)
+        for change in (lambda: bn.running_var.mul_(3.0), lambda: bn.running_mean.add_(0.5),
+                       lambda: bn.weight.mul_(0.5), lambda: bn.bias.add_(1.0)):
+            before = model(x)[0]
+            change()
+            after = model(x)[0]
+            assert not torch.allclose(after, before, atol=1e-4)
+            torch.testing.assert_close(after, _reference_forward(model, x)[0], atol=1e-5, rtol=1e-5)
+        bn.eps = 0.5
+        torch.testing.assert_close(model(x)[0], _reference_forward(model, x)[0], atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(model(x)[0], after, atol=1e-4)
+
+
 def test_copies_of_a_model_start_with_an_empty_cache():
     import copy
     import pickle
 
     model = _sharp_model()
     _fast_and_reference(model, _sparse_data(seed=10))
-    assert len(model.encoder.weight_cache) == 1
+    assert len(model.encoder.weight_cache) >= 1
     for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
         assert len(clone.encoder.weight_cache) == 0 and clone.encoder.weight_cache is not model.encoder.weight_cache
         fast, ref = _fast_and_reference(clone, _sparse_data(seed=10))

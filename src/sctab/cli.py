@@ -87,8 +87,10 @@ def _restrict_names(values: list[str] | None) -> list[str] | None:
 
 
 def _cmd_annotate(args) -> int:
+    from sctab.allocator import keep_freed_memory
     from sctab.annotation import annotate_file, load_annotator
 
+    keep_freed_memory()  # the per-batch buffers reuse freed memory (SCTAB_MALLOC=system: glibc's defaults)
     ann = load_annotator(args.model, trust_pickle=args.trust_pickle, uncertainty_threshold=args.uncertainty_threshold,
                          store=args.store, ontology=args.ontology, device=check_device(args.device, "--device"))
     report = annotate_file(args.input, args.output, ann, layer=args.layer, gene_column=args.gene_column,

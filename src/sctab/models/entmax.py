@@ -20,6 +20,14 @@ iff its support is smaller than k (then the k-th largest value is <= tau and
 is not in the support); other rows are recomputed with a larger k and finally
 with a full sort.
 
+Before the first top-k, wide rows (n >= 2,048) try a bound instead: any subset S of a row
+gives a threshold tau_S <= tau (fewer terms in sum (z_i - t)_+^2 = 1 need a lower t), so the
+support lies in {z > tau_S}. With S the maxima of 64 column chunks, that set holds only a few
+more genes than the support on trained scTab weights (median 69 against 62), and finding it is a
+compare and a compaction instead of a top-k over 19k genes (about 70 ms against 150 ms per
+2,048 cells at k=256). A row is solved by it when the threshold found on its candidates is at
+least the bound, so no gene outside them can be in the support; others go on to top-k.
+
 Backward (closed form).  On the support p_i = (z_i - tau)^2, and sum p = 1
 gives d tau / d z_j = s_j / sum(s) with s = sqrt(p).  With dz/dx = 1/2:
 
@@ -61,17 +69,30 @@ _MAX_K_FRACTION = 8
 
 _KINDS = ("entmax15", "sparsemax")
 
+#: The bound attempt runs on rows of at least this many entries ...
+PREFILTER_MIN_N = 2048
+#: ... from the maxima of this many column chunks (more chunks: a tighter bound, a slower pass).
+_PREFILTER_CHUNKS = 64
+#: The bound is lowered by this much (z units, where the support lies in (-1, 0]) so rounding in
+#: x -> z never drops a support entry; it only admits a few more candidates.
+_PREFILTER_MARGIN = 1e-3
+#: z of the padding in the bound attempt's (rows, K) candidates: below any candidate, never in a support.
+_PAD_Z = -2.0
+
 
 @dataclass
 class SolveInfo:
     """How each row's threshold was found (filled by the forward pass).
 
-    ``path[r]`` is the top-k attempt (0, 1, ...) that solved row r, or -1 if
-    the row fell back to the full sort.  ``ks`` lists the k used per attempt.
+    ``path[r]`` is the attempt (0, 1, ...) that solved row r, or -1 if the row
+    fell back to the full sort.  ``ks`` lists the candidates per row of each attempt:
+    the k of a top-k, or the width of the bound attempt (``prefiltered``), always attempt 0.
     """
 
     path: Optional[torch.Tensor] = None
     ks: list = field(default_factory=list)
+    #: attempt 0 was the bound attempt (its entry in ``ks`` is its candidate width)
+    prefiltered: bool = False
     max_support: int = 0
     #: (rows or None for all rows, candidate column indices) whose support lies
     #: inside those columns; used to evaluate sums over the support cheaply.
@@ -169,9 +190,88 @@ def _solve_sort(x: torch.Tensor, kind: str):
     return _transform(z, tau, kind), support
 
 
-def _solve_topk(x: torch.Tensor, kind: str, k: int, info: Optional[SolveInfo], materialize: bool = True):
-    """Top-k solver with exact per-row fallback (``materialize=False``: no dense output, out is None unless
-    every row needed the full sort; the values are in ``segments`` / ``dense`` and in ``info``).
+def _nonzero_flat(mask: torch.Tensor) -> torch.Tensor:
+    """Flat indices of the True entries of a contiguous bool tensor. On the CPU numpy's scan is about 4x
+    torch.nonzero's (11 ms against 43 ms for 2,048 x 19,331)."""
+    if mask.device.type == "cpu":
+        import numpy as np
+
+        return torch.from_numpy(np.flatnonzero(mask.numpy()))
+    return torch.nonzero(mask.view(-1)).flatten()
+
+
+def _attempt_topk(xr: torch.Tensor, kind: str, k: int):
+    """One top-k attempt: (idx, p, support, solved) for the rows of ``xr``."""
+    top, idx = torch.topk(xr, k, dim=-1, largest=True, sorted=True)
+    zs = _shift(top, top[:, :1], kind)
+    tau, support = _threshold_sorted(zs, kind)
+    p = _transform(zs, tau, kind)
+    return idx, p, support, support.squeeze(-1) < k  # solved: the k-th largest is not in the support
+
+
+def _attempt_bounded(x: torch.Tensor, kind: str, cap: int):
+    """The bound attempt (see the module docstring): (rows, idx, p, support) of the rows it solves
+    (rows None: all of them), or None.
+
+    Candidates are the entries above the chunk maxima's threshold; a row with more than ``cap`` of them is
+    left to top-k. Each solved row's candidates are padded to the widest row's count with a column of the
+    same row that is not a candidate (its output is 0), so every index is a real zero of that row."""
+    B, n = x.shape
+    C = _PREFILTER_CHUNKS
+    L = n // C
+    cm = x[:, : C * L].reshape(B, C, L).amax(-1)  # a view of x: no copy
+    if C * L < n:
+        cm = torch.cat([cm, x[:, C * L :].amax(-1, keepdim=True)], 1)
+    cs = torch.sort(cm, -1, descending=True).values
+    xmax = cs[:, :1]  # the row maximum
+    bound, _ = _threshold_sorted(_shift(cs, xmax, kind), kind)
+    xthr = xmax + (2.0 if kind == "entmax15" else 1.0) * (bound - _PREFILTER_MARGIN)
+    mask = x > xthr
+    flat = _nonzero_flat(mask).to(x.device)
+    r = torch.div(flat, n, rounding_mode="floor")
+    c = flat - r * n
+    counts = torch.bincount(r, minlength=B)
+    ok = (counts > 0) & (counts <= cap)
+    if not bool(ok.any()):
+        return None
+    K = int(counts[ok].max())
+    starts = counts.cumsum(0) - counts
+    pos = torch.arange(r.numel(), device=x.device) - starts[r]
+    rows = None
+    rr = r
+    if not bool(ok.all()):
+        keep = ok[r]
+        r, c, pos = r[keep], c[keep], pos[keep]
+        rows = torch.nonzero(ok).flatten()
+        rr = (ok.cumsum(0) - 1)[r]  # position among the solved rows
+    R = B if rows is None else rows.numel()
+    # a non-candidate column per row: among any K + 1 columns at least one (the row has <= K candidates)
+    pad_col = (~mask[:, : K + 1]).to(torch.uint8).argmax(1)
+    if rows is not None:
+        pad_col = pad_col[rows]
+    zs = x.new_full((R, K), _PAD_Z)
+    zs[rr, pos] = _shift(x[r, c], xmax[r, 0], kind)
+    idx = pad_col.unsqueeze(1).expand(R, K).clone()
+    idx[rr, pos] = c
+    zs, order = torch.sort(zs, -1, descending=True)
+    idx = idx.gather(1, order)
+    tau, support = _threshold_sorted(zs, kind)
+    p = _transform(zs, tau, kind)
+    # solved: every non-candidate has z <= z(xthr) <= tau (x -> z is monotone in float too), so its p is 0
+    zthr = _shift(xthr, xmax, kind)
+    solved = (tau >= (zthr if rows is None else zthr[rows])).squeeze(-1)
+    if not bool(solved.all()):
+        rows = torch.nonzero(solved).flatten() if rows is None else rows[solved]
+        idx, p, support = idx[solved], p[solved], support[solved]
+        if rows.numel() == 0:
+            return None
+    return rows, idx, p, support
+
+
+def _solve_topk(x: torch.Tensor, kind: str, k: int, info: Optional[SolveInfo], materialize: bool = True,
+                prefilter: bool = True):
+    """Bound and top-k solver with exact per-row fallback (``materialize=False``: no dense output, out is None
+    unless every row needed the full sort; the values are in ``segments`` / ``dense`` and in ``info``).
 
     Returns the dense output and the pieces needed by backward:
     ``segments``: list of (rows or None, idx, p) where the support of those rows
@@ -179,54 +279,67 @@ def _solve_topk(x: torch.Tensor, kind: str, k: int, info: Optional[SolveInfo], m
     the rows that needed the full sort (or None).
     """
     B, n = x.shape
-    out: Optional[torch.Tensor] = None  # allocated once a top-k attempt solves rows
+    out: Optional[torch.Tensor] = None  # allocated once an attempt solves rows
     path = torch.full((B,), -1, dtype=torch.long, device=x.device)
     supports = torch.zeros(B, dtype=torch.long, device=x.device) if info is not None else None
     segments = []
     ks = []
     max_support = 0
-    rows = None  # None == all rows (avoids an index copy in the common case)
-    xr = x
-    attempt = 0
     k = max(1, int(k))
-    while k * _MAX_K_FRACTION <= n and xr.shape[0] > 0:
-        ks.append(k)
-        top, idx = torch.topk(xr, k, dim=-1, largest=True, sorted=True)
-        zs = _shift(top, top[:, :1], kind)
-        tau, support = _threshold_sorted(zs, kind)
-        p = _transform(zs, tau, kind)
-        solved = support.squeeze(-1) < k  # k-th largest is not in the support
-        n_solved = int(solved.sum())
-        if n_solved:
-            max_support = max(max_support, int(support[solved].max()))
-        if n_solved == xr.shape[0]:
-            sel_rows, sel_idx, sel_p = rows, idx, p
-        else:
-            sel_rows = torch.nonzero(solved).flatten() if rows is None else rows[solved]
-            sel_idx, sel_p = idx[solved], p[solved]
-        if supports is not None and n_solved:
+
+    def record(sel_rows, sel_idx, sel_p, support, attempt):
+        nonlocal out, max_support
+        max_support = max(max_support, int(support.max()))
+        if supports is not None:
             if sel_rows is None:
                 supports.copy_(support.squeeze(-1))
             else:
-                supports[sel_rows] = support.squeeze(-1)[solved]
-        if n_solved:
-            if out is None and materialize:
-                out = x.new_zeros(B, n)
+                supports[sel_rows] = support.squeeze(-1)
+        if out is None and materialize:
+            out = x.new_zeros(B, n)
+        if sel_rows is None:
+            if materialize:
+                out.scatter_(1, sel_idx, sel_p)
+            path.fill_(attempt)
+        else:
+            if materialize:
+                flat = (sel_rows.unsqueeze(1) * n + sel_idx).flatten()
+                out.view(-1).index_copy_(0, flat, sel_p.flatten())
+            path[sel_rows] = attempt
+        segments.append((sel_rows, sel_idx, sel_p))
+
+    rows = None  # None == all rows (avoids an index copy in the common case)
+    xr = x
+    attempt = 0
+    prefiltered = False
+    if prefilter and n >= PREFILTER_MIN_N and B > 0:
+        # a row with more candidates than this is left to top-k: the widest row sets every row's width
+        got = _attempt_bounded(x, kind, cap=min(max(2 * k, 256), n // _MAX_K_FRACTION))
+        if got is not None:
+            sel_rows, sel_idx, sel_p, support = got
+            prefiltered = True
+            ks.append(sel_idx.shape[1])
+            record(sel_rows, sel_idx, sel_p, support, attempt)
             if sel_rows is None:
-                if materialize:
-                    out.scatter_(1, sel_idx, sel_p)
-                path.fill_(attempt)
+                xr = x[:0]
             else:
-                if materialize:
-                    flat = (sel_rows.unsqueeze(1) * n + sel_idx).flatten()
-                    out.view(-1).index_copy_(0, flat, sel_p.flatten())
-                path[sel_rows] = attempt
-            segments.append((sel_rows, sel_idx, sel_p))
+                unsolved = torch.ones(B, dtype=torch.bool, device=x.device)
+                unsolved[sel_rows] = False
+                rows = torch.nonzero(unsolved).flatten()
+                xr = x[rows]
+            attempt += 1
+    while k * _MAX_K_FRACTION <= n and xr.shape[0] > 0:
+        ks.append(k)
+        idx, p, support, solved = _attempt_topk(xr, kind, k)
+        n_solved = int(solved.sum())
         if n_solved == xr.shape[0]:
+            record(rows, idx, p, support, attempt)
             xr = xr[:0]
             break
-        if n_solved:  # keep only the unsolved rows (no copy if none was solved)
-            unsolved = ~solved
+        if n_solved:
+            sel_rows = torch.nonzero(solved).flatten() if rows is None else rows[solved]
+            record(sel_rows, idx[solved], p[solved], support[solved], attempt)
+            unsolved = ~solved  # keep only the unsolved rows (no copy if none was solved)
             rows = torch.nonzero(unsolved).flatten() if rows is None else rows[unsolved]
             xr = xr[unsolved]
         k *= _K_GROWTH
@@ -241,7 +354,7 @@ def _solve_topk(x: torch.Tensor, kind: str, k: int, info: Optional[SolveInfo], m
                 supports.copy_(support.squeeze(-1))
             else:
                 supports[rows] = support.squeeze(-1)
-        if rows is None:  # no top-k attempt solved anything
+        if rows is None:  # no attempt solved anything
             out = p_dense
         elif materialize:
             if out is None:
@@ -252,6 +365,7 @@ def _solve_topk(x: torch.Tensor, kind: str, k: int, info: Optional[SolveInfo], m
     if info is not None:
         info.path = path
         info.ks = ks
+        info.prefiltered = prefiltered
         info.max_support = max_support
         info.candidates = [(r, i) for r, i, _ in segments]
         info.dense_rows = dense[0] if dense is not None else False
@@ -284,8 +398,8 @@ class _TopkFunction(torch.autograd.Function):
     """Fast exact path: top-k candidates, sparse backward on the candidates."""
 
     @staticmethod
-    def forward(ctx, x, kind, k, info):
-        out, segments, dense = _solve_topk(x, kind, k, info)
+    def forward(ctx, x, kind, k, info, prefilter):
+        out, segments, dense = _solve_topk(x, kind, k, info, prefilter=prefilter)
         ctx.kind = kind
         ctx.shape = x.shape
         ctx.layout = []
@@ -307,7 +421,7 @@ class _TopkFunction(torch.autograd.Function):
         saved = list(ctx.saved_tensors)
         g = g.contiguous()
         if ctx.layout == [("dense", False)]:  # every row was solved by the full sort
-            return _grad_rows(saved[0], g, ctx.kind), None, None, None
+            return _grad_rows(saved[0], g, ctx.kind), None, None, None, None
         grad = g.new_zeros(B, n)
         pos = 0
         for what, has_rows in ctx.layout:
@@ -332,7 +446,7 @@ class _TopkFunction(torch.autograd.Function):
                     grad = _grad_rows(p_dense, g, ctx.kind)
                 else:
                     grad[rows] = _grad_rows(p_dense, g[rows], ctx.kind)
-        return grad, None, None, None
+        return grad, None, None, None, None
 
 
 # --------------------------------------------------------------------------- #
@@ -364,27 +478,31 @@ def entmax15_sort(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
 
 def entmax15(
-    x: torch.Tensor, dim: int = -1, k: Optional[int] = None, info: Optional[SolveInfo] = None
+    x: torch.Tensor, dim: int = -1, k: Optional[int] = None, info: Optional[SolveInfo] = None,
+    prefilter: bool = True,
 ) -> torch.Tensor:
-    """Exact 1.5-entmax along ``dim`` using top-k candidates (default k=64).
+    """Exact 1.5-entmax along ``dim``: the bound attempt on wide rows (``prefilter``, see the module
+    docstring), then top-k candidates (default k=64).
 
     Rows whose support has >= k entries are retried with 8x more candidates and
     finally solved by a full sort, so the result is always the exact solution.
     Pass a :class:`SolveInfo` to learn which rows took which path.
     """
     k = DEFAULT_K if k is None else k
-    return _apply(x, dim, lambda x2: _TopkFunction.apply(x2, "entmax15", k, info))
+    return _apply(x, dim, lambda x2: _TopkFunction.apply(x2, "entmax15", k, info, prefilter))
 
 
 def sparsemax(
-    x: torch.Tensor, dim: int = -1, k: Optional[int] = None, info: Optional[SolveInfo] = None
+    x: torch.Tensor, dim: int = -1, k: Optional[int] = None, info: Optional[SolveInfo] = None,
+    prefilter: bool = True,
 ) -> torch.Tensor:
-    """Exact sparsemax (Euclidean projection onto the simplex), same top-k scheme."""
+    """Exact sparsemax (Euclidean projection onto the simplex), same bound and top-k scheme."""
     k = DEFAULT_K if k is None else k
-    return _apply(x, dim, lambda x2: _TopkFunction.apply(x2, "sparsemax", k, info))
+    return _apply(x, dim, lambda x2: _TopkFunction.apply(x2, "sparsemax", k, info, prefilter))
 
 
-def entmax15_factored(x: torch.Tensor, k: Optional[int] = None, kind: str = "entmax15") -> SolveInfo:
+def entmax15_factored(x: torch.Tensor, k: Optional[int] = None, kind: str = "entmax15",
+                      prefilter: bool = True) -> SolveInfo:
     """1.5-entmax (or sparsemax) of a 2-D ``x`` over its last dimension, without the dense output, for
     inference: the non-zeros are ``info.values`` at ``info.candidates`` (plus ``info.dense_values`` for
     full-sort rows). Skips zero-filling and scattering a (rows, n) array that a reader of a few entries per
@@ -394,15 +512,16 @@ def entmax15_factored(x: torch.Tensor, k: Optional[int] = None, kind: str = "ent
     info = SolveInfo()
     with torch.no_grad():
         x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x  # as _apply: at least float32
-        _solve_topk(x.contiguous(), kind, DEFAULT_K if k is None else k, info, materialize=False)
+        _solve_topk(x.contiguous(), kind, DEFAULT_K if k is None else k, info, materialize=False,
+                    prefilter=prefilter)
     return info
 
 
-def entmax15_solve_info(x: torch.Tensor, k: Optional[int] = None) -> SolveInfo:
-    """Which path (top-k attempt or full-sort fallback) each row of ``x`` takes."""
+def entmax15_solve_info(x: torch.Tensor, k: Optional[int] = None, prefilter: bool = True) -> SolveInfo:
+    """Which path (bound, top-k attempt or full-sort fallback) each row of ``x`` takes."""
     info = SolveInfo()
     with torch.no_grad():
-        entmax15(x, dim=-1, k=k, info=info)
+        entmax15(x, dim=-1, k=k, info=info, prefilter=prefilter)
     return info
 
 
@@ -477,6 +596,8 @@ class _AdaptiveMax(nn.Module):
     """
 
     kind = "entmax15"
+    #: try the bound attempt first on wide rows (see the module docstring)
+    prefilter = True
 
     def __init__(self, dim: int = -1, k: Optional[int] = None):
         super().__init__()
@@ -493,7 +614,7 @@ class _AdaptiveMax(nn.Module):
         info = SolveInfo()
         k = self.k if self.k is not None else self._k_hint
         fn = entmax15 if self.kind == "entmax15" else sparsemax
-        out = fn(x, dim=self.dim, k=k, info=info)
+        out = fn(x, dim=self.dim, k=k, info=info, prefilter=self.prefilter)
         self.last_info = info
         if self.k is None and info.path is not None:
             self._k_hint = _next_k(_hint_support(info.supports, info.max_support))
@@ -502,7 +623,7 @@ class _AdaptiveMax(nn.Module):
     def solve(self, x: torch.Tensor) -> SolveInfo:
         """:func:`entmax15_factored` with this module's k (and its adaptation): inference without the dense
         output."""
-        info = entmax15_factored(x, self.k if self.k is not None else self._k_hint, self.kind)
+        info = entmax15_factored(x, self.k if self.k is not None else self._k_hint, self.kind, self.prefilter)
         self.last_info = info
         if self.k is None:
             self._k_hint = _next_k(_hint_support(info.supports, info.max_support))

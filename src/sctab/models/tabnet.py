@@ -128,6 +128,26 @@ class WeightTCache:
         self._entries[id(weight)] = (weakref.ref(weight), key, wt)
         return wt
 
+    def folded(self, weight: torch.Tensor, bn: nn.BatchNorm1d) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(``weight.t() * scale``, ``shift @ weight.t()``): the first Linear with the eval BN folded in, for a
+        dense input (:class:`DenseBNInput`). Made once per version of the weight and of BN's parameters and
+        statistics (an entry per weight: the newest BN state replaces the last)."""
+        scale, shift = _bn_affine(bn)
+        if torch.is_grad_enabled() and (weight.requires_grad or scale.requires_grad):
+            wt = weight.t()
+            return wt * scale.unsqueeze(1), shift @ wt
+        parts = (weight, bn.running_mean, bn.running_var, bn.weight, bn.bias)
+        key = tuple((t._version, t.data_ptr(), t.shape, t.dtype, t.device) if t is not None else None
+                    for t in parts) + (bn.eps,)
+        slot = ("folded", id(weight))
+        hit = self._entries.get(slot)
+        if hit is not None and hit[1] == key and hit[0]() is weight:
+            return hit[2]
+        wt = self.get(weight)
+        value = ((wt * scale.detach().unsqueeze(1)).contiguous(), shift.detach() @ wt)
+        self._entries[slot] = (weakref.ref(weight), key, value)
+        return value
+
     def clear(self) -> None:
         self._entries.clear()
 
@@ -221,13 +241,17 @@ class DenseBNInput:
     cells x genes buffer) over the input per model; same values to float32 rounding."""
 
     def __init__(self, x: torch.Tensor, bn: nn.BatchNorm1d, weight_cache: Optional[WeightTCache] = None):
-        self.x, self.shape, self.weight_cache = x, x.shape, weight_cache
+        self.x, self.shape, self.weight_cache, self.bn = x, x.shape, weight_cache, bn
         self.scale, self.shift = _bn_affine(bn)
 
     def linear(self, weight: torch.Tensor) -> torch.Tensor:
         with _float32(self.x):
-            wt = _weight_t(weight, self.weight_cache)
-            return torch.addmm(self.shift @ wt, self.x, wt * self.scale.unsqueeze(1))
+            if self.weight_cache is not None:
+                w_scaled, bias = self.weight_cache.folded(weight, self.bn)
+            else:
+                wt = weight.t()
+                w_scaled, bias = wt * self.scale.unsqueeze(1), self.shift @ wt
+            return torch.addmm(bias, self.x, w_scaled)
 
     def pairs(self, r: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         return self.x[r, c] * self.scale[c] + self.shift[c]
@@ -627,7 +651,8 @@ class TabNetEncoder(nn.Module):
         return super()._load_from_state_dict(*args, **kwargs)
 
     def train(self, mode: bool = True):
-        self.weight_cache.clear()
+        if mode:  # training changes the weights: drop the inference copies (eval() again keeps them: a
+            self.weight_cache.clear()  # classifier calls it before every block it predicts)
         return super().train(mode)
 
     def forward(

@@ -19,6 +19,7 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
+from sctab.allocator import keep_freed_memory
 from sctab.annotation.annotator import Annotator
 from sctab.annotation.bundle import Bundle
 
@@ -31,6 +32,7 @@ class SctabAnnotatorModel(mlflow.pyfunc.PythonModel):
     """Raw counts by gene id in, labels with probability and uncertainty out."""
 
     def load_context(self, context):
+        keep_freed_memory()  # served batches reuse freed memory (see sctab.allocator; SCTAB_MALLOC=system: off)
         # the bundle was written by our own registration; a CellTypist member is trusted here because the
         # registry holds only what `sctab register` / the register stage put there. The members run on
         # SCTAB_DEVICE (auto, cpu, cuda[:N]; default auto = the GPU when torch can use one), served or loaded.
