@@ -593,10 +593,8 @@ def annotate_e2e(part: str, cfg: Config) -> dict:
     Ours is checked on the first 2,048 cells against the textbook ensemble and a float64 one."""
     import anndata
 
-    from sctab.allocator import keep_freed_memory
     from sctab.annotation import annotate_file, load_annotator
 
-    keep_freed_memory()  # as `sctab annotate` does, for ours and the baseline alike (each its own process)
     # build the inputs (once, cached) in another process, so their memory is not this part's peak RSS
     _in_spawned_process(_annotate_inputs, cfg, cfg.annotate_cells)
     h5ad, bundle = _annotate_inputs(cfg, cfg.annotate_cells)
@@ -632,8 +630,7 @@ def annotate_e2e(part: str, cfg: Config) -> dict:
 
 
 register("annotate_e2e", "`sctab annotate` end to end, 100k cells, 5-member ensemble, < 4 GiB", 1_200,
-         annotate_e2e, baseline="same command, textbook model", max_rss_mib=4096,
-         note="both with the allocator setting `sctab annotate` makes (sctab.allocator: freed memory kept for reuse)")
+         annotate_e2e, baseline="same command, textbook model", max_rss_mib=4096)
 
 
 # ------------------------------------------------------------------------------------------- device rows

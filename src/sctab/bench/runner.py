@@ -27,6 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sctab.allocator import ENV as MALLOC_ENV
+from sctab.allocator import keep_freed_memory
+from sctab.allocator import mode as malloc_mode
 from sctab.bench.cases import EXACT_FACTOR, REGISTRY, Config
 from sctab.bench.synthetic import make_store, store_stats
 
@@ -37,7 +40,11 @@ MERLIN_PY = REPO / ".venv-merlin" / "bin" / "python"
 def _child(case: str, part: str, cfg: Config, out: Path) -> None:
     """Inside the subprocess: run one part, add its peak RSS, write JSON."""
     torch.set_num_threads(max(1, os.cpu_count() or 1))
+    # ours and the baseline alike run with the allocator setting of every sctab entry point that trains or
+    # predicts (train workers, evaluate, annotate, serving): freed blocks kept for reuse
+    kept = keep_freed_memory()
     res = REGISTRY[case].run(part, cfg)
+    res["allocator"] = "kept" if kept else "system"
     # a part may name its own peak (what it measures, before its checks); else the process's high-water mark
     res.setdefault("peak_rss_mib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     out.write_text(json.dumps(res))
@@ -94,6 +101,13 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
+
+
+def _allocator_text() -> str:
+    if malloc_mode() == "system":
+        return f"glibc's defaults in every part ({MALLOC_ENV}=system)"
+    return ("every part, ours and baseline, keeps freed memory for reuse, as the sctab entry points that train or "
+            f"predict do (sctab.allocator; {MALLOC_ENV}=system for glibc's defaults)")
 
 
 def _load(avg) -> str:
@@ -261,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
               f"({torch.get_num_threads()} threads), {where}. Load average (1, 5, 15 min) "
               f"{_load(load0)} at the start, {_load(load1)} at the end: the machine may be shared, so next to the "
               f"wall-clock rate each figure has a CPU-time rate, items / (process CPU s / {os.cpu_count()} "
-              f"cores), the rate had the cores been ours; 'Met' is given for both.\n\n"
+              f"cores), the rate had the cores been ours; 'Met' is given for both. Allocator: "
+              f"{_allocator_text()}.\n\n"
               f"Store: {cfg.n_cells:,} synthetic cells x "
               f"{cfg.n_genes:,} genes, {cfg.n_classes} classes, {stats['density']:.1%} non-zero "
               f"({stats['nnz'] / stats['cells']:,.0f} genes per cell), row groups of {cfg.row_group_size}, "

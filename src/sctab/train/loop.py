@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sctab.allocator import keep_freed_memory
 from sctab.data.augment import Augmenter, load_augmentations
 from sctab.data.loaders import make_loader
 from sctab.data.store import Store
@@ -129,6 +130,7 @@ def train_step(model: torch.nn.Module, batch, opt: torch.optim.Optimizer, device
 def run_training(spec: TrainSpec, session: Session, logger: EpochLogger | None = None) -> dict:
     """Train ``spec`` in this worker; return the final metrics (identical on every rank)."""
     logger = logger or EpochLogger()
+    keep_freed_memory()  # every batch's cells x genes buffers reuse freed memory (sctab.allocator)
     rank, world, device = session.rank, session.world_size, session.device
     torch.manual_seed(spec.seed)
     np.random.seed(spec.seed)
