@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -282,6 +283,30 @@ def test_merlin_backend_matches_stream(tmp_path):
     assert not np.array_equal(ids[0], ids[1])
 
 
+@needs_merlin
+def test_merlin_epoch_abandoned_early_stops_its_thread(tmp_path):
+    """Reading a few batches and leaving (as the bench does) stops merlin's loading thread: a process that
+    kept it running died at exit with "terminate called without an active exception"."""
+    root = write_toy_store(tmp_path / "toy")
+    script = (
+        "import sys, threading\n"
+        "from sctab.data.loaders import make_loader\n"
+        f"ld = make_loader({str(root)!r}, 'train', batch_size=50, backend='merlin', shuffle=True, seed=0)\n"
+        "before = threading.active_count()\n"
+        "for i, b in enumerate(ld):\n"
+        "    if i == 1:\n"
+        "        break\n"
+        "del b\n"
+        "print('threads', before, threading.active_count())\n"
+    )
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    _, before, after = r.stdout.split()[-3:]
+    assert int(after) <= int(before)
+
+
 # ------------------------------------------------------------------------------------------- sparse layout
 @pytest.fixture(scope="module")
 def sparse_store(store_dir, tmp_path_factory):
@@ -315,6 +340,29 @@ def test_sparse_backend_yields_the_same_batches_as_stream(sparse_store, shuffle,
                 assert r.x.to_dense().numpy().tobytes() == p.x.numpy().tobytes()
                 assert torch.equal(p.y, q.y) and torch.equal(p.y, r.y)
                 assert all(torch.equal(p.obs[k], q.obs[k]) and torch.equal(p.obs[k], r.obs[k]) for k in p.obs)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priority: Linux")
+def test_read_ahead_threads_run_at_lower_priority(sparse_store):
+    """The read-ahead threads yield the cores to the training step's threads; the caller's priority stays."""
+    import os
+    import threading
+
+    from sctab.data import loaders
+
+    seen = []
+
+    class Probe(loaders.SparseStreamLoader):
+        def _fetch(self, block):
+            seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+            return super()._fetch(block)
+
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    ld = Probe(Store(sparse_store), "train", batch_size=64, shuffle=True, seed=0, rank=0, world_size=1,
+               rows=None, drop_last=False, columns=(), block_row_groups=1)
+    assert sum(len(b) for b in ld) == ld.n_rows and len(seen) > 1
+    assert set(seen) == {min(19, mine + loaders.READ_AHEAD_NICENESS)}
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine
 
 
 def test_csr_rows_take_and_concat_match_dense():
