@@ -49,10 +49,10 @@ def keep_freed_memory(limit_mib: int = DEFAULT_LIMIT_MIB) -> bool:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt
-        gnu = libc.gnu_get_libc_version  # glibc only: musl has no such symbol (and other mallopt semantics)
     except (OSError, AttributeError):
         return False
-    del gnu
+    if not hasattr(libc, "gnu_get_libc_version"):  # glibc only: musl has no such symbol (nor glibc's mallopt)
+        return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     if not 1 <= int(limit_mib) <= 1023:  # mallopt takes a C int
         raise ValueError(f"limit_mib must be between 1 and 1023, got {limit_mib}")
