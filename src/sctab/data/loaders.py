@@ -592,24 +592,21 @@ class MerlinLoader(Loader):
         # an epoch abandoned early (a bench reads 4 batches), the process died at exit ("terminate called
         # without an active exception")
         with self._merlin_loader() as merlin_loader:
-            yield from self._batches(merlin_loader, g)
-
-    def _batches(self, merlin_loader, g: int) -> Iterator[Batch]:
-        for feats, _ in merlin_loader:
-            y = feats["cell_type"].reshape(-1).to(torch.int64).contiguous()
-            if "X" in feats:  # a fixed-shape list column comes as one 2-d tensor
-                x = feats["X"]
-            else:  # a ragged one as values + offsets
-                x, offsets = feats["X__values"], feats["X__offsets"]
-                if len(offsets) != len(y) + 1 or bool((offsets.diff() != g).any()):
-                    raise LoaderError(f"split {self.split_name!r}: a row of X does not have {g} values")
-            x = x.reshape(-1, g).to(torch.float32).contiguous()
-            if ((y < 0) | (y >= self.n_classes)).any():
-                raise LoaderError(f"split {self.split_name!r}: cell_type code outside [0, {self.n_classes})")
-            self._note(len(y))
-            if self.x_format == "csr":
-                x = x.to_sparse_csr()
-            yield Batch(x, y, {c: feats[c].reshape(-1).to(torch.int64).contiguous() for c in self.columns})
+            for feats, _ in merlin_loader:
+                y = feats["cell_type"].reshape(-1).to(torch.int64).contiguous()
+                if "X" in feats:  # a fixed-shape list column comes as one 2-d tensor
+                    x = feats["X"]
+                else:  # a ragged one as values + offsets
+                    x, offsets = feats["X__values"], feats["X__offsets"]
+                    if len(offsets) != len(y) + 1 or bool((offsets.diff() != g).any()):
+                        raise LoaderError(f"split {self.split_name!r}: a row of X does not have {g} values")
+                x = x.reshape(-1, g).to(torch.float32).contiguous()
+                if ((y < 0) | (y >= self.n_classes)).any():
+                    raise LoaderError(f"split {self.split_name!r}: cell_type code outside [0, {self.n_classes})")
+                self._note(len(y))
+                if self.x_format == "csr":
+                    x = x.to_sparse_csr()
+                yield Batch(x, y, {c: feats[c].reshape(-1).to(torch.int64).contiguous() for c in self.columns})
 
     def __len__(self) -> int:
         if self.world_size == 1:
