@@ -186,3 +186,18 @@ def test_a_part_that_does_not_finish_is_stopped_and_named(tmp_path):
 
     res = _run_part("entmax", "ours", Config.quick(cache=str(tmp_path)), sys.executable, timeout_s=0.5)
     assert "did not finish within 0 s" in res["error"] or "did not finish within 1 s" in res["error"]
+
+
+def test_inputs_built_in_a_spawned_process_name_the_cause_of_a_failure(tmp_path):
+    """A cached input built in its own process (e.g. the annotate row's h5ad and bundle) that fails reports
+    the child's exception, not just an exit code: on a GPU machine this was all a bench row showed."""
+    import os
+
+    from sctab.bench.cases import _in_spawned_process
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(RuntimeError, match=r"makedirs failed in its process: (FileExistsError|NotADirectoryError)"):
+        _in_spawned_process(os.makedirs, str(blocker / "sub"))
+    _in_spawned_process(os.makedirs, str(tmp_path / "ok" / "sub"))  # success: no error, the work is done
+    assert (tmp_path / "ok" / "sub").is_dir()

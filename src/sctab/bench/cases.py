@@ -272,13 +272,28 @@ def _train_weights(cfg: Config) -> None:
     os.replace(tmp, path)
 
 
+def _report_errors(fn, args: tuple, conn) -> None:
+    """Run fn(*args) in the child; on an error send its type and message to the parent, then fail as usual."""
+    try:
+        fn(*args)
+    except BaseException as e:
+        conn.send(f"{type(e).__name__}: {e}"[:2000])  # a short message: the pipe never blocks the child's exit
+        raise
+
+
 def _in_spawned_process(fn, *args) -> None:
-    """Run fn(*args) in a fresh process: building cached inputs must not count in this part's peak RSS."""
-    proc = multiprocessing.get_context("spawn").Process(target=fn, args=args)
+    """Run fn(*args) in a fresh process: building cached inputs must not count in this part's peak RSS.
+    A failure there names its cause (the child's exception), not only its exit code."""
+    ctx = multiprocessing.get_context("spawn")
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_report_errors, args=(fn, args, send))
     proc.start()
+    send.close()
     proc.join()
     if proc.exitcode != 0:
-        raise RuntimeError(f"{fn.__name__} failed in its process (exit {proc.exitcode})")
+        why = (recv.recv() if recv.poll() else
+               f"exit {proc.exitcode} without a Python error (killed by a signal, or out of memory?)")
+        raise RuntimeError(f"{fn.__name__} failed in its process: {why}")
 
 
 def trained_states(cfg: Config) -> list[dict]:
