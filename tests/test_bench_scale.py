@@ -121,7 +121,21 @@ def test_memory_of_the_whole_process_tree_is_summed(tmp_path):
     del ballast
     assert res["returncode"] == 0
     assert res["peak_rss_bytes"] > 300 * MIB and res["peak_single_bytes"] < 250 * MIB
+    assert res["peak_pss_bytes"] > 300 * MIB  # private memory: the same in both sums
     assert res["peak_procs"] >= 3
+
+
+SHARED = ("import mmap, os, time; m = mmap.mmap(-1, 200 * 2**20); m[::4096] = b'x' * len(m[::4096]); "
+          "pid = os.fork(); t = m[::4096]; time.sleep(1.5); pid and os.waitpid(pid, 0)")
+
+
+def test_pages_shared_between_processes_count_once_in_the_summed_pss(tmp_path):
+    # 200 MiB of shared memory touched by a process and its forked child (as Ray's workers share its object
+    # store and libraries): the RSS sum counts it twice, the PSS sum once, and the fits use the PSS sum
+    res = scale.run_measured(f"'{sys.executable}' -c \"{SHARED}\"", tmp_path, None, tmp_path / "log", interval=0.1)
+    assert res["returncode"] == 0
+    assert res["peak_rss_bytes"] > 380 * MIB
+    assert 190 * MIB < res["peak_pss_bytes"] < 300 * MIB
 
 
 def test_processes_that_left_the_tree_are_found_by_the_marker(tmp_path):
@@ -165,6 +179,8 @@ def test_quick_scale_run_writes_a_row_per_stage_and_size(tmp_path):
     ray = [x for x in rows if x["stage"] == "train_linear"]
     # the Ray daemons and workers are counted: many processes, the tree well above its largest process
     assert all(int(x["peak_procs"]) > 5 and float(x["peak_rss_mib"]) > 1.5 * float(x["peak_single_mib"]) for x in ray)
+    # their shared pages (libraries, object store) count once in the PSS sum, which the fits use
+    assert all(float(x["peak_single_mib"]) <= float(x["peak_pss_mib"]) < float(x["peak_rss_mib"]) for x in ray)
     text = md.read_text()
     assert text.strip() in r.stdout
     for part in ("Command: `benchmarks/scale.py --quick", "commit ", "Load average (1, 5, 15 min)", "wall time",

@@ -24,6 +24,7 @@ import json
 import math
 import os
 import platform
+import resource
 import shlex
 import shutil
 import subprocess
@@ -280,24 +281,45 @@ def _rss(procs: list[psutil.Process]) -> int:
     return total
 
 
+def _pss(procs: list[psutil.Process]) -> int:
+    """Summed proportional set size: a page shared by n processes counts 1/n in each, so the sum is what the
+    tree holds (the RSS sum counts Ray's shared libraries and object store pages once per process). A process
+    whose smaps_rollup cannot be read counts its RSS."""
+    total = 0
+    for p in procs:
+        try:
+            with open(f"/proc/{p.pid}/smaps_rollup", "rb") as fh:
+                for line in fh:
+                    if line.startswith(b"Pss:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except OSError:
+            total += _rss([p])
+    return total
+
+
 def run_measured(cmd: str, cwd: Path, env: dict, log: Path, marker: str | None = None,
                  interval: float = 0.2) -> dict:
     """Run ``cmd`` through the shell (as DVC does) and sample its process tree's summed RSS every ``interval``
     seconds. Returns wall seconds, the peak of the sum, the largest single process (the kernel's own high-water
     mark of the stage process and what it waited for, so peaks between samples are not missed for it, when
     it exceeds the launcher's size, which a forked child inherits; else the sampled largest process), the most
-    processes at once, how many were found only through ``marker`` and the exit status."""
-    # a forked child starts with the launcher's high-water mark (the pages it shared at fork), so the kernel's
-    # figure says something only above the launcher's own size; below it the sampled largest process counts
-    launcher = psutil.Process().memory_info().rss
+    processes at once, how many were found only through ``marker`` and the exit status. The peak of the summed
+    PSS (``peak_pss_bytes``, what the tree really holds; never below the largest single process's figure)
+    is what the fits use; the RSS sum is an upper bound reported beside it."""
+    # a child started from the launcher inherits the launcher's high-water mark (its peak, not its current
+    # size: the memory a vfork'd child shares until exec), so the kernel's figure says something only above
+    # that peak; below it the sampled largest process counts
+    launcher = max(psutil.Process().memory_info().rss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     with open(log, "wb") as fh:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, shell=True, cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT)
         root = psutil.Process(proc.pid)
-        peak = peak_n = by_marker = sampled_single = 0
+        peak = peak_pss = peak_n = by_marker = sampled_single = 0
         while True:
             procs, extra = _tree(root, marker)
             peak = max(peak, _rss(procs))
+            peak_pss = max(peak_pss, _pss(procs))
             sampled_single = max([sampled_single] + [_rss([p]) for p in procs])
             peak_n = max(peak_n, len(procs))
             by_marker = max(by_marker, extra)
@@ -309,7 +331,8 @@ def run_measured(cmd: str, cwd: Path, env: dict, log: Path, marker: str | None =
     proc.returncode = os.waitstatus_to_exitcode(status)
     kernel = usage.ru_maxrss * 1024
     single = kernel if kernel > 1.05 * launcher else sampled_single
-    return {"wall_s": wall, "peak_rss_bytes": max(peak, single), "peak_single_bytes": single,
+    return {"wall_s": wall, "peak_rss_bytes": max(peak, single), "peak_pss_bytes": max(peak_pss, single),
+            "peak_single_bytes": single,
             "peak_procs": peak_n, "procs_by_marker": by_marker, "returncode": proc.returncode}
 
 
@@ -404,7 +427,8 @@ def run_size(size: Size, profile: dict, overrides: dict, stages_wanted: list[str
             rows.append({"size": size.label, "factor": size.factor,
                          "n_genes": int(params["synthetic"]["n_genes"]), "stage": st.name,
                          "basis": basis(st.name), **res})
-            echo(f"[{size.label}] {st.name}: {res['wall_s']:.1f} s, peak {res['peak_rss_bytes'] / 2**20:,.0f} MiB")
+            echo(f"[{size.label}] {st.name}: {res['wall_s']:.1f} s, peak {res['peak_pss_bytes'] / 2**20:,.0f} MiB "
+                 f"(RSS sum {res['peak_rss_bytes'] / 2**20:,.0f} MiB)")
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     c = counts(ws)
@@ -553,17 +577,17 @@ def fits(rows: list[dict], base_genes: int) -> list[dict]:
         base = [r for r in mine if r["n_genes"] == base_genes and r.get(key)]
         if len(base) < 2:
             continue
-        f = fit_stage([r[key] for r in base], [r["wall_s"] for r in base], [r["peak_rss_bytes"] for r in base])
+        f = fit_stage([r[key] for r in base], [r["wall_s"] for r in base], [r["peak_pss_bytes"] for r in base])
         g = [r for r in mine if r["n_genes"] == PAPER["n_genes"] and r.get(key)]
-        point = {"cells": g[0][key], "wall_s": g[0]["wall_s"], "peak_bytes": g[0]["peak_rss_bytes"]} if g else None
+        point = {"cells": g[0][key], "wall_s": g[0]["wall_s"], "peak_bytes": g[0]["peak_pss_bytes"]} if g else None
         out.append({"stage": stage, "basis": basis(stage), **f, **extrapolate(f, stage, point)})
     return out
 
 
 # ---------------------------------------------------------------------------------------------- reporting
 
-CSV_FIELDS = ["size", "factor", "n_genes", "stage", "basis", "cells_in", "train_cells", "wall_s", "peak_rss_mib",
-              "peak_single_mib", "peak_procs", "procs_by_marker", "ray_left"]
+CSV_FIELDS = ["size", "factor", "n_genes", "stage", "basis", "cells_in", "train_cells", "wall_s", "peak_pss_mib",
+              "peak_rss_mib", "peak_single_mib", "peak_procs", "procs_by_marker", "ray_left"]
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -572,6 +596,7 @@ def write_csv(rows: list[dict], path: Path) -> None:
         w.writeheader()
         for r in rows:
             w.writerow({**r, "wall_s": f"{r['wall_s']:.3f}", "peak_rss_mib": f"{r['peak_rss_bytes'] / 2**20:.1f}",
+                        "peak_pss_mib": f"{r['peak_pss_bytes'] / 2**20:.1f}",
                         "peak_single_mib": f"{r['peak_single_bytes'] / 2**20:.1f}"})
 
 
@@ -589,12 +614,12 @@ def plot(rows: list[dict], path: Path, base_genes: int) -> None:
     for i, st in enumerate(stages):
         key = "train_cells" if basis(st) == "train" else "cells_in"
         mine = sorted((r for r in rows if r["stage"] == st and r.get(key)), key=lambda r: r[key])
-        for ax, val in zip(axes, (lambda r: r["wall_s"], lambda r: r["peak_rss_bytes"] / 2**20)):
+        for ax, val in zip(axes, (lambda r: r["wall_s"], lambda r: r["peak_pss_bytes"] / 2**20)):
             base = [r for r in mine if r["n_genes"] == base_genes]
             ax.plot([r[key] for r in base], [val(r) for r in base], "o-", color=cmap(i % 20), label=st, ms=4)
             other = [r for r in mine if r["n_genes"] != base_genes]
             ax.plot([r[key] for r in other], [val(r) for r in other], "o", mfc="none", color=cmap(i % 20), ms=7)
-    for ax, ylabel in zip(axes, ("wall time (s)", "peak RSS of the process tree (MiB)")):
+    for ax, ylabel in zip(axes, ("wall time (s)", "peak memory of the process tree, summed PSS (MiB)")):
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("cells (cells in; training cells for training-split stages)")
@@ -639,8 +664,10 @@ def markdown(rows: list[dict], fitted: list[dict], header: dict, nodes: dict[str
              f"{header['interval']:g} s of the summed RSS of the stage's process tree (the shell DVC's command "
              "runs in, the stage process and all its descendants, which include the Ray daemons and workers a "
              "training stage starts, plus any process whose command line names the workspace's own Ray temp dir), "
-             "and never below the kernel's high-water mark of the largest single process. Shared pages count once "
-             "per process, so the sum is an upper bound.", "",
+             "and never below the kernel's high-water mark of the largest single process. Each process counts its "
+             "proportional set size (PSS: a page shared by n processes counts 1/n in each), so the sum is what the "
+             "tree holds; the fits use it. In brackets, the summed RSS, which counts shared pages (Ray's libraries, "
+             "its object store) once per process: an upper bound.", "",
              "### Sizes", "",
              "| Size | Genes | Cells in | Training cells |", "|---|---|---|---|"]
     for s in sizes:
@@ -652,7 +679,8 @@ def markdown(rows: list[dict], fitted: list[dict], header: dict, nodes: dict[str
         cells = []
         for s in sizes:
             r = by.get((s, st))
-            cells.append("-" if r is None else f"{r['wall_s']:,.1f} s, {r['peak_rss_bytes'] / 2**20:,.0f} MiB")
+            cells.append("-" if r is None else f"{r['wall_s']:,.1f} s, {r['peak_pss_bytes'] / 2**20:,.0f} MiB "
+                         f"({r['peak_rss_bytes'] / 2**20:,.0f})")
         lines.append(f"| {st} | " + " | ".join(cells) + " |")
     lines.append("| **total** | " + " | ".join(
         f"{sum(r['wall_s'] for r in rows if r['size'] == s) / 60:,.1f} min" for s in sizes) + " |")
