@@ -8,7 +8,7 @@ DEVICE  ?=
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: seed-spread venv repro test test-fast test-gpu fuzz params status push pull clean help postgres merlin-env test-merlin ui metrics \
+.PHONY: seed-spread venv repro test test-fast test-gpu fuzz params status bench-heap push pull clean help postgres merlin-env test-merlin ui metrics \
 	tune-baselines tune-sctab apply-tuned sweep-model-size sweep-data-size exp-augmentation exp-organ experiments \
 	register promote serve annotate models browser census-realism
 
@@ -188,8 +188,14 @@ bench-summary: venv  ## median/min/max over the newest 3 `make bench` runs, targ
 # ~30 min on 2 cores; BENCH_SCALE_ARGS="--quick" for a smoke run, "--sizes x1,x2 --stages pca" for a subset.
 BENCH_SCALE_ARGS ?=
 .PHONY: bench-scale
-bench-scale: venv  ## scale curve: time and peak RSS per stage vs cells -> benchmarks/results/scale-<date>.md/.csv/.png
+bench-scale: venv  ## scale curve: time and peak memory (summed PSS) per stage vs cells -> benchmarks/results/scale-<date>.md/.csv/.png
 	$(PY) benchmarks/scale.py $(BENCH_SCALE_ARGS)
+
+# Whether an evaluating process's memory grows with the cells it sees or reaches a steady state (docs/bench.md):
+# repeated validation passes, RSS and glibc's heap (held / free / in use) after each. BENCH_HEAP_ARGS="--model
+# models/sctab --store data/store" for a trained folder; default: the bench's 19,331-gene TabNet.
+bench-heap: venv  ## memory of repeated evaluation passes: live data vs freed memory the heap keeps
+	$(PY) benchmarks/eval_heap.py $(BENCH_HEAP_ARGS)
 
 clean:  ## remove pipeline outputs (not the venv, not the DVC cache)
 	rm -rf data reports/validation reports/evaluate/report models ray_results

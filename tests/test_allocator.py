@@ -79,3 +79,31 @@ def test_annotate_command_sets_the_allocator(monkeypatch, tmp_path, capsys):
     assert rc == 2
     assert "SCTAB_MALLOC='bogus'" in capsys.readouterr().err
     assert not (tmp_path / "out.h5ad").exists()
+
+
+_HEAP_PROBE = textwrap.dedent("""
+    import json
+    import numpy as np
+    from sctab.allocator import heap_stats, keep_freed_memory, release_freed_memory
+    keep_freed_memory()
+    base = heap_stats()
+    bufs = [np.ones(2_000_000, np.float32) for _ in range(20)]  # 20 x 8 MB from the heap
+    live = heap_stats()
+    pin = [np.ones(1000, np.float32)]  # a small allocation above them keeps the heap from shrinking at its top
+    del bufs
+    freed = heap_stats()
+    released = release_freed_memory()
+    print(json.dumps({"base": base, "live": live, "freed": freed, "released": released}))
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_info: Linux only")
+def test_heap_stats_tell_live_data_from_freed_memory_the_heap_keeps():
+    out = subprocess.run([sys.executable, "-c", _HEAP_PROBE], capture_output=True, text=True, check=True)
+    got = json.loads(out.stdout)
+    mb = 2**20
+    assert got["live"]["in_use"] - got["base"]["in_use"] > 150 * mb  # the 160 MB of buffers, live
+    assert got["freed"]["free"] - got["base"]["free"] > 150 * mb  # freed, but kept in the heap
+    assert got["freed"]["in_use"] - got["base"]["in_use"] < 10 * mb
+    assert got["freed"]["held"] == got["freed"]["in_use"] + got["freed"]["free"]
+    assert got["released"] is True

@@ -201,3 +201,21 @@ def test_inputs_built_in_a_spawned_process_name_the_cause_of_a_failure(tmp_path)
         _in_spawned_process(os.makedirs, str(blocker / "sub"))
     _in_spawned_process(os.makedirs, str(tmp_path / "ok" / "sub"))  # success: no error, the work is done
     assert (tmp_path / "ok" / "sub").is_dir()
+
+
+def test_eval_heap_reports_each_pass_and_the_live_memory(store_dir, tmp_path):
+    """benchmarks/eval_heap.py on a model folder: a row per pass with glibc's heap figures, and the RSS once
+    the heap's free memory is returned (what the scale curve's training-memory explanation rests on)."""
+    from sctab.bench.heap import main
+    from tests.test_annotation import write_model_folders
+
+    models = write_model_folders(tmp_path / "models", store_dir)
+    out = tmp_path / "heap.md"
+    assert main(["--model", str(models / "sctab"), "--store", str(store_dir), "--split", "val", "--passes", "2",
+                 "--batch-size", "64", "--out", str(out)]) == 0
+    text = out.read_text()
+    rows = [ln for ln in text.splitlines() if ln.startswith("| 1 |") or ln.startswith("| 2 |")]
+    assert len(rows) == 2 and all("MiB" in r for r in rows)
+    assert "Heap free" in text and "malloc_trim" in text and "Split `val`" in text
+    with pytest.raises(SystemExit):
+        main(["--model", str(models / "sctab")])  # a model folder needs its store

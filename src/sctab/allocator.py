@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import re
 import sys
 
 ENV = "SCTAB_MALLOC"
@@ -58,3 +59,56 @@ def keep_freed_memory(limit_mib: int = DEFAULT_LIMIT_MIB) -> bool:
         raise ValueError(f"limit_mib must be between 1 and 1023, got {limit_mib}")
     limit = int(limit_mib) << 20
     return mallopt(_M_MMAP_THRESHOLD, limit) == 1 and mallopt(_M_TRIM_THRESHOLD, 2 * limit - 1) == 1
+
+
+def _glibc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "malloc_info") else None
+
+
+def heap_stats() -> dict | None:
+    """glibc's own account of its heaps (``malloc_info``), in bytes: ``held`` (what the heaps hold from the
+    kernel), ``free`` (freed chunks kept inside them for reuse: what fragmentation costs), ``in_use`` (held -
+    free) and ``mmapped`` (blocks served by mmap). None where the C library is not glibc.
+
+    Why: a process's RSS cannot tell live data from memory the allocator keeps after a free; this can."""
+    libc = _glibc()
+    if libc is None:
+        return None
+    buf, size = ctypes.c_void_p(), ctypes.c_size_t()
+    libc.open_memstream.restype = ctypes.c_void_p
+    libc.open_memstream.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_size_t)]
+    libc.malloc_info.argtypes, libc.fclose.argtypes = [ctypes.c_int, ctypes.c_void_p], [ctypes.c_void_p]
+    libc.free.argtypes = [ctypes.c_void_p]
+    stream = libc.open_memstream(ctypes.byref(buf), ctypes.byref(size))
+    if not stream:
+        return None
+    try:
+        libc.malloc_info(0, stream)
+    finally:
+        libc.fclose(stream)
+    try:
+        text = ctypes.string_at(buf, size.value).decode()
+    finally:
+        libc.free(buf)
+    totals = text[text.rfind("</heap>"):]  # the process-wide totals follow the last arena
+
+    def total(pattern: str) -> int:
+        return sum(int(v) for v in re.findall(pattern, totals))
+
+    held = total(r'<system type="current" size="(\d+)"')
+    free = total(r'<total type="(?:fast|rest)" count="\d+" size="(\d+)"')
+    return {"held": held, "free": free, "in_use": held - free,
+            "mmapped": total(r'<total type="mmap" count="\d+" size="(\d+)"')}
+
+
+def release_freed_memory() -> bool:
+    """Give the freed memory the heaps keep back to the kernel (``malloc_trim(0)``, which also returns free
+    pages in the middle of a heap). What stays resident afterwards is live data. False off glibc."""
+    libc = _glibc()
+    return bool(libc is not None and libc.malloc_trim(0) in (0, 1))
