@@ -9,9 +9,10 @@ next batch finds them. PyTorch's CPU tuning guide makes the same point with jema
 this does it from inside the process with glibc's own ``mallopt``, with nothing to install.
 
 Measured on 2 cores (see docs/bench.md): ``sctab annotate``, 100,000 cells, 5 members: about 1,330 against
-1,570 cells/s, peak RSS 2.0 against 3.0 GiB (the kept blocks count). Only the inference entry points call it
-(``sctab annotate``, the served model, the evaluate stage); ``SCTAB_MALLOC=system`` leaves the allocator as
-it is.
+1,570 cells/s, peak RSS 2.0 against 3.0 GiB (the kept blocks count). The entry points that train or predict
+call it (the training workers, ``sctab annotate``, the served model, the evaluate stage);
+``SCTAB_MALLOC=system`` leaves the allocator as it is. :func:`heap_stats` tells the memory kept this way
+from live data (``make bench-heap``; docs/bench.md).
 """
 
 from __future__ import annotations
@@ -45,15 +46,10 @@ def keep_freed_memory(limit_mib: int = DEFAULT_LIMIT_MIB) -> bool:
 
     Process-wide and lasting; returns whether it took effect (False: SCTAB_MALLOC=system, not Linux, or a
     C library without glibc's ``mallopt``, such as musl)."""
-    if mode() == "system" or not sys.platform.startswith("linux"):
+    libc = None if mode() == "system" else _glibc()
+    if libc is None:
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    if not hasattr(libc, "gnu_get_libc_version"):  # glibc only: musl has no such symbol (nor glibc's mallopt)
-        return False
+    mallopt = libc.mallopt
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     if not 1 <= int(limit_mib) <= 1023:  # mallopt takes a C int
         raise ValueError(f"limit_mib must be between 1 and 1023, got {limit_mib}")
@@ -62,6 +58,8 @@ def keep_freed_memory(limit_mib: int = DEFAULT_LIMIT_MIB) -> bool:
 
 
 def _glibc():
+    """The C library when it is glibc (Linux); None elsewhere: musl has neither gnu_get_libc_version nor
+    glibc's mallopt and malloc_info."""
     if not sys.platform.startswith("linux"):
         return None
     try:
