@@ -43,6 +43,9 @@ def bench_model(args) -> tuple[torch.nn.Module, object, str]:
 
         clf = folder.load(args.model)
         member = clf.members[0]
+        if not hasattr(member, "module"):
+            raise SystemExit(f"{args.model}: a {member.kind} model; the evaluation pass runs the neural models "
+                             f"(sctab, mlp, linear)")
         return member.module.eval(), Store(args.store), f"model folder {args.model} ({member.kind})"
     from sctab.bench.cases import Config, trained_states
     from sctab.bench.synthetic import make_store
