@@ -14,6 +14,7 @@ import argparse
 import datetime as dt
 import os
 import platform
+import resource
 import shlex
 import sys
 import time
@@ -26,11 +27,6 @@ from sctab.allocator import heap_stats, keep_freed_memory, mode, release_freed_m
 from sctab.bench.runner import REPO, cpu_model, git_commit
 
 MIB = 2**20
-
-
-def _hwm() -> int:
-    with open("/proc/self/status") as fh:
-        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM"))
 
 
 def bench_model(args) -> tuple[torch.nn.Module, object, str]:
@@ -77,7 +73,8 @@ def run(args) -> str:
         t = time.perf_counter()
         out = evaluate_loader(model, loader, weights, child, torch.device("cpu"))
         h = heap_stats() or {}
-        rows.append((p, p * len(loader), out["rows"] * p, time.perf_counter() - t, me.memory_info().rss, _hwm(), h))
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        rows.append((p, p * len(loader), out["rows"] * p, time.perf_counter() - t, me.memory_info().rss, peak, h))
         print(f"pass {p}: {rows[-1][1]} batches, RSS {rows[-1][4] / MIB:,.0f} MiB, heap free "
               f"{h.get('free', 0) / MIB:,.0f} MiB", file=sys.stderr, flush=True)
     release_freed_memory()
