@@ -192,3 +192,53 @@ def test_quick_scale_run_writes_a_row_per_stage_and_size(tmp_path):
 
     client = MlflowClient(f"sqlite:///{work / sizes[0] / 'mlruns' / 'mlflow.db'}")
     assert client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+def test_sizes_in_cells_parse_and_label():
+    assert scale.Size.parse("c500k") == scale.Size(1.0, None, 500_000) and scale.Size.parse("c500k").label == "c500k"
+    assert scale.Size.parse("c0.1m").cells == 100_000 and scale.Size.parse("c12345").label == "c12345"
+    assert scale.Size.parse("c50k@19331").n_genes == 19331
+    for bad in ("c", "c12", "cabc", "c-5k"):
+        with pytest.raises(scale.ScaleError, match="size"):
+            scale.Size.parse(bad)
+
+
+def test_output_bytes_count_files_once_and_not_through_links(tmp_path):
+    (tmp_path / "out" / "sub").mkdir(parents=True)
+    (tmp_path / "out" / "a.bin").write_bytes(b"x" * 1000)
+    (tmp_path / "out" / "sub" / "b.bin").write_bytes(b"y" * 24)
+    (tmp_path / "out" / "link").symlink_to(tmp_path / "out" / "a.bin")
+    assert scale.tree_bytes(tmp_path / "out") == 1024
+    assert scale.tree_bytes(tmp_path / "out" / "a.bin") == 1000 and scale.tree_bytes(tmp_path / "missing") == 0
+
+
+def _fit(stage, intercept, per_cell, time_s=100.0, slope=1.0, marginal=1.0):
+    n = scale.target_cells(stage)
+    return {"stage": stage, "mem_intercept_bytes": intercept, "bytes_per_cell": per_cell, "time_intercept_s": 10.0,
+            "time_full": time_s, "mem_full": intercept + per_cell * n, "target_cells": n, "time_slope": slope,
+            "time_marginal_exp": marginal}
+
+
+def test_deployments_split_a_ray_stage_over_workers_and_refuse_a_node_stage_that_outgrows_a_node():
+    rates = {"train": 100_000.0, "infer": 300_000.0, "source": "x", "device": "H100"}
+    xgb = _fit("train_xgboost", 2 * 2**30, 7_000)          # ~101 GiB at 15.2 M cells: several 32 GiB workers
+    store = _fit("store", 1 * 2**30, 2_000)                 # ~42 GiB at 22.2 M: no single 32 GiB node holds it
+    sctab = _fit("train_sctab", 3 * 2**30, 50)
+    pca = _fit("pca", 4 * 2**30, 0.0, time_s=16_000)
+    d = {r["stage"]: r for r in scale.deployments([xgb, store, sctab, pca], local_cores=2, rates=rates)}
+    room = scale.NODE_B["ram_bytes"] * scale.RAM_USABLE
+    assert d["train_xgboost"]["workers_b"] >= 4 and d["train_xgboost"]["mem_b"] <= room and d["train_xgboost"]["fits_b"]
+    assert d["train_xgboost"]["fits_a"]                     # 101 GiB < 80 % of 128 GiB
+    assert not d["store"]["fits_b"] and d["store"]["workers_b"] is None and d["store"]["fits_a"]
+    n = scale.PAPER["train_cells"]
+    assert d["train_sctab"]["time_a"] == pytest.approx(10 + n / 100_000 + 0.15 * scale.PAPER["cells_in"] / 300_000)
+    assert d["pca"]["time_a"] == pytest.approx(16_000 * 2 / 16) and d["pca"]["how_a"] == "x 2/16 cores"
+    assert d["store"]["time_a"] == d["store"]["time_b"] == 100.0   # one process: no speed-up claimed
+
+
+def test_targets_flag_memory_beyond_metadata_and_superlinear_time():
+    assert scale.targets_met(_fit("extract", 1e9, 250)) == (True, True)
+    assert scale.targets_met(_fit("extract", 1e9, 2_000)) == (False, True)
+    assert scale.targets_met(_fit("train_xgboost", 1e9, 7_000)) == (True, True)   # judged per worker on (b)
+    assert scale.targets_met(_fit("pca", 1e9, 0, marginal=1.3)) == (True, False)
+    assert scale.targets_met(_fit("pca", 1e9, 0, slope=0.2, marginal=float("nan"))) == (True, True)

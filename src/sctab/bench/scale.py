@@ -42,8 +42,9 @@ REPO = Path(__file__).resolve().parents[3]
 
 #: the paper's census (Methods): cells after the filters, training cells, genes
 PAPER = {"cells_in": 22_200_000, "train_cells": 15_200_000, "n_genes": 19_331}
-#: a stage whose peak memory grows by more than this per cell holds more than the cell's metadata
-BYTES_PER_CELL_LIMIT = 100.0
+#: a stage whose peak memory grows by more than this per cell holds more than the cell's metadata (ids, labels,
+#: split names and their string copies: ~150-330 B measured in the tables that must exist per cell)
+BYTES_PER_CELL_LIMIT = 300.0
 #: a stage whose log-log time slope exceeds this grows faster than linearly
 TIME_SLOPE_LIMIT = 1.15
 #: ... or whose marginal time grows like cells**1.5 or faster (a fixed cost can hide that from the slope), once
@@ -64,6 +65,8 @@ XGBOOST_ROUNDS = 5
 CELLTYPIST_EPOCHS = 1
 SCTAB_MEMBERS = 1
 ALL_CELLS = 1_000_000_000  # "every training cell" for a sample size parameter
+#: the bench stops before a stage when less than this is free where its workspace lies
+MIN_FREE_DISK = 4 * 2**30
 
 
 class ScaleError(RuntimeError):
@@ -75,31 +78,48 @@ class ScaleError(RuntimeError):
 
 @dataclass(frozen=True)
 class Size:
-    """A census size: ``factor`` times the profile's cells per donor, at ``n_genes`` (None: the profile's)."""
+    """A census size: ``factor`` times the profile's cells per donor, at ``n_genes`` (None: the profile's); or
+    ``cells`` cells in all (the profile's sizing rule picks datasets, donors and cells per donor, as
+    ``sctab params --cells`` does)."""
 
     factor: float
     n_genes: int | None = None
+    cells: int | None = None
 
     @property
     def label(self) -> str:
-        f = f"x{self.factor:g}"
+        if self.cells is not None:
+            c = self.cells
+            f = f"c{c // 1000}k" if c % 1000 == 0 else f"c{c}"
+        else:
+            f = f"x{self.factor:g}"
         return f if self.n_genes is None else f"{f}@{self.n_genes}g"
 
     @classmethod
     def parse(cls, text: str) -> "Size":
-        """``x4`` (4 x the cells) or ``x1@19331`` (1 x the cells at 19,331 genes)."""
+        """``x4`` (4 x the cells), ``x1@19331`` (1 x the cells at 19,331 genes) or ``c500k`` / ``c500000``
+        (about 500,000 cells in the census)."""
         t = text.strip()
         body, _, genes = t.partition("@")
+        cells = None
         try:
-            if not body.startswith("x"):
+            if body.startswith("c"):
+                num = body[1:].lower()
+                mult = 1000 if num.endswith("k") else 1_000_000 if num.endswith("m") else 1
+                cells = int(round(float(num.rstrip("km")) * mult))
+                factor = 1.0
+            elif body.startswith("x"):
+                factor = float(body[1:])
+            else:
                 raise ValueError
-            factor = float(body[1:])
             n_genes = int(genes.rstrip("g")) if genes else None
         except ValueError:
-            raise ScaleError(f"size {text!r}: expected x<factor> or x<factor>@<genes>, e.g. x4 or x1@19331") from None
-        if not factor > 0 or (n_genes is not None and n_genes < 50):
-            raise ScaleError(f"size {text!r}: the factor must be > 0 and the genes at least 50")
-        return cls(factor, n_genes)
+            raise ScaleError(f"size {text!r}: expected x<factor>, c<cells> or either @<genes>, e.g. x4, c500k or "
+                             "x1@19331") from None
+        if not factor > 0 or (n_genes is not None and n_genes < 50) or (cells is not None and cells < 1000):
+            raise ScaleError(f"size {text!r}: the factor must be > 0, the cells at least 1,000 and the genes at "
+                             "least 50")
+        return cls(factor, n_genes, cells)
 
 
 def set_dotted(params: dict, dotted: str, value) -> None:
@@ -147,8 +167,13 @@ def size_params(profile: dict, size: Size, overrides: dict | None = None) -> dic
     if not isinstance(syn, dict) or (params.get("census") or {}).get("source") != "embedded":
         raise ScaleError(f"profile {params.get('profile')!r} does not build the embedded synthetic census; the "
                          "scale bench needs census.source: embedded and a synthetic section")
-    lo, hi = syn["cells_per_donor"]
-    syn["cells_per_donor"] = [max(1, round(lo * size.factor)), max(1, round(hi * size.factor))]
+    if size.cells is not None:
+        from sctab.census.synthetic import synthetic_for_cells
+
+        params["synthetic"] = syn = synthetic_for_cells(syn, size.cells)
+    else:
+        lo, hi = syn["cells_per_donor"]
+        syn["cells_per_donor"] = [max(1, round(lo * size.factor)), max(1, round(hi * size.factor))]
     if size.n_genes is not None:
         syn["n_genes"] = int(size.n_genes)
     for k, v in {**budget_overrides(params), **(overrides or {})}.items():
@@ -386,6 +411,22 @@ def make_workspace(path: Path, params: dict) -> None:
                                       f"{yaml.safe_dump(params, sort_keys=False)}")
 
 
+def tree_bytes(path: Path) -> int:
+    """Bytes on disk of a file or a folder's files (what the output costs on disk and in the DVC cache, which
+    keeps one copy of each output); 0 when absent. Symlinks are not followed."""
+    if path.is_symlink() or not path.exists():
+        return 0
+    if path.is_file():
+        return path.stat().st_size
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            q = Path(root) / f
+            if not q.is_symlink():
+                total += q.stat().st_size
+    return total
+
+
 def counts(workspace: Path) -> dict:
     """Cells that entered (the census) and training cells (the store's train split), once written."""
     out = {"cells_in": None, "train_cells": None}
@@ -416,6 +457,11 @@ def run_size(size: Size, profile: dict, overrides: dict, stages_wanted: list[str
     rows = []
     try:
         for st in stages:
+            free = shutil.disk_usage(ws).free
+            if free < MIN_FREE_DISK:
+                raise ScaleError(f"only {free / 2**30:.1f} GiB free on the disk of {ws} before stage {st.name} at "
+                                 f"size {size.label} (the bench stops below {MIN_FREE_DISK / 2**30:.0f} GiB); "
+                                 "pick smaller sizes or a --workdir on a larger disk")
             echo(f"[{size.label}] {st.name} ...")
             log = ws / "logs" / f"{st.name}.log"
             res = run_measured(st.cmd, ws, env, log, marker=str(ray_tmp), interval=interval)
@@ -424,9 +470,10 @@ def run_size(size: Size, profile: dict, overrides: dict, stages_wanted: list[str
                 tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
                 raise ScaleError(f"stage {st.name} failed at size {size.label} (exit {res['returncode']}; "
                                  f"log {log}):\n{tail}")
+            outs = {o: tree_bytes(ws / o) for o in st.outs}
             rows.append({"size": size.label, "factor": size.factor,
                          "n_genes": int(params["synthetic"]["n_genes"]), "stage": st.name,
-                         "basis": basis(st.name), **res})
+                         "basis": basis(st.name), "out_bytes": sum(outs.values()), "outs": outs, **res})
             echo(f"[{size.label}] {st.name}: {res['wall_s']:.1f} s, peak {res['peak_pss_bytes'] / 2**20:,.0f} MiB "
                  f"(RSS sum {res['peak_rss_bytes'] / 2**20:,.0f} MiB)")
     finally:
@@ -499,6 +546,16 @@ def fit_stage(cells, wall_s, peak_bytes) -> dict:
         flags.append(f"time superlinear (marginal exponent {fit['time_marginal_exp']:.2f})")
     fit["flags"] = flags
     return fit
+
+
+def targets_met(fit: dict) -> tuple[bool, bool]:
+    """(memory, time) targets of the scale run: peak memory flat in cells (at most BYTES_PER_CELL_LIMIT per cell,
+    or, for a stage that runs data-parallel on Ray, bounded per worker: checked on deployment (b)), and time
+    linear (marginal exponent at most TIME_SLOPE_LIMIT; a stage whose time does not grow at all meets it)."""
+    mem_ok = fit["bytes_per_cell"] <= BYTES_PER_CELL_LIMIT or fit["stage"] in RAY_PARALLEL
+    k = fit["time_marginal_exp"]
+    time_ok = (k <= TIME_SLOPE_LIMIT) if not math.isnan(k) else fit["time_slope"] <= TIME_SLOPE_LIMIT
+    return bool(mem_ok), bool(time_ok)
 
 
 def gene_ratio(at_genes: float, cells: float, intercept: float, per_cell: float) -> tuple[float, float, str]:
@@ -580,14 +637,92 @@ def fits(rows: list[dict], base_genes: int) -> list[dict]:
         f = fit_stage([r[key] for r in base], [r["wall_s"] for r in base], [r["peak_pss_bytes"] for r in base])
         g = [r for r in mine if r["n_genes"] == PAPER["n_genes"] and r.get(key)]
         point = {"cells": g[0][key], "wall_s": g[0]["wall_s"], "peak_bytes": g[0]["peak_pss_bytes"]} if g else None
-        out.append({"stage": stage, "basis": basis(stage), **f, **extrapolate(f, stage, point)})
+        ex = extrapolate(f, stage, None if base_genes == PAPER["n_genes"] else point)
+        if base_genes == PAPER["n_genes"]:
+            ex["time_gene_method"] = ex["mem_gene_method"] = "measured at the paper's genes"
+        out.append({"stage": stage, "basis": basis(stage), **f, **ex})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- two deployments
+
+#: (a) one node with 16 cores, 128 GiB and one H100
+NODE_A = {"label": "(a) one node: 16 cores, 128 GiB, one H100", "cores": 16, "ram_bytes": 128 * 2**30}
+#: (b) a Ray cluster of 32 GiB nodes with 8 vCPUs each (the instances of infra/ray/cluster.yaml)
+NODE_B = {"label": "(b) Ray cluster of 32 GiB nodes, 8 vCPUs each", "cores": 8, "ram_bytes": 32 * 2**30}
+#: share of a node's RAM a stage may plan to use (the OS, Ray's object store and page cache need the rest)
+RAM_USABLE = 0.8
+#: stages whose work a threaded library spreads over the node's cores (BLAS; XGBoost's and CellTypist's
+#: threads): their time is divided by the ratio of cores, the best case of linear scaling, stated as such
+THREADED = {"pca", "train_xgboost", "train_celltypist"}
+#: stages that run data-parallel on Ray workers: on (b) the per-cell part of their memory splits over workers
+RAY_PARALLEL = {"train_linear", "train_mlp", "train_sctab", "train_xgboost"}
+#: neural training stages: on (a) they run on the GPU at the rates the GPU bench measured on an H100
+NEURAL = {"train_linear", "train_mlp", "train_sctab"}
+#: the GPU bench's rows on a lent H100 (docs/gpu.md): scTab training step (float32) and inference per model
+GPU_ROWS = REPO / "benchmarks" / "results" / "gpu-2026-11-26" / "gpu-bench-rows.json"
+
+
+def gpu_rates(path: Path = GPU_ROWS) -> dict | None:
+    """The H100's measured medians (cells/s) of the scTab training step and inference, or None without the file."""
+    if not Path(path).exists():
+        return None
+    rows = {r["name"]: r for r in json.loads(Path(path).read_text())["rows"]}
+    try:
+        return {"train": float(rows["device_train_step"]["median"]), "infer": float(rows["device_inference"]["median"]),
+                "source": str(Path(path).relative_to(REPO)) if Path(path).is_relative_to(REPO) else str(path),
+                "device": rows["device_train_step"]["ours"]["label"].rsplit(" on ", 1)[-1]}
+    except KeyError as e:
+        raise ScaleError(f"{path} lacks the GPU row or field {e}") from None
+
+
+def deployments(fitted: list[dict], local_cores: int, rates: dict | None) -> list[dict]:
+    """Each fitted stage at the paper's census on (a) one 16-core, 128 GiB node with an H100 and (b) a Ray cluster
+    of 32 GiB nodes: time, peak memory (per worker for the Ray stages on (b)), workers and whether it fits.
+
+    Time on (a): the neural stages at the H100's measured training-step rate over the training cells plus its
+    inference rate over the validation cells (a sixth of the cells in: the 15 % split), plus the fit's fixed
+    cost; the threaded stages (THREADED) at this machine's time times local cores / 16; the rest as measured
+    here (one process: no speed-up is claimed). Memory on (a): the projected peak. On (b): a Ray stage takes as
+    many workers as its per-cell memory needs to stay under RAM_USABLE of a node (the fixed part on every
+    worker), its time divided by workers x 8 cores over the local cores; any other stage must fit one node."""
+    out = []
+    for f in fitted:
+        st = f["stage"]
+        fixed = max(f["mem_intercept_bytes"], 0.0)
+        mem = f["mem_full"]
+        t = f["time_full"]
+        # (a)
+        if st in NEURAL and rates:
+            n = f["target_cells"]
+            val = PAPER["cells_in"] * 0.15
+            ta, how_a = max(f["time_intercept_s"], 0.0) + n / rates["train"] + val / rates["infer"], "H100 rates"
+        elif st in THREADED:
+            ta, how_a = t * local_cores / NODE_A["cores"], f"x {local_cores}/{NODE_A['cores']} cores"
+        else:
+            ta, how_a = t, "as measured (one process)"
+        fits_a = mem <= NODE_A["ram_bytes"] * RAM_USABLE
+        # (b)
+        room = NODE_B["ram_bytes"] * RAM_USABLE
+        if st in RAY_PARALLEL:
+            per_cell = max(mem - fixed, 0.0)
+            workers = 1 if fixed + per_cell <= room else (math.ceil(per_cell / (room - fixed)) if room > fixed
+                                                           else None)
+            mem_b = fixed + per_cell / workers if workers else mem
+            tb = t * local_cores / (NODE_B["cores"] * (workers or 1))
+        else:
+            workers, mem_b = None, mem
+            tb = t * local_cores / NODE_B["cores"] if st in THREADED else t
+        fits_b = mem_b <= room and (st not in RAY_PARALLEL or workers is not None)
+        out.append({"stage": st, "time_a": ta, "how_a": how_a, "mem_a": mem, "fits_a": fits_a, "time_b": tb,
+                    "workers_b": workers, "mem_b": mem_b, "fits_b": fits_b})
     return out
 
 
 # ---------------------------------------------------------------------------------------------- reporting
 
 CSV_FIELDS = ["size", "factor", "n_genes", "stage", "basis", "cells_in", "train_cells", "wall_s", "peak_pss_mib",
-              "peak_rss_mib", "peak_single_mib", "peak_procs", "procs_by_marker", "ray_left"]
+              "peak_rss_mib", "peak_single_mib", "peak_procs", "procs_by_marker", "ray_left", "out_bytes"]
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -656,7 +791,8 @@ def markdown(rows: list[dict], fitted: list[dict], header: dict, nodes: dict[str
              f"Machine: {header['machine']}. Load average (1, 5, 15 min) {header['load0']} at the start, "
              f"{header['load1']} at the end.", "",
              f"Census: the embedded synthetic census of profile `{header['profile']}`, its cells per donor times "
-             f"each size's factor; training: one epoch per neural model, scTab {SCTAB_MEMBERS} ensemble member "
+             f"each x-size's factor, or sized to a c-size's cells by the profile's rule (`sctab params --cells`); "
+             f"training: one epoch per neural model, scTab {SCTAB_MEMBERS} ensemble member "
              f"(the paper's 5 train one after the other: 5x its time), XGBoost "
              f"{XGBOOST_ROUNDS} rounds without early stopping, CellTypist {CELLTYPIST_EPOCHS} epoch; augment and "
              f"CellTypist sample every training cell. Overrides: {header['overrides'] or 'none'}.", "",
@@ -701,19 +837,56 @@ def markdown(rows: list[dict], fitted: list[dict], header: dict, nodes: dict[str
                   "epoch / per the stated budget for the training stages.", "",
                   "| Stage | Basis | Time slope / marginal exponent | Memory slope | Memory growth | Flags | Cells at "
                   "paper scale | Gene ratio time / memory | Time at paper scale | Peak memory at paper scale | "
-                  f"Fits a {_gib(ram) if ram else '?'} node |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  f"Fits a {_gib(ram) if ram else '?'} node | Memory flat / time linear |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for f in fitted:
             fits_node = "-" if ram is None else ("yes" if f["mem_full"] <= ram else "**no**")
+            mem_ok, time_ok = targets_met(f)
+            met = (f"{'yes' if mem_ok else '**no**'}{' (Ray: per worker)' if f['stage'] in RAY_PARALLEL else ''} / "
+                   f"{'yes' if time_ok else '**no**'}")
             lines.append(
                 f"| {f['stage']} | {f['basis']} | {f['time_slope']:.2f} / {f['time_marginal_exp']:.2f} | "
                 f"{f['mem_slope']:.2f} | {f['bytes_per_cell']:,.0f} B/cell | "
                 f"{'**' + '; '.join(f['flags']) + '**' if f['flags'] else '-'} | {f['target_cells'] / 1e6:.1f} M | "
                 f"{f['time_gene_ratio']:.1f} / {f['mem_gene_ratio']:.1f} | {_hms(f['time_full'])} | "
-                f"{_gib(f['mem_full'])} | {fits_node} |")
+                f"{_gib(f['mem_full'])} | {fits_node} | {met} |")
         if nodes:
             lines += ["", "Nodes of infra/ray/cluster.yaml: " + "; ".join(f"{k}: {_gib(v)} RAM"
                                                                        for k, v in nodes.items()) + "."]
+    deps = header.get("deployments") or []
+    if deps:
+        rates = header.get("gpu_rates")
+        lines += ["", "### The paper's census on two deployments", "",
+                  f"{NODE_A['label']}; {NODE_B['label']}. A stage fits when its peak (per worker for the Ray "
+                  f"stages on (b)) stays under {RAM_USABLE:.0%} of a node's RAM. Times as budgeted here (one epoch, "
+                  f"one scTab member). On (a) the neural stages use the training-step and inference rates measured "
+                  + (f"on an {rates['device']} ({rates['train']:,.0f} and {rates['infer']:,.0f} cells/s, "
+                     f"`{rates['source']}`), not measured in this run; " if rates else "on a GPU: none found; ")
+                  + f"the threaded stages ({', '.join(sorted(THREADED))}) assume linear scaling over cores, a best "
+                  "case; the other stages run as one process and keep this machine's time. On (b) a Ray stage "
+                  "takes as many workers as its memory needs.", "",
+                  "| Stage | (a) time | (a) how | (a) peak | (a) fits | (b) workers | (b) time | (b) peak per worker "
+                  "| (b) fits |", "|---|---|---|---|---|---|---|---|---|"]
+        for d in deps:
+            lines.append(f"| {d['stage']} | {_hms(d['time_a'])} | {d['how_a']} | {_gib(d['mem_a'])} | "
+                         f"{'yes' if d['fits_a'] else '**no**'} | {d['workers_b'] or '-'} | {_hms(d['time_b'])} | "
+                         f"{_gib(d['mem_b'])} | {'yes' if d['fits_b'] else '**no**'} |")
+        lines.append(f"| **DAG** | {_hms(sum(d['time_a'] for d in deps))} | | "
+                     f"{_gib(max(d['mem_a'] for d in deps))} | {'yes' if all(d['fits_a'] for d in deps) else '**no**'}"
+                     f" | | {_hms(sum(d['time_b'] for d in deps))} | {_gib(max(d['mem_b'] for d in deps))} | "
+                     f"{'yes' if all(d['fits_b'] for d in deps) else '**no**'} |")
+    big = [r for r in rows if r["size"] == sizes[-1] and r.get("out_bytes")]
+    if big:
+        lines += ["", f"### Outputs on disk at {sizes[-1]}", "",
+                  "Bytes per cell in (the DVC cache keeps one more copy of each output unless it links).", "",
+                  "| Stage | Output | Bytes | Bytes per cell in | At 22.2 M cells |", "|---|---|---|---|---|"]
+        for r in big:
+            for o, b in (r.get("outs") or {}).items():
+                per = b / r["cells_in"] if r.get("cells_in") else float("nan")
+                lines.append(f"| {r['stage']} | `{o}` | {_gib(b)} | {per:,.0f} | {_gib(per * PAPER['cells_in'])} |")
+        tot = sum(r["out_bytes"] for r in big)
+        per = tot / big[0]["cells_in"] if big[0].get("cells_in") else float("nan")
+        lines.append(f"| **all** | | {_gib(tot)} | {per:,.0f} | {_gib(per * PAPER['cells_in'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -784,13 +957,15 @@ def main(argv: list[str] | None = None) -> int:
     from sctab.bench.runner import cpu_model, git_commit
 
     fitted = fits(rows, base_genes)
+    deps = deployments(fitted, os.cpu_count() or 1, gpu_rates()) if base_genes == PAPER["n_genes"] else []
     header = {"started": f"{started:%Y-%m-%d %H:%M}", "quick": a.quick,
               "command": cmd + (" (via make bench-scale)" if os.environ.get("MAKELEVEL") else ""),
               "commit": git_commit(), "wall_min": wall / 60, "profile": a.profile, "base_genes": base_genes,
               "machine": f"{cpu_model()}, {platform.machine()}, {os.cpu_count()} CPU cores, "
                          f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM",
               "load0": ", ".join(f"{v:.1f}" for v in load0), "load1": ", ".join(f"{v:.1f}" for v in load1),
-              "interval": a.interval, "overrides": ", ".join(f"{k}={v}" for k, v in overrides.items())}
+              "interval": a.interval, "overrides": ", ".join(f"{k}={v}" for k, v in overrides.items()),
+              "deployments": deps, "gpu_rates": gpu_rates() if deps else None}
     text = markdown(rows, fitted, header, nodes)
     print(text)
     if out_dir is not None:
