@@ -34,7 +34,7 @@ import pyarrow as pa
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
-from sctab.census.genes import gencode_genes
+from sctab.census.genes import gencode_genes, protein_coding_ids
 from sctab.io import atomic_dir
 from sctab.ontology.bundled import load_bundled_cl
 
@@ -283,18 +283,47 @@ def _uuid_like(seed: int, k: int) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
 
 
-def generate_census_anndata(cfg: SyntheticCensusConfig) -> tuple[ad.AnnData, dict]:
-    """Generate the census content in memory (cells x genes raw counts, obs and var like the census)."""
+MAX_PLAN_DATASETS = 1000  # dataset ids from k = 1000 on are the atlas re-uploads
+
+
+@dataclass
+class _Context:
+    """What every donor block of a census needs: genes, expression model, dataset plan, assay effects, groups.
+
+    Built once and shared by the in-memory generator and the streaming writer, so both draw the same numbers."""
+
+    cfg: SyntheticCensusConfig
+    cl: dict
+    var: pd.DataFrame
+    is_coding: np.ndarray
+    model: _ExpressionModel
+    rng: np.random.Generator  # the global generator: dataset plan, then the atlas sample
+    tissues: tuple[TissueSpec, ...]
+    plan: list[dict]
+    assay_gene: dict
+    assay_alpha: dict
+    groups: dict[str, list[str]]
+    lineages: list[str]
+    group_of: dict[str, str]
+
+    @property
+    def G(self) -> int:
+        return len(self.var)
+
+
+def _context(cfg: SyntheticCensusConfig) -> _Context:
     cl = load_bundled_cl(cfg.cl_version)
     var = _pick_genes(cfg)
-    n_pc = cfg.n_genes
-    is_coding = np.isin(var["feature_id"], gencode_genes().query("feature_biotype == 'protein_coding'")["feature_id"])
+    # a hash lookup: np.isin on object arrays sorts them (9 s at 21k genes)
+    is_coding = var["feature_id"].isin(protein_coding_ids()).to_numpy()
     G = len(var)
     model = _ExpressionModel(cfg, cl, G)
     rng = np.random.default_rng(cfg.seed + 1)
     tissues = tissue_specs(cfg, cl)
     plan = _dataset_plan(cfg, rng, tissues)
-
+    if len(plan) >= MAX_PLAN_DATASETS:
+        raise ValueError(f"synthetic.n_datasets={cfg.n_datasets} plans {len(plan)} datasets; at most "
+                         f"{MAX_PLAN_DATASETS - 1} fit (dataset ids from {MAX_PLAN_DATASETS} on are the atlas copies)")
     assays = {**TENX_ASSAYS, **OTHER_ASSAYS}
     assay_gene = {a: _term_rng(cfg.seed, f"assay:{a}").normal(0, cfg.assay_sd, G) for a in assays}
     assay_alpha = {a: float(_term_rng(cfg.seed, f"alpha:{a}").uniform(0.8, 1.1)) for a in assays}
@@ -305,6 +334,30 @@ def generate_census_anndata(cfg: SyntheticCensusConfig) -> tuple[ad.AnnData, dic
                 groups[ts.group].append(ts.term)
     lineages = sorted(groups)
     group_of = {term: g for g, members in groups.items() for term in members}
+    return _Context(cfg, cl, var, is_coding, model, rng, tissues, plan, assay_gene, assay_alpha, groups, lineages,
+                    group_of)
+
+
+def _donor_start(cfg: SyntheticCensusConfig, dr: np.random.Generator, G: int, lineages: list[str]):
+    """A donor's first draws, up to its cell count: the streaming writer's layout pass needs only these."""
+    donor_eff = dr.normal(0, cfg.donor_sd, G) * (dr.random(G) < 0.3)
+    lineage_scale = {g: dr.uniform(0.0, 2.0) for g in lineages}
+    p_activated = dr.uniform(0.3, 0.7)
+    p_cycling = dr.uniform(0.02, 0.15)
+    n_cells = int(dr.integers(cfg.cells_per_donor[0], cfg.cells_per_donor[1] + 1))
+    return donor_eff, lineage_scale, p_activated, p_cycling, n_cells
+
+
+def generate_census_anndata(cfg: SyntheticCensusConfig) -> tuple[ad.AnnData, dict]:
+    """Generate the census content in memory (cells x genes raw counts, obs and var like the census).
+
+    The reference for the streaming writer (sctab.census.streaming), which writes the same census in chunks."""
+    ctx = _context(cfg)
+    cl, var, is_coding, G, model, rng, tissues, plan = (ctx.cl, ctx.var, ctx.is_coding, ctx.G, ctx.model, ctx.rng,
+                                                        ctx.tissues, ctx.plan)
+    n_pc = cfg.n_genes
+    assay_gene, assay_alpha, groups, lineages, group_of = (ctx.assay_gene, ctx.assay_alpha, ctx.groups, ctx.lineages,
+                                                           ctx.group_of)
 
     obs_parts, x_parts = [], []
     coarse_label, coarse_of = COARSE_T
@@ -317,11 +370,7 @@ def generate_census_anndata(cfg: SyntheticCensusConfig) -> tuple[ad.AnnData, dic
         for d in range(ds["n_donors"]):
             donor_id = f"donor_{ds['k']:02d}_{d:02d}"
             dr = _term_rng(cfg.seed, f"donor:{ds['k']}:{d}")
-            donor_eff = dr.normal(0, cfg.donor_sd, G) * (dr.random(G) < 0.3)
-            lineage_scale = {g: dr.uniform(0.0, 2.0) for g in lineages}
-            p_activated = dr.uniform(0.3, 0.7)
-            p_cycling = dr.uniform(0.02, 0.15)
-            n_cells = int(dr.integers(cfg.cells_per_donor[0], cfg.cells_per_donor[1] + 1))
+            donor_eff, lineage_scale, p_activated, p_cycling, n_cells = _donor_start(cfg, dr, G, lineages)
             w = np.array([ts.weight for ts in types]) * dr.lognormal(0, 0.35, len(types))
             which = dr.choice(len(types), size=n_cells, p=w / w.sum())
             stage = DEV_STAGES[int(dr.integers(len(DEV_STAGES)))]
