@@ -256,11 +256,16 @@ def tissue_specs(cfg: SyntheticCensusConfig, cl: dict) -> tuple[TissueSpec, ...]
     return tuple(replace(t, types=t.types + tuple(extra.get(k, ()))) for k, t in enumerate(TISSUES))
 
 
+def _datasets_per_tissue(n_datasets: int, tissues=TISSUES) -> dict[str, int]:
+    """`n_datasets` spread over the tissues in proportion to their specs' numbers, at least 2 each."""
+    slots = [t for t in tissues for _ in range(t.n_datasets)]
+    scale = max(n_datasets, 1) / len(slots)
+    return {t.tissue_general: max(2, int(round(t.n_datasets * scale))) for t in tissues}
+
+
 def _dataset_plan(cfg: SyntheticCensusConfig, rng: np.random.Generator, tissues=TISSUES) -> list[dict]:
     """Assign datasets to tissues (at least the spec's number each), assays and donors."""
-    slots = [t for t in tissues for _ in range(t.n_datasets)]
-    scale = max(cfg.n_datasets, 1) / len(slots)
-    n_per = {t.tissue_general: max(2, int(round(t.n_datasets * scale))) for t in tissues}
+    n_per = _datasets_per_tissue(cfg.n_datasets, tissues)
     plan = []
     tenx = list(TENX_ASSAYS)
     others = list(OTHER_ASSAYS)
@@ -281,6 +286,45 @@ def _dataset_plan(cfg: SyntheticCensusConfig, rng: np.random.Generator, tissues=
 def _uuid_like(seed: int, k: int) -> str:
     h = hashlib.sha256(f"dataset:{seed}:{k}".encode()).hexdigest()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
+
+
+def expected_cells(cfg: SyntheticCensusConfig) -> float:
+    """Expected number of census rows (atlas copies included) of `cfg`: planned datasets x mean donors x mean
+    cells per donor x (1 + secondary_fraction)."""
+    n_plan = sum(_datasets_per_tissue(cfg.n_datasets).values())
+    mean_donors = (cfg.donors_per_dataset[0] + cfg.donors_per_dataset[1]) / 2
+    mean_cells = (cfg.cells_per_donor[0] + cfg.cells_per_donor[1]) / 2
+    return n_plan * mean_donors * mean_cells * (1 + cfg.secondary_fraction)
+
+
+MIN_SCALED_CELLS = 1000
+MAX_SCALED_DATASETS = 900
+
+
+def scaled_to_cells(cfg: SyntheticCensusConfig, n_cells: int) -> dict:
+    """n_datasets, donors_per_dataset and cells_per_donor for a census of about `n_cells` rows.
+
+    The rule (`sctab params --cells`): with s = n_cells / expected_cells(cfg), datasets grow as sqrt(s) (at most
+    900), donors per dataset as s^(1/4), and cells per donor take the rest, so that the expected total is n_cells;
+    the ranges keep the profile's low:high ratios. A bigger census has more datasets and donors, not only bigger
+    donors (a donor's block is what the writer holds in memory)."""
+    if isinstance(n_cells, bool) or not isinstance(n_cells, (int, np.integer)) or n_cells < MIN_SCALED_CELLS:
+        raise ValueError(f"the census size must be a whole number of cells >= {MIN_SCALED_CELLS}, got {n_cells!r}")
+    base = expected_cells(cfg)
+    if base <= 0:
+        raise ValueError("the profile's synthetic census is empty (cells_per_donor or donors_per_dataset are 0): "
+                         "nothing to scale")
+    s = n_cells / base
+    n_datasets = int(min(MAX_SCALED_DATASETS, max(1, round(cfg.n_datasets * s ** 0.5))))
+    d_lo, d_hi = cfg.donors_per_dataset
+    donors = [max(1, int(round(d_lo * s ** 0.25))), max(1, int(round(d_hi * s ** 0.25)))]
+    n_plan = sum(_datasets_per_tissue(n_datasets).values())
+    mean_cells = n_cells / (n_plan * (donors[0] + donors[1]) / 2 * (1 + cfg.secondary_fraction))
+    c_lo, c_hi = cfg.cells_per_donor
+    ratio = c_hi / max(c_lo, 1)
+    lo = 2 * mean_cells / (1 + ratio)
+    cells = [max(1, int(round(lo))), max(1, int(round(lo * ratio)))]
+    return {"n_datasets": n_datasets, "donors_per_dataset": donors, "cells_per_donor": cells}
 
 
 MAX_PLAN_DATASETS = 1000  # dataset ids from k = 1000 on are the atlas re-uploads
@@ -489,10 +533,10 @@ def _add_dataframe(coll, key: str, df: pd.DataFrame) -> None:
         sdf.write(tbl)
 
 
-def build_synthetic_census(params: dict, uri: str | Path | None = None) -> dict:
-    """Generate and write the embedded census described by `params['synthetic']`; returns its summary."""
+def build_synthetic_census(params: dict, uri: str | Path | None = None, progress: bool | None = None) -> dict:
+    """Generate and write the embedded census described by `params['synthetic']`, donor by donor (memory flat in
+    cells: sctab.census.streaming); returns its summary. `progress`: a bar of cells written (None: on a terminal)."""
+    from sctab.census.streaming import write_census_streaming
+
     cfg = SyntheticCensusConfig.from_params(params)
-    adata, info = generate_census_anndata(cfg)
-    target = Path(uri or params["census"]["uri"])
-    write_census(adata, target, info)
-    return info
+    return write_census_streaming(cfg, Path(uri or params["census"]["uri"]), progress=progress)
