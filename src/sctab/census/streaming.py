@@ -16,6 +16,7 @@ in a loop, in the original order, so every number drawn is the same; the 21k-wid
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +26,19 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from sctab.census.synthetic import (
-    COARSE_T, DEV_STAGES, OTHER_ASSAYS, SINGLE_DATASET_TYPES, TENX_ASSAYS, SyntheticCensusConfig, TissueSpec, _Context,
-    _add_dataframe, _context, _donor_start, _term_rng, _uuid_like,
+    COARSE_T,
+    DEV_STAGES,
+    OTHER_ASSAYS,
+    SINGLE_DATASET_TYPES,
+    TENX_ASSAYS,
+    SyntheticCensusConfig,
+    TissueSpec,
+    _add_dataframe,
+    _Context,
+    _context,
+    _donor_start,
+    _term_rng,
+    _uuid_like,
 )
 from sctab.io import atomic_dir
 
@@ -259,7 +271,9 @@ def write_census_streaming(cfg: SyntheticCensusConfig, uri: str | Path, *, flush
             "raw", type=pa.float32(), shape=(n_obs, G), platform_config=tiledbsoma.TileDBCreateOptions(
                 dims={"soma_dim_0": {"tile": X_TILE}, "soma_dim_1": {"tile": X_TILE}}))
         chunks = _Chunks(obs, X, flush_nnz)
-        bar = tqdm(total=n_obs, desc="census cells", unit="cell", unit_scale=True, disable=None if progress is None else not progress)
+        bar = tqdm(total=n_obs, desc="census cells", unit="cell", unit_scale=True,
+                   disable=None if progress is None else not progress,
+                   mininterval=0.1 if sys.stderr.isatty() else 30)  # a log (dvc repro) gets a line per 30 s
         di = 0  # donor index over the whole plan (generation order)
         for ds in ctx.plan:
             ds_shift, types, coarse = _dataset_start(ctx, ds)

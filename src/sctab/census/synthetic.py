@@ -397,8 +397,7 @@ def generate_census_anndata(cfg: SyntheticCensusConfig) -> tuple[ad.AnnData, dic
 
     The reference for the streaming writer (sctab.census.streaming), which writes the same census in chunks."""
     ctx = _context(cfg)
-    cl, var, is_coding, G, model, rng, tissues, plan = (ctx.cl, ctx.var, ctx.is_coding, ctx.G, ctx.model, ctx.rng,
-                                                        ctx.tissues, ctx.plan)
+    cl, var, is_coding, G, model, rng, plan = ctx.cl, ctx.var, ctx.is_coding, ctx.G, ctx.model, ctx.rng, ctx.plan
     n_pc = cfg.n_genes
     assay_gene, assay_alpha, groups, lineages, group_of = (ctx.assay_gene, ctx.assay_alpha, ctx.groups, ctx.lineages,
                                                            ctx.group_of)
