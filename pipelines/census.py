@@ -18,7 +18,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description="Generate the embedded synthetic CELLxGENE-like census (real SOMA format, real CL terms and "
         "GENCODE gene ids) described by the `synthetic` section of the params file; for the other sources (hosted "
-        "census, local SOMA copy, .h5ad files) record the source in the summary.")
+        "census, local SOMA copy, .h5ad files) record the source in the summary. The census is written donor by "
+        "donor (memory flat in the number of cells); `sctab params --profile scale --cells N` sizes it.")
     parser.add_argument("--params", default="params.yaml", help="YAML parameter file (default: %(default)s)")
     parser.add_argument("--out", default=None, help="census folder (default: census.uri of the params)")
     parser.add_argument("--summary", default="data/census/summary.json", help="summary JSON (default: %(default)s)")
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     from sctab.census.synthetic import build_synthetic_census  # anndata + tiledbsoma: seconds, embedded only
 
-    info = build_synthetic_census(params, args.out)
+    info = build_synthetic_census(params, args.out, progress=True)  # a bar of cells written, donor by donor
     write_json(args.summary, info)
     print(f"wrote embedded census to {args.out or params['census']['uri']}: "
           f"{info['n_cells']} cells x {info['n_genes']} genes, {info['n_datasets']} datasets, "

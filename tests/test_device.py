@@ -115,7 +115,7 @@ def test_each_model_follows_its_own_device_setting():
 def test_profiles_carry_the_policy_and_the_full_scale_one_feeds_a_gpu():
     from sctab.config import load_profile
 
-    for name in ("tiny", "bench", "census-2023-05-15"):
+    for name in ("tiny", "bench", "scale", "census-2023-05-15"):
         p = load_profile(name)
         assert p["train"]["device"] == "auto" and str(p["train"]["precision"]) == "32", name
         assert p["tune"]["gpus_per_trial"] == "auto" and p["experiments"]["gpus_per_trial"] == "auto", name

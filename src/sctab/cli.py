@@ -19,19 +19,49 @@ def _cmd_params(args) -> int:
         return 0
     profile = load_profile(args.profile)  # validates before anything is overwritten
     inputs = _reference_inputs(args.input, profile) if args.input else None
+    sized = _census_size(args.cells, profile) if args.cells is not None else None
     src = profile_path(args.profile)
-    header = f"# Materialised from conf/profiles/{args.profile}.yaml by `sctab params --profile {args.profile}`.\n" \
+    cells = f" --cells {args.cells}" if sized else ""
+    header = f"# Materialised from conf/profiles/{args.profile}.yaml by " \
+             f"`sctab params --profile {args.profile}{cells}`.\n" \
              f"# DVC tracks this file; edit it (or the profile) to change a run.\n"
     tmp = Path(args.out).with_suffix(".tmp")
     tmp.write_text(header + src.read_text())
-    if inputs:
+    if inputs or sized:
         from sctab.config import update_params_file
 
-        update_params_file(tmp, "census", inputs)
+        if inputs:
+            update_params_file(tmp, "census", inputs)
+        if sized:
+            from ruamel.yaml.comments import CommentedSeq
+
+            flow = {}
+            for k, v in sized[0].items():  # ranges as [lo, hi], like the profiles write them
+                flow[k] = CommentedSeq(v) if isinstance(v, list) else v
+                if isinstance(v, list):
+                    flow[k].fa.set_flow_style()
+            update_params_file(tmp, "synthetic", flow)
     shutil.move(tmp, args.out)
     print(f"wrote {args.out} from profile {args.profile!r}"
-          + (f" with {len(args.input)} input(s) under {inputs['data']}" if inputs else ""))
+          + (f" with {len(args.input)} input(s) under {inputs['data']}" if inputs else "")
+          + (f" with a synthetic census of about {sized[1]:,.0f} cells ({sized[0]['n_datasets']} datasets, "
+             f"{sized[0]['donors_per_dataset']} donors each, {sized[0]['cells_per_donor']} cells per donor)"
+             if sized else ""))
     return 0
+
+
+def _census_size(n_cells: int, profile: dict) -> tuple[dict, float]:
+    """synthetic.n_datasets, donors_per_dataset and cells_per_donor for --cells, and the expected census size."""
+    from dataclasses import replace
+
+    from sctab.census.synthetic import SyntheticCensusConfig, expected_cells, scaled_to_cells
+
+    if profile["census"].get("source") != "embedded" or not profile.get("synthetic"):
+        raise ConfigError(f"--cells sizes the embedded synthetic census; profile {profile['profile']!r} reads "
+                          f"census.source {profile['census'].get('source')!r} (use tiny, bench or scale)")
+    cfg = SyntheticCensusConfig.from_params(profile)
+    values = scaled_to_cells(cfg, n_cells)
+    return values, expected_cells(replace(cfg, **values))
 
 
 def _reference_inputs(paths: list[str], profile: dict) -> dict:
@@ -192,6 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--input", action="append", default=None, metavar="H5AD",
                     help="for an h5ad profile (reference): a labelled .h5ad file, repeatable; sets census.inputs "
                     "and census.data (their folder, which DVC watches)")
+    pp.add_argument("--cells", type=int, default=None, metavar="N",
+                    help="for a profile with the embedded census (tiny, bench, scale): size the synthetic census to "
+                    "about N cells (atlas copies included). From the profile's own synthetic section, with s = N / its "
+                    "expected size: n_datasets grows as sqrt(s) (at most 900), donors_per_dataset as s^(1/4) and "
+                    "cells_per_donor takes the rest, keeping the ranges' low:high ratios; e.g. --profile scale "
+                    "--cells 500000")
     pp.set_defaults(func=_cmd_params)
     si = sub.add_parser("store-info", help="summarise a training store (ours or the published scTab one)")
     si.add_argument("store", nargs="?", default="data/store", help="store folder (default: %(default)s)")

@@ -1,6 +1,7 @@
 """sctab.census: the census (the embedded synthetic one or the hosted CELLxGENE one) or a reference of .h5ad
 files behind one API, extraction with the paper's six cell filters, the model's gene space, the counts and
-gene rules shared with annotation, and the generator of the embedded census.
+gene rules shared with annotation, and the generator of the embedded census (in memory, or streamed donor by
+donor to SOMA: sctab.census.streaming).
 
     with open_census(params) as census: ...        # either census, as cellxgene_census.open_soma gives it
     result = sctab.census.extract.extract(params, ontology)   # kept cells, model genes, a report per filter
@@ -27,6 +28,8 @@ _LAZY = {
     "read_obs": "sctab.census.h5ad", "value_filter_of": "sctab.census.extract",
     "SyntheticCensusConfig": "sctab.census.synthetic", "build_synthetic_census": "sctab.census.synthetic",
     "generate_census_anndata": "sctab.census.synthetic", "write_census": "sctab.census.synthetic",
+    "scaled_to_cells": "sctab.census.synthetic", "expected_cells": "sctab.census.synthetic",
+    "write_census_streaming": "sctab.census.streaming", "census_layout": "sctab.census.streaming",
 }
 __all__ = sorted(_LAZY)
 

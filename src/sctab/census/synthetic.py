@@ -34,7 +34,7 @@ import pyarrow as pa
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
-from sctab.census.genes import gencode_genes
+from sctab.census.genes import gencode_genes, protein_coding_ids
 from sctab.io import atomic_dir
 from sctab.ontology.bundled import load_bundled_cl
 
@@ -256,11 +256,16 @@ def tissue_specs(cfg: SyntheticCensusConfig, cl: dict) -> tuple[TissueSpec, ...]
     return tuple(replace(t, types=t.types + tuple(extra.get(k, ()))) for k, t in enumerate(TISSUES))
 
 
+def _datasets_per_tissue(n_datasets: int, tissues=TISSUES) -> dict[str, int]:
+    """`n_datasets` spread over the tissues in proportion to their specs' numbers, at least 2 each."""
+    slots = [t for t in tissues for _ in range(t.n_datasets)]
+    scale = max(n_datasets, 1) / len(slots)
+    return {t.tissue_general: max(2, int(round(t.n_datasets * scale))) for t in tissues}
+
+
 def _dataset_plan(cfg: SyntheticCensusConfig, rng: np.random.Generator, tissues=TISSUES) -> list[dict]:
     """Assign datasets to tissues (at least the spec's number each), assays and donors."""
-    slots = [t for t in tissues for _ in range(t.n_datasets)]
-    scale = max(cfg.n_datasets, 1) / len(slots)
-    n_per = {t.tissue_general: max(2, int(round(t.n_datasets * scale))) for t in tissues}
+    n_per = _datasets_per_tissue(cfg.n_datasets, tissues)
     plan = []
     tenx = list(TENX_ASSAYS)
     others = list(OTHER_ASSAYS)
@@ -283,18 +288,86 @@ def _uuid_like(seed: int, k: int) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
 
 
-def generate_census_anndata(cfg: SyntheticCensusConfig) -> tuple[ad.AnnData, dict]:
-    """Generate the census content in memory (cells x genes raw counts, obs and var like the census)."""
+def expected_cells(cfg: SyntheticCensusConfig) -> float:
+    """Expected number of census rows (atlas copies included) of `cfg`: planned datasets x mean donors x mean
+    cells per donor x (1 + secondary_fraction)."""
+    n_plan = sum(_datasets_per_tissue(cfg.n_datasets).values())
+    mean_donors = (cfg.donors_per_dataset[0] + cfg.donors_per_dataset[1]) / 2
+    mean_cells = (cfg.cells_per_donor[0] + cfg.cells_per_donor[1]) / 2
+    return n_plan * mean_donors * mean_cells * (1 + cfg.secondary_fraction)
+
+
+MIN_SCALED_CELLS = 1000
+MAX_SCALED_DATASETS = 900
+
+
+def scaled_to_cells(cfg: SyntheticCensusConfig, n_cells: int) -> dict:
+    """n_datasets, donors_per_dataset and cells_per_donor for a census of about `n_cells` rows.
+
+    The rule (`sctab params --cells`): with s = n_cells / expected_cells(cfg), datasets grow as sqrt(s) (at most
+    900), donors per dataset as s^(1/4), and cells per donor take the rest, so that the expected total is n_cells;
+    the ranges keep the profile's low:high ratios. A bigger census has more datasets and donors, not only bigger
+    donors (a donor's block is what the writer holds in memory)."""
+    if isinstance(n_cells, bool) or not isinstance(n_cells, (int, np.integer)) or n_cells < MIN_SCALED_CELLS:
+        raise ValueError(f"the census size must be a whole number of cells >= {MIN_SCALED_CELLS}, got {n_cells!r}")
+    base = expected_cells(cfg)
+    if base <= 0:
+        raise ValueError("the profile's synthetic census is empty (cells_per_donor or donors_per_dataset are 0): "
+                         "nothing to scale")
+    s = n_cells / base
+    n_datasets = int(min(MAX_SCALED_DATASETS, max(1, round(cfg.n_datasets * s ** 0.5))))
+    d_lo, d_hi = cfg.donors_per_dataset
+    donors = [max(1, int(round(d_lo * s ** 0.25))), max(1, int(round(d_hi * s ** 0.25)))]
+    n_plan = sum(_datasets_per_tissue(n_datasets).values())
+    mean_cells = n_cells / (n_plan * (donors[0] + donors[1]) / 2 * (1 + cfg.secondary_fraction))
+    c_lo, c_hi = cfg.cells_per_donor
+    ratio = c_hi / max(c_lo, 1)
+    lo = 2 * mean_cells / (1 + ratio)
+    cells = [max(1, int(round(lo))), max(1, int(round(lo * ratio)))]
+    return {"n_datasets": n_datasets, "donors_per_dataset": donors, "cells_per_donor": cells}
+
+
+MAX_PLAN_DATASETS = 1000  # dataset ids from k = 1000 on are the atlas re-uploads
+
+
+@dataclass
+class _Context:
+    """What every donor block of a census needs: genes, expression model, dataset plan, assay effects, groups.
+
+    Built once and shared by the in-memory generator and the streaming writer, so both draw the same numbers."""
+
+    cfg: SyntheticCensusConfig
+    cl: dict
+    var: pd.DataFrame
+    is_coding: np.ndarray
+    model: _ExpressionModel
+    rng: np.random.Generator  # the global generator: dataset plan, then the atlas sample
+    tissues: tuple[TissueSpec, ...]
+    plan: list[dict]
+    assay_gene: dict
+    assay_alpha: dict
+    groups: dict[str, list[str]]
+    lineages: list[str]
+    group_of: dict[str, str]
+
+    @property
+    def G(self) -> int:
+        return len(self.var)
+
+
+def _context(cfg: SyntheticCensusConfig) -> _Context:
     cl = load_bundled_cl(cfg.cl_version)
     var = _pick_genes(cfg)
-    n_pc = cfg.n_genes
-    is_coding = np.isin(var["feature_id"], gencode_genes().query("feature_biotype == 'protein_coding'")["feature_id"])
+    # a hash lookup: np.isin on object arrays sorts them (9 s at 21k genes)
+    is_coding = var["feature_id"].isin(protein_coding_ids()).to_numpy()
     G = len(var)
     model = _ExpressionModel(cfg, cl, G)
     rng = np.random.default_rng(cfg.seed + 1)
     tissues = tissue_specs(cfg, cl)
     plan = _dataset_plan(cfg, rng, tissues)
-
+    if len(plan) >= MAX_PLAN_DATASETS:
+        raise ValueError(f"synthetic.n_datasets={cfg.n_datasets} plans {len(plan)} datasets; at most "
+                         f"{MAX_PLAN_DATASETS - 1} fit (dataset ids from {MAX_PLAN_DATASETS} on are the atlas copies)")
     assays = {**TENX_ASSAYS, **OTHER_ASSAYS}
     assay_gene = {a: _term_rng(cfg.seed, f"assay:{a}").normal(0, cfg.assay_sd, G) for a in assays}
     assay_alpha = {a: float(_term_rng(cfg.seed, f"alpha:{a}").uniform(0.8, 1.1)) for a in assays}
@@ -305,6 +378,29 @@ def generate_census_anndata(cfg: SyntheticCensusConfig) -> tuple[ad.AnnData, dic
                 groups[ts.group].append(ts.term)
     lineages = sorted(groups)
     group_of = {term: g for g, members in groups.items() for term in members}
+    return _Context(cfg, cl, var, is_coding, model, rng, tissues, plan, assay_gene, assay_alpha, groups, lineages,
+                    group_of)
+
+
+def _donor_start(cfg: SyntheticCensusConfig, dr: np.random.Generator, G: int, lineages: list[str]):
+    """A donor's first draws, up to its cell count: the streaming writer's layout pass needs only these."""
+    donor_eff = dr.normal(0, cfg.donor_sd, G) * (dr.random(G) < 0.3)
+    lineage_scale = {g: dr.uniform(0.0, 2.0) for g in lineages}
+    p_activated = dr.uniform(0.3, 0.7)
+    p_cycling = dr.uniform(0.02, 0.15)
+    n_cells = int(dr.integers(cfg.cells_per_donor[0], cfg.cells_per_donor[1] + 1))
+    return donor_eff, lineage_scale, p_activated, p_cycling, n_cells
+
+
+def generate_census_anndata(cfg: SyntheticCensusConfig) -> tuple[ad.AnnData, dict]:
+    """Generate the census content in memory (cells x genes raw counts, obs and var like the census).
+
+    The reference for the streaming writer (sctab.census.streaming), which writes the same census in chunks."""
+    ctx = _context(cfg)
+    cl, var, is_coding, G, model, rng, plan = ctx.cl, ctx.var, ctx.is_coding, ctx.G, ctx.model, ctx.rng, ctx.plan
+    n_pc = cfg.n_genes
+    assay_gene, assay_alpha, groups, lineages, group_of = (ctx.assay_gene, ctx.assay_alpha, ctx.groups, ctx.lineages,
+                                                           ctx.group_of)
 
     obs_parts, x_parts = [], []
     coarse_label, coarse_of = COARSE_T
@@ -317,11 +413,7 @@ def generate_census_anndata(cfg: SyntheticCensusConfig) -> tuple[ad.AnnData, dic
         for d in range(ds["n_donors"]):
             donor_id = f"donor_{ds['k']:02d}_{d:02d}"
             dr = _term_rng(cfg.seed, f"donor:{ds['k']}:{d}")
-            donor_eff = dr.normal(0, cfg.donor_sd, G) * (dr.random(G) < 0.3)
-            lineage_scale = {g: dr.uniform(0.0, 2.0) for g in lineages}
-            p_activated = dr.uniform(0.3, 0.7)
-            p_cycling = dr.uniform(0.02, 0.15)
-            n_cells = int(dr.integers(cfg.cells_per_donor[0], cfg.cells_per_donor[1] + 1))
+            donor_eff, lineage_scale, p_activated, p_cycling, n_cells = _donor_start(cfg, dr, G, lineages)
             w = np.array([ts.weight for ts in types]) * dr.lognormal(0, 0.35, len(types))
             which = dr.choice(len(types), size=n_cells, p=w / w.sum())
             stage = DEV_STAGES[int(dr.integers(len(DEV_STAGES)))]
@@ -440,10 +532,10 @@ def _add_dataframe(coll, key: str, df: pd.DataFrame) -> None:
         sdf.write(tbl)
 
 
-def build_synthetic_census(params: dict, uri: str | Path | None = None) -> dict:
-    """Generate and write the embedded census described by `params['synthetic']`; returns its summary."""
+def build_synthetic_census(params: dict, uri: str | Path | None = None, progress: bool | None = None) -> dict:
+    """Generate and write the embedded census described by `params['synthetic']`, donor by donor (memory flat in
+    cells: sctab.census.streaming); returns its summary. `progress`: a bar of cells written (None: on a terminal)."""
+    from sctab.census.streaming import write_census_streaming
+
     cfg = SyntheticCensusConfig.from_params(params)
-    adata, info = generate_census_anndata(cfg)
-    target = Path(uri or params["census"]["uri"])
-    write_census(adata, target, info)
-    return info
+    return write_census_streaming(cfg, Path(uri or params["census"]["uri"]), progress=progress)
