@@ -11,19 +11,25 @@ by row group into memory-mapped `.npy` files.
 Why exact: IncrementalPCA truncates to n_components after every batch; on tiny it explained 0.5858 of the
 train variance where the exact PCA explains 0.5951 (256 components). Why the covariance: it is also faster at
 the paper's 19,331 genes, where IncrementalPCA needs an SVD of (256 + 4096) x 19,331 per batch.
-{SPEED}
+Measured on a busy 2-core machine (benchmarks/pca_method.py, one 4,096 x 19,331 chunk of scRNA-like rows):
+a covariance chunk takes 10.6 s on 1 BLAS thread (385 cells/s) and 5.5 s on 2 (742 cells/s); one
+IncrementalPCA.partial_fit of the same rows took 93.8 s on 1 thread (44 cells/s): 8.8x slower. The top-256
+eigendecomposition of a 19,331 x 19,331 covariance took 898 s on one thread (driver evr; evx was 80 s against
+evr's 72 s at 8,000 genes and equal at 5,000). For the paper's 15.2 M train cells: 5.7 h on 2 cores, or 0.7 h
+on a 16-core node if the BLAS scaled linearly with cores (an assumption, not measured), plus the one eigh.
 
 Each chunk's product is a float32 SYRK added to a float64 sum. Measured against the float64 product (2,000 genes,
 40,960 scRNA-like rows, 4,096-row chunks, 256 components): eigenvalues within 2e-8 (relative) for the top 20
 and 3e-7 for all 256, the explained variance ratio total within 1e-8, every |cos| between components 1.0000000;
-the float64 product is 2.5x slower (46 against 116 GFLOP/s on one core). The shift matters: without it the
-same float32 products were off by 8e-6 in the top eigenvalues, and a gene whose mean is large against its
-spread would lose its variance (tests/test_pca.py: mean 1e3, sd 1e-2).
+the float64 product is 2x slower (20.7 s against 10.6 s per 4,096 x 19,331 chunk on one core). The shift
+matters: without it the same float32 products were off by 8e-6 in the top eigenvalues, and a gene whose mean
+is large against its spread would lose its variance (tests/test_pca.py: mean 1e3, sd 1e-2).
 
 Memory is flat in cells: the float64 Gram matrix (n_genes^2 x 8 B), the float32 chunk product (n_genes^2 x
 4 B), one chunk (batch_size x n_genes x 4 B) and one row group; at 19,331 genes and 4,096 rows 2.8 + 1.4 +
-0.3 GiB = {PEAK}. The covariance is formed in place and eigh overwrites it, so the eigendecomposition adds only
-its n_genes x n_components eigenvectors.
+0.3 GiB = 4.5 GiB (the bench's peak RSS, with its own copies of the chunk: 5.0 GiB). The covariance is
+formed in place and eigh overwrites it, so the eigendecomposition adds only its n_genes x n_components
+eigenvectors (measured at 19,331 genes: peak RSS 2.94 GiB before and after eigh).
 
 The outputs are byte-identical run to run for the same store and parameters, on any number of cores: the
 fit and the projection run with the BLAS pinned to ``pca.blas_threads`` threads (default 1), because
