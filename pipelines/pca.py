@@ -1,4 +1,4 @@
-"""Pipeline stage `pca`: incremental PCA fitted on the train split, applied to every split (XGBoost's input)."""
+"""Pipeline stage `pca`: exact PCA fitted on the train split, applied to every split (XGBoost's input)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from sctab.data.store import Store
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        description="Fit an incremental PCA (pca.n_components components, pca.batch_size rows per partial_fit) on "
-        "the train split only, streaming the store one row group at a time, then project the train, val and test "
-        "splits. Writes pca.npz, <split>.npy (float32 embedding), <split>_cell_type.npy (int64 codes) and "
+        description="Fit an exact PCA (pca.n_components components) on the train split only: the gene-gene "
+        "covariance is accumulated over the store in pca.batch_size-row chunks, then one symmetric "
+        "eigendecomposition gives the top components. Then project the train, val and test splits. Writes "
+        "pca.npz, <split>.npy (float32 embedding), <split>_cell_type.npy (int64 codes) and "
         "report.json into the output folder (atomically: complete or not at all). The BLAS runs on pca.blas_threads "
         "threads (default 1) so the output is the same bytes on any machine with the same CPU family; a larger "
         "count is faster on many cores and reproducible only with that count.")
