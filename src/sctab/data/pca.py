@@ -414,3 +414,33 @@ def load_embedding(pca_dir: str | Path, split: str, mmap: bool = True) -> tuple[
     if z.dtype != np.float32 or not np.issubdtype(y.dtype, np.integer):
         raise PCAError(f"{zp.name} has dtype {z.dtype} and {yp.name} {y.dtype}; expected float32 and int64")
     return z, y
+
+
+def shard_range(n_rows: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Rows [start, stop) of worker ``rank`` of ``world_size``: contiguous, in file order, sizes differing by at
+    most one (the first ``n_rows % world_size`` ranks take one more), together every row exactly once."""
+    for name, v in (("n_rows", n_rows), ("rank", rank), ("world_size", world_size)):
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
+            raise PCAError(f"shard_range: {name} must be an integer, got {v!r}")
+    if world_size < 1:
+        raise PCAError(f"shard_range: world_size must be at least 1, got {world_size}")
+    if not 0 <= rank < world_size:
+        raise PCAError(f"shard_range: rank {rank} is outside 0..{world_size - 1}")
+    if n_rows < world_size:
+        raise PCAError(f"cannot split {n_rows} row(s) over {world_size} workers (every worker needs at least one "
+                       f"row); use fewer workers")
+    base, extra = divmod(int(n_rows), int(world_size))
+    start = rank * base + min(rank, extra)
+    return int(start), int(start + base + (rank < extra))
+
+
+def load_embedding_shard(pca_dir: str | Path, split: str, rank: int = 0,
+                         world_size: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Worker ``rank``'s rows of one split (:func:`shard_range`) as in-memory copies: only that shard is read
+    from the memory-mapped files, so a data-parallel worker never holds the whole split. An empty split comes
+    back empty on every rank (all ranks agree whether there is a validation set)."""
+    z, y = load_embedding(pca_dir, split, mmap=True)
+    if len(y) == 0:
+        return np.zeros((0, z.shape[1]), np.float32), np.zeros(0, np.int64)
+    start, stop = shard_range(len(y), rank, world_size)
+    return np.array(z[start:stop]), np.array(y[start:stop], dtype=np.int64)

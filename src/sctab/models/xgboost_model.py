@@ -25,7 +25,8 @@ BOOSTER_KEYS = {
     "colsample_bynode", "gamma", "reg_lambda", "reg_alpha", "max_bin", "max_delta_step", "tree_method",
     "grow_policy", "max_leaves", "nthread",
 }
-OWN_KEYS = {"n_estimators", "early_stopping_rounds", "device", "seed"}
+# num_workers: Ray workers of the train stage's data-parallel fit (nthread stays the threads of each worker)
+OWN_KEYS = {"n_estimators", "early_stopping_rounds", "device", "seed", "num_workers"}
 CONFIG_KEYS = BOOSTER_KEYS | OWN_KEYS
 # XGBoost's own defaults (xgboost 3.x docs): the "default parameters" column of Supp. Table 4.
 LIBRARY_DEFAULTS = {"n_estimators": 100, "eta": 0.3, "max_depth": 6, "subsample": 1.0,
@@ -45,6 +46,9 @@ def check_config(config: dict) -> dict:
     n = c.get("n_estimators", 100)
     if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
         raise XGBoostConfigError(f"n_estimators must be a positive integer, got {n!r}")
+    nw = c.get("num_workers", 1)
+    if not isinstance(nw, (int, np.integer)) or isinstance(nw, bool) or nw < 1:
+        raise XGBoostConfigError(f"num_workers must be a positive integer, got {nw!r}")
     es = c.get("early_stopping_rounds")
     if es is not None and (not isinstance(es, (int, np.integer)) or es < 1):
         raise XGBoostConfigError(f"early_stopping_rounds must be a positive integer or null, got {es!r}")
@@ -106,24 +110,38 @@ class EveryNRounds:
         self.callback = _CB()
 
 
-def fit_xgboost(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], n_classes: int,
-                class_weights: np.ndarray, config: dict, every: EveryNRounds | None = None):
-    """Fit a booster on (embedding, codes) with class-weighted cells; early stopping on the validation loss."""
+def make_dmatrix(x: np.ndarray, y: np.ndarray, class_weights: np.ndarray):
+    """A DMatrix of (embedding, codes), every cell weighted by its class weight (as for the neural models)."""
+    import xgboost as xgb
+
+    w = np.asarray(class_weights, dtype=np.float32)
+    return xgb.DMatrix(np.asarray(x, dtype=np.float32), label=y, weight=w[np.asarray(y)])
+
+
+def train_booster(dtrain, dval, n_classes: int, config: dict, every: EveryNRounds | None = None):
+    """``xgb.train`` with early stopping on ``dval``'s loss (none without ``dval``). Under an XGBoost collective
+    (a data-parallel Ray worker) each DMatrix holds the worker's shard; histograms and evaluation metrics are
+    all-reduced, so every worker grows the same trees and stops at the same round."""
     import xgboost as xgb
 
     c = check_config(config)
-    (x_tr, y_tr), (x_va, y_va) = train, val
-    if len(y_tr) == 0:
-        raise XGBoostConfigError("the training split is empty")
-    w = np.asarray(class_weights, dtype=np.float32)
-    dtrain = xgb.DMatrix(np.asarray(x_tr, dtype=np.float32), label=y_tr, weight=w[y_tr])
-    evals = []
-    if len(y_va):
-        evals = [(xgb.DMatrix(np.asarray(x_va, dtype=np.float32), label=y_va, weight=w[y_va]), "val")]
+    evals = [(dval, "val")] if dval is not None else []
     es = c.get("early_stopping_rounds") if evals else None
     return xgb.train(booster_params(c, n_classes), dtrain, num_boost_round=int(c.get("n_estimators", 100)),
                      evals=evals, early_stopping_rounds=es, verbose_eval=False,
                      callbacks=[every.callback] if every else None)
+
+
+def fit_xgboost(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], n_classes: int,
+                class_weights: np.ndarray, config: dict, every: EveryNRounds | None = None):
+    """Fit a booster on (embedding, codes) with class-weighted cells; early stopping on the validation loss."""
+    c = check_config(config)
+    (x_tr, y_tr), (x_va, y_va) = train, val
+    if len(y_tr) == 0:
+        raise XGBoostConfigError("the training split is empty")
+    dtrain = make_dmatrix(x_tr, y_tr, class_weights)
+    dval = make_dmatrix(x_va, y_va, class_weights) if len(y_va) else None
+    return train_booster(dtrain, dval, n_classes, c, every)
 
 
 def best_rounds(booster) -> int:

@@ -13,6 +13,7 @@ from sctab.models import BASELINES, MODEL_NAMES
 from sctab.models.device import check_cuda_build
 from sctab.tracking import TrackingServerError, close_stale_runs, data_version
 from sctab.train.fitting import fit, fit_ensemble, for_file, seed_spread
+from sctab.train.runners import RayTrainRunner
 from sctab.train.spec import make_spec
 
 
@@ -30,8 +31,9 @@ def parser(models=MODEL_NAMES + BASELINES) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Train one model of the paper with the settings in params.yaml (`train` for the runner, "
         "`models.<model>` for optimisation and architecture, `ensemble.seeds` for --ensemble). scTab, the MLP and "
-        "the linear model run on Ray Train (local Ray, or the cluster at RAY_ADDRESS); XGBoost fits on the pca "
-        "stage's embedding and CellTypist on a random subsample of train, in this process. Every fit is scored on "
+        "the linear model run on Ray Train (local Ray, or the cluster at RAY_ADDRESS), and so does XGBoost, "
+        "data-parallel on models.xgboost.num_workers workers over the pca stage's embedding; CellTypist fits on a "
+        "random subsample of train in this process. Every fit is scored on "
         "val/test with the ontology-corrected macro F1, logged to MLflow (sqlite:///mlruns/mlflow.db unless "
         "MLFLOW_TRACKING_URI is set) and written as a model folder to --out.")
     p.add_argument("--model", required=True, choices=list(models), help="which model")
@@ -92,14 +94,16 @@ def _main(argv: list[str] | None = None, models=MODEL_NAMES + BASELINES) -> None
         line = (f"{args.model} ensemble of {len(seeds)}: val F1 {summary['ensemble']['val_f1_macro']:.4f}, "
                 f"test F1 {summary['ensemble']['test_f1_macro']:.4f}")
     else:
-        result = fit(spec, params, args.out, experiment=args.experiment)
+        # XGBoost data-parallel on Ray (models.xgboost.num_workers); the neural kinds run there by default
+        runner = RayTrainRunner() if args.model == "xgboost" else None
+        result = fit(spec, params, args.out, experiment=args.experiment, runner=runner)
         m = result.metrics
         report = {"model": args.model, **for_file(m)}
         ens = params.get("ensemble") or {}
         n_spread = int(ens.get("spread_seeds", 1))
         if n_spread > 1:
             seeds = [int(spec.seed)] + [int(s) for s in ens.get("seeds") or [] if int(s) != int(spec.seed)]
-            spread = seed_spread(spec, params, result, seeds[:n_spread], experiment=args.experiment)
+            spread = seed_spread(spec, params, result, seeds[:n_spread], experiment=args.experiment, runner=runner)
             report["seeds"] = {k: spread[k] for k in ("seeds", "val_f1_macro", "test_f1_macro")}
         detail = (f"best epoch {m['best_epoch']}, " if "best_epoch" in m else
                   f"{m['best_rounds']} rounds, " if "best_rounds" in m else f"{m.get('n_features', '?')} genes kept, ")

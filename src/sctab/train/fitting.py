@@ -1,6 +1,6 @@
 """The one training entry: any kind, any runner, one tracked run, one "after the loop" step.
 
-    fit(spec, params, runner=RayTrainRunner(), out_dir="models/mlp")    # the train stages
+    fit(spec, params, runner=RayTrainRunner(), out_dir="models/mlp")    # the train stages (XGBoost too)
     fit(spec, params, runner=TuneTrialRunner(threads=1), ...)           # a tuning trial, a sweep point
     fit(spec, params, runner=LocalRunner())                             # a quick local run
 
@@ -31,8 +31,9 @@ from sctab.train.spec import BaselineSpec, TrainSpec
 
 __all__ = ["fit", "fit_ensemble", "seed_spread", "spread_of", "FitResult", "FitError", "for_file"]
 
-#: timings vary run to run: MLflow keeps them, DVC-tracked files do not (re-runs compare on what matters)
-TIMINGS = ("train_seconds", "train_cells_per_s", "epoch_seconds")
+#: timings and memory peaks vary run to run: MLflow keeps them, DVC-tracked files do not (re-runs compare on what
+#: matters)
+TIMINGS = ("train_seconds", "train_cells_per_s", "epoch_seconds", "worker_peak_rss_mib")
 
 
 class FitError(RuntimeError):

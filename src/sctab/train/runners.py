@@ -4,7 +4,8 @@ A runner trains what a spec describes and hands back the trained classifier with
 measured; everything after the loop (scoring, the model folder, final metrics) is the same for all of them
 and lives in :mod:`sctab.train.fitting`. The neural kinds run the shared loop (:func:`sctab.train.loop.run_training`)
 through a session: Ray Train's workers (:mod:`sctab.train.ray_train`), or an in-process one here. The baselines
-always fit in the calling process (XGBoost and CellTypist do not run under Ray Train).
+fit in the calling process, except XGBoost under :class:`RayTrainRunner` (the train stage): data-parallel on Ray
+Train's XGBoost workers (:mod:`sctab.train.ray_xgboost`).
 """
 
 from __future__ import annotations
@@ -53,6 +54,12 @@ def torch_classifier(spec: TrainSpec, weights: dict) -> TorchClassifier:
 
 def _neural_info(clf: TorchClassifier, **info) -> dict:
     return {**info, "n_params": int(sum(p.numel() for p in clf.module.parameters()))}
+
+
+def log_worker_memory(run: TrackedRun, info: dict) -> None:
+    """Each worker's peak RSS as the MLflow metric ``worker_peak_rss_mib`` at step = rank (a bench reads it)."""
+    for rank, mib in enumerate(info.get("worker_peak_rss_mib") or []):
+        run.log_metrics({"worker_peak_rss_mib": mib}, step=rank)
 
 
 class InProcessSession:
@@ -122,17 +129,22 @@ class Runner:
             if isinstance(spec, BaselineSpec):
                 if self.threads and spec.threads is None:
                     spec = spec.with_(threads=int(self.threads))
-
-                def on_step(step: int, m: dict) -> None:
-                    run.log_metrics(m, step=step)
-                    self.step_report(step, m)
-
-                run.set_tags(worker_device=baseline_device(spec))  # before: a trial ASHA stops has it too
-                clf, info = train_baseline(spec, on_step=on_step)
-                return Trained(clf, info)
+                return self.train_baseline(spec, run)
             return self.train_neural(spec, run)
         finally:
             torch.set_num_threads(before)
+
+    def train_baseline(self, spec: BaselineSpec, run: TrackedRun) -> Trained:
+        """A baseline in this process (XGBoost as rank 0 of 1), its intermediate scores logged and reported."""
+
+        def on_step(step: int, m: dict) -> None:
+            run.log_metrics(m, step=step)
+            self.step_report(step, m)
+
+        run.set_tags(worker_device=baseline_device(spec))  # before: a trial ASHA stops has it too
+        clf, info = train_baseline(spec, on_step=on_step)
+        log_worker_memory(run, info)
+        return Trained(clf, info)
 
     def train_neural(self, spec: TrainSpec, run: TrackedRun) -> Trained:
         session = self.session_class(spec.device)  # in a Tune trial: the GPU share Ray gave it, if any
@@ -165,7 +177,19 @@ class TuneTrialRunner(Runner):
 
 
 class RayTrainRunner(Runner):
-    """The neural kinds on Ray Train's DDP workers (local Ray, or the cluster at RAY_ADDRESS)."""
+    """The neural kinds on Ray Train's DDP workers, XGBoost data-parallel on Ray Train's XGBoost workers (local
+    Ray, or the cluster at RAY_ADDRESS); CellTypist in this process."""
+
+    def train_baseline(self, spec: BaselineSpec, run: TrackedRun) -> Trained:
+        if spec.model != "xgboost":
+            return super().train_baseline(spec, run)
+        from sctab.train.ray_xgboost import train_xgboost_on_ray
+
+        clf, info = train_xgboost_on_ray(spec, name=f"xgboost-s{spec.seed}-{run.run_id[:8]}",
+                                         storage_path=project_root() / "ray_results")
+        run.set_tags(worker_device=info.pop("worker_device"), worker_nodes=",".join(info.pop("worker_nodes")))
+        log_worker_memory(run, info)
+        return Trained(clf, info)
 
     def train_neural(self, spec: TrainSpec, run: TrackedRun) -> Trained:
         t0 = time.perf_counter()
