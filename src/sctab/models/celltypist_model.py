@@ -21,9 +21,11 @@ scipy 1.15, sklearn 1.9; 50 classes, 10 % density, feature_selection, mini-batch
 
     cells    genes   nnz      peak RSS   celltypist's share above the held sample
     10,000   19,331   19.3 M   1.31 GB    0.62 GB  (32.0 B/nnz)
-    20,000   19,331   38.7 M   2.10 GB    1.24 GB  (32.0 B/nnz)
     40,000   19,331   77.3 M   3.63 GB    2.47 GB  (32.0 B/nnz)
-    80,000   19,331  154.6 M   see docs/celltypist-memory.md
+    80,000   19,331  154.6 M   6.75 GB    4.95 GB  (32.0 B/nnz)
+    40,000   19,331   38.7 M   2.08 GB    1.24 GB  (32.1 B/nnz; 5 % non-zero)
+   160,000    2,000   32.0 M   1.82 GB    1.02 GB  (32.0 B/nnz)
+    dense input (before): 13 B per cell x gene inside celltypist + 4 held, ~460 GiB at 1.5 M x 19,331
 
     peak ~ BASE + BYTES_PER_NNZ * nnz + BYTES_PER_CELL * cells,   BASE 1 GiB (interpreter and imports: 0.54 GB
     measured), BYTES_PER_NNZ 40 (8 for our sample: float32 value + int32 index, 32 inside celltypist)
@@ -31,7 +33,7 @@ scipy 1.15, sklearn 1.9; 50 classes, 10 % density, feature_selection, mini-batch
 The number of genes enters only through nnz. One exception: from 2**31 non-zeros scipy's indices are int64, and
 celltypist then densifies the scaled matrix (``toarray``); that regime is estimated from the code, not measured:
 BASE + 24 * nnz + 8 * cells * genes (dense copy plus its feature-selected copy). ``models.celltypist.max_memory_gib``
-caps the sample at the cells that fit (:func:`plan_sample`).
+caps the sample at the cells that fit (:func:`plan_sample`): ~430k cells in 32 GiB at 19,331 genes and 10 %.
 
 Sparse input changes one thing in scikit-learn: SGD damps intercept updates 100x on sparse rows
 (``SPARSE_INTERCEPT_DECAY``). :func:`fit_celltypist` undoes that during the fit, so a sparse sample trains the
