@@ -81,6 +81,7 @@ def test_sizes_params_and_bad_input():
     assert p["models"]["xgboost"]["early_stopping_rounds"] is None
     assert p["ensemble"]["seeds"] == tiny["ensemble"]["seeds"][:1] and len(tiny["ensemble"]["seeds"]) == 5
     assert p["augment"]["n_cells"] >= 10**9 and p["models"]["celltypist"]["n_cells"] >= 10**9
+    assert p["models"]["celltypist"]["max_memory_gib"] is None and tiny["models"]["celltypist"]["max_memory_gib"]
     assert p["models"]["sctab"]["batch_size"] == 2048 and tiny["models"]["sctab"]["batch_size"] != 2048
     with pytest.raises(scale.ScaleError, match="nosuch"):
         scale.size_params(tiny, scale.Size(1), {"nosuch.key": 1})

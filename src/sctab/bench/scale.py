@@ -150,6 +150,8 @@ def budget_overrides(params: dict) -> dict:
         out["models.xgboost.early_stopping_rounds"] = None
     if "celltypist" in (params.get("models") or {}):
         out["models.celltypist.epochs"] = CELLTYPIST_EPOCHS
+        if "max_memory_gib" in params["models"]["celltypist"]:
+            out["models.celltypist.max_memory_gib"] = None  # measure the uncapped fit: the cap would bend the curve
     seeds = (params.get("ensemble") or {}).get("seeds")
     if seeds:
         out["ensemble.seeds"] = list(seeds)[:SCTAB_MEMBERS]

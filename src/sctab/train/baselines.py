@@ -1,6 +1,7 @@
 """Fitting the paper's non-neural baselines: XGBoost on the pca stage's embedding, CellTypist on a random
-subsample of the train split (dense, normalised). They come out as classifiers like every other kind; the
-one training entry (:func:`sctab.train.fitting.fit`) scores them, writes their folder and tracks the run.
+subsample of the train split (sparse, normalised, at most the cells ``models.celltypist.max_memory_gib`` fits).
+They come out as classifiers like every other kind; the one training entry (:func:`sctab.train.fitting.fit`)
+scores them, writes their folder and tracks the run.
 
 XGBoost has one fitting function, :func:`fit_xgboost_shard` (one worker's rows, its DMatrix, ``xgb.train``).
 Here it runs in this process as rank 0 of 1 (Ray Tune trials, sweeps, local runs: a trial cannot start a
@@ -10,6 +11,7 @@ nested Ray Train run, and its ``on_step`` reports are what ASHA compares); the t
 
 from __future__ import annotations
 
+import logging
 import resource
 import time
 from pathlib import Path
@@ -21,7 +23,14 @@ from sctab.data.pca import PCAModel, load_embedding, load_embedding_shard
 from sctab.data.store import Store
 from sctab.evaluate.scores import score_probs
 from sctab.models import FeatureSpace
-from sctab.models.celltypist_model import CellTypistClassifier, fit_celltypist, sample_train
+from sctab.models.celltypist_model import (
+    GIB,
+    CellTypistClassifier,
+    estimate_peak_bytes,
+    fit_celltypist,
+    plan_sample,
+    sample_train,
+)
 from sctab.models.celltypist_model import check_config as check_celltypist
 from sctab.models.xgboost_model import (
     EveryNRounds,
@@ -36,6 +45,7 @@ from sctab.models.xgboost_model import check_config as check_xgboost
 from sctab.models.xgboost_model import resolve_device as resolve_xgboost_device
 from sctab.train.spec import BaselineSpec
 
+log = logging.getLogger(__name__)
 StepHook = Callable[[int, dict], None]
 CHECKS = {"xgboost": check_xgboost, "celltypist": check_celltypist}
 THREADS = {"xgboost": "nthread", "celltypist": "n_jobs"}  # each library's own name for its thread count
@@ -117,12 +127,17 @@ def _train_xgboost(spec: BaselineSpec, config: dict, store: Store, on_step: Step
 
 
 def _train_celltypist(spec: BaselineSpec, config: dict, store: Store, on_step: StepHook | None):
-    x, y = sample_train(store, int(config.get("n_cells", 1_500_000)), int(config.get("seed", 0)))
-    model = fit_celltypist(x, y, store, config)
+    plan = plan_sample(store, config)
+    x, y = sample_train(store, plan["sample_cells_used"], int(config.get("seed", 0)))
     n_cells = int(len(y))
+    plan["estimated_peak_gib"] = estimate_peak_bytes(n_cells, x.nnz, store.n_genes) / GIB  # the sample's own nnz
+    if plan["max_memory_gib"] is not None and plan["estimated_peak_gib"] > plan["max_memory_gib"]:
+        log.warning("CellTypist: the sample is denser than estimated: %.2f GiB estimated peak > max_memory_gib %g",
+                    plan["estimated_peak_gib"], plan["max_memory_gib"])
+    model = fit_celltypist(x, y, store, config)
     del x
     clf = CellTypistClassifier(model, FeatureSpace.of(store), config)
-    return clf, {"n_features": int(len(model.features)), "train_cells": n_cells}
+    return clf, {"n_features": int(len(model.features)), "train_cells": n_cells, **plan}
 
 
 TRAINERS = {"xgboost": _train_xgboost, "celltypist": _train_celltypist}  # (spec, config, store, on_step) -> fit
