@@ -199,6 +199,13 @@ def test_sizes_in_cells_parse_and_label():
     assert scale.Size.parse("c500k") == scale.Size(1.0, None, 500_000) and scale.Size.parse("c500k").label == "c500k"
     assert scale.Size.parse("c0.1m").cells == 100_000 and scale.Size.parse("c12345").label == "c12345"
     assert scale.Size.parse("c50k@19331").n_genes == 19331
+    from sctab.census.synthetic import SyntheticCensusConfig, expected_cells
+
+    prof = load_profile("scale")
+    for n in (50_000, 500_000):  # the same sizing rule as `sctab params --cells`
+        syn = scale.size_params(prof, scale.Size.parse(f"c{n // 1000}k"))["synthetic"]
+        assert expected_cells(SyntheticCensusConfig(**syn)) == pytest.approx(n, rel=0.05)
+        assert syn["n_genes"] == 19_331
     for bad in ("c", "c12", "cabc", "c-5k"):
         with pytest.raises(scale.ScaleError, match="size"):
             scale.Size.parse(bad)
@@ -243,3 +250,20 @@ def test_targets_flag_memory_beyond_metadata_and_superlinear_time():
     assert scale.targets_met(_fit("train_xgboost", 1e9, 7_000)) == (True, True)   # judged per worker on (b)
     assert scale.targets_met(_fit("pca", 1e9, 0, marginal=1.3)) == (True, False)
     assert scale.targets_met(_fit("pca", 1e9, 0, slope=0.2, marginal=float("nan"))) == (True, True)
+
+
+def test_output_bytes_per_cell_leave_a_fixed_output_out():
+    def row(size, cells, census_bytes):
+        outs = {"data/ontology/cl.obo": 1_000_000, "data/census": census_bytes}
+        return [{"size": size, "stage": st, "n_genes": 19_331, "cells_in": cells, "train_cells": None, "wall_s": 1.0,
+                 "peak_pss_bytes": MIB, "peak_rss_bytes": MIB, "outs": {o: outs[o]}, "out_bytes": outs[o]}
+                for st, o in (("ontology", "data/ontology/cl.obo"), ("census", "data/census"))]
+
+    rows = row("c10k", 10_000, 30_000_000) + row("c20k", 20_000, 60_000_000)
+    header = {"started": "now", "quick": False, "command": "x", "commit": "c", "wall_min": 1.0, "machine": "m",
+              "load0": "0", "load1": "0", "profile": "scale", "overrides": "", "interval": 0.2}
+    text = scale.markdown(rows, [], header, {})
+    lines = {ln.split("|")[2].strip(): ln for ln in text.splitlines() if ln.startswith("| ontology |")
+             or ln.startswith("| census |") and "`" in ln}
+    assert "| 0 | 1 MiB |" in lines["`data/ontology/cl.obo`"]          # fixed: nothing per cell
+    assert "| 3,000 | 62.0 GiB |" in lines["`data/census`"]            # 3,000 B/cell x 22.2 M

@@ -170,9 +170,9 @@ def size_params(profile: dict, size: Size, overrides: dict | None = None) -> dic
         raise ScaleError(f"profile {params.get('profile')!r} does not build the embedded synthetic census; the "
                          "scale bench needs census.source: embedded and a synthetic section")
     if size.cells is not None:
-        from sctab.census.synthetic import synthetic_for_cells
+        from sctab.census.synthetic import SyntheticCensusConfig, scaled_to_cells
 
-        params["synthetic"] = syn = synthetic_for_cells(syn, size.cells)
+        syn.update(scaled_to_cells(SyntheticCensusConfig.from_params(params), size.cells))
     else:
         lo, hi = syn["cells_per_donor"]
         syn["cells_per_donor"] = [max(1, round(lo * size.factor)), max(1, round(hi * size.factor))]
@@ -880,15 +880,23 @@ def markdown(rows: list[dict], fitted: list[dict], header: dict, nodes: dict[str
     big = [r for r in rows if r["size"] == sizes[-1] and r.get("out_bytes")]
     if big:
         lines += ["", f"### Outputs on disk at {sizes[-1]}", "",
-                  "Bytes per cell in (the DVC cache keeps one more copy of each output unless it links).", "",
+                  "Bytes per cell in: the slope of a straight line through each output's size over the sizes (a fixed "
+                  "part, such as the ontology, does not count per cell); the size itself divided by the cells with "
+                  "one size only. The DVC cache keeps one more copy of each output unless it links.", "",
                   "| Stage | Output | Bytes | Bytes per cell in | At 22.2 M cells |", "|---|---|---|---|---|"]
+        tot_fixed = tot_per = 0.0
         for r in big:
             for o, b in (r.get("outs") or {}).items():
-                per = b / r["cells_in"] if r.get("cells_in") else float("nan")
-                lines.append(f"| {r['stage']} | `{o}` | {_gib(b)} | {per:,.0f} | {_gib(per * PAPER['cells_in'])} |")
-        tot = sum(r["out_bytes"] for r in big)
-        per = tot / big[0]["cells_in"] if big[0].get("cells_in") else float("nan")
-        lines.append(f"| **all** | | {_gib(tot)} | {per:,.0f} | {_gib(per * PAPER['cells_in'])} |")
+                pts = [(q["cells_in"], q["outs"][o]) for q in rows
+                       if q["stage"] == r["stage"] and q.get("cells_in") and o in (q.get("outs") or {})]
+                fixed, per = _linear(*zip(*pts)) if len(pts) > 1 else (0.0, b / max(r.get("cells_in") or 1, 1))
+                per = max(per, 0.0)
+                fixed = b - per * (r.get("cells_in") or 0)
+                tot_fixed, tot_per = tot_fixed + fixed, tot_per + per
+                lines.append(f"| {r['stage']} | `{o}` | {_gib(b)} | {per:,.0f} | "
+                             f"{_gib(fixed + per * PAPER['cells_in'])} |")
+        lines.append(f"| **all** | | {_gib(sum(r['out_bytes'] for r in big))} | {tot_per:,.0f} | "
+                     f"{_gib(tot_fixed + tot_per * PAPER['cells_in'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -909,7 +917,9 @@ def main(argv: list[str] | None = None) -> int:
         "cells, flag what grows too fast and extrapolate to the paper's census (22.2 M cells) and the nodes of "
         "infra/ray/cluster.yaml. Writes benchmarks/results/scale-<date>.md, .csv and .png.")
     p.add_argument("--sizes", default=None, help=f"comma-separated sizes: x<factor> scales the profile's cells per "
-                   f"donor, x<factor>@<genes> also sets the genes (default {DEFAULT_SIZES}; quick {QUICK_SIZES})")
+                   f"donor, c<cells> (e.g. c500k) sizes the census to about that many cells as `sctab params --cells` "
+                   f"does, @<genes> after either also sets the genes (default {DEFAULT_SIZES}; quick {QUICK_SIZES}; "
+                   f"the paper's dimension: --profile scale --sizes c50k,c150k,c500k)")
     p.add_argument("--stages", default=None, help="comma-separated stages to run, with every stage they depend on "
                    f"(default: all of dvc.yaml; quick: {QUICK_STAGES} and its upstream)")
     p.add_argument("--profile", default="tiny", help="profile the workspaces start from (default: %(default)s)")
