@@ -81,7 +81,11 @@ def test_sizes_params_and_bad_input():
     assert p["models"]["xgboost"]["early_stopping_rounds"] is None
     assert p["ensemble"]["seeds"] == tiny["ensemble"]["seeds"][:1] and len(tiny["ensemble"]["seeds"]) == 5
     assert p["augment"]["n_cells"] >= 10**9 and p["models"]["celltypist"]["n_cells"] >= 10**9
-    assert p["models"]["celltypist"]["max_memory_gib"] is None and tiny["models"]["celltypist"]["max_memory_gib"]
+    # CellTypist within a share of this machine's RAM, or the profile's cap when smaller
+    assert p["models"]["celltypist"]["max_memory_gib"] == scale.celltypist_budget_gib(tiny)
+    assert scale.celltypist_budget_gib(tiny, ram_bytes=24 * 2**30) == 9.6
+    assert scale.celltypist_budget_gib(tiny, ram_bytes=128 * 2**30) == tiny["models"]["celltypist"]["max_memory_gib"]
+    assert scale.celltypist_budget_gib({"models": {"celltypist": {}}}, ram_bytes=128 * 2**30) == 51.2
     assert p["models"]["sctab"]["batch_size"] == 2048 and tiny["models"]["sctab"]["batch_size"] != 2048
     with pytest.raises(scale.ScaleError, match="nosuch"):
         scale.size_params(tiny, scale.Size(1), {"nosuch.key": 1})
@@ -242,6 +246,27 @@ def test_deployments_split_a_ray_stage_over_workers_and_refuse_a_node_stage_that
     assert d["train_sctab"]["time_a"] == pytest.approx(10 + n / 100_000 + 0.15 * scale.PAPER["cells_in"] / 300_000)
     assert d["pca"]["time_a"] == pytest.approx(16_000 * 2 / 16) and d["pca"]["how_a"] == "x 2/16 cores"
     assert d["store"]["time_a"] == d["store"]["time_b"] == 100.0   # one process: no speed-up claimed
+
+
+def test_celltypist_sizes_its_sample_to_each_node_and_is_fitted_on_the_cells_it_used(tmp_path):
+    # 40 KB per sampled cell: 1.5 M cells (~56 GiB) fit 80 % of (a)'s 128 GiB, not (b)'s 32 GiB node
+    ct = {**_fit("train_celltypist", 1 * 2**30, 40_000), "time_per_cell_s": 1e-3}
+    d = scale.deployments([ct], local_cores=2, rates=None)[0]
+    room_b = scale.NODE_B["ram_bytes"] * scale.RAM_USABLE
+    assert d["sample_a"] == 1_500_000 and d["fits_a"] and d["mem_a"] == pytest.approx(2**30 + 40_000 * 1_500_000)
+    assert d["sample_b"] == pytest.approx((room_b - 2**30) / 40_000) and d["mem_b"] == pytest.approx(room_b)
+    assert d["fits_b"] and "M cells" in d["how_b"] and d["sample_b"] < d["sample_a"]
+    assert d["time_a"] == pytest.approx((10 + 1e-3 * 1_500_000) * 2 / 16)
+    assert scale.basis("train_celltypist") == "sample" and scale.basis("augment") == "train"
+    # the fit reads the cells the CellTypist fit used (its report's train_cells), not the training split
+    (tmp_path / "reports" / "train").mkdir(parents=True)
+    (tmp_path / "reports" / "train" / "celltypist.json").write_text('{"train_cells": 1234}')
+    assert scale.counts(tmp_path)["celltypist_cells"] == 1234
+    rows = [{"stage": "train_celltypist", "n_genes": 19_331, "cells_in": 10 * c, "train_cells": 7 * c,
+             "celltypist_cells": c, "wall_s": 1.0 + c / 1000, "peak_pss_bytes": 2**30 + 40_000 * c}
+            for c in (1_000, 2_000, 4_000)]
+    f = scale.fits(rows, 19_331)[0]
+    assert f["bytes_per_cell"] == pytest.approx(40_000) and f["max_cells"] == 4_000
 
 
 def test_targets_flag_memory_beyond_metadata_and_superlinear_time():

@@ -65,6 +65,10 @@ XGBOOST_ROUNDS = 5
 CELLTYPIST_EPOCHS = 1
 SCTAB_MEMBERS = 1
 ALL_CELLS = 1_000_000_000  # "every training cell" for a sample size parameter
+#: share of this machine's RAM the CellTypist fit may plan for in a scale run (models.celltypist.max_memory_gib):
+#: uncapped, its dense-free sparse fit still needs ~40 B per non-zero, more than this machine has at 500,000 cells
+#: in; where the cap binds, the stage is fitted on the cells it trained on (its report's train_cells)
+CELLTYPIST_RAM_SHARE = 0.4
 #: the bench stops before a stage when less than this is free where its workspace lies
 MIN_FREE_DISK = 4 * 2**30
 
@@ -150,8 +154,7 @@ def budget_overrides(params: dict) -> dict:
         out["models.xgboost.early_stopping_rounds"] = None
     if "celltypist" in (params.get("models") or {}):
         out["models.celltypist.epochs"] = CELLTYPIST_EPOCHS
-        if "max_memory_gib" in params["models"]["celltypist"]:
-            out["models.celltypist.max_memory_gib"] = None  # measure the uncapped fit: the cap would bend the curve
+        out["models.celltypist.max_memory_gib"] = celltypist_budget_gib(params)
     seeds = (params.get("ensemble") or {}).get("seeds")
     if seeds:
         out["ensemble.seeds"] = list(seeds)[:SCTAB_MEMBERS]
@@ -159,6 +162,15 @@ def budget_overrides(params: dict) -> dict:
     for key, _ in SAMPLED.values():
         out[key] = ALL_CELLS
     return out
+
+
+def celltypist_budget_gib(params: dict, ram_bytes: float | None = None) -> float:
+    """The CellTypist fit's memory budget in a scale run: CELLTYPIST_RAM_SHARE of this machine's RAM, or the
+    profile's own cap when smaller (GiB, one decimal)."""
+    ram = float(ram_bytes if ram_bytes is not None else psutil.virtual_memory().total)
+    mine = math.floor(ram * CELLTYPIST_RAM_SHARE / 2**30 * 10) / 10
+    own = ((params.get("models") or {}).get("celltypist") or {}).get("max_memory_gib")
+    return float(min(mine, own)) if own is not None else float(mine)
 
 
 def size_params(profile: dict, size: Size, overrides: dict | None = None) -> dict:
@@ -273,7 +285,10 @@ def with_upstream(stages: list[Stage], wanted: list[str]) -> list[Stage]:
 
 
 def basis(stage: str) -> str:
-    """Which cell count a stage's cost is fitted on: ``train`` (training split) or ``in`` (every cell)."""
+    """Which cell count a stage's cost is fitted on: ``train`` (training split), ``sample`` (the cells CellTypist
+    trained on: the training cells unless its memory budget binds) or ``in`` (every cell)."""
+    if stage == "train_celltypist":
+        return "sample"
     return "train" if stage.startswith(TRAIN_STAGES_PREFIX) or stage in TRAIN_STAGES or stage in SAMPLED else "in"
 
 
@@ -431,13 +446,16 @@ def tree_bytes(path: Path) -> int:
 
 def counts(workspace: Path) -> dict:
     """Cells that entered (the census) and training cells (the store's train split), once written."""
-    out = {"cells_in": None, "train_cells": None}
+    out = {"cells_in": None, "train_cells": None, "celltypist_cells": None}
     summary = workspace / "data" / "census" / "summary.json"
     if summary.exists():
         out["cells_in"] = int(json.loads(summary.read_text())["n_cells"])
     report = workspace / "data" / "store" / "store_report.json"
     if report.exists():
         out["train_cells"] = int(json.loads(report.read_text())["rows"]["train"])
+    ct = workspace / "reports" / "train" / "celltypist.json"
+    if ct.exists():  # the cells the fit trained on: fewer than the training cells where the memory budget binds
+        out["celltypist_cells"] = json.loads(ct.read_text()).get("train_cells")
     return out
 
 
@@ -627,12 +645,16 @@ def node_ram(cluster_yaml: Path) -> dict[str, float]:
     return out
 
 
+#: the row field each basis reads
+BASIS_KEY = {"train": "train_cells", "sample": "celltypist_cells", "in": "cells_in"}
+
+
 def fits(rows: list[dict], base_genes: int) -> list[dict]:
     """Per stage: the fit over the sizes at ``base_genes`` and the extrapolation to the paper's census."""
     out = []
     for stage in dict.fromkeys(r["stage"] for r in rows):
         mine = [r for r in rows if r["stage"] == stage]
-        key = "train_cells" if basis(stage) == "train" else "cells_in"
+        key = BASIS_KEY[basis(stage)]
         base = [r for r in mine if r["n_genes"] == base_genes and r.get(key)]
         if len(base) < 2:
             continue
@@ -694,6 +716,9 @@ def deployments(fitted: list[dict], local_cores: int, rates: dict | None) -> lis
         fixed = max(f["mem_intercept_bytes"], 0.0)
         mem = f["mem_full"]
         t = f["time_full"]
+        if st == "train_celltypist":  # the stage sizes its sample to the node's memory (max_memory_gib)
+            out.append(_celltypist_on_nodes(f, local_cores))
+            continue
         # (a)
         if st in NEURAL and rates:
             n = f["target_cells"]
@@ -721,10 +746,28 @@ def deployments(fitted: list[dict], local_cores: int, rates: dict | None) -> lis
     return out
 
 
+def _celltypist_on_nodes(f: dict, local_cores: int) -> dict:
+    """CellTypist on (a) and (b): its sample is the paper's 1.5 M cells or what RAM_USABLE of the node fits by the
+    fitted memory line (the stage's max_memory_gib does this sizing), its time the fitted line at that sample."""
+    res = {"stage": f["stage"]}
+    for tag, node in (("a", NODE_A), ("b", NODE_B)):
+        room = node["ram_bytes"] * RAM_USABLE
+        per = max(f["bytes_per_cell"] * f.get("mem_gene_ratio", 1.0), 1e-9)
+        fixed = max(f["mem_intercept_bytes"], 0.0)
+        cells = float(min(f["target_cells"], max((room - fixed) / per, 0.0)))
+        t = max(f["time_intercept_s"], 0.0) + f["time_per_cell_s"] * f.get("time_gene_ratio", 1.0) * cells
+        res.update({f"time_{tag}": t * local_cores / node["cores"], f"mem_{tag}": fixed + per * cells,
+                    f"fits_{tag}": cells > 0, f"sample_{tag}": cells})
+    res.update({"how_a": f"sample {res['sample_a'] / 1e6:.2f} M cells, x {local_cores}/{NODE_A['cores']} cores",
+                "workers_b": None, "how_b": f"sample {res['sample_b'] / 1e6:.2f} M cells"})
+    return res
+
+
 # ---------------------------------------------------------------------------------------------- reporting
 
-CSV_FIELDS = ["size", "factor", "n_genes", "stage", "basis", "cells_in", "train_cells", "wall_s", "peak_pss_mib",
-              "peak_rss_mib", "peak_single_mib", "peak_procs", "procs_by_marker", "ray_left", "out_bytes"]
+CSV_FIELDS = ["size", "factor", "n_genes", "stage", "basis", "cells_in", "train_cells", "celltypist_cells", "wall_s",
+              "peak_pss_mib", "peak_rss_mib", "peak_single_mib", "peak_procs", "procs_by_marker", "ray_left",
+              "out_bytes"]
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -749,7 +792,7 @@ def plot(rows: list[dict], path: Path, base_genes: int) -> None:
     cmap = plt.get_cmap("tab20")
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
     for i, st in enumerate(stages):
-        key = "train_cells" if basis(st) == "train" else "cells_in"
+        key = BASIS_KEY[basis(st)]
         mine = sorted((r for r in rows if r["stage"] == st and r.get(key)), key=lambda r: r[key])
         for ax, val in zip(axes, (lambda r: r["wall_s"], lambda r: r["peak_pss_bytes"] / 2**20)):
             base = [r for r in mine if r["n_genes"] == base_genes]
@@ -759,7 +802,7 @@ def plot(rows: list[dict], path: Path, base_genes: int) -> None:
     for ax, ylabel in zip(axes, ("wall time (s)", "peak memory of the process tree, summed PSS (MiB)")):
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("cells (cells in; training cells for training-split stages)")
+        ax.set_xlabel("cells (cells in; training cells for training-split stages; CellTypist: its sample)")
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_title(f"time vs cells ({base_genes:,} genes; open: paper's genes)")
@@ -796,8 +839,10 @@ def markdown(rows: list[dict], fitted: list[dict], header: dict, nodes: dict[str
              f"each x-size's factor, or sized to a c-size's cells by the profile's rule (`sctab params --cells`); "
              f"training: one epoch per neural model, scTab {SCTAB_MEMBERS} ensemble member "
              f"(the paper's 5 train one after the other: 5x its time), XGBoost "
-             f"{XGBOOST_ROUNDS} rounds without early stopping, CellTypist {CELLTYPIST_EPOCHS} epoch; augment and "
-             f"CellTypist sample every training cell. Overrides: {header['overrides'] or 'none'}.", "",
+             f"{XGBOOST_ROUNDS} rounds without early stopping, CellTypist {CELLTYPIST_EPOCHS} epoch; augment "
+             f"samples every training cell, CellTypist every one its memory budget allows "
+             f"(models.celltypist.max_memory_gib: {CELLTYPIST_RAM_SHARE:.0%} of this machine's RAM or the profile's "
+             f"cap, the smaller). Overrides: {header['overrides'] or 'none'}.", "",
              "Memory: the peak over samples every "
              f"{header['interval']:g} s of the summed RSS of the stage's process tree (the shell DVC's command "
              "runs in, the stage process and all its descendants, which include the Ray daemons and workers a "
@@ -826,8 +871,10 @@ def markdown(rows: list[dict], fitted: list[dict], header: dict, nodes: dict[str
         ram = min(nodes.values()) if nodes else None
         lines += ["", "### Growth with cells and the paper's census", "",
                   f"Fits over the sizes at {header['base_genes']:,} genes, against each stage's basis (`in`: cells "
-                  f"in; `train`: training cells). Flags: memory growing by more than {BYTES_PER_CELL_LIMIT:.0f} "
-                  f"bytes per cell (a cell's metadata), time with a log-log slope above {TIME_SLOPE_LIMIT} "
+                  f"in; `train`: training cells; `sample`: the cells CellTypist trained on, fewer than the "
+                  f"training cells where its memory budget binds). Flags: memory growing by more than "
+                  f"{BYTES_PER_CELL_LIMIT:.0f} bytes per cell (a cell's metadata), time with a log-log slope above "
+                  f"{TIME_SLOPE_LIMIT} "
                   f"over all sizes, or a marginal exponent above {MARGINAL_LIMIT} (the fixed cost removed; "
                   "docs/bench.md). "
                   "Paper's census: "
@@ -866,12 +913,15 @@ def markdown(rows: list[dict], fitted: list[dict], header: dict, nodes: dict[str
                      f"`{rates['source']}`), not measured in this run; " if rates else "on a GPU: none found; ")
                   + f"the threaded stages ({', '.join(sorted(THREADED))}) assume linear scaling over cores, a best "
                   "case; the other stages run as one process and keep this machine's time. On (b) a Ray stage "
-                  "takes as many workers as its memory needs.", "",
-                  "| Stage | (a) time | (a) how | (a) peak | (a) fits | (b) workers | (b) time | (b) peak per worker "
-                  "| (b) fits |", "|---|---|---|---|---|---|---|---|---|"]
+                  "takes as many workers as its memory needs. CellTypist sizes its sample to a node's memory "
+                  "(models.celltypist.max_memory_gib): the paper's 1.5 M cells where they fit, fewer where not, "
+                  "as stated.", "",
+                  "| Stage | (a) time | (a) how | (a) peak | (a) fits | (b) workers / sample | (b) time "
+                  "| (b) peak per worker | (b) fits |", "|---|---|---|---|---|---|---|---|---|"]
         for d in deps:
             lines.append(f"| {d['stage']} | {_hms(d['time_a'])} | {d['how_a']} | {_gib(d['mem_a'])} | "
-                         f"{'yes' if d['fits_a'] else '**no**'} | {d['workers_b'] or '-'} | {_hms(d['time_b'])} | "
+                         f"{'yes' if d['fits_a'] else '**no**'} | {d.get('how_b') or d['workers_b'] or '-'} | "
+                         f"{_hms(d['time_b'])} | "
                          f"{_gib(d['mem_b'])} | {'yes' if d['fits_b'] else '**no**'} |")
         lines.append(f"| **DAG** | {_hms(sum(d['time_a'] for d in deps))} | | "
                      f"{_gib(max(d['mem_a'] for d in deps))} | {'yes' if all(d['fits_a'] for d in deps) else '**no**'}"
