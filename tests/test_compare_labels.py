@@ -228,6 +228,7 @@ def test_scrt_relabelled_coarser_and_finer(scrt, obo_file, tmp_path, capsys):
     assert coarse["f1_macro"] == pytest.approx(f1_score(t_cell, pred_t, average="macro"))
     fine = json.loads(compare_paths(tmp_path / "fine.csv")[0].read_text())
     assert {r["relation"] for r in fine["labels"]} == {"below a class"} and fine["f1_macro"] is None
+    assert "| below a class: CD4-positive, alpha-beta T cell |" in compare_paths(tmp_path / "fine.csv")[1].read_text()
 
 
 def test_api_adds_agreement_and_uns(scrt, obo_file):

@@ -205,6 +205,7 @@ class Comparison:
     f1_macro: float
     f1_labels: list[str]
     class_ids: list[str] = field(repr=False, default_factory=list)
+    class_labels: list[str] = field(repr=False, default_factory=list)
 
     def as_dict(self) -> dict:
         rows = []
@@ -221,8 +222,8 @@ class Comparison:
         """The per-label table with plain columns (one per agreement value), as h5ad's uns can store it."""
         t = self.table
         out = pd.DataFrame({"label": t["label"].astype(str), "cells": t["cells"].astype(np.int64),
-                            "cl_id": t["cl_id"].fillna("").astype(str), "cl_label": t["cl_label"].fillna("").astype(str),
-                            "relation": t["relation"].astype(str),
+                            "cl_id": t["cl_id"].fillna("").astype(str),
+                            "cl_label": t["cl_label"].fillna("").astype(str), "relation": t["relation"].astype(str),
                             "classes": [";".join(c) for c in t["classes"]]})
         for k in AGREEMENT:
             out[k] = [a[k] for a in t["agreement"]]
@@ -244,15 +245,17 @@ class Comparison:
         head = ["label", "cells", "CL id", "relation to the model", "agreement", "top predicted", "F1"]
         lines = [f"# Labels of obs column `{self.column}` against the model's predictions", "",
                  "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+        labels = dict(zip(self.class_ids, self.class_labels))
         for r in self.table.itertuples(index=False):
-            shares = ", ".join(f"{k} {v:.0%}" for k, v in r.agreement.items() if v > 0)
-            top = ", ".join(f"{k} {v:.0%}" for k, v in r.top_predicted.items())
+            shares = ", ".join(f"{k} {_pct(v)}" for k, v in r.agreement.items() if v > 0)
+            top = ", ".join(f"{k} {_pct(v)}" for k, v in r.top_predicted.items())
             f1 = "" if pd.isna(r.f1) else f"{r.f1:.3f}"
             cl = r.cl_id or ""
             if r.cl_label and r.cl_label != r.label:
                 cl += f" ({r.cl_label})"
-            lines.append(f"| {r.label} | {r.cells:,} | {cl} | {r.relation} | {shares} | {top} | {f1} |")
-        overall = ", ".join(f"{k} {v:.1%}" for k, v in self.shares.items() if v > 0)
+            rel = r.relation + (f": {labels.get(r.classes[0], r.classes[0])}" if r.relation == "below a class" else "")
+            lines.append(f"| {r.label} | {r.cells:,} | {cl} | {rel} | {shares} | {top} | {f1} |")
+        overall = ", ".join(f"{k} {_pct(v, 1)}" for k, v in self.shares.items() if v > 0)
         f1 = "n/a (no label the model covers)" if np.isnan(self.f1_macro) else f"{self.f1_macro:.3f}"
         lines += ["", f"All {len(self.agreement):,} cells: {overall}.",
                   f"Ontology-corrected macro F1 over the {len(self.f1_labels)} label type(s) the model covers "
@@ -260,8 +263,10 @@ class Comparison:
         return "\n".join(lines) + "\n"
 
 
-def compare(user: UserLabels, predicted_ids, predicted_labels, class_ids: list[str], ontology) -> Comparison:
-    """Reconcile mapped user labels with per-cell predictions (class ids; empty = unassigned)."""
+def compare(user: UserLabels, predicted_ids, predicted_labels, class_ids: list[str], ontology,
+            class_labels: list[str] | None = None) -> Comparison:
+    """Reconcile mapped user labels with per-cell predictions (class ids; empty = unassigned); ``class_labels``
+    are the model's names of its classes (default: their CL labels)."""
     pred_id = pd.Series(predicted_ids).astype(object).fillna("").astype(str).reset_index(drop=True)
     pred_label = pd.Series(predicted_labels).astype(str).reset_index(drop=True)
     if len(pred_id) != len(user.text):
@@ -296,7 +301,15 @@ def compare(user: UserLabels, predicted_ids, predicted_labels, class_ids: list[s
     total = agree.value_counts()
     shares = {k: round(float(total.get(k, 0)) / max(len(agree), 1), 4) for k in AGREEMENT}
     return Comparison(column=user.column, agreement=agree, table=pd.DataFrame(rows), shares=shares,
-                      f1_macro=macro, f1_labels=f1_labels, class_ids=list(class_ids))
+                      f1_macro=macro, f1_labels=f1_labels, class_ids=list(class_ids),
+                      class_labels=list(class_labels) if class_labels is not None
+                      else [ontology.label(c) for c in class_ids])
+
+
+def _pct(share: float, digits: int = 0) -> str:
+    """A share as a percentage; one too small to show at that precision reads "<1%" (or "<0.1%")."""
+    floor = 10.0 ** -(digits + 2)
+    return f"<{floor:.{digits}%}" if 0 < share < floor / 2 else f"{share:.{digits}%}"
 
 
 def compare_paths(output: str | os.PathLike) -> tuple[Path, Path]:

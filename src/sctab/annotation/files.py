@@ -297,7 +297,7 @@ def _compare(ann: Annotator, user, onto, frame: pd.DataFrame):
     from sctab.annotation.compare import compare
 
     result = compare(user, frame["cell_type_ontology_term_id"].to_numpy(), frame["label"].to_numpy(),
-                     list(ann.bundle.class_ids), onto)
+                     list(ann.bundle.class_ids), onto, class_labels=list(ann.bundle.space.classes))
     frame["agreement"] = result.agreement.to_numpy()
     return result
 
