@@ -81,9 +81,9 @@ def test_free_text_ids_synonyms_and_label_map(ontology):
                            ontology, {"Macrophages": MAC})
     assert user.mapping == {"T cell": T_CELL, "CL:0000235": MAC, "Macrophages": MAC, "nonsense": None, "": None,
                             "unknown": None, "CL:0000003": "CL:0000000"}  # obsolete native cell -> its replacement
-    syn = next(iter(t for t, ids in ontology._exact_synonyms.items() if ids == {CD4}), None)
-    if syn is not None:  # an exact synonym maps like the label (the h5ad reference source's rule)
-        assert map_user_labels([syn], ontology).mapping == {syn: CD4}
+    # exact synonyms map like labels, case-insensitively (the h5ad reference source's rule)
+    assert map_user_labels(["T lymphocyte", "histiocyte", "CD4-positive, alpha-beta T-cell"], ontology).mapping == {
+        "T lymphocyte": T_CELL, "histiocyte": MAC, "CD4-positive, alpha-beta T-cell": CD4}
     with pytest.raises(AnnotateError, match=r"none of the 2 label\(s\) in obs column 'who'.*--label-map"):
         map_user_labels(["T_cells_CD4+", "Macrophages"], ontology, column="who")
 
@@ -270,3 +270,23 @@ def test_bad_compare_input_is_a_clear_error_and_writes_nothing(case, scrt, obo_f
               "'cell_type'", "bad-map": "--label-map"}[case]
     assert expect in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["in.h5ad"] + (["map.yaml"] if extra else []))
+
+
+def test_without_an_ontology_file_the_models_release_is_used(scrt, obo_file, tmp_path):
+    """No OBO at --ontology: the release the bundle names (bundle.yaml ontology_version), written from
+    cellxgene-ontology-guide, gives the same comparison."""
+    path, bundle, _ = scrt
+    adata = anndata.read_h5ad(path)[:200].copy()
+    a = annotate(adata, bundle, compare_labels="coarse", ontology=obo_file, progress=False, copy=True)
+    b = annotate(adata, bundle, compare_labels="coarse", ontology=tmp_path / "absent.obo", progress=False, copy=True)
+    assert (a.obs["sctab_agreement"] == b.obs["sctab_agreement"]).all()
+    assert a.uns["sctab_compare"]["f1_macro"] == b.uns["sctab_compare"]["f1_macro"]
+
+
+def test_help_explains_the_option(capsys):
+    with pytest.raises(SystemExit):
+        cli(["annotate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for words in ("--compare-labels COLUMN", "<key>_agreement", "model finer", "not in the model",
+                  "<OUT stem>.compare.json", "--label-map YAML", "corrected F1"):
+        assert words in text, words
