@@ -26,6 +26,7 @@ Agreement of one cell (``<key>_agreement``), in the order they are decided:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ DISAGREE = "disagree"
 AGREEMENT = (EXACT, FINER, COARSER, SIBLING, DISAGREE, UNASSIGNED, NOT_IN_MODEL, NOT_MAPPED)
 AVERAGE_OVER = "truth"  # over the user's types the model covers (docs/evaluation-rules.md names both rules)
 TOP_PREDICTED = 3
+log = logging.getLogger(__name__)
 
 
 def read_label_map(label_map) -> dict[str, str]:
@@ -83,6 +85,8 @@ def load_ontology(ontology, bundle_version: str | None = None):
     if ontology is not None and Path(ontology).is_file():
         return load_cell_ontology(ontology)
     if bundle_version and bundle_version in bundled_cl_versions():
+        log.info("no Cell Ontology file at %s: using the model's release %s from cellxgene-ontology-guide",
+                 ontology, bundle_version)
         with tempfile.TemporaryDirectory(prefix="sctab-cl-") as tmp:
             return CellOntology.from_obo(write_cl_obo(bundle_version, Path(tmp) / "cl.obo"))
     raise AnnotateError(f"comparing labels needs the Cell Ontology: {ontology} does not exist and the model names "
