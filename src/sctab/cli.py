@@ -129,9 +129,16 @@ def _cmd_annotate(args) -> int:
                            min_probability=args.min_probability, restrict_to=_restrict_names(args.restrict_to),
                            majority_voting=args.majority_voting, over_clustering=args.over_clustering,
                            resolution=args.resolution, min_prop=args.min_prop,
-                           min_gene_coverage=args.min_gene_coverage, probabilities=args.probabilities)
+                           min_gene_coverage=args.min_gene_coverage, probabilities=args.probabilities,
+                           compare_labels=args.compare_labels, label_map=args.label_map, ontology=args.ontology)
     print(report.summary())
     print(f"wrote {args.output}")
+    if report.comparison is not None:
+        from sctab.annotation.compare import compare_paths
+
+        print()
+        print(report.comparison.to_markdown())
+        print("wrote " + " and ".join(str(p) for p in compare_paths(args.output)))
     if args.plot:
         import anndata
 
@@ -240,9 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "_coarse_label (lowest common ontology ancestor) for uncertain cells. CellTypist's options: "
                         "--min-probability (p_thres; 'Unassigned' below it), --restrict-to, --majority-voting, "
                         "--probabilities, plus --min-gene-coverage; docs/annotate.md maps the columns to "
-                        "CellTypist's. The gene coverage is always reported. The output is written only when every "
-                        "cell was annotated. Freed memory is kept for reuse between batches (faster, about 1 GiB "
-                        "more peak memory); SCTAB_MALLOC=system turns that off.")
+                        "CellTypist's. --compare-labels COLUMN sets the file's own labels against the predictions "
+                        "through the Cell Ontology (per cell <key>_agreement, per label a table). The gene coverage "
+                        "is always reported. The output is written only when every cell was annotated. Freed memory "
+                        "is kept for reuse between batches (faster, about 1 GiB more peak memory); SCTAB_MALLOC=system "
+                        "turns that off.")
     an.add_argument("input", help="the .h5ad file to annotate")
     an.add_argument("-o", "--output", required=True, help="output .h5ad (input + new obs columns), .csv or .parquet")
     an.add_argument("--model", default="models:/sctab-ensemble@champion",
@@ -284,6 +293,18 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--probabilities", action="store_true",
                     help="also write every class's probability: obsm['<key>_probabilities'] (classes in "
                     "uns['<key>_probabilities']) in an .h5ad, columns <key>_probabilities:<class> in a table")
+    an.add_argument("--compare-labels", default=None, metavar="COLUMN",
+                    help="compare the file's own labels in obs COLUMN (CL ids, or free text mapped to the Cell "
+                    "Ontology by label or exact synonym; --label-map for the rest) with the predictions through "
+                    "the ontology: adds <key>_agreement per cell (exact; model finer = the prediction is a subtype "
+                    "of your label, agreement in the paper's sense; model coarser; sibling; disagree; unassigned; "
+                    "not in the model = your type is no class and no ancestor or descendant of one; label not "
+                    "mapped) and prints a table per label (cells, CL id, relation to the model's classes, agreement "
+                    "shares, top predictions, ontology-corrected F1 over the labels the model covers), also "
+                    "written as <OUT stem>.compare.json and .compare.md")
+    an.add_argument("--label-map", default=None, metavar="YAML",
+                    help="with --compare-labels: a YAML file mapping labels to CL ids (label: CL:0000000, or "
+                    "'unknown' to leave one unmapped), as census.label_map of the h5ad reference source")
     an.add_argument("--key-added", default="sctab", help="prefix of the new obs columns (default: %(default)s)")
     an.add_argument("--plot", default=None, help="also save an embedding coloured by label and uncertainty (PNG)")
     an.add_argument("--trust-pickle", action="store_true", help="allow loading a pickled model (CellTypist) from a "
@@ -291,7 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--store", default="data/store",
                     help="for a pipeline model folder: the store (default: %(default)s)")
     an.add_argument("--ontology", default="data/ontology/cl.obo",
-                    help="for a pipeline model folder: the Cell Ontology (default: %(default)s)")
+                    help="for a pipeline model folder and --compare-labels: the Cell Ontology OBO (default: "
+                    "%(default)s; --compare-labels without it uses the release the model was built with, bundled "
+                    "with cellxgene-ontology-guide)")
     an.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]: where the model runs (default: "
                     "%(default)s = the GPU when torch can use one; cuda without one is an error naming the torch "
                     "build)")

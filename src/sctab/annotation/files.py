@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,7 @@ from sctab.census.counts import (
 )
 
 OUTPUT_SUFFIXES = (".h5ad", ".csv", ".parquet")
+DEFAULT_ONTOLOGY = "data/ontology/cl.obo"  # the project's; without it compare_labels uses the model's release
 LOW_COVERAGE = 0.5  # below it a warning is logged even when no minimum is asked for
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,8 @@ class AnnotationReport:
     restricted_to: list | None = None        # the classes allowed by restrict_to (None: all)
     majority_voting: str | None = None       # how the cells were over-clustered (None: no voting)
     n_clusters: int | None = None
+    compare_labels: str | None = None        # the obs column compared with the predictions (None: none)
+    comparison: object = field(default=None, repr=False)  # its Comparison (sctab.annotation.compare)
 
     @property
     def cells_per_s(self) -> float:
@@ -73,7 +76,8 @@ class AnnotationReport:
 
     def as_dict(self) -> dict:
         """Fields as plain values for uns (h5ad cannot store None: unset options are left out)."""
-        return {k: v for k, v in {**asdict(self), "cells_per_s": round(self.cells_per_s, 1)}.items() if v is not None}
+        fields = asdict(replace(self, comparison=None))  # the comparison has its own uns entry
+        return {k: v for k, v in {**fields, "cells_per_s": round(self.cells_per_s, 1)}.items() if v is not None}
 
     def summary(self) -> str:
         return (f"{self.n_cells:,} cells annotated with {self.model} ({self.model_kind}) in {self.seconds:.1f} s "
@@ -85,7 +89,9 @@ class AnnotationReport:
                 f"{self.unassigned_cells:,} cells without counts on the model's genes are '{UNASSIGNED}'"
                 + (f"; restricted to {len(self.restricted_to)} classes" if self.restricted_to is not None else "")
                 + (f"; majority voting over {self.n_clusters} clusters ({self.majority_voting})"
-                   if self.majority_voting else ""))
+                   if self.majority_voting else "")
+                + (f"; labels of obs column {self.compare_labels!r} compared with the predictions"
+                   if self.compare_labels else ""))
 
 
 def _as_annotator(model, trust_pickle: bool, uncertainty_threshold, min_probability=None,
@@ -266,13 +272,43 @@ def _voting(majority_voting: bool, over_clustering: str | None, resolution: floa
     return Voting(column=over_clustering, resolution=resolution, min_prop=min_prop)
 
 
+def _user_labels(obs: pd.DataFrame, column: str | None, ann: Annotator, label_map, ontology, where: str):
+    """(mapped user labels, ontology) for ``compare_labels``, or (None, None); checked before any prediction,
+    so a missing column or labels that map to nothing fail before the cells are read."""
+    if column is None:
+        return None, None
+    from sctab.annotation.compare import load_ontology, map_user_labels, read_label_map
+
+    if column not in obs.columns:
+        raise AnnotateError(f"--compare-labels: obs column {column!r} is not in {where} (its columns: "
+                            f"{', '.join(map(str, obs.columns)) or 'none'})")
+    mapping = read_label_map(label_map)
+    onto = load_ontology(ontology, ann.bundle.meta.get("ontology_version"))
+    absent = [c for c in ann.bundle.class_ids if c not in onto]
+    if absent:
+        raise AnnotateError(f"--compare-labels: the Cell Ontology {onto.path} ({onto.version}) lacks {len(absent)} of "
+                            f"the model's classes, e.g. {absent[:3]} (the model was built with "
+                            f"{ann.bundle.meta.get('ontology_version')}); give that release with --ontology")
+    return map_user_labels(obs[column].to_numpy(), onto, mapping, column=column, where=where), onto
+
+
+def _compare(ann: Annotator, user, onto, frame: pd.DataFrame):
+    """Add the per-cell agreement column to ``frame``; the Comparison."""
+    from sctab.annotation.compare import compare
+
+    result = compare(user, frame["cell_type_ontology_term_id"].to_numpy(), frame["label"].to_numpy(),
+                     list(ann.bundle.class_ids), onto, class_labels=list(ann.bundle.space.classes))
+    frame["agreement"] = result.agreement.to_numpy()
+    return result
+
+
 def annotate(adata, model=DEFAULT_MODEL, *, layer: str | None = None, gene_column: str | None = None,
              from_log1p: bool = False, allow_non_integer: bool = False, batch_size: int = 4096,
              uncertainty_threshold: float | None = None, key_added: str = "sctab", copy: bool = False,
              trust_pickle: bool = False, progress: bool = True, min_probability: float | None = None,
              restrict_to=None, majority_voting: bool = False, over_clustering: str | None = None,
              resolution: float | None = None, min_prop: float = 0.0, min_gene_coverage: float | None = None,
-             probabilities: bool = False):
+             probabilities: bool = False, compare_labels: str | None = None, label_map=None, ontology=None):
     """Annotate ``adata`` with a scTab model, as scanpy/CellTypist users expect.
 
     Adds ``obs[f"{key_added}_label"]``, ``_cell_type_ontology_term_id``, ``_probability``,
@@ -288,6 +324,14 @@ def annotate(adata, model=DEFAULT_MODEL, *, layer: str | None = None, gene_colum
     existing ``obsp['connectivities']`` is used as the graph); ``probabilities`` adds
     ``obsm[f"{key_added}_probabilities"]`` with the classes in ``uns[f"{key_added}_probabilities"]``;
     ``min_gene_coverage`` refuses input covering a smaller fraction of the model's genes.
+
+    ``compare_labels`` names an obs column of the cells' own labels (CL ids, or free text mapped by CL label
+    or exact synonym, ``label_map`` a dict or YAML file of label: CL id for the rest): adds
+    ``obs[f"{key_added}_agreement"]`` (exact, model finer, model coarser, sibling, disagree, unassigned, not in
+    the model, label not mapped) and ``uns[f"{key_added}_compare"]`` (per label: cells, CL id, relation to the
+    model's classes, agreement shares, top predictions, ontology-corrected F1); see
+    :mod:`sctab.annotation.compare`. ``ontology``: the Cell Ontology OBO (default ``data/ontology/cl.obo``,
+    else the release the model was built with).
     """
     import anndata
 
@@ -297,6 +341,8 @@ def annotate(adata, model=DEFAULT_MODEL, *, layer: str | None = None, gene_colum
     voting = _voting(majority_voting, over_clustering, resolution, min_prop)
     ann = _as_annotator(model, trust_pickle, uncertainty_threshold, min_probability, restrict_to)
     t0 = time.perf_counter()
+    user, onto = _user_labels(adata.obs, compare_labels, ann, label_map,
+                              DEFAULT_ONTOLOGY if ontology is None else ontology, "the AnnData")
     clusters = _cluster_column(adata.obs, voting.column, "the AnnData") if voting and voting.column else None
     graph = adata.obsp["connectivities"] if voting and clusters is None and "connectivities" in adata.obsp else None
     obs_names, matrices = adata_matrices(adata)
@@ -308,7 +354,9 @@ def annotate(adata, model=DEFAULT_MODEL, *, layer: str | None = None, gene_colum
                                keep_normalised=voting is not None and clusters is None and graph is None)
     vote = _vote(ann, streamed, voting, clusters, graph) if voting else None
     out = streamed.frame
+    result = _compare(ann, user, onto, out) if user is not None else None
     report = _report(ann, source, match, out, time.perf_counter() - t0, coverage=coverage, voting=vote)
+    report.compare_labels, report.comparison = compare_labels if user is not None else None, result
     target = adata.copy() if copy else adata
     for c, v in _prefixed(out, key_added).items():
         target.obs[c] = v.to_numpy()
@@ -316,6 +364,8 @@ def annotate(adata, model=DEFAULT_MODEL, *, layer: str | None = None, gene_colum
         target.obsm[f"{key_added}_probabilities"] = streamed.probabilities
         target.uns[f"{key_added}_probabilities"] = _probability_classes(ann)
     target.uns[f"{key_added}_annotation"] = report.as_dict()
+    if result is not None:
+        target.uns[f"{key_added}_compare"] = result.as_uns()
     return target
 
 
@@ -412,13 +462,15 @@ def annotate_file(input: str | Path, output: str | Path, model=DEFAULT_MODEL, *,
                   trust_pickle: bool = False, progress: bool = True, min_probability: float | None = None,
                   restrict_to=None, majority_voting: bool = False, over_clustering: str | None = None,
                   resolution: float | None = None, min_prop: float = 0.0, min_gene_coverage: float | None = None,
-                  probabilities: bool = False) -> AnnotationReport:
+                  probabilities: bool = False, compare_labels: str | None = None, label_map=None,
+                  ontology=None) -> AnnotationReport:
     """Annotate an .h5ad file without loading its matrix; write .h5ad, .csv or .parquet to ``output``.
 
     The options are :func:`annotate`'s. Majority voting over Leiden clusters without a graph in the file
     holds the normalised values of the model's genes (sparse) in memory to build one; with a cluster column
     or an existing graph the file stays streamed. Probabilities go to obsm (.h5ad) or to columns
-    ``<key>_probabilities:<class>`` (.csv/.parquet).
+    ``<key>_probabilities:<class>`` (.csv/.parquet). With ``compare_labels`` the comparison is also written
+    beside the output as ``<OUT stem>.compare.json`` and ``.compare.md`` (and is ``report.comparison``).
     """
     import h5py
 
@@ -445,8 +497,11 @@ def annotate_file(input: str | Path, output: str | Path, model=DEFAULT_MODEL, *,
             except LegacyH5ad:
                 legacy = _read_legacy(src)
                 obs_names, matrices = adata_matrices(legacy)
+            obs = _file_obs(f, legacy) if compare_labels is not None or (voting and voting.column) else None
+            user, onto = _user_labels(obs, compare_labels, ann, label_map,
+                                      DEFAULT_ONTOLOGY if ontology is None else ontology, str(src))
             if voting and voting.column:
-                clusters = _cluster_column(_file_obs(f, legacy), voting.column, str(src))
+                clusters = _cluster_column(obs, voting.column, str(src))
             elif voting:
                 graph = _file_graph(f, legacy)
             source = choose_matrix(obs_names, matrices, layer=layer, from_log1p=from_log1p,
@@ -461,9 +516,35 @@ def annotate_file(input: str | Path, output: str | Path, model=DEFAULT_MODEL, *,
             raise AnnotateError(f"cannot read {src}: the file is damaged or not a valid h5ad ({e})") from e
     vote = _vote(ann, streamed, voting, clusters, graph) if voting else None
     frame = streamed.frame
+    result = _compare(ann, user, onto, frame) if user is not None else None
     report = _report(ann, source, match, frame, time.perf_counter() - t0, coverage=coverage, voting=vote)
+    report.compare_labels, report.comparison = compare_labels if user is not None else None, result
     extra_uns = {f"{key_added}_probabilities": _probability_classes(ann)} if probabilities else {}
+    if result is not None:
+        extra_uns[f"{key_added}_compare"] = result.as_uns()
     obsm = {f"{key_added}_probabilities": streamed.probabilities} if probabilities else {}
+    with _compare_files(out, result):
+        _write_output(src, out, frame, report, key_added, legacy, extra_uns, obsm, ann, streamed, probabilities)
+    return report
+
+
+@contextlib.contextmanager
+def _compare_files(out: Path, result):
+    """Write ``<OUT stem>.compare.json``/``.md`` into place only if the block (the main output) succeeds."""
+    if result is None:
+        yield
+        return
+    from sctab.annotation.compare import compare_paths
+
+    js, md = compare_paths(out)
+    with _output_tmp(js) as tj, _output_tmp(md) as tm:
+        tj.write_text(result.to_json())
+        tm.write_text(result.to_markdown())
+        yield
+
+
+def _write_output(src: Path, out: Path, frame: pd.DataFrame, report: AnnotationReport, key_added: str, legacy,
+                  extra_uns: dict, obsm: dict, ann: Annotator, streamed: Streamed, probabilities: bool) -> None:
     if out.suffix == ".h5ad" and legacy is not None:
         for c, v in _prefixed(frame, key_added).items():
             legacy.obs[c] = v.to_numpy()
@@ -490,4 +571,3 @@ def annotate_file(input: str | Path, output: str | Path, model=DEFAULT_MODEL, *,
                 table.to_csv(tmp)
             else:
                 table.to_parquet(tmp)
-    return report
