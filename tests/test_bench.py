@@ -134,7 +134,8 @@ def _record(path, started, medians, ratio=2.0, checks_ok=True):
     rows.append({"name": "e2e", "figure": "End to end", "target": None, "min_ratio": 0.9, "status": "ok",
                  "median": medians[1], "baseline_median": 100.0, "ratio": medians[1] / 100.0, "checks_ok": True,
                  "baseline_name": "iso", "note": "", "ours": {"unit": "cells/s"}})
-    path.write_text(json.dumps({"command": "benchmarks/run.py", "started": started, "commit": "abc1234", "wall_s": 600.0, "quick": False,
+    path.write_text(json.dumps({"command": "benchmarks/run.py", "started": started, "commit": "abc1234",
+                                "wall_s": 600.0, "quick": False,
                                 "load_start": [0.5, 0.5, 0.5], "load_end": [1.0, 1.0, 1.0], "rows": rows}))
     return path
 

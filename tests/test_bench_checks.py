@@ -12,8 +12,16 @@ import pytest
 import torch
 
 from sctab.bench import cases
-from sctab.bench.cases import (DEVICE_PROB_ATOL, EXACT_FACTOR, Config, _loss_and_grads, device_batches_equal,
-                               exactness, label_mismatches, step_agreement)
+from sctab.bench.cases import (
+    DEVICE_PROB_ATOL,
+    EXACT_FACTOR,
+    Config,
+    _loss_and_grads,
+    device_batches_equal,
+    exactness,
+    label_mismatches,
+    step_agreement,
+)
 from sctab.bench.checks import bounded, check_text, not_checks, passed
 from sctab.bench.runner import judge, table
 
