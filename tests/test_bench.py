@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,12 +43,12 @@ def test_quick_bench_runs_every_case_and_writes_the_table(tmp_path):
     assert rec["quick"] and rec["commit"] and len(rec["load_start"]) == 3
     assert rec["rows"][3]["met"] == (rec["rows"][3]["ratio"] >= 0.9)
     for ln in lines:  # measured rows: a number, a ratio, a peak RSS, and the exactness checks passed
-        cells = [c.strip() for c in ln.split("|")[1:-1]]
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", ln)[1:-1]]
         assert "cells/s" in cells[1] and cells[4].endswith("x") and "MiB" in cells[7], ln
         assert "NO" not in cells[8], ln
         assert "1 repeats" in cells[1] and "1 repeats" in cells[3], ln
     for ln in lines[1:]:  # model rows: the criterion with its bound, passed, and the support sizes they ran on
-        assert "max |p - p_f64| (<= 4x textbook f32 error) " in ln, ln
+        assert r"max \|p - p_f64\| (<= 4x textbook f32 error) " in ln, ln
         assert "cells with another class than the textbook's (ties aside) 0 <= 0: yes" in ln, ln
         assert "reported, not judged: textbook f32 vs f64, worst of draws" in ln, ln
     assert "masks: median" in lines[1]
@@ -114,14 +115,15 @@ def test_quick_bench_device_rows_run(tmp_path):
     lines = [ln for ln in text.splitlines() if ln.startswith("| ")][1:]
     assert len(lines) == len(DEVICE_ROWS)
     for ln in lines:  # every device row has checks (device = the CPU here), passed, and its CPU-time rate
-        cells = [c.strip() for c in ln.split("|")[1:-1]]
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", ln)[1:-1]]
         assert "cells/s" in cells[1] and cells[4].endswith("x"), ln
         assert "no check" not in cells[8] and ": yes" in cells[8] and "NO" not in cells[8], ln
     byname = dict(zip(sorted(DEVICE_ROWS), lines))
     assert "batches equal the CPU loader's: yes" in byname["device_loader"]
-    assert "max |grad - grad_cpu| / (0.0001 + 0.001 |grad_cpu|)" in byname["device_train_step"]
-    assert "|grad - grad_cpu| / |grad_cpu| (whole vector)" in byname["device_train_step_bf16"]
-    assert "max |p_device - p_cpu| " in byname["device_inference"] and "<= 1.0e-04: yes" in byname["device_inference"]
+    assert r"max \|grad - grad_cpu\| / (0.0001 + 0.001 \|grad_cpu\|)" in byname["device_train_step"]
+    assert r"\|grad - grad_cpu\| / \|grad_cpu\| (whole vector)" in byname["device_train_step_bf16"]
+    assert r"max \|p_device - p_cpu\| " in byname["device_inference"]
+    assert "<= 1.0e-04: yes" in byname["device_inference"]
     assert "labels other than the CPU's (ties aside) 0 <= 0: yes" in byname["device_annotate"]
 
 

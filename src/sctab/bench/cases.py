@@ -490,6 +490,16 @@ def train_end_to_end(part: str, cfg: Config) -> dict:
             yield b
 
     ours = part == "ours"
+    check = {}
+    if ours:  # the loader-fed steps compute what the isolated steps do: the same losses, bit for bit
+        losses = []
+        for fed in (True, False):
+            m = copy.deepcopy(model)
+            o = torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=0.05)
+            src = batches(98) if fed else list(batches(98))
+            torch.manual_seed(5)
+            losses.append([float(train_step(m, b, o, cpu, lambda_sparse=lam)) for _, b in zip(range(2), src)])
+        check["same losses as the isolated steps (2 steps)"] = len(losses[0]) == 2 and losses[0] == losses[1]
     train_step(model, next(iter(batches(99))), opt, cpu, lambda_sparse=lam)  # warm-up (entmax k adapts)
     rates = Rates()
     for r in range(cfg.repeats):
@@ -503,7 +513,7 @@ def train_end_to_end(part: str, cfg: Config) -> dict:
         rates.stop(n)
     label = ("sparse loader (read-ahead) + train_step, timed together" if ours
              else "train_step alone on the same batches, read beforehand")
-    return rates.result(unit="cells/s", label=label, check={})
+    return rates.result(unit="cells/s", label=label, check=check)
 
 
 def entmax_case(part: str, cfg: Config) -> dict:

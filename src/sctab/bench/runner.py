@@ -203,7 +203,7 @@ def _checks_cell(o: dict) -> str:
     parts = [check_text(check) if check else "no check"]
     if info:
         parts.append(f"reported, not judged: {info_text(info)}")
-    return "; ".join(parts)
+    return "; ".join(parts).replace("|", "\\|")  # |p - p_f64| inside a markdown table cell
 
 
 def target_text(r: dict) -> str:
