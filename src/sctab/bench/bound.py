@@ -24,11 +24,13 @@ from pathlib import Path
 import torch
 
 from sctab.bench.cases import EXACT_FACTOR, Config, _model_and_batches, textbook_draws, tie_bound
-from sctab.bench.runner import REPO, cpu_model, git_commit
+from sctab.allocator import keep_freed_memory
+from sctab.bench.runner import REPO, _allocator_text, cpu_model, git_commit
 
 
 def _child(cfg: Config, f64_path: Path, out: Path) -> None:
     torch.set_num_threads(max(1, os.cpu_count() or 1))
+    keep_freed_memory()  # as every bench part runs (sctab.bench.runner._child); SCTAB_MALLOC=system: glibc's
     model, batches = _model_and_batches(cfg, cfg.model_batches)
     model.eval()
     dense = [b.x.to_dense() for b in batches]
@@ -80,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"## Exactness bound, {started:%Y-%m-%d %H:%M}{' (quick)' if a.quick else ''}", "",
              f"Command: `{cmd}`; commit {git_commit()}; {a.processes} fresh processes; wall time "
              f"{(time.perf_counter() - t0) / 60:.1f} min. Machine: {cpu_model()}, {os.cpu_count()} CPU cores, torch "
-             f"{torch.__version__}. Load average {', '.join(f'{v:.1f}' for v in os.getloadavg())} at the end.", "",
+             f"{torch.__version__}. Load average {', '.join(f'{v:.1f}' for v in os.getloadavg())} at the end. "
+             f"Allocator: {_allocator_text()}.", "",
              f"The bench's weights and the inference rows' {cfg.model_batches} batches of {cfg.batch_size} cells "
              f"({cfg.n_genes:,} genes); the textbook model's largest |p_f32 - p_f64| per float32 draw, the worst "
              f"of the three draws the rows take (as is, rows reversed, one thread), and the bound "
