@@ -110,7 +110,7 @@ def test_the_exactness_bound_is_the_worst_of_the_textbook_draws():
     assert not one["check"][KEY]["ok"] and one["check"][KEY]["bound"] == pytest.approx(4e-7)
     both = exactness([ours], [plain], [ref], [[other]])  # the worst draw: bound 8e-6, ours passes
     assert both["check"][KEY]["ok"] and both["check"][KEY]["bound"] == pytest.approx(8e-6)
-    assert both["info"]["textbook f32 vs f64, worst of draws"] == pytest.approx(2e-6)
+    assert both["info"]["textbook f32 vs f64"] == pytest.approx(2e-6)
     assert both["info"]["draws"] == "1.0e-07 / 2.0e-06"
     # the bound is the same whichever draw comes first
     swapped = exactness([ours], [other], [ref], [[plain]])
@@ -132,21 +132,30 @@ def test_exactness_another_class_fails_and_a_tie_does_not():
     assert res["check"][CLASS]["ok"] and res["info"]["ties within rounding"] == 1
 
 
-def test_textbook_draws_are_the_same_cells_in_float32_rounding():
-    """The draws of a real (small) TabNet: the same function of the same cells, so within float32 rounding of
-    the plain evaluation, and the model is left on its fast path setting by the caller."""
+def test_the_check_runs_on_one_thread_and_gives_the_same_bound_every_time():
+    """cases._exactness on a real (small) TabNet: evaluated on one thread (threads restored after, also on an
+    error), so two evaluations give the same errors and bound to the bit."""
     from tests.test_tabnet import _sharp_model, _sparse_data
 
+    threads = torch.get_num_threads()
+    with cases.one_thread():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == threads
+    with pytest.raises(RuntimeError, match="inside"), cases.one_thread():
+        raise RuntimeError("inside")
+    assert torch.get_num_threads() == threads
+
+    class B:  # a loader batch: CSR x
+        def __init__(self, x):
+            self.x = x.to_sparse_csr()
+
     model = _sharp_model()
-    x = [_sparse_data(seed=21), _sparse_data(seed=22)]
-    with torch.no_grad():
-        draws = cases.textbook_draws(model, x)
-        plain = [torch.softmax(model.set_fast(False)(b)[0], -1) for b in x]
-    assert len(draws) == 2 and all(len(d) == 2 for d in draws)
-    for d in draws:
-        for a, b in zip(d, plain):
-            assert a.shape == b.shape
-            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    batches = [B(_sparse_data(seed=21)), B(_sparse_data(seed=22))]
+    runs = [cases._exactness(model, batches, [b.x for b in batches]) for _ in range(2)]
+    assert runs[0]["check"] == runs[1]["check"]
+    assert runs[0]["info"]["textbook f32 vs f64"] == runs[1]["info"]["textbook f32 vs f64"] > 0
+    assert runs[0]["check"][KEY]["ok"] and runs[0]["check"][CLASS]["ok"]
+    assert "masks: median" in runs[0]["info"]["support"]
 
 
 # ------------------------------------------------------------------------------------------ labels
