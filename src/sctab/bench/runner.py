@@ -313,8 +313,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{cfg.train_batch}, lr {cfg.train_lr}; members 1-{cfg.members - 1} of the annotate ensemble "
               f"{cfg.member_steps} steps further each), cached. Figures: median (min-max) of the repeats each row "
               f"states. Exact: ours at most {EXACT_FACTOR:g}x as far from a float64 run of the same model as the "
-              f"textbook float32 model is (the worst of three float32 draws of it: as is, rows reversed, one "
-              f"thread), and the textbook's class on every cell but ties within that bound. Every check is "
+              f"textbook float32 model is (the check on one thread, where float32's summation order does not "
+              f"depend on the load), and the textbook's class on every cell but ties within that bound. Every check is "
               f"pass/fail with its bound; a row that fails one does not meet its target. A GPU row has no "
               f"CPU-time rate.\n")
     text = table(rows, cfg, header)
