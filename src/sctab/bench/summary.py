@@ -23,15 +23,47 @@ from sctab.bench.runner import REPO, _fmt, _ratio, target_text
 RESULTS = REPO / "benchmarks" / "results"
 
 
+#: what the runner (sctab.bench.runner.main) writes at the head of every run record: the command that made the
+#: run, the commit it ran, when it started, its wall time and the load average at its start and end
+HEADER = ("command", "commit", "started", "wall_s", "load_start", "load_end")
+#: the first lines of the runner's markdown table (a .md named instead of its .json must carry them)
+MD_HEADER = {"title": "## scTab bench, ", "command": "Command: `", "commit": "; commit "}
+
+
+def _md_record(p: Path) -> Path:
+    """The .json record beside a results .md that carries the runner's header; else a clear refusal."""
+    try:
+        head = "\n".join(p.read_text().splitlines()[:4])
+    except OSError as e:
+        raise SystemExit(f"bench-summary: cannot read {p}: {e}") from e
+    missing = [k for k, mark in MD_HEADER.items() if mark not in head]
+    if missing:
+        raise SystemExit(f"bench-summary: {p} has no `make bench` header (missing: {', '.join(missing)}); a "
+                         "results file edited or written by hand is not a run record")
+    rec = p.with_suffix(".json")
+    if not rec.exists():
+        raise SystemExit(f"bench-summary: {p} has no run record beside it ({rec.name} is missing)")
+    return rec
+
+
 def load_runs(paths: list[Path]) -> list[dict]:
+    """The run records at ``paths`` (a results .md stands for the .json beside it). A file without the runner's
+    header (HEADER) or rows is refused, naming the file and what it lacks."""
     runs = []
     for p in paths:
+        p = Path(p)
+        if p.suffix == ".md":
+            p = _md_record(p)
         try:
-            rec = json.loads(Path(p).read_text())
+            rec = json.loads(p.read_text())
         except (OSError, ValueError) as e:
             raise SystemExit(f"bench-summary: cannot read run record {p}: {e}") from e
-        if "rows" not in rec or "started" not in rec:
-            raise SystemExit(f"bench-summary: {p} is not a `make bench` run record (no rows/started)")
+        if not isinstance(rec, dict):
+            raise SystemExit(f"bench-summary: {p} is not a `make bench` run record (not a JSON object)")
+        missing = [k for k in (*HEADER, "rows") if rec.get(k) in (None, "")]
+        if missing:
+            raise SystemExit(f"bench-summary: {p} has no `make bench` header (missing: {', '.join(missing)}); "
+                             "only a record the runner wrote, with the command and commit that made it, counts")
         rec["path"] = str(p)
         runs.append(rec)
     return sorted(runs, key=lambda r: r["started"])
