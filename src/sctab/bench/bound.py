@@ -41,7 +41,7 @@ def _child(cfg: Config, f64_path: Path, out: Path) -> None:
             m64 = copy.deepcopy(model).double()
             torch.save([torch.softmax(m64(x.double())[0], -1) for x in dense], f64_path)
             del m64
-        p64 = torch.cat(torch.load(f64_path))
+        p64 = torch.cat(torch.load(f64_path, weights_only=True))
 
         def err(fast: bool, csr: bool = False) -> float:
             model.set_fast(fast)
