@@ -31,8 +31,16 @@ def test_quick_bench_runs_every_case_and_writes_the_table(tmp_path):
                  "CPU cores", "Load average (1, 5, 15 min)", "Exact: ours at most 4x"):
         assert part in text, part
     assert "| Figure | Ours, wall (median, min-max) | Ours, CPU-time rate | Baseline, same run" in text
-    lines = [ln for ln in text.splitlines() if ln.startswith("| ")][1:]
+    main_table, roofline = text.split("### How close to the limit")
+    lines = [ln for ln in main_table.splitlines() if ln.startswith("| ")][1:]
     assert len(lines) == 4
+    # the roofline of the same run: both ceilings, and the model rows' work and fraction of attainable
+    assert "float32 GEMM" in roofline and "GFLOP/s" in roofline and "GB/s" in roofline
+    roof = [ln for ln in roofline.splitlines() if ln.startswith("| ")][1:]
+    assert [ln.split("<br>")[0] for ln in roof] == ["| scTab inference, sparse CSR batch",
+                                                   "| `sctab annotate` end to end, 100k cells, 5-member ensemble, < 4 GiB"]
+    assert all(re.search(r"\| \d+\.\d% \|$", ln) for ln in roof), roof
+    assert "densified" in lines[1] or "sparse first layer ran" in lines[1]
     e2e = lines.pop()  # the train stage end to end, against the isolated step: a ratio target
     assert "Train stage end to end" in e2e and ">= 0.9x baseline" in e2e and "isolated step" in e2e
     # the run's record beside the table: every row, for `make bench-summary`
@@ -42,6 +50,8 @@ def test_quick_bench_runs_every_case_and_writes_the_table(tmp_path):
     assert [r["name"] for r in rec["rows"]] == ["loader_csr", "infer_csr", "annotate_e2e", "train_e2e"]
     assert rec["quick"] and rec["commit"] and len(rec["load_start"]) == 3
     assert rec["rows"][3]["met"] == (rec["rows"][3]["ratio"] >= 0.9)
+    assert rec["roofline"]["peaks"]["gemm_flops"] > 0 and len(rec["roofline"]["rows"]) == 2
+    assert all(0 < r["fraction"] and r["flop_per_cell"] > 0 for r in rec["roofline"]["rows"])
     for ln in lines:  # measured rows: a number, a ratio, a peak RSS, and the exactness checks passed
         cells = [c.strip() for c in re.split(r"(?<!\\)\|", ln)[1:-1]]
         assert "cells/s" in cells[1] and cells[4].endswith("x") and "MiB" in cells[7], ln

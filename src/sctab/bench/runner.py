@@ -32,6 +32,7 @@ from sctab.allocator import keep_freed_memory
 from sctab.allocator import mode as malloc_mode
 from sctab.bench.cases import EXACT_FACTOR, REGISTRY, Config
 from sctab.bench.checks import bounded, check_text, info_text, not_checks, passed
+from sctab.bench.roofline import measure_peaks, roofline_rows, roofline_table
 from sctab.bench.synthetic import make_store, store_stats
 
 REPO = Path(__file__).resolve().parents[3]
@@ -318,6 +319,12 @@ def main(argv: list[str] | None = None) -> int:
               f"pass/fail with its bound; a row that fails one does not meet its target. A GPU row has no "
               f"CPU-time rate.\n")
     text = table(rows, cfg, header)
+    if any((r.get("ours") or {}).get("work") for r in rows if r.get("status") == "ok"):
+        print("measuring the roofline (GEMM, triad) ...", file=sys.stderr, flush=True)
+        peaks = measure_peaks()
+        text += "\n\n" + roofline_table(rows, peaks)
+    else:
+        peaks = None
     print(text)
     dated = str(REPO / "benchmarks" / "results" / f"{started:%Y-%m-%d-%H%M}.md")
     out = a.out if a.out is not None else (None if a.quick else dated)
@@ -327,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         record = {"command": cmd, "commit": git_commit(), "started": started.isoformat(timespec="seconds"),
                   "wall_s": wall, "load_start": list(load0), "load_end": list(load1), "cpu": cpu_model(),
                   "cores": os.cpu_count(), "torch": torch.__version__, "where": where, "quick": a.quick,
-                  "config": asdict(cfg), "rows": rows}
+                  "config": asdict(cfg), "rows": rows, "roofline": None if peaks is None else
+                  {"peaks": asdict(peaks), "rows": roofline_rows(rows, peaks)}}
         Path(out).with_suffix(".json").write_text(json.dumps(record, indent=1, default=float))
         print(f"wrote {out} and {Path(out).with_suffix('.json').name}", file=sys.stderr)
     return 0
