@@ -159,7 +159,7 @@ $(MERLIN_VENV)/.installed: pyproject.toml
 	$(MERLIN_PY) -m pip install --quiet torch==2.13.0
 	$(MERLIN_PY) -m pip install --quiet $$($(MERLIN_PY) -c "import tomllib; \
 		print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['merlin']))") \
-		scipy tqdm pyyaml "pytest>=8" "pytest-timeout>=2.3" "hypothesis>=6.100"
+		scipy tqdm pyyaml xxhash "pytest>=8" "pytest-timeout>=2.3" "hypothesis>=6.100"
 	$(MERLIN_PY) -m pip install --quiet --no-deps -e .
 	touch $@
 

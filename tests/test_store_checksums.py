@@ -60,3 +60,65 @@ def test_flipped_byte_in_obs_columns_and_var_names_the_file(store_copy):
     _flip_in_data_page(var, "feature_id")
     with pytest.raises(StoreError, match="var.parquet"):
         Store(store_copy)
+
+
+# ------------------------------------------------------------------ the sparse layout (Arrow IPC) carries digests
+def _sparse_copy(store_copy):
+    from sctab.data.store import write_sparse_layout
+
+    write_sparse_layout(store_copy)
+    return sorted((store_copy / "sparse" / "train").glob("part.*.arrow"))[0]
+
+
+def _flip_in_column(path, column: str) -> None:
+    """Flip a byte inside record batch 0's flat ``column`` data, found by its bytes in the file."""
+    import numpy as np
+    import pyarrow as pa
+
+    data = bytearray(path.read_bytes())  # read into memory: the file is rewritten below, a map of it would break
+    flat = np.asarray(pa.ipc.open_file(pa.py_buffer(bytes(data))).get_batch(0).column(column).flatten())
+    window = flat[len(flat) // 2: len(flat) // 2 + 8].tobytes()
+    at = bytes(data).find(window)
+    assert at > 0 and bytes(data).find(window, at + 1) == -1, "the window must be found once"
+    data[at + 3] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+def _read_all_sparse(store_dir):
+    for _ in make_loader(Store(store_dir), "train", batch_size=64, shuffle=False, backend="sparse"):
+        pass
+
+
+def test_every_sparse_batch_carries_a_digest_that_checks_out(store_copy):
+    import pyarrow as pa
+
+    from sctab.data.checksum import KEY, batch_digest
+
+    part = _sparse_copy(store_copy)
+    with pa.memory_map(str(part)) as mm:
+        reader = pa.ipc.open_file(mm)
+        for i in range(reader.num_record_batches):
+            batch, meta = reader.get_batch_with_custom_metadata(i)
+            assert dict(meta)[KEY] == batch_digest(batch)
+    _read_all_sparse(store_copy)  # as written, every batch reads
+
+
+@pytest.mark.parametrize("column", ["values", "indices"])
+def test_flipped_byte_in_a_sparse_part_names_the_file(store_copy, column):
+    part = _sparse_copy(store_copy)
+    _flip_in_column(part, column)
+    with pytest.raises(StoreError, match=part.name) as e:
+        _read_all_sparse(store_copy)
+    assert "checksum mismatch" in str(e.value) and "record batch 0" in str(e.value), e.value
+
+
+def test_a_sparse_layout_written_before_digests_reads_as_before(store_copy):
+    import pyarrow as pa
+
+    part = _sparse_copy(store_copy)
+    reader = pa.ipc.open_file(pa.py_buffer(part.read_bytes()))  # in memory: the file is rewritten below
+    batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
+    with pa.ipc.new_file(part, batches[0].schema) as w:  # no custom metadata: a layout from before
+        for b in batches:
+            w.write_batch(b)
+    _read_all_sparse(store_copy)

@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 import torch
 
+from sctab.data.checksum import ChecksumError, read_verified
 from sctab.data.store import Store, StoreError, open_parquet
 
 # torch marks sparse CSR "beta"; we only build CSR tensors and hand them to torch.sparse.mm / to_dense
@@ -441,7 +442,9 @@ class _SparseGroupReader:
     def read(self, g: int, sel: np.ndarray | None) -> dict:
         path, index, _ = self.split.row_groups[g]
         try:
-            batch = self._reader(path).get_batch(index)
+            batch = read_verified(self._reader(path), index, str(path))
+        except ChecksumError as e:
+            raise StoreError(str(e)) from e
         except Exception as e:
             raise StoreError(f"cannot read row group {index} of {path}: {e}") from e
         ind, val = batch.column("indices"), batch.column("values")

@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from sctab.data.checksum import digest_metadata
 from sctab.data.normalize import normalize_log1p
 from sctab.data.split import SPLITS
 from sctab.data.spool import CountSpool
@@ -272,7 +273,7 @@ def _write_sparse_parts(root: Path, out: Path, n_genes: int) -> dict:
                                             names=["indices", "values", *others])
                     if writer is None:
                         writer = pa.ipc.new_file(out / split / sparse_part_name(f), batch.schema)
-                    writer.write_batch(batch)
+                    writer.write_batch(batch, custom_metadata=digest_metadata(batch))
             finally:
                 if writer is not None:
                     writer.close()
