@@ -133,7 +133,8 @@ def table(res: dict, header: str) -> str:
              "Exactness, densified | Exactness, sparse |", "|---|---|---|---|---|---|"]
     for r in res["rows"]:
         lines.append(f"| {r['actual_density']:.2%} | {r['dense_s'] * 1e3:,.1f} | {r['sparse_s'] * 1e3:,.1f} | "
-                     f"{r['sparse_s'] / r['dense_s']:.2f} | {_cell(r['checks']['dense'])} | {_cell(r['checks']['sparse'])} |")
+                     f"{r['sparse_s'] / r['dense_s']:.2f} | {_cell(r['checks']['dense'])} | "
+                     f"{_cell(r['checks']['sparse'])} |")
     c = res["crossover"]
     lines += ["", (f"Crossover: **{c:.1%} non-zero** (sparse faster below). " if c is not None else
                    "No crossover in the range measured. ")
@@ -171,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
               f"topped up to each density; medians of {res['repeats']} passes per path, the paths interleaved.")
     text = table(res, header)
     print(text)
-    out = a.out if a.out is not None else (None if a.quick else
-                                          str(REPO / "benchmarks" / "results" / f"csr-crossover-{started:%Y-%m-%d-%H%M}.md"))
+    dated = REPO / "benchmarks" / "results" / f"csr-crossover-{started:%Y-%m-%d-%H%M}.md"
+    out = a.out if a.out is not None else (None if a.quick else str(dated))
     if out and out != "-":
         Path(out).write_text(text + "\n")
         Path(out).with_suffix(".json").write_text(json.dumps({"command": cmd, "commit": git_commit(),

@@ -134,7 +134,7 @@ def roofline_rows(rows: list[dict], peaks: Peaks) -> list[dict]:
 
 def roofline_table(rows: list[dict], peaks: Peaks) -> str:
     """The 'how close to the limit' section of the bench file."""
-    lines = [f"### How close to the limit (roofline measured in this run)\n",
+    lines = ["### How close to the limit (roofline measured in this run)\n",
              f"Ceilings on {peaks.threads} threads, medians of {peaks.repeats}: float32 GEMM "
              f"({peaks.gemm_n}^3) **{peaks.gemm_flops / 1e9:,.1f} GFLOP/s**; triad a = b + s*c over "
              f"3 x {peaks.triad_mib:,.0f} MiB **{peaks.bandwidth / 1e9:,.1f} GB/s**. Work per cell counted from "
