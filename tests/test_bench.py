@@ -37,8 +37,9 @@ def test_quick_bench_runs_every_case_and_writes_the_table(tmp_path):
     # the roofline of the same run: both ceilings, and the model rows' work and fraction of attainable
     assert "float32 GEMM" in roofline and "GFLOP/s" in roofline and "GB/s" in roofline
     roof = [ln for ln in roofline.splitlines() if ln.startswith("| ")][1:]
-    assert [ln.split("<br>")[0] for ln in roof] == ["| scTab inference, sparse CSR batch",
-                                                   "| `sctab annotate` end to end, 100k cells, 5-member ensemble, < 4 GiB"]
+    assert [ln.split("<br>")[0].split(",")[0] for ln in roof] == ["| scTab inference",
+                                                                  "| `sctab annotate` end to end"]
+    assert "sparse CSR batch" in roof[0]
     assert all(re.search(r"\| \d+\.\d% \|$", ln) for ln in roof), roof
     assert "densified" in lines[1] or "sparse first layer ran" in lines[1]
     e2e = lines.pop()  # the train stage end to end, against the isolated step: a ratio target
