@@ -199,3 +199,15 @@ bench-heap: venv  ## memory of repeated evaluation passes: live data vs freed me
 
 clean:  ## remove pipeline outputs (not the venv, not the DVC cache)
 	rm -rf data reports/validation reports/evaluate/report models ray_results
+
+# A bare GPU machine (own Python 3.12 + CUDA torch, no network, 64 MiB per copy; docs/gpu.md): `make gpu-pack`
+# here writes .whl/part-NN (the wheels the GPU suite needs and the image lacks); on the GPU machine, one copy per
+# part, each running `make gpu-check`: it stages the part, and once every part is there installs the wheels and
+# runs the GPU suite and the device bench rows into benchmarks/results/gpu-<date>-<time>/ (and $OUT).
+.PHONY: gpu-pack gpu-check
+gpu-pack: venv  ## here: the GPU suite's wheels for CPython 3.12 in .whl/part-NN folders of <= 56 MiB
+	$(PY) -m sctab.bench.gpu_check pack
+
+gpu-check:  ## on the GPU machine (its python3): stage this copy's part; when all are there, install and run
+	PYTHONPATH=src python3 -m sctab.bench.gpu_check stage
+	PYTHONPATH=src python3 -m sctab.bench.gpu_check install && PYTHONPATH=src python3 -m sctab.bench.gpu_check run
