@@ -98,7 +98,8 @@ def test_table_marks_missed_targets_and_errors():
     assert set(REGISTRY) >= {"loader_csr", "loader_dense", "infer_dense", "infer_csr", "train_step", "annotate_e2e"}
 
 
-DEVICE_ROWS = {"device_loader", "device_train_step", "device_train_step_bf16", "device_inference", "device_annotate"}
+DEVICE_ROWS = {"device_loader", "device_train_step", "device_train_step_bf16", "device_train_e2e", "device_inference",
+               "device_annotate"}
 
 
 def test_device_rows_are_registered_and_cuda_without_one_is_a_clear_error():
@@ -136,6 +137,8 @@ def test_quick_bench_device_rows_run(tmp_path):
     assert r"max \|p_device - p_cpu\| " in byname["device_inference"]
     assert "<= 1.0e-04: yes" in byname["device_inference"]
     assert "labels other than the CPU's (ties aside) 0 <= 0: yes" in byname["device_annotate"]
+    assert r"\|loss - loss_cpu\| / (1e-4 + 1e-4 \|loss_cpu\|), first step" in byname["device_train_e2e"]
+    assert "sparse loader from disk + train_step" in byname["device_train_e2e"]
 
 
 def _record(path, started, medians, ratio=2.0, checks_ok=True):
