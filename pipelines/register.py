@@ -23,7 +23,8 @@ def main(argv: list[str] | None = None) -> int:
         "Each registered model and version gets a model card (training data, per-class test F1 and support, "
         "ensemble calibration, the default minimum probability, genes, intended use, limits, citation) as its "
         "MLflow description and as the run's model_card.md (docs/model-card.md). "
-        "Unchanged models are not registered twice (their cards are brought up to date). `make promote` then moves @champion.")
+        "Unchanged models are not registered twice (their cards are brought up to date). "
+        "`make promote` then moves @champion.")
     parser.add_argument("--params", default="params.yaml", help="YAML parameter file (default: %(default)s)")
     parser.add_argument("--models", default="models", help="folder of model folders (default: %(default)s)")
     parser.add_argument("--store", default="data/store", help="the store: class ontology ids and the validation split "

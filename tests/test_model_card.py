@@ -3,16 +3,32 @@ and leaky-split limits, missing figures said rather than failing, missing inputs
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from sctab.data.split import LEAKY
 from sctab.data.store import Store
-from sctab.registry.model_card import (DESCRIPTION_LIMIT, HEADINGS, ModelCardError, ModelReport, TrainingData,
-                                       fitted_card, model_card, read_per_class_f1, training_data)
+from sctab.registry.model_card import (
+    DESCRIPTION_LIMIT,
+    HEADINGS,
+    ModelCardError,
+    ModelReport,
+    TrainingData,
+    fitted_card,
+    model_card,
+    read_per_class_f1,
+    training_data,
+)
+from tests.conftest import pipeline_help
+
+REPO = Path(__file__).resolve().parents[1]
 
 CLASSES = ["T cell", "B cell", "natural killer cell", "plasma cell"]
 IDS = {"T cell": "CL:0000084", "B cell": "CL:0000236", "natural killer cell": "CL:0000623",
@@ -34,8 +50,8 @@ def per_class_csv(tmp_path):
     """A per_class_f1.csv as the evaluate stage writes it (cell_type, train_cells, f1_<model>...)."""
     rng = np.random.default_rng(3)
     path = tmp_path / "per_class_f1.csv"
-    pd.DataFrame({"cell_type": CLASSES, "train_cells": [500, 300, 200, 100],
-                  "f1_sctab": rng.uniform(0.3, 1.0, 4), "f1_linear": rng.uniform(0.3, 1.0, 4)}).to_csv(path, index=False)
+    pd.DataFrame({"cell_type": CLASSES, "train_cells": [500, 300, 200, 100], "f1_sctab": rng.uniform(0.3, 1.0, 4),
+                  "f1_linear": rng.uniform(0.3, 1.0, 4)}).to_csv(path, index=False)
     return path
 
 
@@ -134,3 +150,33 @@ def test_training_data_and_per_class_report_from_a_store(store_dir, tmp_path):
     with pytest.raises(ModelCardError, match="re-run the evaluate stage"):
         read_per_class_f1(bad, classes=store.classes)
     assert read_per_class_f1(tmp_path / "absent.csv") == {}
+
+
+def _register_stage():
+    spec = importlib.util.spec_from_file_location("register_stage", REPO / "pipelines" / "register.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main
+
+
+def test_bad_card_inputs_stop_the_register_stage_with_nothing_registered(store_dir, obo_file, census_params,
+                                                                         tracking, tmp_path, capsys):
+    from sctab.registry import RegistryError, register_pipeline_models
+    from sctab.registry.register import client
+    from tests.test_annotation import write_model_folders
+
+    models = write_model_folders(tmp_path / "models", store_dir)
+    with pytest.raises(RegistryError, match="nothing registered: the params name no profile"):
+        register_pipeline_models(models, store=store_dir, ontology_path=obo_file, metrics={},
+                                 params={k: v for k, v in census_params.items() if k != "profile"})
+    # a per-class report of another store: the stage says so (exit 2) before registering anything
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**census_params, "profile": "card-test"}))
+    (tmp_path / "metrics.json").write_text(json.dumps({"models": {"sctab": {"test_f1_macro": 0.5}}}))
+    pd.DataFrame({"cell_type": ["not a class"], "f1_sctab": [0.5]}).to_csv(tmp_path / "pc.csv", index=False)
+    args = ["--params", str(tmp_path / "params.yaml"), "--models", str(models), "--store", str(store_dir),
+            "--ontology", str(obo_file), "--metrics", str(tmp_path / "metrics.json"), "--per-class",
+            str(tmp_path / "pc.csv"), "--out", str(tmp_path / "registered.json")]
+    assert _register_stage()(args) == 2
+    assert "re-run the evaluate stage" in capsys.readouterr().err
+    assert client().search_registered_models() == [] and not (tmp_path / "registered.json").exists()
+    assert "model_card.md" in pipeline_help("register")

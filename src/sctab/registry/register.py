@@ -35,8 +35,15 @@ from tqdm.auto import tqdm
 from sctab.annotation.bundle import Bundle, update_meta, write_bundle
 from sctab.data.store import Store
 from sctab.ontology.cell_ontology import load_cell_ontology
-from sctab.registry.model_card import (ARTIFACT, ModelCardError, ModelReport, TrainingData, fitted_card,
-                                       model_card, training_data)
+from sctab.registry.model_card import (
+    ARTIFACT,
+    ModelCardError,
+    ModelReport,
+    TrainingData,
+    fitted_card,
+    model_card,
+    training_data,
+)
 from sctab.registry.pyfunc import BUNDLE, MODEL_CODE, signature
 from sctab.registry.thresholds import DEFAULT_MAX_CELLS, DEFAULT_PRECISION, validation_threshold
 from sctab.tracking import fluent_uris, lineage_tags, tracked_run, tracking_uri
