@@ -20,7 +20,11 @@ def main(argv: list[str] | None = None) -> int:
         "Each also gets its default minimum probability for annotation (below it a cell is 'Unassigned'): the "
         "smallest whose assigned validation cells reach registry.min_probability_precision (docs/annotate.md), "
         "recorded in the bundle and as the tag min_probability. "
-        "Unchanged models are not registered twice. `make promote` then moves @champion.")
+        "Each registered model and version gets a model card (training data, per-class test F1 and support, "
+        "ensemble calibration, the default minimum probability, genes, intended use, limits, citation) as its "
+        "MLflow description and as the run's model_card.md (docs/model-card.md). "
+        "Unchanged models are not registered twice (their cards are brought up to date). "
+        "`make promote` then moves @champion.")
     parser.add_argument("--params", default="params.yaml", help="YAML parameter file (default: %(default)s)")
     parser.add_argument("--models", default="models", help="folder of model folders (default: %(default)s)")
     parser.add_argument("--store", default="data/store", help="the store: class ontology ids and the validation split "
@@ -28,16 +32,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ontology", default="data/ontology/cl.obo", help="Cell Ontology OBO (default: %(default)s)")
     parser.add_argument("--metrics", default="reports/evaluate/metrics.json",
                         help="the evaluate stage's metrics: each model's test macro F1 (default: %(default)s)")
+    parser.add_argument("--per-class", default="reports/evaluate/plots/per_class_f1.csv",
+                        help="the evaluate stage's per-class test F1 of each model, quoted in the model cards; "
+                        "when absent the cards say so (default: %(default)s)")
     parser.add_argument("--out", default="reports/registry/registered.json",
                         help="what was registered (default: %(default)s)")
     args = parser.parse_args(argv)
 
     from sctab.registry import RegistryError, register_pipeline_models  # MLflow: after --help, which needs none
+    from sctab.registry.model_card import read_per_class_f1
+    from sctab.registry.register import store_class_ids
 
     try:
         metrics = json.loads(Path(args.metrics).read_text()).get("models", {})
+        per_class = read_per_class_f1(args.per_class, classes=list(store_class_ids(args.store)))
         versions = register_pipeline_models(args.models, store=args.store, ontology_path=args.ontology,
-                                            metrics=metrics, params=load_params(args.params))
+                                            metrics=metrics, params=load_params(args.params), per_class_f1=per_class,
+                                            reports_from={"metrics": args.metrics, "per_class_f1": args.per_class})
     except (FileNotFoundError, ValueError, RegistryError) as e:
         print(f"register: error: {e}", file=sys.stderr)
         return 2

@@ -204,7 +204,8 @@ def test_promote_annotate_serve_and_ui(project, tmp_path):
 
 
 def _browse(base: str, project: Path) -> None:
-    """Headless Chromium over the MLflow UI: runs, a metric curve, the registered ensemble and its aliases."""
+    """Headless Chromium over the MLflow UI: runs, a metric curve, the registered ensemble, its aliases and its
+    model card."""
     from mlflow.tracking import MlflowClient
     from playwright.sync_api import sync_playwright
 
@@ -236,8 +237,13 @@ def _browse(base: str, project: Path) -> None:
             page.get_by_text("champion").first.wait_for(timeout=timeout)
             page.goto(f"{base}/#/models/sctab-ensemble", wait_until="domcontentloaded")
             page.get_by_text("challenger").first.wait_for(timeout=timeout)
+            # the model card (the registered model's description) rendered as HTML, not raw Markdown
+            page.locator("h2", has_text="Training data").first.wait_for(timeout=timeout)
+            assert {"Classes", "Uncertainty calibration", "How to cite"} <= set(page.locator("h2").all_inner_texts())
+            assert page.locator("table").count() >= 2
             body = page.inner_text("body")
             assert "champion" in body and "test_f1_macro" in body and "data_version" in body
+            assert "## Training data" not in body and "Trained on a synthetic test bed" in body
             page.screenshot(path=ARTIFACTS / "mlflow-ui-registered-model.png", full_page=True)
         finally:
             browser.close()

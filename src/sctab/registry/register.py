@@ -11,6 +11,10 @@ annotation says "Unassigned"), chosen on the store's validation split (:mod:`sct
 recorded in the bundle (``min_probability`` in bundle.yaml, which ``sctab annotate`` reads) and as the tag
 ``min_probability``.
 
+Each version and its registered model carry the model card (:mod:`sctab.registry.model_card`) as their
+descriptions, and the version's run has it as ``model_card.md``; registering unchanged content again
+refreshes the card of the existing version (the reports it quotes may have changed).
+
 A version is complete or absent: if tagging or aliasing fails after the version was created (a server
 restart, say), the version is deleted again before the error is raised.
 """
@@ -31,6 +35,15 @@ from tqdm.auto import tqdm
 from sctab.annotation.bundle import Bundle, update_meta, write_bundle
 from sctab.data.store import Store
 from sctab.ontology.cell_ontology import load_cell_ontology
+from sctab.registry.model_card import (
+    ARTIFACT,
+    ModelCardError,
+    ModelReport,
+    TrainingData,
+    fitted_card,
+    model_card,
+    training_data,
+)
 from sctab.registry.pyfunc import BUNDLE, MODEL_CODE, signature
 from sctab.registry.thresholds import DEFAULT_MAX_CELLS, DEFAULT_PRECISION, validation_threshold
 from sctab.tracking import fluent_uris, lineage_tags, tracked_run, tracking_uri
@@ -84,11 +97,14 @@ def register_folder(folder: str | Path, name: str, *, class_ids: dict[str, str],
                     test_f1: float | None, alias: str = CHALLENGER, fallback: dict | None = None,
                     extra_tags: dict | None = None, store: str | Path | None = None,
                     min_probability_precision: float = DEFAULT_PRECISION,
-                    threshold_max_cells: int = DEFAULT_MAX_CELLS) -> RegisteredVersion:
+                    threshold_max_cells: int = DEFAULT_MAX_CELLS, report: ModelReport | None = None,
+                    training: TrainingData | None = None) -> RegisteredVersion:
     """Bundle ``folder``, log it as a pyfunc model in experiment ``registry``, register it as ``name``.
 
     With ``store``, the default minimum probability is chosen on its validation split for
-    ``min_probability_precision`` and recorded in the bundle and as a tag."""
+    ``min_probability_precision`` and recorded in the bundle and as a tag. ``report`` (the evaluate stage's
+    figures of this model) and ``training`` (the store's counts, else read from ``store``) feed the model
+    card; without ``report`` the card quotes ``test_f1`` only."""
     import mlflow
 
     folder = Path(folder)
@@ -103,11 +119,13 @@ def register_folder(folder: str | Path, name: str, *, class_ids: dict[str, str],
                                          max_cells=threshold_max_cells)
             bundle.meta = update_meta(bdir, min_probability=floor)
         md5 = bundle.md5()
+        tags = lineage_tags(params, model_kind=bundle.kind, members=len(bundle.members))
+        card_kw = _card_inputs(name, bundle, class_ids, params, tags, store, training, report, test_f1, floor)
         old = _existing_version(c, name, md5)
         if old is not None:
+            _refresh_card(c, name, old, card_kw)
             f1 = old.tags.get("test_f1_macro")
             return RegisteredVersion(name, str(old.version), old.run_id or "", _float(f1), reused=True)
-        tags = lineage_tags(params, model_kind=bundle.kind, members=len(bundle.members))
         tags.update({"test_f1_macro": "unknown" if test_f1 is None else f"{test_f1:.6f}",
                      "test_split": f"{tags['data_version']}:test",
                      "member_runs": ",".join(r for r in bundle.meta.get("member_runs", []) if r),
@@ -126,6 +144,7 @@ def register_folder(folder: str | Path, name: str, *, class_ids: dict[str, str],
                                 "min_probability_precision": floor["precision_target"]} if floor else {})})
             if test_f1 is not None:
                 run.log_metrics({"test_f1_macro": float(test_f1)})
+            run.log_text(model_card(name, run_id=run.run_id, **card_kw), ARTIFACT)
             # log_model is MLflow's fluent API: it logs into the active run, which is ours
             with mlflow.start_run(run_id=run.run_id), warnings.catch_warnings():
                 # no input example on purpose: requests are raw counts by gene id
@@ -141,7 +160,9 @@ def register_folder(folder: str | Path, name: str, *, class_ids: dict[str, str],
         for k, v in tags.items():
             c.set_model_version_tag(name, mv.version, k, v)
         c.set_model_version_tag(name, mv.version, "run_id", run_id)
-        c.update_model_version(name, mv.version, description=_description(bundle, tags))
+        c.update_model_version(name, mv.version, description=fitted_card(name, run_id=run_id, **card_kw))
+        c.update_registered_model(name, description=fitted_card(name, prefix=_newest(mv.version), run_id=run_id,
+                                                                **card_kw))
         if alias:
             c.set_registered_model_alias(name, alias, mv.version)
     except Exception as e:
@@ -191,13 +212,45 @@ def _float(x) -> float | None:
         return None
 
 
-def _description(bundle: Bundle, tags: dict) -> str:
-    return (f"{bundle.kind} ({len(bundle.members)} member(s)), {len(bundle.genes):,} genes -> "
-            f"{bundle.space.n_classes} cell types. Input: raw counts by Ensembl id; output: label, Cell Ontology "
-            f"id, probability, uncertainty, coarse label. Test macro F1 {tags['test_f1_macro']} on "
-            f"{tags['test_split']}; git {tags['git_commit'][:12]}; profile {tags['profile']}."
-            + (f" Default minimum probability {float(tags['min_probability']):.4f} (precision >= "
-               f"{tags['min_probability_precision']} on the validation split)." if "min_probability" in tags else ""))
+def _card_inputs(name: str, bundle: Bundle, class_ids: dict, params: dict, tags: dict, store, training,
+                 report: ModelReport | None, test_f1: float | None, floor: dict | None) -> dict:
+    """The model card's inputs, checked by building it once: a missing one stops before anything is logged."""
+    if training is None and store is not None:
+        training = training_data(store, tags["data_version"])
+    if report is None:
+        report = ModelReport(metrics=None if test_f1 is None else {"test_f1_macro": float(test_f1)})
+    kw = {"kind": bundle.kind, "members": len(bundle.members), "classes": list(bundle.space.classes),
+          "class_ids": class_ids, "genes": bundle.space.var, "params": params, "data": training, "report": report,
+          "min_probability": floor, "git_commit": tags["git_commit"]}
+    try:
+        model_card(name, **kw)
+    except ModelCardError as e:
+        raise RegistryError(f"nothing registered for {name}: {e}") from e
+    return kw
+
+
+def _newest(version) -> str:
+    return f"*The card of version {version}, the newest registered.*\n\n"
+
+
+def _refresh_card(c, name: str, old, card_kw: dict) -> None:
+    """An unchanged bundle keeps its version; its card (and the model's, if it is the newest) is brought up to
+    date with today's reports."""
+    run_id = old.run_id or (old.tags or {}).get("run_id")
+    desc = fitted_card(name, run_id=run_id, **card_kw)
+    try:
+        if (old.description or "") != desc:
+            c.update_model_version(name, old.version, description=desc)
+            if run_id:
+                c.log_text(run_id, model_card(name, run_id=run_id, **card_kw), ARTIFACT)
+        newest = max(int(v.version) for v in c.search_model_versions(f"name = '{name}'"))
+        if newest == int(old.version):
+            c.update_registered_model(name, description=fitted_card(name, prefix=_newest(old.version),
+                                                                    run_id=run_id, **card_kw))
+    except Exception as e:
+        raise RegistryError(f"{name} version {old.version} is unchanged, but updating its model card failed "
+                            f"({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}); run the "
+                            f"command once more") from e
 
 
 def store_class_ids(store: str | Path) -> dict[str, str]:
@@ -206,24 +259,38 @@ def store_class_ids(store: str | Path) -> dict[str, str]:
 
 
 def register_pipeline_models(models_dir: str | Path, *, store: str | Path, ontology_path: str | Path,
-                             metrics: dict, params: dict) -> list[RegisteredVersion]:
-    """The register stage: every model folder named in ``registry.models`` that exists under ``models_dir``."""
+                             metrics: dict, params: dict, per_class_f1: dict | None = None,
+                             reports_from: dict | None = None) -> list[RegisteredVersion]:
+    """The register stage: every model folder named in ``registry.models`` that exists under ``models_dir``.
+
+    ``metrics`` (metrics.json's models) and ``per_class_f1`` (:func:`sctab.registry.model_card.read_per_class_f1`)
+    feed each model card; ``reports_from`` names their files for the card. The store's figures for the cards
+    are read before any model is registered, so a bad store stops the stage with nothing registered."""
     reg = params.get("registry") or {}
     names = {**DEFAULT_NAMES, **(reg.get("models") or {})}
     fallback = {k: reg[k] for k in ("uncertainty_threshold", "coverage", "max_labels") if k in reg}
     floor = {"min_probability_precision": float(reg.get("min_probability_precision", DEFAULT_PRECISION)),
              "threshold_max_cells": int(reg.get("threshold_max_cells", DEFAULT_MAX_CELLS))}
+    if not params.get("profile"):
+        raise RegistryError("nothing registered: the params name no profile (the model cards need it)")
     class_ids = store_class_ids(store)
     onto = load_cell_ontology(ontology_path)
+    try:
+        training = training_data(store, lineage_tags(params)["data_version"])
+    except ModelCardError as e:
+        raise RegistryError(f"nothing registered: {e}") from e
+    per_class_f1 = per_class_f1 or {}
     out = []
     for folder_name, name in tqdm(names.items(), desc="register", unit="model", disable=None):
         folder = Path(models_dir) / folder_name
         if not folder.is_dir():
             continue
         f1 = (metrics.get(folder_name) or {}).get("test_f1_macro")
+        report = ModelReport(metrics=metrics.get(folder_name), per_class_f1=per_class_f1.get(folder_name),
+                             sources=dict(reports_from or {}))
         out.append(register_folder(folder, name, class_ids=class_ids, ontology=onto, params=params,
                                    test_f1=None if f1 is None else float(f1), alias=reg.get("alias", CHALLENGER),
-                                   fallback=fallback, store=store, **floor))
+                                   fallback=fallback, store=store, report=report, training=training, **floor))
     if not out:
         raise RegistryError(f"no model folder of {sorted(names)} under {models_dir}")
     return out
