@@ -9,13 +9,13 @@ mode sees every aten op of one batch and adds
 The bytes are a per-op count with no reuse between ops through the caches, i.e. what the row would move were
 nothing kept in cache from one op to the next: an upper bound on memory traffic, hence a lower bound on
 arithmetic intensity. The roofline's two ceilings are measured in the same run, on all cores: a float32 GEMM
-(FLOP/s) and a STREAM-like triad (bytes/s). A row's attainable rate is ``min(peak FLOP/s, intensity x
+(FLOP/s) and a STREAM-like triad (bytes/s), each the best of its repeats, measured before and after the rows and the
+higher kept. A row's attainable rate is ``min(peak FLOP/s, intensity x
 bandwidth)``; the table shows what fraction of it the row reaches.
 """
 
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import dataclass
 
@@ -77,20 +77,32 @@ def count_work(fn, n_cells: int) -> dict:
 
 @dataclass
 class Peaks:
-    gemm_flops: float  # float32 GEMM, FLOP/s (median of the repeats)
-    bandwidth: float  # triad, bytes/s (median)
+    gemm_flops: float  # float32 GEMM, FLOP/s: the best of the repeats (a ceiling is what the machine can do)
+    bandwidth: float  # triad, bytes/s: the best of the repeats
     gemm_n: int
     triad_mib: float
     threads: int
     repeats: int
+    when: str = ""  # e.g. "start: 390 GFLOP/s, 30 GB/s; end: ..." when several measurements were combined
 
     def attainable(self, intensity: float) -> float:
         return min(self.gemm_flops, intensity * self.bandwidth)
 
 
-def measure_peaks(gemm_n: int = 2048, triad_elems: int = 1 << 25, repeats: int = 7) -> Peaks:
+def higher(*peaks: "Peaks") -> "Peaks":
+    """The ceilings of several measurements in one run (e.g. before and after the rows): the higher of each, since
+    load from other jobs can only pull a measured ceiling down."""
+    best = Peaks(max(p.gemm_flops for p in peaks), max(p.bandwidth for p in peaks), peaks[0].gemm_n,
+                 peaks[0].triad_mib, peaks[0].threads, peaks[0].repeats)
+    best.when = "; ".join(f"{p.when or f'#{i + 1}'}: {p.gemm_flops / 1e9:,.0f} GFLOP/s, {p.bandwidth / 1e9:,.1f} GB/s"
+                          for i, p in enumerate(peaks))
+    return best
+
+
+def measure_peaks(gemm_n: int = 2048, triad_elems: int = 1 << 25, repeats: int = 7, when: str = "") -> Peaks:
     """The two ceilings of this machine, on torch's threads: ``gemm_n``-cube float32 GEMM and the triad
-    ``a = b + s*c`` over three float32 arrays of ``triad_elems`` (128 MiB each by default: past any cache)."""
+    ``a = b + s*c`` over three float32 arrays of ``triad_elems`` (128 MiB each by default: past any cache).
+    Each is the best of ``repeats``: other jobs on the machine can only make a repeat slower."""
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(gemm_n, gemm_n, generator=g), torch.randn(gemm_n, gemm_n, generator=g)
     out = torch.empty(gemm_n, gemm_n)
@@ -109,8 +121,7 @@ def measure_peaks(gemm_n: int = 2048, triad_elems: int = 1 << 25, repeats: int =
         t = time.perf_counter()
         torch.add(b, c, alpha=0.5, out=a)
         bw.append(3 * triad_elems * 4 / (time.perf_counter() - t))
-    return Peaks(statistics.median(gemm), statistics.median(bw), gemm_n, triad_elems * 4 / 2 ** 20,
-                 torch.get_num_threads(), repeats)
+    return Peaks(max(gemm), max(bw), gemm_n, triad_elems * 4 / 2 ** 20, torch.get_num_threads(), repeats, when)
 
 
 def roofline_rows(rows: list[dict], peaks: Peaks) -> list[dict]:
@@ -135,9 +146,10 @@ def roofline_rows(rows: list[dict], peaks: Peaks) -> list[dict]:
 def roofline_table(rows: list[dict], peaks: Peaks) -> str:
     """The 'how close to the limit' section of the bench file."""
     lines = ["### How close to the limit (roofline measured in this run)\n",
-             f"Ceilings on {peaks.threads} threads, medians of {peaks.repeats}: float32 GEMM "
-             f"({peaks.gemm_n}^3) **{peaks.gemm_flops / 1e9:,.1f} GFLOP/s**; triad a = b + s*c over "
-             f"3 x {peaks.triad_mib:,.0f} MiB **{peaks.bandwidth / 1e9:,.1f} GB/s**. Work per cell counted from "
+             f"Ceilings on {peaks.threads} threads, best of {peaks.repeats} (load only slows a repeat): float32 "
+             f"GEMM ({peaks.gemm_n}^3) **{peaks.gemm_flops / 1e9:,.1f} GFLOP/s**; triad a = b + s*c over "
+             f"3 x {peaks.triad_mib:,.0f} MiB **{peaks.bandwidth / 1e9:,.1f} GB/s**"
+             + (f" (the higher of {peaks.when})" if peaks.when else "") + ". Work per cell counted from "
              "the ops that ran on one batch (products' FLOPs; bytes read and written per op, no cache reuse "
              "between ops: an upper bound on traffic). Attainable = min(GEMM peak, intensity x bandwidth).\n",
              "| Row | Ours (cells/s) | FLOP per cell | Bytes per cell | FLOP/byte | Achieved GFLOP/s | "
