@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sctab.annotation import AnnotateError, annotate, annotate_file, write_bundle
+from sctab.annotation import annotate, annotate_file, write_bundle
 from sctab.annotation.changes import (
     CHANGES,
     COARSER,
@@ -211,6 +211,27 @@ def test_two_models_in_one_pass_through_the_cli(setup, obo_file, tmp_path, capsy
     assert written.uns["sctab_annotation"]["compare_with"] == str(setup["previous"])
 
 
+def test_one_pass_over_the_file(setup, obo_file, tmp_path, monkeypatch):
+    """Every block of rows is read once for both models: the real reader, wrapped to record what it is asked."""
+    from dataclasses import replace
+
+    import sctab.annotation.files as files
+
+    asked = []
+
+    def recording(*args, **kwargs):
+        source = choose(*args, **kwargs)
+        read = source.matrix.read
+        return replace(source, matrix=replace(source.matrix, read=lambda a, b: asked.append((a, b)) or read(a, b)))
+
+    choose = files.choose_matrix
+    monkeypatch.setattr(files, "choose_matrix", recording)
+    report = annotate_file(setup["file"], tmp_path / "out.csv", str(setup["new"]), compare_with=str(setup["previous"]),
+                           ontology=obo_file, batch_size=8, progress=False)
+    assert asked == [(0, 8), (8, 16), (16, 24), (24, 32), (32, 33)]
+    assert _pairs(report.changes.table) == EXPECTED  # the blocks' seams change nothing
+
+
 def test_in_memory_api_gives_the_same_changes(setup, obo_file):
     adata = anndata.read_h5ad(setup["file"])
     out = annotate(adata, str(setup["new"]), compare_with=str(setup["previous"]), ontology=obo_file, progress=False,
@@ -279,49 +300,80 @@ def test_help_explains_the_options(capsys):
 
 
 # ----------------------------------------------------------------------------------------------- promote --check
-def test_promote_check_prints_and_records_the_changes(setup, ontology, obo_file, tracking, tmp_path, capsys):
+def _promote_with_check(name: str, setup, ontology, obo_file, tmp_path, capsys) -> None:
+    """Register the previous model, promote it with --check (no champion: no table), register the new one,
+    refuse a bad check file, promote with --check: the table before the move, the record on the version."""
     import mlflow
 
     from sctab.registry import register_folder
     from sctab.registry.register import client
+    from sctab.tracking import tracking_uri
 
     def register(rules, genes, f1):
         folder = _marker_folder(tmp_path / f"m{f1}", rules, genes, ontology)
-        return register_folder(folder, "cw", class_ids=_class_ids(rules, ontology), ontology=ontology,
+        return register_folder(folder, name, class_ids=_class_ids(rules, ontology), ontology=ontology,
                                params={"profile": "test"}, test_f1=f1)
 
     register(PREVIOUS, setup["prev_genes"], 0.70)
     check = ["--check", str(setup["file"]), "--ontology", str(obo_file)]
-    assert cli(["promote", "cw", *check]) == 0
+    assert cli(["promote", name, *check]) == 0
     out = capsys.readouterr().out
     assert "has no @champion yet: no labels to compare" in out and "promoted: no champion yet" in out
-    assert "| previous label |" not in out and "promotion_check_run" not in client().get_model_version("cw", "1").tags
+    assert "| previous label |" not in out and "promotion_check_run" not in client().get_model_version(name, "1").tags
 
     register(NEW, setup["new_genes"], 0.80)
     # a file that cannot be read checks nothing and promotes nothing
-    assert cli(["promote", "cw", "--check", str(tmp_path / "missing.h5ad")]) == 2
+    assert cli(["promote", name, "--check", str(tmp_path / "missing.h5ad")]) == 2
     assert "missing.h5ad does not exist" in capsys.readouterr().err
-    assert str(client().get_model_version_by_alias("cw", "champion").version) == "1"
+    assert str(client().get_model_version_by_alias(name, "champion").version) == "1"
 
-    assert cli(["promote", "cw", *check]) == 0
+    assert cli(["promote", name, *check]) == 0
     out = capsys.readouterr().out
     table = out.index("| T cell | CD4-positive, alpha-beta T cell | finer | 5 |")
     assert table < out.index("promoted: test macro F1 0.8000 >= champion's 0.7000")  # shown before the move
     assert f"All {N_CELLS} cells: same 10 (30%)" in out
     c = client()
-    mv = c.get_model_version_by_alias("cw", "champion")
+    mv = c.get_model_version_by_alias(name, "champion")
     assert str(mv.version) == "2"
     run_id = mv.tags["promotion_check_run"]
     assert mv.tags["promotion_check"].startswith(f"{N_CELLS} cells of cells.h5ad: same 30.3%")
     run = c.get_run(run_id)
-    assert run.info.run_name == "promote cw v2" and run.data.params["check_file"] == str(setup["file"])
+    assert run.info.run_name == f"promote {name} v2" and run.data.params["check_file"] == str(setup["file"])
     assert run.data.metrics["check_cells"] == N_CELLS and run.data.metrics["check_finer"] == 11
     names = sorted(a.path for a in c.list_artifacts(run_id, "promotion_check"))
     assert names == ["promotion_check/cells.changes.json", "promotion_check/cells.changes.md"]
     local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="promotion_check",
-                                                     tracking_uri=tracking, dst_path=str(tmp_path / "dl")))
+                                                     tracking_uri=tracking_uri(), dst_path=str(tmp_path / "dl")))
     doc = json.loads((local / "cells.changes.json").read_text())
-    assert doc["new_model"] == "models:/cw/2" and doc["previous_model"] == "models:/cw/1"
+    assert doc["new_model"] == f"models:/{name}/2" and doc["previous_model"] == f"models:/{name}/1"
     assert sum(doc["totals"].values()) == N_CELLS and set(doc["totals"]) == set(CHANGES)
     assert {(r["previous_label"], r["new_label"]): (r["change"], r["cells"]) for r in doc["pairs"]} == EXPECTED
-    assert (local / "cells.changes.md").read_text().startswith("# Labels of models:/cw/2 against models:/cw/1")
+    md = (local / "cells.changes.md").read_text()
+    assert md.startswith(f"# Labels of models:/{name}/2 against models:/{name}/1")
+
+
+def test_promote_check_prints_and_records_the_changes(setup, ontology, obo_file, tracking, tmp_path, capsys):
+    _promote_with_check("cw", setup, ontology, obo_file, tmp_path, capsys)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(480)
+def test_promote_check_through_the_team_server(setup, ontology, obo_file, tmp_path, monkeypatch, capsys):
+    """The same against PostgreSQL + `mlflow server --app-name basic-auth` with served artifacts, where the
+    versions are downloaded and the check's files uploaded over HTTP."""
+    import shutil
+    import tempfile
+
+    from tests.mlflow_server import start_team_server
+
+    root = Path(tempfile.mkdtemp(prefix="sctab-mlflow-", dir="/tmp"))
+    pg, server = start_team_server(root)
+    try:
+        for k, v in server.client_env().items():
+            monkeypatch.setenv(k, v)
+        monkeypatch.chdir(tmp_path)
+        _promote_with_check("cw-team", setup, ontology, obo_file, tmp_path, capsys)
+    finally:
+        server.stop()
+        pg.stop()
+        shutil.rmtree(root, ignore_errors=True)

@@ -288,11 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "--min-probability (p_thres; 'Unassigned' below it), --restrict-to, --majority-voting, "
                         "--probabilities, plus --min-gene-coverage; docs/annotate.md maps the columns to "
                         "CellTypist's. --compare-labels COLUMN sets the file's own labels against the predictions "
-                        "through the Cell Ontology (per cell <key>_agreement, per label a table); --compare-with MODEL "
-                        "runs a second model in the same pass and says how each cell's label changed. The gene coverage "
-                        "is always reported. The output is written only when every cell was annotated. Freed memory "
-                        "is kept for reuse between batches (faster, about 1 GiB more peak memory); SCTAB_MALLOC=system "
-                        "turns that off.")
+                        "through the Cell Ontology (per cell <key>_agreement, per label a table); --compare-with "
+                        "MODEL runs a second model in the same pass and says how each cell's label changed. The gene "
+                        "coverage is always reported. The output is written only when every cell was annotated. "
+                        "Freed memory is kept for reuse between batches (faster, about 1 GiB more peak memory); "
+                        "SCTAB_MALLOC=system turns that off.")
     an.add_argument("input", help="the .h5ad file to annotate")
     an.add_argument("-o", "--output", required=True, help="output .h5ad (input + new obs columns), .csv or .parquet")
     an.add_argument("--model", default="models:/sctab-ensemble@champion",

@@ -18,5 +18,5 @@ from sctab.annotation.plots import plot_annotation
 from sctab.annotation.resolve import DEFAULT_MODEL, load_annotator
 
 __all__ = ["AGREEMENT", "CHANGES", "COLUMNS", "Changes", "UNASSIGNED", "Annotator", "AnnotateError",
-           "AnnotationReport", "Bundle", "Comparison", "DEFAULT_MODEL", "annotate", "annotate_file", "load_annotator", "plot_annotation",
-           "write_bundle"]
+           "AnnotationReport", "Bundle", "Comparison", "DEFAULT_MODEL", "annotate", "annotate_file", "load_annotator",
+           "plot_annotation", "write_bundle"]
