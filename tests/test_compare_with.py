@@ -240,6 +240,34 @@ def test_in_memory_api_gives_the_same_changes(setup, obo_file):
     assert "sctab_change" not in adata.obs and out.obs["sctab_change"].value_counts().sum() == N_CELLS
 
 
+def test_two_pipeline_models_on_the_store_cells(store_dir, ontology, obo_file, tmp_path):
+    """The pipeline's own kinds on the census cells: the linear model against the two-member scTab ensemble
+    (random weights, the store's classes): every cell's change is its pair's, and the summary adds up."""
+    from sctab.data.store import Store
+    from sctab.registry.register import store_class_ids
+    from tests.test_annotation import write_model_folders
+
+    folders = write_model_folders(tmp_path / "models", store_dir)
+    ids = store_class_ids(store_dir)
+    linear = write_bundle(folders / "linear", tmp_path / "linear", class_ids=ids, ontology=ontology)
+    ensemble = write_bundle(folders / "sctab", tmp_path / "sctab", class_ids=ids, ontology=ontology)
+    store = Store(store_dir)
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(rng.gamma(0.3, 2.0, size=(600, store.n_genes))).astype(np.float32)  # raw counts
+    adata = anndata.AnnData(counts, var=pd.DataFrame(index=store.var["feature_id"].astype(str).to_numpy()))
+    adata.obs_names = [f"c{i}" for i in range(adata.n_obs)]
+    out = annotate(adata, str(ensemble), compare_with=str(linear), ontology=obo_file, min_probability=0,
+                   progress=False, copy=True)
+    obs, changes = out.obs, out.uns["sctab_changes"]
+    assert int(changes["table"]["cells"].sum()) == changes["n_cells"] == sum(changes["totals"].values()) == 600
+    pairs = zip(obs["sctab_previous_cell_type_ontology_term_id"], obs["sctab_cell_type_ontology_term_id"])
+    assert list(obs["sctab_change"]) == [classify_change(p, n, ontology) for p, n in pairs]
+    assert len(set(obs["sctab_change"])) > 1 and len(changes["table"]) > 3  # different models, several pairs
+    counted = obs.groupby(["sctab_previous_label", "sctab_label"], observed=True).size()
+    for r in changes["table"].itertuples(index=False):
+        assert counted[(r.previous_label, r.new_label)] == r.cells
+
+
 # ----------------------------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("case", ["unknown-folder", "unknown-alias", "disjoint-models", "no-genes-of-one",
                                   "low-coverage"])
@@ -354,6 +382,8 @@ def _promote_with_check(name: str, setup, ontology, obo_file, tmp_path, capsys) 
 
 def test_promote_check_prints_and_records_the_changes(setup, ontology, obo_file, tracking, tmp_path, capsys):
     _promote_with_check("cw", setup, ontology, obo_file, tmp_path, capsys)
+    assert cli(["promote", "cw", "--model", "other"]) == 2  # NAME and --model are one setting
+    assert "the model is named twice, 'cw' and --model 'other'" in capsys.readouterr().err
 
 
 @pytest.mark.slow

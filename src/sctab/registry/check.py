@@ -40,7 +40,7 @@ def run_check(name: str, candidate: str, champion: str, file: str | Path, folder
     from sctab.annotation.changes import changes_paths
 
     file = Path(file)
-    out = Path(folder) / f"{file.stem}.csv"  # the per-cell table is not kept: only the summary is recorded
+    out = Path(folder) / f"{file.stem}.parquet"  # the per-cell table is not kept: only the summary is recorded
     report = annotate_file(file, out, f"models:/{name}/{candidate}", compare_with=f"models:/{name}/{champion}",
                            trust_pickle=trust_pickle, ontology=ontology, progress=False)
     return Check(file=str(file), changes=report.changes, files=changes_paths(out))
