@@ -67,8 +67,8 @@ register: venv  ## register the trained models (dvc repro register): new version
 models: venv  ## registered models, versions, aliases and test F1
 	$(VENV)/bin/sctab models
 
-promote: venv  ## move @champion of MODEL to @challenger if its test F1 is at least as good (FORCE=1, VERSION=n)
-	$(VENV)/bin/sctab promote --model $(MODEL) $(if $(VERSION),--version $(VERSION)) $(if $(FORCE),--force)
+promote: venv  ## move @champion of MODEL to @challenger if its test F1 is at least as good (FORCE=1, VERSION=n, CHECK=cells.h5ad)
+	$(VENV)/bin/sctab promote --model $(MODEL) $(if $(VERSION),--version $(VERSION)) $(if $(FORCE),--force) $(if $(CHECK),--check $(CHECK))
 
 serve: venv  ## serve MODEL_URI (default models:/sctab-ensemble@champion) on http://127.0.0.1:$(SERVE_PORT)/invocations (WORKERS=n processes)
 	SCTAB_DEVICE=$(or $(DEVICE),auto) MLFLOW_TRACKING_URI=$(TRACKING) $(VENV)/bin/mlflow models serve -m $(MODEL_URI) \

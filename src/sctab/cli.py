@@ -121,8 +121,10 @@ def _cmd_annotate(args) -> int:
     from sctab.annotation import annotate_file, load_annotator
 
     keep_freed_memory()  # the per-batch buffers reuse freed memory (SCTAB_MALLOC=system: glibc's defaults)
+    device = check_device(args.device, "--device")
     ann = load_annotator(args.model, trust_pickle=args.trust_pickle, uncertainty_threshold=args.uncertainty_threshold,
-                         store=args.store, ontology=args.ontology, device=check_device(args.device, "--device"))
+                         store=args.store, ontology=args.ontology, device=device)
+    previous = _load_previous(args.compare_with, args, device)
     report = annotate_file(args.input, args.output, ann, layer=args.layer, gene_column=args.gene_column,
                            from_log1p=args.from_log1p, allow_non_integer=args.allow_non_integer,
                            batch_size=args.batch_size, key_added=args.key_added, progress=not args.quiet,
@@ -130,7 +132,8 @@ def _cmd_annotate(args) -> int:
                            majority_voting=args.majority_voting, over_clustering=args.over_clustering,
                            resolution=args.resolution, min_prop=args.min_prop,
                            min_gene_coverage=args.min_gene_coverage, probabilities=args.probabilities,
-                           compare_labels=args.compare_labels, label_map=args.label_map, ontology=args.ontology)
+                           compare_labels=args.compare_labels, label_map=args.label_map, ontology=args.ontology,
+                           compare_with=previous)
     print(report.summary())
     print(f"wrote {args.output}")
     if report.comparison is not None:
@@ -139,6 +142,12 @@ def _cmd_annotate(args) -> int:
         print()
         print(report.comparison.to_markdown())
         print("wrote " + " and ".join(str(p) for p in compare_paths(args.output)))
+    if report.changes is not None:
+        from sctab.annotation.changes import PRINTED_ROWS, changes_paths
+
+        print()
+        print(report.changes.to_markdown(max_rows=PRINTED_ROWS))
+        print("wrote " + " and ".join(str(p) for p in changes_paths(args.output)))
     if args.plot:
         import anndata
 
@@ -151,6 +160,19 @@ def _cmd_annotate(args) -> int:
             plot_annotation(adata, key_added=args.key_added, path=args.plot)
             print(f"wrote {args.plot}")
     return 0
+
+
+def _load_previous(model: str | None, args, device: str):
+    """The --compare-with model, loaded as --model is; its errors name the option."""
+    if model is None:
+        return None
+    from sctab.annotation import AnnotateError, load_annotator
+
+    try:
+        return load_annotator(model, trust_pickle=args.trust_pickle, uncertainty_threshold=args.uncertainty_threshold,
+                              store=args.store, ontology=args.ontology, device=device)
+    except AnnotateError as e:
+        raise AnnotateError(f"--compare-with: {e}") from e
 
 
 def _print_promotion(p) -> None:
@@ -166,11 +188,29 @@ def _print_promotion(p) -> None:
     print(("promoted: " if p.promoted else "not promoted: ") + p.reason)
 
 
+def _show_check(check) -> None:
+    """--check: the changes table (or why there is none), printed before @champion moves."""
+    from sctab.annotation.changes import PRINTED_ROWS
+
+    if isinstance(check, str):
+        print(check)
+        return
+    print(f"check on {check.file}:")
+    print(check.changes.to_markdown(max_rows=PRINTED_ROWS))
+
+
 def _cmd_promote(args) -> int:
     from sctab.registry import promote
 
-    p = promote(args.model, args.version, force=args.force)
+    if args.name and args.model and args.name != args.model:
+        raise ConfigError(f"promote: the model is named twice, {args.name!r} and --model {args.model!r}")
+    name = args.name or args.model or "sctab-ensemble"
+    p = promote(name, args.version, force=args.force, check=args.check, show=_show_check if args.check else None,
+                trust_pickle=args.trust_pickle, ontology=args.ontology)
     _print_promotion(p)
+    if p.check_run:
+        print(f"check recorded with the promotion: run {p.check_run} of experiment 'registry' (artifacts "
+              f"promotion_check/{p.check.files[0].name} and .md), tag promotion_check_run of version {p.candidate}")
     return 0 if p.promoted or p.champion == p.candidate else 1
 
 
@@ -248,10 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "--min-probability (p_thres; 'Unassigned' below it), --restrict-to, --majority-voting, "
                         "--probabilities, plus --min-gene-coverage; docs/annotate.md maps the columns to "
                         "CellTypist's. --compare-labels COLUMN sets the file's own labels against the predictions "
-                        "through the Cell Ontology (per cell <key>_agreement, per label a table). The gene coverage "
-                        "is always reported. The output is written only when every cell was annotated. Freed memory "
-                        "is kept for reuse between batches (faster, about 1 GiB more peak memory); SCTAB_MALLOC=system "
-                        "turns that off.")
+                        "through the Cell Ontology (per cell <key>_agreement, per label a table); --compare-with "
+                        "MODEL runs a second model in the same pass and says how each cell's label changed. The gene "
+                        "coverage is always reported. The output is written only when every cell was annotated. "
+                        "Freed memory is kept for reuse between batches (faster, about 1 GiB more peak memory); "
+                        "SCTAB_MALLOC=system turns that off.")
     an.add_argument("input", help="the .h5ad file to annotate")
     an.add_argument("-o", "--output", required=True, help="output .h5ad (input + new obs columns), .csv or .parquet")
     an.add_argument("--model", default="models:/sctab-ensemble@champion",
@@ -302,6 +343,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "mapped) and prints a table per label (cells, CL id, relation to the model's classes, agreement "
                     "shares, top predictions, ontology-corrected F1 over the labels the model covers), also "
                     "written as <OUT stem>.compare.json and .compare.md")
+    an.add_argument("--compare-with", default=None, metavar="MODEL",
+                    help="also annotate with MODEL (e.g. models:/sctab-ensemble@champion while --model is "
+                    "@challenger) in the same pass over the file, each model on its own genes, with the same label "
+                    "options: adds <key>_previous_label, <key>_previous_cell_type_ontology_term_id and "
+                    "<key>_change per cell (same; finer = the new label is a Cell Ontology descendant of the "
+                    "previous one; coarser = an ancestor; sibling = they share a direct parent; other) and prints "
+                    "the cells per (previous, new) label pair, largest first, also written as <OUT "
+                    "stem>.changes.json and .changes.md. A model that does not load, models that share no genes, "
+                    "or a file without the genes of either model (--min-gene-coverage applies to both) is an error "
+                    "and nothing is written")
     an.add_argument("--label-map", default=None, metavar="YAML",
                     help="with --compare-labels: a YAML file mapping labels to CL ids (label: CL:0000000, or "
                     "'unknown' to leave one unmapped), as census.label_map of the h5ad reference source")
@@ -323,10 +374,25 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("promote", help="move @champion to a version if its test F1 is at least the champion's",
                         description="Compare a version (default: @challenger) with @champion of a registered model on "
                         "test macro F1 over the same test split; move @champion only if it is at least as good, unless "
-                        "--force. Prints the comparison; exit code 1 when refused.")
-    pr.add_argument("--model", default="sctab-ensemble", help="registered model name (default: %(default)s)")
+                        "--force. Prints the comparison; exit code 1 when refused. --check FILE.h5ad first annotates "
+                        "FILE with the version and the current @champion (sctab annotate --compare-with) and prints "
+                        "the cells per (previous, new) label pair before @champion moves; the summary is recorded "
+                        "with the promotion as a run 'promote NAME vN' of the MLflow experiment 'registry' (artifacts "
+                        "promotion_check/<FILE stem>.changes.json and .md), named by the version's tag "
+                        "promotion_check_run. Without a champion there is nothing to compare: it says so and promotes.")
+    pr.add_argument("name", nargs="?", default=None, metavar="NAME",
+                    help="registered model name, as --model (default: sctab-ensemble)")
+    pr.add_argument("--model", default=None, help="registered model name (default: sctab-ensemble)")
     pr.add_argument("--version", default=None, help="version to promote (default: the one with @challenger)")
     pr.add_argument("--force", action="store_true", help="promote even if it is worse or not comparable")
+    pr.add_argument("--check", default=None, metavar="FILE.h5ad",
+                    help="annotate FILE with the version and @champion, print and record how the labels change "
+                    "(a promotion that is refused checks nothing; a file or version that cannot be used is an "
+                    "error and nothing is promoted)")
+    pr.add_argument("--trust-pickle", action="store_true", help="with --check: allow loading pickled (CellTypist) "
+                    "versions")
+    pr.add_argument("--ontology", default="data/ontology/cl.obo", help="with --check: the Cell Ontology OBO "
+                    "(default: %(default)s, else the release the models were built with)")
     pr.set_defaults(func=_cmd_promote)
     mo = sub.add_parser("models", help="list registered models, versions, aliases and test F1")
     mo.add_argument("name", nargs="?", default=None, help="only this registered model")

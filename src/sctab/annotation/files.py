@@ -8,6 +8,9 @@ CellTypist's options have counterparts here (docs/annotate.md has the column map
 probability below which a cell is "Unassigned", a restriction to some classes, majority voting over
 (Leiden or given) clusters, the per-class probability matrix, and a minimum gene coverage below which the
 input is refused. The gene coverage is always reported.
+
+``compare_with`` runs a second model in the same pass over the cells (each model reads its own genes from the
+same block) and says per cell how the labels changed (:mod:`sctab.annotation.changes`).
 """
 
 from __future__ import annotations
@@ -69,6 +72,9 @@ class AnnotationReport:
     n_clusters: int | None = None
     compare_labels: str | None = None        # the obs column compared with the predictions (None: none)
     comparison: object = field(default=None, repr=False)  # its Comparison (sctab.annotation.compare)
+    compare_with: str | None = None          # the model whose labels are the previous ones (None: none)
+    previous_gene_coverage: float | None = None  # its genes found in the input / its genes
+    changes: object = field(default=None, repr=False)     # its Changes (sctab.annotation.changes)
 
     @property
     def cells_per_s(self) -> float:
@@ -76,7 +82,7 @@ class AnnotationReport:
 
     def as_dict(self) -> dict:
         """Fields as plain values for uns (h5ad cannot store None: unset options are left out)."""
-        fields = asdict(replace(self, comparison=None))  # the comparison has its own uns entry
+        fields = asdict(replace(self, comparison=None, changes=None))  # each has its own uns entry
         return {k: v for k, v in {**fields, "cells_per_s": round(self.cells_per_s, 1)}.items() if v is not None}
 
     def summary(self) -> str:
@@ -91,7 +97,10 @@ class AnnotationReport:
                 + (f"; majority voting over {self.n_clusters} clusters ({self.majority_voting})"
                    if self.majority_voting else "")
                 + (f"; labels of obs column {self.compare_labels!r} compared with the predictions"
-                   if self.compare_labels else ""))
+                   if self.compare_labels else "")
+                + (f"; compared with {self.compare_with} (gene coverage {self.previous_gene_coverage:.1%}): "
+                   f"{self.n_cells - self.changes.totals['same']:,} cells changed label"
+                   if self.changes is not None else ""))
 
 
 def _as_annotator(model, trust_pickle: bool, uncertainty_threshold, min_probability=None,
@@ -119,31 +128,36 @@ class Streamed:
     frame: pd.DataFrame
     probabilities: np.ndarray | None = None
     normalised: object = None  # scipy CSR (cells, model genes) of log1p values
+    previous: pd.DataFrame | None = None  # the compare_with model's per-cell frame
 
 
-def _check_coverage(match: GeneMatch, n_model: int, min_gene_coverage: float | None, where: str) -> float:
+def _check_coverage(match: GeneMatch, n_model: int, min_gene_coverage: float | None, where: str,
+                    whose: str = "the model's") -> float:
     coverage = match.n_found / n_model if n_model else 0.0
-    log.info("%s covers %d of the model's %d genes (%.1f%%)", where, match.n_found, n_model, 100 * coverage)
+    log.info("%s covers %d of %s %d genes (%.1f%%)", where, match.n_found, whose, n_model, 100 * coverage)
     if min_gene_coverage is not None and not 0.0 <= float(min_gene_coverage) <= 1.0:
         raise AnnotateError(f"min_gene_coverage is a fraction between 0 and 1, got {min_gene_coverage}")
     if min_gene_coverage is not None and coverage < float(min_gene_coverage):
-        raise AnnotateError(f"{where} covers {match.n_found:,} of the model's {n_model:,} genes ({coverage:.1%}), "
+        raise AnnotateError(f"{where} covers {match.n_found:,} of {whose} {n_model:,} genes ({coverage:.1%}), "
                             f"below the minimum gene coverage {float(min_gene_coverage):.1%}: its cells would be "
                             f"labelled from too little of what the model reads. Check the gene ids "
                             f"(--gene-column) or lower --min-gene-coverage; nothing was written")
     if coverage < LOW_COVERAGE:
-        log.warning("%s covers only %.1f%% of the model's genes; labels may be unreliable", where, 100 * coverage)
+        log.warning("%s covers only %.1f%% of %s genes; labels may be unreliable", where, 100 * coverage, whose)
     return coverage
 
 
 def _predict_stream(ann: Annotator, source: CountsSource, match: GeneMatch, batch_size: int,
-                    progress: bool, *, keep_probabilities: bool = False, keep_normalised: bool = False) -> Streamed:
+                    progress: bool, *, keep_probabilities: bool = False, keep_normalised: bool = False,
+                    previous: tuple[Annotator, GeneMatch] | None = None) -> Streamed:
+    """One pass over the cells: each block read once, predicted by ``ann`` and by the ``previous`` model too
+    (each on its own genes of the same block)."""
     import scipy.sparse as sp
     from tqdm.auto import tqdm
 
     if batch_size < 1:
         raise AnnotateError(f"batch_size must be >= 1, got {batch_size}")
-    frames, probs, xs = [], [], []
+    frames, probs, xs, before = [], [], [], []
     with tqdm(total=source.n_obs, unit="cells", desc="annotating", disable=not progress, leave=False) as bar:
         for a in range(0, source.n_obs, batch_size):
             b = min(a + batch_size, source.n_obs)
@@ -162,6 +176,9 @@ def _predict_stream(ann: Annotator, source: CountsSource, match: GeneMatch, batc
                 np.expm1(block.data, out=block.data)
             p, ok, x = ann.predict_block(to_model_space(block, match.columns))
             frames.append(ann.frame(p, ok))
+            if previous is not None:
+                other, other_match = previous
+                before.append(other.frame(*other.predict_block(to_model_space(block, other_match.columns))[:2]))
             if keep_probabilities:
                 probs.append(p)
             if keep_normalised:
@@ -170,7 +187,8 @@ def _predict_stream(ann: Annotator, source: CountsSource, match: GeneMatch, batc
     out = pd.concat(frames, ignore_index=True)
     out.index = pd.Index(source.obs_names.astype(str), name=None)
     n_classes = ann.bundle.space.n_classes
-    return Streamed(frame=out,
+    prev = pd.concat(before, ignore_index=True).set_axis(out.index) if previous is not None else None
+    return Streamed(frame=out, previous=prev,
                     probabilities=(np.concatenate(probs) if probs else np.zeros((0, n_classes), np.float32))
                     if keep_probabilities else None,
                     normalised=(sp.vstack(xs).tocsr() if xs else sp.csr_matrix((0, len(ann.genes)), dtype=np.float32))
@@ -292,6 +310,62 @@ def _user_labels(obs: pd.DataFrame, column: str | None, ann: Annotator, label_ma
     return map_user_labels(obs[column].to_numpy(), onto, mapping, column=column, where=where), onto
 
 
+def _model_name(ann: Annotator) -> str:
+    return str(ann.description.get("model", ann.bundle.path))
+
+
+def _previous_model(compare_with, ann: Annotator, trust_pickle: bool, uncertainty_threshold, min_probability,
+                    restrict_to, ontology):
+    """(the ``compare_with`` model with the call's label settings, the ontology of the changes), or (None, None);
+    checked before any cell is read: it must load, share genes with ``ann`` and have its classes in the ontology."""
+    if compare_with is None:
+        return None, None
+    from sctab.annotation.changes import check_classes
+    from sctab.annotation.compare import load_ontology
+
+    try:
+        prev = _as_annotator(compare_with, trust_pickle, uncertainty_threshold, min_probability, restrict_to)
+    except AnnotateError as e:
+        raise AnnotateError(f"--compare-with: {e}") from e
+    if not set(prev.genes) & set(ann.genes):
+        raise AnnotateError(f"--compare-with: {_model_name(prev)} ({len(prev.genes):,} genes, e.g. "
+                            f"{', '.join(prev.genes[:3])}) and {_model_name(ann)} ({len(ann.genes):,} genes, e.g. "
+                            f"{', '.join(ann.genes[:3])}) share no genes: their labels would come from disjoint "
+                            f"measurements of the cells; compare models of a common gene space")
+    version = ann.bundle.meta.get("ontology_version") or prev.bundle.meta.get("ontology_version")
+    try:
+        onto = load_ontology(ontology, version)
+    except AnnotateError as e:
+        raise AnnotateError(str(e).replace("comparing labels", "--compare-with")) from e
+    check_classes(onto, {_model_name(ann): list(ann.bundle.class_ids), _model_name(prev): list(prev.bundle.class_ids)})
+    return prev, onto
+
+
+def _match_previous(prev: Annotator | None, source: CountsSource, gene_column: str | None,
+                    min_gene_coverage: float | None, where: str) -> tuple[GeneMatch | None, float | None]:
+    """The ``compare_with`` model's genes in the file and their coverage, by the main model's rules."""
+    if prev is None:
+        return None, None
+    whose = f"the --compare-with model {_model_name(prev)}'s"
+    try:
+        match = match_genes(source.matrix.var, prev.genes, gene_column=gene_column, where=where)
+    except AnnotateError as e:
+        raise AnnotateError(f"--compare-with {_model_name(prev)}: {e}") from e
+    return match, _check_coverage(match, len(prev.genes), min_gene_coverage, where, whose)
+
+
+def _changes(ann: Annotator, prev: Annotator, onto, streamed: Streamed):
+    """Add the previous label, its id and the change to the frame; the Changes."""
+    from sctab.annotation.changes import compare_models
+
+    frame, before = streamed.frame, streamed.previous
+    result = compare_models(before, frame, onto, previous_model=_model_name(prev), new_model=_model_name(ann))
+    frame["previous_label"] = before["label"].to_numpy()
+    frame["previous_cell_type_ontology_term_id"] = before["cell_type_ontology_term_id"].to_numpy()
+    frame["change"] = result.change.to_numpy()
+    return result
+
+
 def _compare(ann: Annotator, user, onto, frame: pd.DataFrame):
     """Add the per-cell agreement column to ``frame``; the Comparison."""
     from sctab.annotation.compare import compare
@@ -308,7 +382,8 @@ def annotate(adata, model=DEFAULT_MODEL, *, layer: str | None = None, gene_colum
              trust_pickle: bool = False, progress: bool = True, min_probability: float | None = None,
              restrict_to=None, majority_voting: bool = False, over_clustering: str | None = None,
              resolution: float | None = None, min_prop: float = 0.0, min_gene_coverage: float | None = None,
-             probabilities: bool = False, compare_labels: str | None = None, label_map=None, ontology=None):
+             probabilities: bool = False, compare_labels: str | None = None, label_map=None, ontology=None,
+             compare_with=None):
     """Annotate ``adata`` with a scTab model, as scanpy/CellTypist users expect.
 
     Adds ``obs[f"{key_added}_label"]``, ``_cell_type_ontology_term_id``, ``_probability``,
@@ -332,6 +407,11 @@ def annotate(adata, model=DEFAULT_MODEL, *, layer: str | None = None, gene_colum
     model's classes, agreement shares, top predictions, ontology-corrected F1); see
     :mod:`sctab.annotation.compare`. ``ontology``: the Cell Ontology OBO (default ``data/ontology/cl.obo``,
     else the release the model was built with).
+
+    ``compare_with`` names a second model (as ``model``; the same label settings apply to it) run in the same
+    pass: adds ``obs[f"{key_added}_previous_label"]``, ``_previous_cell_type_ontology_term_id`` and ``_change``
+    (same, finer, coarser, sibling, other: the new label against the previous one in the Cell Ontology) and
+    ``uns[f"{key_added}_changes"]`` (cells per label pair); see :mod:`sctab.annotation.changes`.
     """
     import anndata
 
@@ -340,9 +420,11 @@ def annotate(adata, model=DEFAULT_MODEL, *, layer: str | None = None, gene_colum
                             f"annotate_file or `sctab annotate`")
     voting = _voting(majority_voting, over_clustering, resolution, min_prop)
     ann = _as_annotator(model, trust_pickle, uncertainty_threshold, min_probability, restrict_to)
+    onto_path = DEFAULT_ONTOLOGY if ontology is None else ontology
+    prev, change_onto = _previous_model(compare_with, ann, trust_pickle, uncertainty_threshold, min_probability,
+                                        restrict_to, onto_path)
     t0 = time.perf_counter()
-    user, onto = _user_labels(adata.obs, compare_labels, ann, label_map,
-                              DEFAULT_ONTOLOGY if ontology is None else ontology, "the AnnData")
+    user, onto = _user_labels(adata.obs, compare_labels, ann, label_map, onto_path, "the AnnData")
     clusters = _cluster_column(adata.obs, voting.column, "the AnnData") if voting and voting.column else None
     graph = adata.obsp["connectivities"] if voting and clusters is None and "connectivities" in adata.obsp else None
     obs_names, matrices = adata_matrices(adata)
@@ -350,13 +432,18 @@ def annotate(adata, model=DEFAULT_MODEL, *, layer: str | None = None, gene_colum
                            allow_non_integer=allow_non_integer, source="the AnnData")
     match = match_genes(source.matrix.var, ann.genes, gene_column=gene_column, where="the AnnData")
     coverage = _check_coverage(match, len(ann.genes), min_gene_coverage, "the AnnData")
+    prev_match, prev_coverage = _match_previous(prev, source, gene_column, min_gene_coverage, "the AnnData")
     streamed = _predict_stream(ann, source, match, batch_size, progress, keep_probabilities=probabilities,
-                               keep_normalised=voting is not None and clusters is None and graph is None)
+                               keep_normalised=voting is not None and clusters is None and graph is None,
+                               previous=None if prev is None else (prev, prev_match))
     vote = _vote(ann, streamed, voting, clusters, graph) if voting else None
     out = streamed.frame
     result = _compare(ann, user, onto, out) if user is not None else None
+    changes = _changes(ann, prev, change_onto, streamed) if prev is not None else None
     report = _report(ann, source, match, out, time.perf_counter() - t0, coverage=coverage, voting=vote)
     report.compare_labels, report.comparison = compare_labels if user is not None else None, result
+    if changes is not None:
+        report.compare_with, report.previous_gene_coverage, report.changes = _model_name(prev), prev_coverage, changes
     target = adata.copy() if copy else adata
     for c, v in _prefixed(out, key_added).items():
         target.obs[c] = v.to_numpy()
@@ -366,6 +453,8 @@ def annotate(adata, model=DEFAULT_MODEL, *, layer: str | None = None, gene_colum
     target.uns[f"{key_added}_annotation"] = report.as_dict()
     if result is not None:
         target.uns[f"{key_added}_compare"] = result.as_uns()
+    if changes is not None:
+        target.uns[f"{key_added}_changes"] = changes.as_uns()
     return target
 
 
@@ -463,14 +552,15 @@ def annotate_file(input: str | Path, output: str | Path, model=DEFAULT_MODEL, *,
                   restrict_to=None, majority_voting: bool = False, over_clustering: str | None = None,
                   resolution: float | None = None, min_prop: float = 0.0, min_gene_coverage: float | None = None,
                   probabilities: bool = False, compare_labels: str | None = None, label_map=None,
-                  ontology=None) -> AnnotationReport:
+                  ontology=None, compare_with=None) -> AnnotationReport:
     """Annotate an .h5ad file without loading its matrix; write .h5ad, .csv or .parquet to ``output``.
 
     The options are :func:`annotate`'s. Majority voting over Leiden clusters without a graph in the file
     holds the normalised values of the model's genes (sparse) in memory to build one; with a cluster column
     or an existing graph the file stays streamed. Probabilities go to obsm (.h5ad) or to columns
     ``<key>_probabilities:<class>`` (.csv/.parquet). With ``compare_labels`` the comparison is also written
-    beside the output as ``<OUT stem>.compare.json`` and ``.compare.md`` (and is ``report.comparison``).
+    beside the output as ``<OUT stem>.compare.json`` and ``.compare.md`` (and is ``report.comparison``);
+    with ``compare_with`` the changes as ``<OUT stem>.changes.json`` and ``.changes.md`` (``report.changes``).
     """
     import h5py
 
@@ -483,6 +573,9 @@ def annotate_file(input: str | Path, output: str | Path, model=DEFAULT_MODEL, *,
         raise AnnotateError(f"input {src} is not an .h5ad file (convert other formats with anndata/scanpy first)")
     voting = _voting(majority_voting, over_clustering, resolution, min_prop)
     ann = _as_annotator(model, trust_pickle, uncertainty_threshold, min_probability, restrict_to)
+    onto_path = DEFAULT_ONTOLOGY if ontology is None else ontology
+    prev, change_onto = _previous_model(compare_with, ann, trust_pickle, uncertainty_threshold, min_probability,
+                                        restrict_to, onto_path)
     t0 = time.perf_counter()
     try:
         f = h5py.File(src, "r")
@@ -498,8 +591,7 @@ def annotate_file(input: str | Path, output: str | Path, model=DEFAULT_MODEL, *,
                 legacy = _read_legacy(src)
                 obs_names, matrices = adata_matrices(legacy)
             obs = _file_obs(f, legacy) if compare_labels is not None or (voting and voting.column) else None
-            user, onto = _user_labels(obs, compare_labels, ann, label_map,
-                                      DEFAULT_ONTOLOGY if ontology is None else ontology, str(src))
+            user, onto = _user_labels(obs, compare_labels, ann, label_map, onto_path, str(src))
             if voting and voting.column:
                 clusters = _cluster_column(obs, voting.column, str(src))
             elif voting:
@@ -508,8 +600,10 @@ def annotate_file(input: str | Path, output: str | Path, model=DEFAULT_MODEL, *,
                                    allow_non_integer=allow_non_integer, source=str(src))
             match = match_genes(source.matrix.var, ann.genes, gene_column=gene_column, where=str(src))
             coverage = _check_coverage(match, len(ann.genes), min_gene_coverage, str(src))
+            prev_match, prev_coverage = _match_previous(prev, source, gene_column, min_gene_coverage, str(src))
             streamed = _predict_stream(ann, source, match, batch_size, progress, keep_probabilities=probabilities,
-                                       keep_normalised=voting is not None and clusters is None and graph is None)
+                                       keep_normalised=voting is not None and clusters is None and graph is None,
+                                       previous=None if prev is None else (prev, prev_match))
         except AnnotateError:
             raise
         except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:  # damaged HDF5 structure
@@ -517,29 +611,36 @@ def annotate_file(input: str | Path, output: str | Path, model=DEFAULT_MODEL, *,
     vote = _vote(ann, streamed, voting, clusters, graph) if voting else None
     frame = streamed.frame
     result = _compare(ann, user, onto, frame) if user is not None else None
+    changes = _changes(ann, prev, change_onto, streamed) if prev is not None else None
     report = _report(ann, source, match, frame, time.perf_counter() - t0, coverage=coverage, voting=vote)
     report.compare_labels, report.comparison = compare_labels if user is not None else None, result
+    if changes is not None:
+        report.compare_with, report.previous_gene_coverage, report.changes = _model_name(prev), prev_coverage, changes
     extra_uns = {f"{key_added}_probabilities": _probability_classes(ann)} if probabilities else {}
     if result is not None:
         extra_uns[f"{key_added}_compare"] = result.as_uns()
+    if changes is not None:
+        extra_uns[f"{key_added}_changes"] = changes.as_uns()
     obsm = {f"{key_added}_probabilities": streamed.probabilities} if probabilities else {}
-    with _compare_files(out, result):
+    with _side_files(out, result, changes):
         _write_output(src, out, frame, report, key_added, legacy, extra_uns, obsm, ann, streamed, probabilities)
     return report
 
 
 @contextlib.contextmanager
-def _compare_files(out: Path, result):
-    """Write ``<OUT stem>.compare.json``/``.md`` into place only if the block (the main output) succeeds."""
-    if result is None:
-        yield
-        return
+def _side_files(out: Path, result, changes):
+    """Write ``<OUT stem>.compare.json``/``.md`` (``result``) and ``.changes.json``/``.md`` (``changes``) into
+    place only if the block (the main output) succeeds."""
+    from sctab.annotation.changes import changes_paths
     from sctab.annotation.compare import compare_paths
 
-    js, md = compare_paths(out)
-    with _output_tmp(js) as tj, _output_tmp(md) as tm:
-        tj.write_text(result.to_json())
-        tm.write_text(result.to_markdown())
+    with contextlib.ExitStack() as stack:
+        for doc, paths in ((result, compare_paths), (changes, changes_paths)):
+            if doc is None:
+                continue
+            js, md = paths(out)
+            stack.enter_context(_output_tmp(js)).write_text(doc.to_json())
+            stack.enter_context(_output_tmp(md)).write_text(doc.to_markdown())
         yield
 
 
