@@ -54,7 +54,8 @@ def test_page_is_self_contained_with_every_section(voted):
     for anchor in SECTIONS:
         assert f'<section id="{anchor}">' in text
     assert len(re.findall(r'<img alt="[^"]+" src="data:image/png;base64,', text)) == 3  # embedding, dots, shares
-    assert "UMAP computed here on a PCA of the input's normalised expression" in html.unescape(text)  # no obsm embedding
+    # no obsm embedding in the input: computed from its expression
+    assert "UMAP computed here on a PCA of the input's normalised expression" in html.unescape(text)
     assert "sctab_over_clustering" in text and "Leiden at resolution" in text
     obs = anndata.read_h5ad(out).obs
     shares = label_shares(obs, "sctab")
@@ -192,3 +193,11 @@ def test_bad_report_options_fail_before_any_work(case, src, bundle_dir, tmp_path
     assert not out.exists() and not (tmp_path / "r.html").exists()
     with pytest.raises(AnnotateError, match="must end in .html"):  # the API checks the same way
         write_report(tmp_path / "x.htm", src, out, {})
+
+
+def test_help_explains_the_options(capsys):
+    with pytest.raises(SystemExit):
+        cli(["annotate", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--report OUT.html" in out and "self-contained HTML page" in out and "dot plot" in out
+    assert "--report-groupby COLUMN" in out

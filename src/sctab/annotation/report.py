@@ -340,16 +340,17 @@ def draw_shares(shares: pd.DataFrame):
 
     fig, ax = plt.subplots(figsize=(9, 2.2), layout="constrained")
     colours = ["#4c9a2a", "#e0a526", "#c0392b", "#7f8c8d"]
+    short = ["class level", "coarser label", f"{UNASSIGNED}: low probability", f"{UNASSIGNED}: no counts"]
     total = max(int(shares["cells"].sum()), 1)
     left = 0.0
-    for (name, row), colour in zip(shares.iterrows(), colours):
+    for (_, row), colour, name in zip(shares.iterrows(), colours, short):
         w = row["cells"] / total
         ax.barh(0, w, left=left, color=colour, label=f"{name} ({row['share']})")
         left += w
     ax.set_xlim(0, 1)
     ax.set_yticks([])
     ax.set_xlabel("share of cells")
-    fig.legend(fontsize=8, loc="outside lower center", ncol=2, frameon=False)
+    fig.legend(fontsize=8, loc="outside lower center", ncol=4, frameon=False)
     return fig
 
 
@@ -380,10 +381,10 @@ def _png(fig, alt: str) -> str:
     return f'<img alt="{_esc(alt)}" src="data:image/png;base64,{data}">'
 
 
-def html_table(frame: pd.DataFrame | list, index: bool = True) -> str:
+def html_table(frame: pd.DataFrame | list, index: bool = True, header: bool = True) -> str:
     frame = pd.DataFrame(frame) if not isinstance(frame, pd.DataFrame) else frame
     head = ([_esc(frame.index.name or "")] if index else []) + [_esc(c) for c in frame.columns]
-    out = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
+    out = ["<table>" + ("<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>" if header else "")]
     for idx, row in frame.iterrows():
         cells = [f"<td>{_esc(idx)}</td>"] if index else []
         for v in row:
@@ -452,7 +453,7 @@ class Page:
                ("labelling", "Unassigned and coarse labels"), ("coverage", "Gene coverage")]
         nav += [(f"extra-{i}", s.title) for i, s in enumerate(self.sections)]
         facts = pd.DataFrame({"": [str(v) for v in self.facts.values()]}, index=list(self.facts))
-        parts.append(_section("overview", "Overview", f'<p>{_esc(self.summary)}</p>' + html_table(facts)))
+        parts.append(_section("overview", "Overview", f'<p>{_esc(self.summary)}</p>' + html_table(facts, header=False)))
         if self.embedding is not None:
             xy, labels, unc, how = self.embedding
             parts.append(_section("embedding", "Embedding: predicted label and uncertainty",
@@ -491,7 +492,7 @@ class Page:
                                        f"{c.get('matrix', '')} ({c.get('values', '')})"]},
                                  index=["gene coverage", "model genes found", "absent (zero-filled)",
                                         "genes matched by", "counts read from"])
-        parts.append(_section("coverage", "Gene coverage", warn + html_table(cov_table)))
+        parts.append(_section("coverage", "Gene coverage", warn + html_table(cov_table, header=False)))
         for i, s in enumerate(self.sections):
             body = (f'<p class="note">{_esc(s.note)}</p>' if s.note else "") \
                 + (html_table(s.rows, index=isinstance(s.rows, pd.DataFrame)) if s.rows is not None else "") \
