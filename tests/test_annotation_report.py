@@ -201,3 +201,16 @@ def test_help_explains_the_options(capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "--report OUT.html" in out and "self-contained HTML page" in out and "dot plot" in out
     assert "--report-groupby COLUMN" in out
+
+
+@pytest.mark.slow  # about 40 s here (2 shared cores), most of it pynndescent's numba compilation
+def test_neighbours_from_pynndescent_size_on():
+    """From 8,192 cells scanpy's kNN goes through pynndescent, whose output scanpy cannot read unwrapped."""
+    from sctab.annotation.report import _neighbours
+    from sctab.annotation.voting import PYNNDESCENT_FROM
+
+    a = anndata.AnnData(np.zeros((PYNNDESCENT_FROM, 1), dtype=np.float32))
+    a.obsm["X_pca"] = np.random.default_rng(3).normal(size=(PYNNDESCENT_FROM, 5)).astype(np.float32)
+    _neighbours(a, 0)
+    graph = a.obsp["connectivities"]
+    assert graph.shape == (PYNNDESCENT_FROM, PYNNDESCENT_FROM) and graph.nnz >= 14 * PYNNDESCENT_FROM

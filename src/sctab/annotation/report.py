@@ -128,6 +128,19 @@ def _sample(n: int, cap: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=cap, replace=False))
 
 
+def _neighbours(a, seed: int) -> None:
+    """scanpy's 15-neighbour graph on obsm X_pca; from 8,192 cells through voting's pynndescent wrapper (scanpy
+    cannot read pynndescent 0.7's own output)."""
+    import scanpy as sc
+
+    from sctab.annotation.voting import PYNNDESCENT_FROM, _NNDescent
+
+    n = a.n_obs
+    k = min(15, n - 1)
+    knn = _NNDescent(n, k, seed) if n >= PYNNDESCENT_FROM else None
+    sc.pp.neighbors(a, n_neighbors=k, use_rep="X_pca", random_state=seed, transformer=knn)
+
+
 def _umap(x, seed: int, *, from_pca: bool) -> np.ndarray:
     import anndata
     import scanpy as sc
@@ -141,7 +154,7 @@ def _umap(x, seed: int, *, from_pca: bool) -> np.ndarray:
     else:
         comps = max(2, min(50, n - 1, a.n_vars - 1))
         sc.pp.pca(a, n_comps=comps, random_state=seed)
-    sc.pp.neighbors(a, n_neighbors=min(15, n - 1), use_rep="X_pca", random_state=seed)
+    _neighbours(a, seed)
     sc.tl.umap(a, random_state=seed)
     return np.asarray(a.obsm["X_umap"])
 
@@ -186,7 +199,7 @@ def _variable(x, n_top: int = 2000) -> np.ndarray:
     mean = np.asarray(x.mean(axis=0)).ravel()
     var = np.asarray(x.multiply(x).mean(axis=0)).ravel() - mean ** 2
     keep = np.sort(np.argsort(-var)[:min(n_top, x.shape[1])])
-    return np.asarray(x[:, keep].todense())
+    return np.asarray(x[:, keep].todense(), dtype=np.float32)
 
 
 def embedding(input, *, max_cells: int = MAX_EMBEDDING_CELLS, seed: int = 0, layer=None, from_log1p=False,
