@@ -98,6 +98,21 @@ def test_pca_is_used_and_big_inputs_are_sampled(src, test_counts, tmp_path, vote
     assert page.dots is not None  # the output's over-clustering
 
 
+def test_label_shares_name_each_kind_of_cell():
+    obs = pd.DataFrame({"k_label": ["T", "T", "Unassigned", "Unassigned", "B"],
+                        "k_cell_type_ontology_term_id": ["CL:1", "CL:1", "", "", "CL:2"],
+                        "k_coarse_ontology_term_id": ["CL:1", "CL:9", "CL:9", "", "CL:2"],
+                        "k_coarse_label": ["T", "lymphocyte", "lymphocyte", "Unassigned", "B"],
+                        "k_probability": [0.9, 0.4, 0.2, np.nan, 0.8]})
+    shares = label_shares(obs, "k", 0.3)
+    assert shares["cells"].tolist() == [2, 1, 1, 1]
+    assert shares.index[2] == "'Unassigned': below the minimum probability 0.3 (a coarse label still given)"
+    assert shares["share"].tolist() == ["40.0%", "20.0%", "20.0%", "20.0%"]
+    from sctab.annotation.report import coarse_labels
+
+    assert coarse_labels(obs, "k")["cells"].to_dict() == {"lymphocyte": 2}
+
+
 def test_dot_table_numbers():
     clusters = ["a", "a", "a", "b", "b"]
     labels = ["T", "T", "B", "B", "B"]
@@ -203,7 +218,7 @@ def test_help_explains_the_options(capsys):
     assert "--report-groupby COLUMN" in out
 
 
-@pytest.mark.slow  # about 40 s here (2 shared cores), most of it pynndescent's numba compilation
+@pytest.mark.slow  # 23-40 s here (2 shared cores), most of it pynndescent's numba compilation
 def test_neighbours_from_pynndescent_size_on():
     """From 8,192 cells scanpy's kNN goes through pynndescent, whose output scanpy cannot read unwrapped."""
     from sctab.annotation.report import _neighbours

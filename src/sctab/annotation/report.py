@@ -294,7 +294,10 @@ def dot_table(clusters, labels, probability, *, matrix: np.ndarray | None = None
         code = pd.Categorical(clusters, categories=list(rows)).codes
         keep = code >= 0
         sums = np.zeros((len(rows), matrix.shape[1]))
-        np.add.at(sums, code[keep], np.nan_to_num(np.asarray(matrix, dtype=float)[keep]))
+        for a in range(0, len(code), 65_536):  # in blocks: no float64 copy of the whole matrix
+            sel = keep[a:a + 65_536]
+            block = np.nan_to_num(np.asarray(matrix[a:a + 65_536], dtype=np.float64)[sel])
+            np.add.at(sums, code[a:a + 65_536][sel], block)
         means = pd.DataFrame(sums / sizes.loc[rows].to_numpy()[:, None], index=rows, columns=list(classes))
         shared = [c for c in cols if c in means.columns]
         own.loc[:, shared] = means[shared].to_numpy()
