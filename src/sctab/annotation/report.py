@@ -79,7 +79,7 @@ def check_report_path(path) -> Path:
 
 def check_groupby(input, column: str | None) -> None:
     """``--report-groupby COLUMN`` must be an obs column of the input (checked before any cell is annotated)."""
-    if column is None:
+    if column is None or not Path(input).is_file():  # a missing input is annotate's error to name
         return
     obs = _read_obs(Path(input))
     if column not in obs.columns:
