@@ -407,3 +407,12 @@ def test_promote_check_through_the_team_server(setup, ontology, obo_file, tmp_pa
         server.stop()
         pg.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_the_report_page_carries_the_change_table(setup, obo_file, tmp_path):
+    out, page = tmp_path / "cells.annotated.h5ad", tmp_path / "report.html"
+    assert cli(["annotate", str(setup["file"]), "-o", str(out), "--model", str(setup["new"]), "--compare-with",
+                str(setup["previous"]), "--ontology", str(obo_file), "--report", str(page), "-q"]) == 0
+    html = page.read_text()
+    assert "What the model changes against the previous one (--compare-with)" in html
+    assert "alveolar macrophage" in html and "finer" in html and "sibling" in html

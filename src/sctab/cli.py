@@ -120,6 +120,13 @@ def _cmd_annotate(args) -> int:
     from sctab.allocator import keep_freed_memory
     from sctab.annotation import annotate_file, load_annotator
 
+    if args.report_groupby and not args.report:
+        raise ConfigError("--report-groupby names the dot plot's clusters of --report OUT.html; give --report too")
+    if args.report:  # a bad page path or cluster column fails before any work
+        from sctab.annotation.report import check_groupby, check_report_path
+
+        check_report_path(args.report)
+        check_groupby(args.input, args.report_groupby)
     keep_freed_memory()  # the per-batch buffers reuse freed memory (SCTAB_MALLOC=system: glibc's defaults)
     device = check_device(args.device, "--device")
     ann = load_annotator(args.model, trust_pickle=args.trust_pickle, uncertainty_threshold=args.uncertainty_threshold,
@@ -159,6 +166,16 @@ def _cmd_annotate(args) -> int:
         else:
             plot_annotation(adata, key_added=args.key_added, path=args.plot)
             print(f"wrote {args.plot}")
+    if args.report:
+        from sctab.annotation.report import changes_section, comparison_section, write_report
+
+        sections = [comparison_section(report.comparison)] if report.comparison is not None else []
+        if report.changes is not None:
+            sections.append(changes_section(report.changes))
+        write_report(args.report, args.input, args.output, report, key_added=args.key_added,
+                     groupby=args.report_groupby, sections=sections, layer=args.layer, from_log1p=args.from_log1p,
+                     allow_non_integer=args.allow_non_integer)
+        print(f"wrote {args.report}")
     return 0
 
 
@@ -358,6 +375,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "'unknown' to leave one unmapped), as census.label_map of the h5ad reference source")
     an.add_argument("--key-added", default="sctab", help="prefix of the new obs columns (default: %(default)s)")
     an.add_argument("--plot", default=None, help="also save an embedding coloured by label and uncertainty (PNG)")
+    an.add_argument("--report", default=None, metavar="OUT.html",
+                    help="also write one self-contained HTML page (figures inline, no external links): an "
+                    "embedding coloured by label and uncertainty (the input's obsm X_umap/X_tsne, else a UMAP of "
+                    "its X_pca or of its normalised expression; at most 50,000 cells, sampled), a CellTypist-style "
+                    "dot plot of the labels by cluster, the shares of unassigned and coarse-labelled cells, the "
+                    "gene coverage and the --compare-labels table. Its folder must exist")
+    an.add_argument("--report-groupby", default=None, metavar="COLUMN",
+                    help="obs column of clusters for the report's dot plot (default: the over-clustering of "
+                    "--majority-voting; without either the dot plot is left out)")
     an.add_argument("--trust-pickle", action="store_true", help="allow loading a pickled model (CellTypist) from a "
                     "folder you trust")
     an.add_argument("--store", default="data/store",
