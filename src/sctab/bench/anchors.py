@@ -294,15 +294,21 @@ def shuffle_quality(batches: Iterable[np.ndarray], seed: int = 0, draws: int = 8
 
 
 def _row_keys(x: torch.Tensor, y: torch.Tensor) -> list[bytes]:
-    """One digest per cell: its label, non-zero gene indices and float32 values, exactly."""
+    """One digest per cell of a torch batch (CSR or dense)."""
     if x.layout == torch.sparse_csr:
         m = sp.csr_matrix((x.values().numpy(), x.col_indices().numpy(), x.crow_indices().numpy()),
                           shape=tuple(x.shape))
     else:
         m = sp.csr_matrix(x.numpy())
+    return _csr_keys(m, y.numpy())
+
+
+def _csr_keys(m: sp.csr_matrix, labels: np.ndarray) -> list[bytes]:
+    """One digest per cell: its label, non-zero gene indices and float32 values, exactly."""
+    m = m.copy()
     m.sort_indices()
     out = []
-    for i, label in enumerate(y.numpy().tolist()):
+    for i, label in enumerate(np.asarray(labels).tolist()):
         a, b = m.indptr[i], m.indptr[i + 1]
         h = hashlib.blake2b(np.int64(label).tobytes(), digest_size=16)
         h.update(m.indices[a:b].astype(np.int64).tobytes())
@@ -320,10 +326,7 @@ def cell_mismatches(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], source
         if x.shape[1] != source.shape[1]:
             return max(len(labels), 1)  # another gene count: nothing matches
         got.update(_row_keys(x, y))
-    want = Counter(_row_keys(torch.sparse_csr_tensor(torch.from_numpy(source.indptr.astype(np.int64)),
-                                                     torch.from_numpy(source.indices.astype(np.int64)),
-                                                     torch.from_numpy(source.data.astype(np.float32)),
-                                                     size=source.shape), torch.from_numpy(labels)))
+    want = Counter(_csr_keys(source, labels))
     return sum(((got - want) + (want - got)).values())
 
 
