@@ -1,8 +1,8 @@
 """Loader anchors of the bench (sctab.bench.anchors, issue 26): the anchors' batches hold the store's cells,
 the shuffle measure tells a sorted epoch from a shuffled one, and a row without the anchors' venv is skipped.
 
-The anchor loaders need .venv-anchors (`make anchors-env`, then `make test-anchors`); the rest runs in the
-project's venv."""
+The anchor loaders need their venvs (scDataset, tiledbsoma-ml: `make anchors-env`, then `make test-anchors`;
+annbatch: `make annbatch-env`, then `make test-annbatch`); the rest runs in the project's venv."""
 
 from __future__ import annotations
 
@@ -19,10 +19,16 @@ from sctab.bench.checks import bounded
 from sctab.bench.synthetic import make_store
 from sctab.data.store import Store
 
-HAVE_ANCHORS = all(importlib.util.find_spec(m) for m in ("scdataset", "tiledbsoma_ml"))
-needs_anchors = pytest.mark.skipif(not HAVE_ANCHORS, reason="scDataset / tiledbsoma-ml live in their own venv: "
-                                   "run `make anchors-env`, then `make test-anchors`")
 BATCH = 64
+
+
+def needs(anchor: str):
+    """Skip unless the anchor's package is importable here, naming the make target of its venv."""
+    venv, target = A.VENVS[anchor]
+    test_target = "test-anchors" if target == "anchors-env" else "test-annbatch"
+    return pytest.mark.skipif(importlib.util.find_spec(anchor) is None,
+                              reason=f"{A.TITLES[anchor]} lives in its own venv {venv}: run `make {target}`, "
+                              f"then `make {test_target}`")
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +124,9 @@ def test_anchor_rows_registered_for_each_output_and_cache():
     names = [n for n in REGISTRY if n.startswith("anchor_")]
     assert sorted(names) == sorted(f"anchor_{a}_{f}_{c}" for a in A.ANCHORS for f in ("csr", "dense")
                                    for c in ("warm", "cold"))
-    assert all(REGISTRY[n].baseline_venv == ".venv-anchors" and REGISTRY[n].min_ratio == 1.0 for n in names)
+    for n in names:
+        anchor = next(a for a in A.ANCHORS if n.startswith(f"anchor_{a}_"))
+        assert REGISTRY[n].baseline_venv == A.VENVS[anchor][0] and REGISTRY[n].min_ratio == 1.0
 
 
 def test_a_wrong_anchor_batch_fails_the_row():
@@ -131,9 +139,8 @@ def test_a_wrong_anchor_batch_fails_the_row():
 
 
 # ------------------------------------------------------------------------------------------- anchors
-@needs_anchors
 @pytest.mark.parametrize("x_format", ["csr", "dense"])
-@pytest.mark.parametrize("anchor", A.ANCHORS)
+@pytest.mark.parametrize("anchor", [pytest.param(a, marks=needs(a)) for a in A.ANCHORS])
 def test_anchor_batches_are_the_source_cells(store, tmp_path, anchor, x_format):
     x, y, _ = A.source_cells(store)
     path, _ = A.anchor_format(store, anchor, tmp_path)

@@ -31,10 +31,15 @@ import torch
 from sctab.data.loaders import CSRRows, _SparseGroupReader, make_loader
 from sctab.data.store import Store
 
-ANCHORS = ("scdataset", "tiledbsoma_ml")
+ANCHORS = ("scdataset", "tiledbsoma_ml", "annbatch")
 #: what each anchor reads (the suffix of its format under the anchors cache)
-FORMATS = {"scdataset": "h5ad", "tiledbsoma_ml": "soma"}
-TITLES = {"scdataset": "scDataset", "tiledbsoma_ml": "tiledbsoma-ml"}
+FORMATS = {"scdataset": "h5ad", "tiledbsoma_ml": "soma", "annbatch": "zarr"}
+TITLES = {"scdataset": "scDataset", "tiledbsoma_ml": "tiledbsoma-ml", "annbatch": "annbatch"}
+#: the venv each anchor runs in and the make target that builds it (annbatch needs Python >= 3.12)
+VENVS = {"scdataset": (".venv-anchors", "anchors-env"), "tiledbsoma_ml": (".venv-anchors", "anchors-env"),
+         "annbatch": (".venv-annbatch", "annbatch-env")}
+#: annbatch's README loader settings (chunks of 32 cells, 256 chunks preloaded and shuffled together)
+ANNBATCH_CHUNK, ANNBATCH_PRELOAD = 32, 256
 #: the obs column holding the cell type codes in every written format
 LABEL = "cell_type"
 #: scDataset's documented defaults for throughput: fetch_factor 16 (prefetch fetch_factor + 1); block size 16
@@ -85,7 +90,28 @@ def write_soma(store: Store, path: Path) -> None:
                                X_layer_name=SOMA_LAYER)
 
 
-WRITERS = {"h5ad": write_h5ad, "soma": write_soma}
+def _zarrs() -> None:
+    """annbatch's docs: the zarrs codec pipeline (Rust, threads = cores) for local-filesystem throughput."""
+    import zarr
+
+    zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"})
+
+
+def write_annbatch(store: Store, path: Path) -> None:
+    """annbatch's format: a DatasetCollection of sharded zarr v3, written by its add_adatas from an h5ad of
+    the cells (timed together: annbatch pre-shuffles the cells as it writes, as its docs recommend)."""
+    from annbatch import DatasetCollection
+
+    _zarrs()
+    path.mkdir(parents=True)
+    h5ad = path / "source.h5ad"
+    write_h5ad(store, h5ad)
+    DatasetCollection(str(path / "collection.zarr")).add_adatas(adata_paths=[str(h5ad)], shuffle=True,
+                                                                 rng=np.random.default_rng(0))
+    h5ad.unlink()
+
+
+WRITERS = {"h5ad": write_h5ad, "soma": write_soma, "zarr": write_annbatch}
 
 
 def anchor_format(store: Store, anchor: str, cache: Path) -> tuple[Path, float]:
@@ -230,7 +256,7 @@ def tiledbsoma_ml_loader(path: Path, batch_size: int, x_format: str, seed: int =
 
 def anchor_workers(anchor: str, x_format: str) -> int:
     """DataLoader worker processes the anchor reads with (their memory is not in the row's peak RSS)."""
-    return 0 if (anchor, x_format) == ("tiledbsoma_ml", "csr") else _workers()
+    return 0 if anchor == "annbatch" or (anchor, x_format) == ("tiledbsoma_ml", "csr") else _workers()
 
 
 def anchor_loader(anchor: str, path: Path, batch_size: int, x_format: str, seed: int = 0):
@@ -242,7 +268,35 @@ def anchor_loader(anchor: str, path: Path, batch_size: int, x_format: str, seed:
     if anchor == "tiledbsoma_ml":
         loader, ds = tiledbsoma_ml_loader(path, batch_size, x_format, seed)
         return _EpochSetting(loader, ds)
+    if anchor == "annbatch":
+        return annbatch_loader(path, batch_size, x_format, seed)
     raise AnchorError(f"unknown anchor {anchor!r}; known: {', '.join(ANCHORS)}")
+
+
+def annbatch_loader(path: Path, batch_size: int, x_format: str, seed: int = 0):
+    """annbatch's Loader over the collection, as its README shows: zarrs pipeline, chunk_size 32,
+    preload_nchunks 256, to="torch", only the label column of obs loaded, no DataLoader workers (annbatch
+    reads with its own threads and advises against workers). Its batches are torch sparse CSR; dense is
+    `to_dense()`, as its README does."""
+    import anndata as ad
+    import zarr
+    from annbatch import DatasetCollection, Loader
+
+    _zarrs()
+
+    def load(g: zarr.Group):
+        return ad.AnnData(X=ad.io.sparse_dataset(g["X"]), obs=ad.io.read_elem(g["obs"])[[LABEL]])
+
+    with ad.settings.override(remove_unused_categories=False):
+        ld = Loader(batch_size=batch_size, chunk_size=ANNBATCH_CHUNK, preload_nchunks=ANNBATCH_PRELOAD,
+                    shuffle=True, to="torch", preload_to_gpu=False, rng=np.random.default_rng(seed))
+        ld = ld.use_collection(DatasetCollection(str(Path(path) / "collection.zarr")), load_adata=load)
+
+    def to_out(b):
+        x = b["X"]
+        x = x.to_dense() if x_format == "dense" else x.to_sparse_csr()
+        return x.to(torch.float32), torch.from_numpy(b["obs"][LABEL].to_numpy().astype(np.int64))
+    return _Mapped(ld, to_out)
 
 
 class _EpochSetting:

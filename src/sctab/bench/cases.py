@@ -226,7 +226,7 @@ def loader_merlin(part: str, cfg: Config) -> dict:
 
 def loader_anchor(anchor: str, x_format: str, cold: bool):
     """A loader anchor (sctab.bench.anchors) against our sparse loader on the same cells, batch size and
-    output. The anchor part runs in .venv-anchors (Case.baseline_venv); its format is written once (timed)."""
+    output. The anchor part runs in the anchor's venv (Case.baseline_venv); its format is written once (timed)."""
     def run(part: str, cfg: Config) -> dict:
         from sctab.bench import anchors as A
 
@@ -573,15 +573,17 @@ register("loader_dense", "Training loader: shuffled batches as dense torch float
          loader_sparse("dense"), baseline="in-memory dense loader")
 register("loader_merlin", "merlin-dataloader (CPU, dense layout)", None, loader_merlin,
          baseline="our sparse loader", note="ours runs in .venv-merlin (built by `make merlin-env` when missing)")
-for _anchor, _title in (("scdataset", "scDataset 0.3 (h5ad)"), ("tiledbsoma_ml", "tiledbsoma-ml 0.1 (SOMA)")):
+for _anchor, _title, _venv in (("scdataset", "scDataset 0.3 (h5ad)", "anchors"),
+                               ("tiledbsoma_ml", "tiledbsoma-ml 0.1 (SOMA)", "anchors"),
+                               ("annbatch", "annbatch 0.3 (sharded zarr)", "annbatch")):
     for _fmt in ("csr", "dense"):
         for _cold in (False, True):
             register(f"anchor_{_anchor}_{_fmt}_{'cold' if _cold else 'warm'}",
                      f"Loader anchor {_title}: shuffled {'CSR' if _fmt == 'csr' else 'dense float32'} batches, "
                      f"{'cold (files dropped from the page cache before each epoch)' if _cold else 'warm'} "
                      "page cache, ours ahead", None, loader_anchor(_anchor, _fmt, _cold),
-                     baseline=_title, min_ratio=1.0, baseline_venv=".venv-anchors",
-                     note="anchor in .venv-anchors (`make anchors-env`); docs/loader-anchors.md")
+                     baseline=_title, min_ratio=1.0, baseline_venv=f".venv-{_venv}",
+                     note=f"anchor in .venv-{_venv} (`make {_venv}-env`); docs/loader-anchors.md")
 register("entmax", "1.5-entmax of the attention scores (batch x genes)", None, entmax_case,
          baseline="textbook full-sort entmax")
 register("infer_dense", "scTab inference, dense batch", 6_000, sctab_inference("dense"),
