@@ -154,8 +154,9 @@ def _torch_x(m, x_format: str) -> torch.Tensor:
         d = m.toarray() if sp.issparse(m) else np.asarray(m)
         return torch.from_numpy(np.ascontiguousarray(d, dtype=np.float32))
     m = sp.csr_matrix(m, dtype=np.float32)
-    return torch.sparse_csr_tensor(torch.from_numpy(m.indptr.astype(np.int64)),
-                                   torch.from_numpy(m.indices.astype(np.int64)), torch.from_numpy(m.data),
+    itype = m.indices.dtype  # scipy's int32 kept, as ours keeps the store's: no copy charged to the anchor
+    return torch.sparse_csr_tensor(torch.from_numpy(m.indptr.astype(itype, copy=False)),
+                                   torch.from_numpy(m.indices), torch.from_numpy(m.data),
                                    size=m.shape, check_invariants=False)
 
 
