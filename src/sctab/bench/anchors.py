@@ -276,9 +276,10 @@ def anchor_loader(anchor: str, path: Path, batch_size: int, x_format: str, seed:
 
 def annbatch_loader(path: Path, batch_size: int, x_format: str, seed: int = 0):
     """annbatch's Loader over the collection, as its README shows: zarrs pipeline, chunk_size 32,
-    preload_nchunks 256, to="torch", only the label column of obs loaded, no DataLoader workers (annbatch
-    reads with its own threads and advises against workers). Its batches are torch sparse CSR; dense is
-    `to_dense()`, as its README does."""
+    preload_nchunks 256, only the label column of obs loaded, no DataLoader workers (annbatch reads with its
+    own threads and advises against workers). CSR: its own torch output (to="torch"). Dense: its scipy output
+    densified by scipy, as for the other anchors and ours; torch's CSR to_dense (its README's step, on the GPU
+    there) ran ~35x slower on 2 threads than on 1 on this shared 2-core machine, which measured torch."""
     import anndata as ad
     import zarr
     from annbatch import DatasetCollection, Loader
@@ -290,13 +291,13 @@ def annbatch_loader(path: Path, batch_size: int, x_format: str, seed: int = 0):
 
     with ad.settings.override(remove_unused_categories=False):
         ld = Loader(batch_size=batch_size, chunk_size=ANNBATCH_CHUNK, preload_nchunks=ANNBATCH_PRELOAD,
-                    shuffle=True, to="torch", preload_to_gpu=False, rng=np.random.default_rng(seed))
+                    shuffle=True, to="torch" if x_format == "csr" else None, preload_to_gpu=False,
+                    rng=np.random.default_rng(seed))
         ld = ld.use_collection(DatasetCollection(str(Path(path) / "collection.zarr")), load_adata=load)
 
     def to_out(b):
-        x = b["X"]
-        x = x.to_dense() if x_format == "dense" else x.to_sparse_csr()
-        return x.to(torch.float32), torch.from_numpy(b["obs"][LABEL].to_numpy().astype(np.int64))
+        x = _torch_x(b["X"], "dense") if x_format == "dense" else b["X"].to_sparse_csr().to(torch.float32)
+        return x, torch.from_numpy(b["obs"][LABEL].to_numpy().astype(np.int64))
     return _Mapped(ld, to_out)
 
 
