@@ -113,11 +113,24 @@ def test_drop_page_cache_advises_every_file(store):
 def test_anchor_row_is_skipped_without_its_venv(monkeypatch):
     cfg = Config.quick()
     monkeypatch.setitem(REGISTRY, "t_anchor", Case("t_anchor", "an anchor", None, lambda p, c: {}, "peer",
-                                                   "needs `make anchors-env`", baseline_venv=".venv-absent"))
+                                                   "needs `make anchors-env`", min_ratio=1.0,
+                                                   baseline_venv=".venv-absent"))
     row = runner.run_case("t_anchor", cfg)
     assert row["status"] == "skipped" and ".venv-absent/ is absent" in row["note"]
     text = runner.table([row], cfg)
     assert "| an anchor | skipped |" in text and "needs `make anchors-env`" in text  # named, with why
+    assert ">= 1x baseline" in text  # the target it would be judged on
+
+
+def test_skipped_rows_are_no_missed_target_in_the_summary():
+    from sctab.bench.summary import summarise
+
+    skipped = {"name": "a", "figure": "an anchor", "target": None, "min_ratio": 1.0, "status": "skipped",
+               "note": "skipped: .venv-anchors/ is absent"}
+    errored = {**skipped, "name": "b", "status": "error", "note": "baseline failed"}
+    out = {s["name"]: s for s in summarise([{"rows": [skipped, errored]}] * 3)}
+    assert out["a"]["met"] is None and "absent" in out["a"]["note"]
+    assert out["b"]["met"] is False  # an error still counts as not met
 
 
 def test_anchor_rows_registered_for_each_output_and_cache():

@@ -118,7 +118,7 @@ def _load(avg) -> str:
 def run_case(name: str, cfg: Config) -> dict:
     case = REGISTRY[name]
     row = {"name": name, "figure": case.figure, "target": case.target, "baseline_name": case.baseline,
-           "note": case.note}
+           "note": case.note, "min_ratio": case.min_ratio}
     if case.run is None:
         row["status"] = "not run"
         return row
