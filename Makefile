@@ -8,7 +8,7 @@ DEVICE  ?=
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: seed-spread venv repro test test-fast test-gpu fuzz params status bench-heap push pull clean help postgres merlin-env test-merlin ui metrics \
+.PHONY: seed-spread venv repro test test-fast test-gpu fuzz params status bench-heap push pull clean help postgres merlin-env test-merlin anchors-env test-anchors annbatch-env test-annbatch ui metrics \
 	tune-baselines tune-sctab apply-tuned sweep-model-size sweep-data-size exp-augmentation exp-organ experiments \
 	register promote serve annotate models browser census-realism
 
@@ -167,6 +167,50 @@ merlin-env: $(MERLIN_VENV)/.installed  ## create .venv-merlin with merlin-datalo
 
 test-merlin: merlin-env  ## the merlin loader tests, in .venv-merlin
 	$(MERLIN_PY) -m pytest tests/test_loaders.py -k merlin $(PYTEST_ARGS)
+
+# Loader anchors of the bench (issue 26; docs/loader-anchors.md): scDataset and tiledbsoma-ml in their own venv
+# (Python 3.11 from /usr/bin, torch pinned first so pip takes the local CPU build), the project with --no-deps
+# plus what sctab.bench and tests/test_loader_anchors.py import. `make bench` skips the anchor rows without it.
+ANCHORS_VENV   ?= .venv-anchors
+ANCHORS_PY     := $(ANCHORS_VENV)/bin/python
+ANCHORS_PYTHON ?= /usr/bin/python3.11
+
+$(ANCHORS_VENV)/.installed: pyproject.toml
+	$(ANCHORS_PYTHON) -m venv $(ANCHORS_VENV)
+	$(ANCHORS_PY) -m pip install --quiet --upgrade pip
+	$(ANCHORS_PY) -m pip install --quiet torch==2.13.0
+	$(ANCHORS_PY) -m pip install --quiet $$($(ANCHORS_PY) -c "import tomllib; \
+		print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['anchors']))") \
+		numpy scipy pandas pyarrow psutil pyyaml tqdm "pytest>=8" "pytest-timeout>=2.3" "hypothesis>=6.100"
+	$(ANCHORS_PY) -m pip install --quiet --no-deps -e .
+	touch $@
+
+anchors-env: $(ANCHORS_VENV)/.installed  ## create .venv-anchors with scDataset 0.3 and tiledbsoma-ml 0.1 (bench anchors)
+
+test-anchors: anchors-env  ## the loader-anchor tests, in .venv-anchors
+	$(ANCHORS_PY) -m pytest tests/test_loader_anchors.py $(PYTEST_ARGS)
+
+# annbatch 0.3 needs Python >= 3.12 (pyenv's 3.12.1 here), anndata >= 0.12.9, zarr >= 3.1.4 and dask, plus
+# zarrs (its docs: the Rust codec pipeline for local-filesystem throughput): its own venv, .venv-annbatch.
+ANNBATCH_VENV   ?= .venv-annbatch
+ANNBATCH_PY     := $(ANNBATCH_VENV)/bin/python
+ANNBATCH_PYTHON ?= $(shell pyenv root 2>/dev/null || echo $$HOME/.pyenv)/versions/3.12.1/bin/python
+
+$(ANNBATCH_VENV)/.installed: pyproject.toml
+	@test -x "$(ANNBATCH_PYTHON)" || { echo "annbatch needs Python >= 3.12: set ANNBATCH_PYTHON (not found: $(ANNBATCH_PYTHON))" >&2; exit 1; }
+	$(ANNBATCH_PYTHON) -m venv $(ANNBATCH_VENV)
+	$(ANNBATCH_PY) -m pip install --quiet --upgrade pip
+	$(ANNBATCH_PY) -m pip install --quiet torch==2.13.0
+	$(ANNBATCH_PY) -m pip install --quiet $$($(ANNBATCH_PY) -c "import tomllib; \
+		print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['annbatch']))") \
+		numpy scipy pandas pyarrow psutil pyyaml tqdm "pytest>=8" "pytest-timeout>=2.3" "hypothesis>=6.100"
+	$(ANNBATCH_PY) -m pip install --quiet --no-deps -e .
+	touch $@
+
+annbatch-env: $(ANNBATCH_VENV)/.installed  ## create .venv-annbatch (Python 3.12) with annbatch 0.3 (bench anchor)
+
+test-annbatch: annbatch-env  ## the loader-anchor tests, in .venv-annbatch (the annbatch ones run there)
+	$(ANNBATCH_PY) -m pytest tests/test_loader_anchors.py $(PYTEST_ARGS)
 
 # Loader and scTab throughput vs in-run baselines (issue 7); synthetic stores cached in benchmarks/.cache/.
 # BENCH_ARGS="--quick" for a smoke run, "--cases loader_csr infer_csr" for a subset; DEVICE=cuda adds the GPU

@@ -65,6 +65,7 @@ class Config:
     e2e_batches: int = 8  # batches per repeat of the end-to-end training row (loader + step)
     merlin_batches: int = 4  # the merlin row reads this many batches per repeat (see loader_merlin)
     merlin_repeats: int = 2
+    anchor_repeats: int = 3  # timed epochs per anchor row (after one untimed epoch that checks every cell)
     members: int = 5  # the annotate row's ensemble
     member_steps: int = 20  # members 1.. continue the run this many steps on their own shuffle
     cache: str = "benchmarks/.cache"
@@ -94,6 +95,7 @@ class Case:
     device_row: bool = False  # ours on Config.device, baseline on the CPU; run only with `--device`
     max_rss_mib: Optional[float] = None  # ours must also stay below this peak RSS to meet the target
     min_ratio: Optional[float] = None  # ours / baseline (same run) must reach this to meet the target
+    baseline_venv: Optional[str] = None  # the baseline runs in this venv's python (a row skipped without it)
 
 
 REGISTRY: dict[str, Case] = {}
@@ -101,9 +103,10 @@ REGISTRY: dict[str, Case] = {}
 
 def register(name: str, figure: str, target: Optional[float], run, baseline: str = "", note: str = "",
              device_row: bool = False, max_rss_mib: Optional[float] = None,
-             min_ratio: Optional[float] = None) -> None:
+             min_ratio: Optional[float] = None, baseline_venv: Optional[str] = None) -> None:
     """Add (or replace) a row of the bench table."""
-    REGISTRY[name] = Case(name, figure, target, run, baseline, note, device_row, max_rss_mib, min_ratio)
+    REGISTRY[name] = Case(name, figure, target, run, baseline, note, device_row, max_rss_mib, min_ratio,
+                          baseline_venv)
 
 
 class Rates:
@@ -220,6 +223,31 @@ def loader_merlin(part: str, cfg: Config) -> dict:
     ld = make_loader(store, "train", backend="sparse", x_format="csr", **kw)
     return _loader_rate(ld, reps, nb).result(unit="cells/s",
                                              label=f"our sparse loader (csr), first {nb} batches of an epoch")
+
+
+def loader_anchor(anchor: str, x_format: str, cold: bool):
+    """A loader anchor (sctab.bench.anchors) against our sparse loader on the same cells, batch size and
+    output. The anchor part runs in the anchor's venv (Case.baseline_venv); its format is written once (timed)."""
+    def run(part: str, cfg: Config) -> dict:
+        from sctab.bench import anchors as A
+
+        store = _store(cfg)
+        source, labels, _ = A.source_cells(store)
+        reps = min(cfg.repeats, cfg.anchor_repeats)
+        if part == "ours":
+            ld, files = A.OurLoader(store, cfg.batch_size, x_format, cfg.block_row_groups), store.root
+            label, extra = f"our sparse loader -> {x_format}", {}
+        else:
+            files, write_s = A.anchor_format(store, anchor, Path(cfg.cache))
+            ld = A.anchor_loader(anchor, files, cfg.batch_size, x_format)
+            label = f"{A.TITLES[anchor]} on its {A.FORMATS[anchor]} -> {x_format}"
+            extra = {f"time to write the {A.FORMATS[anchor]} (s)": write_s,
+                     "DataLoader workers (not in peak RSS)": A.anchor_workers(anchor, x_format)}
+        m = A.measure(ld, files, reps, cold, source, labels)
+        check = {"cells wrong vs the store (missing, repeated or other values)": bounded(m["mismatches"], 0)}
+        return {"samples": m["samples"], "cpu_samples": m["cpu_samples"], "unit": "cells/s", "label": label,
+                "check": check, "info": {**extra, **m["info"]}}
+    return run
 
 
 # ------------------------------------------------------------------------------------------- model
@@ -560,6 +588,17 @@ register("loader_dense", "Training loader: shuffled batches as dense torch float
          loader_sparse("dense"), baseline="in-memory dense loader")
 register("loader_merlin", "merlin-dataloader (CPU, dense layout)", None, loader_merlin,
          baseline="our sparse loader", note="ours runs in .venv-merlin (built by `make merlin-env` when missing)")
+for _anchor, _title, _venv in (("scdataset", "scDataset 0.3 (h5ad)", "anchors"),
+                               ("tiledbsoma_ml", "tiledbsoma-ml 0.1 (SOMA)", "anchors"),
+                               ("annbatch", "annbatch 0.3 (sharded zarr)", "annbatch")):
+    for _fmt in ("csr", "dense"):
+        for _cold in (False, True):
+            register(f"anchor_{_anchor}_{_fmt}_{'cold' if _cold else 'warm'}",
+                     f"Loader anchor {_title}: shuffled {'CSR' if _fmt == 'csr' else 'dense float32'} batches, "
+                     f"{'cold (files dropped from the page cache before each epoch)' if _cold else 'warm'} "
+                     "page cache, ours ahead", None, loader_anchor(_anchor, _fmt, _cold),
+                     baseline=_title, min_ratio=1.0, baseline_venv=f".venv-{_venv}",
+                     note=f"anchor in .venv-{_venv} (`make {_venv}-env`); docs/loader-anchors.md")
 register("entmax", "1.5-entmax of the attention scores (batch x genes)", None, entmax_case,
          baseline="textbook full-sort entmax")
 register("infer_dense", "scTab inference, dense batch", 7_000, sctab_inference("dense"),

@@ -109,7 +109,8 @@ def summarise(runs: list[dict]) -> list[dict]:
                                 and (s["target"] is None or s["median"] >= s["target"])
                                 and (s["min_ratio"] is None or s["ratio"] >= s["min_ratio"]))
         else:
-            s.update(median=None, met=None if s["target"] is None and s["min_ratio"] is None else False,
+            skipped = all(row is None or row.get("status") == "skipped" for row in rows)  # optional venv absent
+            s.update(median=None, met=None if skipped or (s["target"] is None and s["min_ratio"] is None) else False,
                      note="; ".join(sorted({str(row.get("note", "")) for row in rows if row})))
         out.append(s)
     return out
