@@ -181,7 +181,7 @@ $(ANCHORS_VENV)/.installed: pyproject.toml
 	$(ANCHORS_PY) -m pip install --quiet torch==2.13.0
 	$(ANCHORS_PY) -m pip install --quiet $$($(ANCHORS_PY) -c "import tomllib; \
 		print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['anchors']))") \
-		numpy scipy pandas pyarrow psutil pyyaml tqdm "pytest>=8" "pytest-timeout>=2.3" "hypothesis>=6.100"
+		numpy scipy pandas pyarrow psutil pyyaml tqdm xxhash "pytest>=8" "pytest-timeout>=2.3" "hypothesis>=6.100"
 	$(ANCHORS_PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
@@ -203,7 +203,7 @@ $(ANNBATCH_VENV)/.installed: pyproject.toml
 	$(ANNBATCH_PY) -m pip install --quiet torch==2.13.0
 	$(ANNBATCH_PY) -m pip install --quiet $$($(ANNBATCH_PY) -c "import tomllib; \
 		print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['annbatch']))") \
-		numpy scipy pandas pyarrow psutil pyyaml tqdm "pytest>=8" "pytest-timeout>=2.3" "hypothesis>=6.100"
+		numpy scipy pandas pyarrow psutil pyyaml tqdm xxhash "pytest>=8" "pytest-timeout>=2.3" "hypothesis>=6.100"
 	$(ANNBATCH_PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
