@@ -49,6 +49,7 @@ def test_quick_bench_runs_every_case_and_writes_the_table(tmp_path):
 
     rec = json.loads(out.with_suffix(".json").read_text())
     assert [r["name"] for r in rec["rows"]] == ["loader_csr", "infer_csr", "annotate_e2e", "train_e2e"]
+    assert all(r["status"] == "ok" for r in rec["rows"]), [(r["name"], r["status"], r.get("note")) for r in rec["rows"]]
     assert rec["quick"] and rec["commit"] and len(rec["load_start"]) == 3
     assert rec["rows"][3]["met"] == (rec["rows"][3]["ratio"] >= 0.9)
     assert rec["roofline"]["peaks"]["gemm_flops"] > 0 and len(rec["roofline"]["rows"]) == 2
@@ -56,7 +57,7 @@ def test_quick_bench_runs_every_case_and_writes_the_table(tmp_path):
     for ln in lines:  # measured rows: a number, a ratio, a peak RSS, and the exactness checks passed
         cells = [c.strip() for c in re.split(r"(?<!\\)\|", ln)[1:-1]]
         assert "cells/s" in cells[1] and cells[4].endswith("x") and "MiB" in cells[7], ln
-        assert "NO" not in cells[8], ln
+        assert "NO" not in cells[8], (ln, r.stderr[-1500:])
         assert "1 repeats" in cells[1] and "1 repeats" in cells[3], ln
     for ln in lines[1:]:  # model rows: the criterion with its bound, passed, and the support sizes they ran on
         assert r"max \|p - p_f64\| (<= 4x textbook f32 error) " in ln, ln
