@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import requests
@@ -203,3 +204,17 @@ def start_team_server(root: Path | None = None) -> tuple[PostgresServer, MlflowS
         pg.stop()
         raise
     return pg, server
+
+
+@contextmanager
+def team_server_running(prefix: str = "sctab-mlflow-"):
+    """A team server for the block (PostgreSQL + `mlflow server --app-name basic-auth`), under a fresh folder in
+    /tmp that is removed with it."""
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    pg, server = start_team_server(root)
+    try:
+        yield server
+    finally:
+        server.stop()
+        pg.stop()
+        shutil.rmtree(root, ignore_errors=True)

@@ -391,22 +391,13 @@ def test_promote_check_prints_and_records_the_changes(setup, ontology, obo_file,
 def test_promote_check_through_the_team_server(setup, ontology, obo_file, tmp_path, monkeypatch, capsys):
     """The same against PostgreSQL + `mlflow server --app-name basic-auth` with served artifacts, where the
     versions are downloaded and the check's files uploaded over HTTP."""
-    import shutil
-    import tempfile
+    from tests.mlflow_server import team_server_running
 
-    from tests.mlflow_server import start_team_server
-
-    root = Path(tempfile.mkdtemp(prefix="sctab-mlflow-", dir="/tmp"))
-    pg, server = start_team_server(root)
-    try:
+    with team_server_running() as server:
         for k, v in server.client_env().items():
             monkeypatch.setenv(k, v)
         monkeypatch.chdir(tmp_path)
         _promote_with_check("cw-team", setup, ontology, obo_file, tmp_path, capsys)
-    finally:
-        server.stop()
-        pg.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_the_report_page_carries_the_change_table(setup, obo_file, tmp_path):

@@ -26,7 +26,7 @@ import pytest
 import requests
 import yaml
 
-from tests.mlflow_server import start_team_server
+from tests.mlflow_server import team_server_running
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -38,14 +38,8 @@ RETRY_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "8", "MLFLOW_HTTP_REQUEST_BACKOF
 
 @pytest.fixture(scope="module")
 def team_server():
-    root = Path(tempfile.mkdtemp(prefix="sctab-mlflow-", dir="/tmp"))
-    pg, server = start_team_server(root)
-    try:
+    with team_server_running("sctab-mlflow-") as server:
         yield server
-    finally:
-        server.stop()
-        pg.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

@@ -6,8 +6,6 @@ the card rendered as HTML (headings, a table) in the real MLflow UI, not as raw 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +16,7 @@ from sctab.data.store import Store
 from sctab.registry import register_pipeline_models
 from sctab.registry.model_card import ARTIFACT, HEADINGS, read_per_class_f1
 from sctab.registry.register import client
-from tests.mlflow_server import start_team_server
+from tests.mlflow_server import team_server_running
 from tests.test_annotation import write_model_folders
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,14 +27,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 @pytest.fixture(scope="module")
 def team_server():
-    root = Path(tempfile.mkdtemp(prefix="sctab-mlflow-card-", dir="/tmp"))
-    pg, server = start_team_server(root)
-    try:
+    with team_server_running("sctab-mlflow-card-") as server:
         yield server
-    finally:
-        server.stop()
-        pg.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

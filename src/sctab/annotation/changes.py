@@ -37,19 +37,28 @@ CHANGES = (SAME, FINER, COARSER, SIBLING, OTHER)
 PRINTED_ROWS = 40  # label pairs printed on the terminal; the .md file has them all
 
 
+def relation(first: str, second: str, ontology) -> str | None:
+    """How CL id ``second`` stands to ``first`` in the ontology: SAME, FINER (a descendant), COARSER (an
+    ancestor), SIBLING (a shared direct parent), or None. The one rule behind --compare-with's changes and
+    --compare-labels' agreement values."""
+    if first == second:
+        return SAME
+    if first in ontology.ancestors(second):
+        return FINER
+    if second in ontology.ancestors(first):
+        return COARSER
+    if ontology.parents(first) & ontology.parents(second):
+        return SIBLING
+    return None
+
+
 def classify_change(previous: str, new: str, ontology) -> str:
     """The change from CL id ``previous`` to CL id ``new`` (empty: unassigned)."""
     if previous == new:
         return SAME
     if not previous or not new:
         return OTHER
-    if previous in ontology.ancestors(new):
-        return FINER
-    if new in ontology.ancestors(previous):
-        return COARSER
-    if ontology.parents(previous) & ontology.parents(new):
-        return SIBLING
-    return OTHER
+    return relation(previous, new, ontology) or OTHER
 
 
 def check_classes(ontology, models: dict[str, list[str]]) -> None:

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sctab.annotation import changes
 from sctab.annotation.errors import AnnotateError
 
 NOT_MAPPED = "label not mapped"
@@ -156,15 +157,9 @@ def agreement(term: str | None, predicted: str, relation: str, ontology) -> str:
         return NOT_IN_MODEL
     if not predicted:
         return UNASSIGNED
-    if predicted == term:
-        return EXACT
-    if term in ontology.ancestors(predicted):
-        return FINER
-    if predicted in ontology.ancestors(term):
-        return COARSER
-    if ontology.parents(term) & ontology.parents(predicted):
-        return SIBLING
-    return DISAGREE
+    step = changes.relation(term, predicted, ontology)
+    return {changes.SAME: EXACT, changes.FINER: FINER, changes.COARSER: COARSER,
+            changes.SIBLING: SIBLING}.get(step, DISAGREE)
 
 
 def covered(relation: str) -> bool:

@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--processes", type=int, default=4, help="fresh processes (default %(default)s)")
     p.add_argument("--quick", action="store_true", help="the quick bench's shapes")
     p.add_argument("--cache", default=str(REPO / "benchmarks" / ".cache"))
-    p.add_argument("--out", default=None, help="markdown file (default benchmarks/results/exact-bound-<date>.md; "
+    p.add_argument("--out", default=None,
+                   help="markdown file (default benchmarks/results/exact-bound-<date>-<time>.md; "
                    "'-' = print only)")
     p.add_argument("--_child", nargs=2, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -101,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"(max / min {max(bounds) / min(bounds):.3g})."]
     text = "\n".join(lines) + "\n"
     print(text)
-    out = a.out if a.out is not None else (None if a.quick else
-                                           str(REPO / "benchmarks" / "results" / f"exact-bound-{started:%Y-%m-%d}.md"))
+    dated = REPO / "benchmarks" / "results" / f"exact-bound-{started:%Y-%m-%d-%H%M}.md"
+    out = a.out if a.out is not None else (None if a.quick else str(dated))
     if out and out != "-":
         Path(out).write_text(text)
         print(f"wrote {out}", file=sys.stderr)

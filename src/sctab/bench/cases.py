@@ -507,6 +507,21 @@ def sctab_train_step(part: str, cfg: Config) -> dict:
     return rates.result(unit="cells/s", label=label, check=check, work=work)
 
 
+def e2e_batches(cfg: Config):
+    """The train stage's loader over the bench store (sparse layout, CSR batches, read-ahead) and a generator of
+    an epoch's first ``cfg.e2e_batches`` batches: what both training-loop rows (CPU and device) feed their steps."""
+    ld = make_loader(_store(cfg), "train", batch_size=cfg.batch_size, shuffle=True, seed=3, backend="sparse",
+                     x_format="csr", block_row_groups=cfg.block_row_groups, drop_last=True)
+
+    def batches(epoch: int):
+        ld.set_epoch(epoch)
+        for i, b in enumerate(ld):
+            if i >= cfg.e2e_batches:
+                break
+            yield b
+    return batches
+
+
 def train_end_to_end(part: str, cfg: Config) -> dict:
     """The train stage's inner loop (``sctab.train.loop.train_step``) fed by its real loader, against the same
     steps on the same batches read beforehand (the isolated step). Ours: the sparse loader (CSR batches, its
@@ -515,20 +530,11 @@ def train_end_to_end(part: str, cfg: Config) -> dict:
     from sctab.train.loop import train_step
 
     model, _ = _model_and_batches(cfg, 1)
-    store = _store(cfg)
-    ld = make_loader(store, "train", batch_size=cfg.batch_size, shuffle=True, seed=3, backend="sparse",
-                     x_format="csr", block_row_groups=cfg.block_row_groups, drop_last=True)
+    batches = e2e_batches(cfg)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     cpu = torch.device("cpu")
     lam = float(model.lambda_sparse)
-
-    def batches(epoch: int):
-        ld.set_epoch(epoch)
-        for i, b in enumerate(ld):
-            if i >= cfg.e2e_batches:
-                break
-            yield b
 
     ours = part == "ours"
     check = {}
@@ -951,16 +957,8 @@ def device_train_e2e(part: str, cfg: Config) -> dict:
 
     dev = _device(part, cfg)
     model, _ = _model_and_batches(cfg, 1)
-    ld = make_loader(_store(cfg), "train", batch_size=cfg.batch_size, shuffle=True, seed=3, backend="sparse",
-                     x_format="csr", block_row_groups=cfg.block_row_groups, drop_last=True)
+    batches = e2e_batches(cfg)
     lam = float(model.lambda_sparse)
-
-    def batches(epoch: int):
-        ld.set_epoch(epoch)
-        for i, b in enumerate(ld):
-            if i >= cfg.e2e_batches:
-                break
-            yield b
 
     def first_loss(where: torch.device) -> float:
         m = copy.deepcopy(model).to(where).train()

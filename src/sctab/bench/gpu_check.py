@@ -9,7 +9,7 @@ lacks, travel as wheels, in parts:
   the CUDA libraries always: the image's CUDA build must stay), and writes ``.whl/part-NN/`` folders of at most
   ``--part-mib`` each. A wheel larger than a part is cut into chunks across parts. ``.whl/manifest.json`` (a copy
   in every part) names each wheel with its size, SHA-256 and chunks.
-* ``stage`` (there, once per copy): moves the chunks of the parts present in the tree into a folder that outlives
+* ``stage`` (there, once per copy): copies the chunks of the parts present in the tree into a folder that outlives
   the call (``/tmp/sctab-gpu``, kept while the machine stays warm) and says which parts are still missing.
 * ``install`` (there): when every wheel is complete and its SHA-256 matches, installs them with
   ``pip --no-index --no-deps --target``; otherwise names what is missing and installs nothing.
@@ -158,7 +158,7 @@ def pack(out: Path, part_mib: float, requirements: list[str], image: set[str], p
 
 
 def stage(src: Path, stage_dir: Path) -> dict:
-    """Move the chunks of every part under ``src`` into ``stage_dir``; what is there and what is missing."""
+    """Copy the chunks of every part under ``src`` into ``stage_dir``; what is there and what is missing."""
     stage_dir.mkdir(parents=True, exist_ok=True)
     manifest = None
     for part in sorted(src.glob("part-*")):
