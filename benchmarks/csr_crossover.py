@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Is the model rows' exactness bound stable from run to run? The logic is sctab.bench.bound."""
+"""Where the sparse first layer beats densify + dense GEMM for CSR inference. The logic is sctab.bench.crossover."""
 
 import sys
 

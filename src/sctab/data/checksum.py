@@ -54,9 +54,3 @@ def verify(batch: pa.RecordBatch, metadata, where: str) -> pa.RecordBatch:
         raise ChecksumError(f"{where}: checksum mismatch (xxh3-64 {got.decode()} read, {expected.decode()} "
                             "written): the file is corrupt; rebuild the sparse layout (write_sparse_layout)")
     return batch
-
-
-def read_verified(reader: pa.ipc.RecordBatchFileReader, index: int, where: str) -> pa.RecordBatch:
-    """Record batch ``index`` of an open IPC file, verified against its digest."""
-    batch, metadata = reader.get_batch_with_custom_metadata(index)
-    return verify(batch, metadata, f"{where}, record batch {index}")

@@ -38,7 +38,8 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 import torch
 
-from sctab.data.checksum import ChecksumError, read_verified
+from sctab.data.checksum import ChecksumError, verify
+from sctab.data.prefetch import will_need
 from sctab.data.store import Store, StoreError, open_parquet
 
 # torch marks sparse CSR "beta"; we only build CSR tensors and hand them to torch.sparse.mm / to_dense
@@ -442,7 +443,9 @@ class _SparseGroupReader:
     def read(self, g: int, sel: np.ndarray | None) -> dict:
         path, index, _ = self.split.row_groups[g]
         try:
-            batch = read_verified(self._reader(path), index, str(path))
+            batch, metadata = self._reader(path).get_batch_with_custom_metadata(index)
+            will_need(batch)  # one read of the whole batch where its pages are not cached (sctab.data.prefetch)
+            batch = verify(batch, metadata, f"{path}, record batch {index}")
         except ChecksumError as e:
             raise StoreError(str(e)) from e
         except Exception as e:
