@@ -241,6 +241,15 @@ bench-scale: venv  ## scale curve: time and peak memory (summed PSS) per stage v
 bench-heap: venv  ## memory of repeated evaluation passes: live data vs freed memory the heap keeps
 	$(PY) benchmarks/eval_heap.py $(BENCH_HEAP_ARGS)
 
+# Real labelled cells that packages ship (scRT, pbmc68k_reduced, ...) through the reference route, as a user runs
+# it: `sctab params --profile reference --input <set>.h5ad` + `dvc repro evaluate` in throw-away workspaces, every
+# model's test macro F1 over seeds and the validation curves (issue 28; docs/references.md). ~1 h for 3 sets x 3
+# seeds on 2 cores; BENCH_REFS_ARGS="--sets pbmc68k --seeds 1" for one set, "--cells 500 0" for subsampled sizes.
+BENCH_REFS_ARGS ?=
+.PHONY: bench-references
+bench-references: venv  ## real-data reference suite: test F1 per model, mean ± sd over seeds -> benchmarks/results/references-<date>.md/.json/.png
+	$(PY) benchmarks/references.py $(BENCH_REFS_ARGS)
+
 clean:  ## remove pipeline outputs (not the venv, not the DVC cache)
 	rm -rf data reports/validation reports/evaluate/report models ray_results
 

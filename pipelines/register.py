@@ -24,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
         "ensemble calibration, the default minimum probability, genes, intended use, limits, citation) as its "
         "MLflow description and as the run's model_card.md (docs/model-card.md). "
         "Unchanged models are not registered twice (their cards are brought up to date). "
+        "The models are ranked by validation macro F1; registry.champion (best | sctab) picks the one `sctab "
+        "annotate` uses by default (the registered-model tag annotate_default=true), shown in the cards and "
+        "`sctab models`. "
         "`make promote` then moves @champion.")
     parser.add_argument("--params", default="params.yaml", help="YAML parameter file (default: %(default)s)")
     parser.add_argument("--models", default="models", help="folder of model folders (default: %(default)s)")
@@ -46,9 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         metrics = json.loads(Path(args.metrics).read_text()).get("models", {})
         per_class = read_per_class_f1(args.per_class, classes=list(store_class_ids(args.store)))
+        ranking: dict = {}
         versions = register_pipeline_models(args.models, store=args.store, ontology_path=args.ontology,
                                             metrics=metrics, params=load_params(args.params), per_class_f1=per_class,
-                                            reports_from={"metrics": args.metrics, "per_class_f1": args.per_class})
+                                            reports_from={"metrics": args.metrics, "per_class_f1": args.per_class},
+                                            ranking_out=ranking)
     except (FileNotFoundError, ValueError, RegistryError) as e:
         print(f"register: error: {e}", file=sys.stderr)
         return 2
@@ -56,7 +61,12 @@ def main(argv: list[str] | None = None) -> int:
         f1 = "unknown" if v.test_f1_macro is None else f"{v.test_f1_macro:.4f}"
         print(f"{v.name} version {v.version}{' (unchanged, already registered)' if v.reused else ''}: "
               f"test macro F1 {f1}")
-    write_json(args.out, {"models": [v.as_dict() for v in versions]})
+    print("validation ranking: " + " > ".join(f"{r['name']} {r['val_f1_macro']:.4f}" if r["val_f1_macro"] is not None
+                                              else f"{r['name']} (no validation F1)" for r in ranking["models"])
+          + f"; best on validation: {ranking['best']}; `sctab annotate` default: {ranking['default']} "
+          f"(registry.champion: {ranking['rule']})")
+    write_json(args.out, {"models": [v.as_dict() for v in versions], "validation_ranking": ranking["models"],
+                          "best": ranking["best"], "default": ranking["default"], "champion_rule": ranking["rule"]})
     return 0
 
 

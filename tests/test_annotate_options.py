@@ -314,6 +314,59 @@ def test_register_stage_records_each_default_on_a_sample_of_val(models, store_di
     assert "minimum probability" in pipeline_help("register")
 
 
+def test_register_ranks_on_validation_and_marks_the_annotate_default(models, store_dir, obo_file,  # noqa: F811
+                                                                      tracking, capsys, tmp_path):
+    """registry.champion: every model is registered; the ranking by validation F1 is in the tags, the cards and
+    `sctab models`; best marks the top one as `sctab annotate`'s default, sctab the ensemble whatever its rank."""
+    from pathlib import Path
+
+    from sctab.annotation.resolve import DEFAULT_MODEL, default_model_uri
+    from sctab.config import ConfigError, check_settings
+    from sctab.registry import RegistryError, register_pipeline_models
+    from sctab.registry.register import client, folder_val_f1, rank_models
+
+    import json
+    import shutil
+
+    models = Path(shutil.copytree(models, tmp_path / "models"))
+    names = {"sctab": "rank-ens", "linear": "rank-lin", "linear2": "rank-unscored"}
+    shutil.copytree(models / "linear", models / "linear2")
+    ens = json.loads((models / "sctab" / "ensemble.json").read_text())
+    (models / "sctab" / "ensemble.json").write_text(json.dumps({**ens, "ensemble": {"val_f1_macro": 0.61}}))
+    (models / "linear" / "metrics.json").write_text(json.dumps({"val_f1_macro": 0.72, "test_f1_macro": 0.7}))
+    (models / "linear2" / "metrics.json").unlink(missing_ok=True)  # no validation F1 recorded: ranks last
+    val = {m: folder_val_f1(models / m) for m in names}
+    assert val == {"sctab": 0.61, "linear": 0.72, "linear2": None}
+    order = ["linear", "sctab", "linear2"]
+    assert default_model_uri() == DEFAULT_MODEL  # nothing marked yet
+    for rule, expect in (("best", names[order[0]]), ("sctab", "rank-ens")):
+        ranking: dict = {}
+        params = {"profile": "test", "registry": {"models": names, "champion": rule, "threshold_max_cells": 100}}
+        versions = register_pipeline_models(models, store=store_dir, ontology_path=obo_file, metrics={},
+                                            params=params, ranking_out=ranking)
+        assert [r["name"] for r in ranking["models"]] == [names[m] for m in order]
+        assert ranking["default"] == expect and ranking["best"] == names[order[0]]
+        for v in versions:
+            model = next(m for m, n in names.items() if n == v.name)
+            tags = client().get_model_version(v.name, v.version).tags
+            assert tags["val_rank"] == f"{order.index(model) + 1} of 3"
+            assert tags["val_f1_macro"] == ("unknown" if val[model] is None else f"{val[model]:.6f}")
+            rm = client().get_registered_model(v.name)
+            assert rm.tags["annotate_default"] == str(v.name == expect).lower()
+            assert "## Validation ranking" in rm.description and f"uses **{expect}** by default" in rm.description
+        assert default_model_uri() == f"models:/{expect}@champion"
+    assert cli(["models"]) == 0
+    shown = capsys.readouterr().out
+    assert "rank-ens *" in shown and "1 of 3" in shown and "3 of 3" in shown
+    with pytest.raises(RegistryError, match="registry.champion must be one of best, sctab"):
+        rank_models(models, names, {}, "worst")
+    (models / "linear" / "metrics.json").write_text(json.dumps({"val_f1_macro": "n/a"}))
+    with pytest.raises(RegistryError, match="val_f1_macro 'n/a' is not a number"):
+        rank_models(models, names, {}, "best")
+    with pytest.raises(ConfigError, match="registry.champion must be best"):
+        check_settings({"registry": {"champion": "newest"}})
+
+
 def test_over_clustering_of_many_cells_finds_the_groups():
     """From 8,192 cells on scanpy takes approximate neighbours (pynndescent); three expression programmes
     come out as clusters that never mix them."""

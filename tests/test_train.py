@@ -147,3 +147,33 @@ def test_a_step_budget_sets_the_epochs_from_the_train_rows(census_params, store_
     assert spec_from_params(p, "linear", epochs=4).max_steps is None
     with pytest.raises(ConfigError, match="max_steps must be a positive integer"):
         spec_from_params(p, "linear", max_steps=0)
+
+
+def test_small_reference_settings_warm_up_smooth_and_hold_early_stopping(census_params, store_dir, augment_dir,
+                                                                          tmp_path, torch_one_thread):
+    """warmup_steps scales the lr per step without moving StepLR; val_smoothing is an EMA of the validation F1
+    that selection and patience act on; min_steps keeps early stopping from acting before that many steps."""
+    n = Store(store_dir).split("train").n_rows
+    spe = -(-n // 64)  # steps per epoch
+    spec = _spec(census_params, store_dir, augment_dir, model="linear", epochs=3, batch_size=64, patience=None,
+                 warmup_steps=2 * spe, val_smoothing=0.5, lr=0.01, lr_gamma=0.5)
+    hist = run_training(spec, LocalSession(tmp_path / "a", device="cpu"))["history"]
+    # the lr of each epoch's last step: half-way up the ramp, then StepLR's own decay (0.01, 0.005, 0.0025)
+    assert [round(h["lr"], 9) for h in hist] == [0.005, 0.005, 0.0025]
+    assert [h["step"] for h in hist] == [spe, 2 * spe, 3 * spe]
+    assert hist[0]["val_f1_smoothed"] == hist[0]["val_f1_macro"]
+    for prev, h in zip(hist, hist[1:]):
+        assert h["val_f1_smoothed"] == pytest.approx(0.5 * prev["val_f1_smoothed"] + 0.5 * h["val_f1_macro"])
+    assert hist[-1]["best_val_f1_macro"] == max(h["val_f1_smoothed"] for h in hist)
+    # a model that cannot improve (lr ~ 0) stops after `patience` epochs, unless min_steps holds it
+    frozen = dict(model="linear", epochs=4, batch_size=64, patience=1, lr=1e-12)
+    stopped = run_training(_spec(census_params, store_dir, augment_dir, **frozen),
+                           LocalSession(tmp_path / "b", device="cpu"))["history"]
+    held = run_training(_spec(census_params, store_dir, augment_dir, min_steps=4 * spe, **frozen),
+                        LocalSession(tmp_path / "c", device="cpu"))["history"]
+    assert len(stopped) == 2 and len(held) == 4
+    for bad, match in (({"min_steps": -1}, "min_steps must be a non-negative integer"),
+                       ({"val_smoothing": 1.0}, r"val_smoothing must be in \[0, 1\)"),
+                       ({"warmup_steps": 1.5}, "warmup_steps must be a non-negative integer")):
+        with pytest.raises(ConfigError, match=match):
+            _spec(census_params, store_dir, augment_dir, model="linear", **bad)

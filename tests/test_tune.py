@@ -202,3 +202,41 @@ def test_sctab_joins_the_studies(workdir, census_params, store_dir, augment_dir)
     assert set(summary["best_config"]) == set(space.space)
     hist = MlflowClient(uri).get_metric_history(summary["tuned"]["mlflow_run_id"], "val_f1_macro")
     assert len(hist) >= 1 and all(0.0 <= h.value <= 1.0 for h in hist)
+
+
+def test_the_dag_tune_stage_hands_its_best_settings_to_the_train_stage(workdir, census_params, store_dir,
+                                                                        augment_dir, pca_dir, monkeypatch):
+    """tune.in_dag: the `tune` stage runs a fresh study per tune.models within tune.time_budget_s and records the
+    best trial's settings; the train stage (`--tuned`) trains with them. Off, it records that nothing was tuned."""
+    from sctab.config import ConfigError
+    from sctab.train.command import main as train_main
+    from sctab.train.tuned import TUNED_FILE, run_tune_stage, tuned_overrides
+
+    tmp, _ = workdir
+    monkeypatch.chdir(tmp)  # the studies' ray_results go to the project root: here
+    params = _params(census_params, in_dag=True, models=["linear"], num_samples={"linear": 2}, time_budget_s=600)
+    params["models"]["linear"].update({"epochs": 2})
+    rec = run_tune_stage(params, store=store_dir, pca_dir=pca_dir, augmentations=augment_dir, out=tmp / "tuned")
+    best = rec["models"]["linear"]
+    assert set(best) == {"lr", "weight_decay"} and best["lr"] != params["models"]["linear"]["lr"]
+    assert rec["studies"]["linear"]["trials"]["failed"] == 0 and (tmp / "tuned" / "linear.json").is_file()
+    assert tuned_overrides(tmp / "tuned", "linear") == best and tuned_overrides(tmp / "tuned", "mlp") == {}
+    (tmp / "params.yaml").write_text(yaml.safe_dump(params))
+    train_main(["--model", "linear", "--params", str(tmp / "params.yaml"), "--store", str(store_dir),
+                "--tuned", str(tmp / "tuned"), "--out", str(tmp / "models" / "linear")])
+    meta = yaml.safe_load((tmp / "models" / "linear" / "model.yaml").read_text())
+    assert meta["training"]["lr"] == pytest.approx(best["lr"])
+    assert meta["training"]["weight_decay"] == pytest.approx(best["weight_decay"])
+
+    off = run_tune_stage({**params, "tune": {**params["tune"], "in_dag": False}}, store=store_dir, pca_dir=pca_dir,
+                         augmentations=augment_dir, out=tmp / "off")
+    assert off == {"in_dag": False, "models": {}} and json.loads((tmp / "off" / TUNED_FILE).read_text()) == off
+    for bad, match in (({"in_dag": "yes"}, "tune.in_dag must be true or false"),
+                       ({"in_dag": True, "models": []}, "names no model"),
+                       ({"in_dag": True, "time_budget_s": -5}, "time_budget_s must be a positive number")):
+        with pytest.raises(ConfigError, match=match):
+            run_tune_stage({**params, "tune": {**params["tune"], **bad}}, store=store_dir, pca_dir=pca_dir,
+                           augmentations=augment_dir, out=tmp / "bad")
+    with pytest.raises(ConfigError, match="run the tune stage first"):
+        tuned_overrides(tmp / "missing", "linear")
+    assert "tune.in_dag" in pipeline_help("tune_stage")

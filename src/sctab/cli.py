@@ -238,8 +238,10 @@ def _cmd_models(args) -> int:
     from sctab.registry.register import client
 
     c = client()
-    t = Table(title="registered models")
-    for col in ("model", "version", "aliases", "test_f1_macro", "min_probability", "kind", "data_version", "created"):
+    t = Table(title="registered models (val rank: by validation macro F1 among the models registered together; "
+                    "* = `sctab annotate`'s default, registry.champion)")
+    for col in ("model", "version", "aliases", "val_f1_macro", "val rank", "test_f1_macro", "min_probability", "kind",
+                "data_version", "created"):
         t.add_column(col)
     import datetime as dt
 
@@ -252,9 +254,11 @@ def _cmd_models(args) -> int:
         for v in sorted(c.search_model_versions(f"name = '{rm.name}'"), key=lambda v: int(v.version)):
             tags = v.tags or {}
             created = dt.datetime.fromtimestamp(v.creation_timestamp / 1000).strftime("%Y-%m-%d %H:%M")
-            t.add_row(rm.name, str(v.version), ", ".join(sorted(by_version.get(str(v.version), []))),
-                      tags.get("test_f1_macro", ""), tags.get("min_probability", ""), tags.get("model_kind", ""),
-                      tags.get("data_version", ""), created)
+            star = " *" if (rm.tags or {}).get("annotate_default") == "true" else ""
+            t.add_row(rm.name + star, str(v.version), ", ".join(sorted(by_version.get(str(v.version), []))),
+                      tags.get("val_f1_macro", ""), tags.get("val_rank", ""), tags.get("test_f1_macro", ""),
+                      tags.get("min_probability", ""), tags.get("model_kind", ""), tags.get("data_version", ""),
+                      created)
     Console(width=max(Console().width, 140)).print(t)
     return 0
 
@@ -312,9 +316,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "SCTAB_MALLOC=system turns that off.")
     an.add_argument("input", help="the .h5ad file to annotate")
     an.add_argument("-o", "--output", required=True, help="output .h5ad (input + new obs columns), .csv or .parquet")
-    an.add_argument("--model", default="models:/sctab-ensemble@champion",
-                    help="models:/<name>@<alias>, models:/<name>/<version>, runs:/..., or a model folder "
-                    "(default: %(default)s)")
+    an.add_argument("--model", default=None,
+                    help="models:/<name>@<alias>, models:/<name>/<version>, runs:/..., or a model folder (default: "
+                    "@champion of the registered model the register stage marked as the default, registry.champion: "
+                    "the best on validation for a reference, the scTab ensemble for the paper's profiles; else "
+                    "models:/sctab-ensemble@champion)")
     an.add_argument("--layer", default=None, help="matrix of raw counts: X, raw, or a layer name (default: the first "
                     "of X, layers['counts'], .raw.X that holds counts)")
     an.add_argument("--gene-column", default=None, help="var column with Ensembl ids or symbols ('index' for "

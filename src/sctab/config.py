@@ -59,6 +59,10 @@ def check_settings(params: dict[str, Any], source: str = "params") -> None:
         if v != "auto" and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
             raise ConfigError(f"{source}: {section}.gpus_per_trial must be auto or a number >= 0 (a fraction "
                               f"shares a GPU between trials), got {v!r}")
+    champion = (params.get("registry") or {}).get("champion", "sctab")
+    if champion not in ("best", "sctab"):
+        raise ConfigError(f"{source}: registry.champion must be best (the best model on validation) or sctab (the "
+                          f"scTab ensemble), got {champion!r}")
 
 
 def available_profiles(profiles_dir: Path = PROFILES_DIR) -> list[str]:
@@ -111,7 +115,8 @@ def get(params: dict, dotted: str, default: Any = ...) -> Any:
 
 
 def update_params_file(path: str | os.PathLike, dotted: str, values: dict[str, Any]) -> dict[str, Any]:
-    """Set ``values`` under the mapping at ``dotted`` (e.g. ``models.xgboost``) of a params file, in place.
+    """Set ``values`` under the mapping at ``dotted`` (e.g. ``models.xgboost``; ``""`` = top level) of a params
+    file, in place.
 
     Comments and layout survive (ruamel round trip), so a tuned config written back reads like the rest;
     returns the previous values of the keys that changed.
@@ -125,7 +130,7 @@ def update_params_file(path: str | os.PathLike, dotted: str, values: dict[str, A
     ry.width = 4096
     doc = ry.load(path.read_text())
     node = doc
-    for part in dotted.split("."):
+    for part in dotted.split(".") if dotted else []:
         if not isinstance(node, dict) or part not in node:
             raise ConfigError(f"{path} has no section {dotted!r} to update")
         node = node[part]

@@ -29,7 +29,7 @@ import pandas as pd
 
 from sctab.annotation.annotator import UNASSIGNED, Annotator, to_model_space
 from sctab.annotation.errors import AnnotateError
-from sctab.annotation.resolve import DEFAULT_MODEL, load_annotator
+from sctab.annotation.resolve import load_annotator
 from sctab.census.counts import (
     CountsSource,
     GeneMatch,
@@ -376,7 +376,7 @@ def _compare(ann: Annotator, user, onto, frame: pd.DataFrame):
     return result
 
 
-def annotate(adata, model=DEFAULT_MODEL, *, layer: str | None = None, gene_column: str | None = None,
+def annotate(adata, model=None, *, layer: str | None = None, gene_column: str | None = None,
              from_log1p: bool = False, allow_non_integer: bool = False, batch_size: int = 4096,
              uncertainty_threshold: float | None = None, key_added: str = "sctab", copy: bool = False,
              trust_pickle: bool = False, progress: bool = True, min_probability: float | None = None,
@@ -390,7 +390,7 @@ def annotate(adata, model=DEFAULT_MODEL, *, layer: str | None = None, gene_colum
     ``_uncertainty``, ``_coarse_label`` and ``_coarse_ontology_term_id``, and
     ``uns[f"{key_added}_annotation"]`` (what was used, gene coverage included). Returns the annotated
     AnnData (a copy when ``copy=True``). ``model`` is a models:/ URI, a model folder or a loaded
-    :class:`Annotator`.
+    :class:`Annotator`; None: the registry's default model (:func:`sctab.annotation.resolve.default_model_uri`).
 
     CellTypist's options: ``min_probability`` (``p_thres``; None: the model's default, 0: off) labels cells
     below it "Unassigned"; ``restrict_to`` (labels or CL ids) renormalises over those classes;
@@ -545,7 +545,7 @@ def _file_graph(f, legacy):
     return None
 
 
-def annotate_file(input: str | Path, output: str | Path, model=DEFAULT_MODEL, *, layer: str | None = None,
+def annotate_file(input: str | Path, output: str | Path, model=None, *, layer: str | None = None,
                   gene_column: str | None = None, from_log1p: bool = False, allow_non_integer: bool = False,
                   batch_size: int = 4096, uncertainty_threshold: float | None = None, key_added: str = "sctab",
                   trust_pickle: bool = False, progress: bool = True, min_probability: float | None = None,

@@ -23,8 +23,31 @@ from sctab.data.store import Store
 from sctab.ontology.cell_ontology import load_cell_ontology
 from sctab.tracking.runs import fluent_uris, tracking_uri
 
+#: `sctab annotate`'s model when none is named and no registered model is marked as the default
 DEFAULT_MODEL = "models:/sctab-ensemble@champion"
 BUNDLE_ARTIFACT = "bundle"
+#: the registered-model tag the register stage sets on the default model (registry.champion)
+DEFAULT_TAG = "annotate_default"
+
+
+def default_model_uri() -> str:
+    """The model to annotate with when none is named: ``models:/<name>@champion`` of the registered model the
+    register stage marked as the default (``registry.champion``: the best on validation for references, the
+    scTab ensemble for the paper's profiles), else :data:`DEFAULT_MODEL`."""
+    try:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri(), registry_uri=tracking_uri())
+        marked = sorted(rm.name for rm in client.search_registered_models()
+                        if (rm.tags or {}).get(DEFAULT_TAG) == "true")
+    except Exception:  # noqa: BLE001 - no registry reachable: the plain default, whose error names the problem
+        return DEFAULT_MODEL
+    if len(marked) == 1:
+        return f"models:/{marked[0]}@champion"
+    if len(marked) > 1:
+        raise AnnotateError(f"several registered models are marked as the default for annotation ({', '.join(marked)}"
+                            f"; tag {DEFAULT_TAG}): name one with --model")
+    return DEFAULT_MODEL
 
 
 def _registry_hint(uri: str) -> str:
@@ -73,12 +96,12 @@ def _project_bundle(folder: Path, dest: Path, store: str | Path, ontology: str |
     return write_bundle(folder, dest, class_ids=class_ids, ontology=onto)
 
 
-def load_annotator(model: str | Path = DEFAULT_MODEL, *, trust_pickle: bool = False,
+def load_annotator(model: str | Path | None = None, *, trust_pickle: bool = False,
                    uncertainty_threshold: float | None = None, store: str | Path = "data/store",
                    ontology: str | Path = "data/ontology/cl.obo", device: str = "auto") -> Annotator:
     """Load a model for annotation, its members on ``device`` (auto: the GPU when torch can use one);
-    AnnotateError naming the problem when it cannot be used."""
-    text = str(model)
+    AnnotateError naming the problem when it cannot be used. No ``model``: :func:`default_model_uri`."""
+    text = str(model) if model is not None else default_model_uri()
     with tempfile.TemporaryDirectory(prefix="sctab-model-") as tmp:
         tmp = Path(tmp)
         if text.startswith(("models:/", "runs:/")):

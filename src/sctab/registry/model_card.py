@@ -116,9 +116,10 @@ def read_per_class_f1(path: str | Path, classes: list[str] | None = None) -> dic
 def model_card(name: str, *, kind: str, members: int, classes: list[str], class_ids: dict[str, str],
                genes: pd.DataFrame, params: dict, data: TrainingData | None, report: ModelReport | None,
                min_probability: dict | None, git_commit: str = "unknown", run_id: str | None = None,
-               max_class_rows: int | None = None) -> str:
+               max_class_rows: int | None = None, ranking: dict | None = None) -> str:
     """The card as Markdown. ``genes``: the model's var (feature_id, feature_name); ``max_class_rows``: show
-    only that many classes (lowest F1 first) where the full table would not fit a description."""
+    only that many classes (lowest F1 first) where the full table would not fit a description; ``ranking``: the
+    register stage's validation ranking of the pipeline's models (:func:`sctab.registry.register.rank_models`)."""
     profile = params.get("profile")
     if not profile:
         raise ModelCardError(f"model card of {name}: the params name no profile")
@@ -155,6 +156,9 @@ def model_card(name: str, *, kind: str, members: int, classes: list[str], class_
                 f"| split | by {split_by}" + (" (**leaky**)" if split_by == "cell" else " (whole donors per split)")
                 + " |"]
     out += [f"| git commit | `{git_commit[:12]}` |"] + ([f"| run | `{run_id}` |"] if run_id else []) + [""]
+
+    if ranking:
+        out += ["## Validation ranking", ""] + _ranking_text(name, ranking) + [""]
 
     out += ["## Classes", ""] + _class_table(classes, class_ids, data, report, max_class_rows) + [""]
 
@@ -210,6 +214,23 @@ def fitted_card(name: str, limit: int = DESCRIPTION_LIMIT, prefix: str = "", **k
             return text
     note = f"\n\n… (cut to {limit:,} characters; the whole card is the run's {ARTIFACT})"
     return text[: limit - len(note)] + note
+
+
+def _ranking_text(name: str, ranking: dict) -> list[str]:
+    """Where this model stands among the models the register stage registered together, and which one
+    `sctab annotate` uses by default (registry.champion)."""
+    rows = ranking.get("models") or []
+    default = ranking.get("default")
+    rule = ranking.get("rule")
+    why = ("the best validation macro F1" if rule == "best" else "the scTab ensemble, whatever its rank")
+    out = [f"The models registered together, by validation macro F1 (ontology-corrected). `sctab annotate` uses "
+           f"**{default}** by default (`registry.champion: {rule}`: {why}).", "",
+           "| rank | model | validation macro F1 | test macro F1 |", "|---|---|---|---|"]
+    for i, r in enumerate(rows, 1):
+        label = f"**{r['name']}**" if r["name"] == name else r["name"]
+        out.append(f"| {i} | {label}{' (default)' if r['name'] == default else ''} | "
+                   f"{_num(r.get('val_f1_macro'))} | {_num(r.get('test_f1_macro'))} |")
+    return out
 
 
 def _class_table(classes, class_ids, data, report, max_rows) -> list[str]:

@@ -57,6 +57,12 @@ PIP_REQUIREMENTS = ["torch==2.13.0", "numpy", "pandas", "scipy", "pyarrow", "ann
                     "celltypist", "mlflow"]
 
 
+#: registry.champion: which registered model `sctab annotate` uses by default
+CHAMPION_RULES = ("best", "sctab")
+#: the registered-model tag that marks it (true on one model of those registered together, false on the others)
+DEFAULT_TAG = "annotate_default"
+
+
 class RegistryError(RuntimeError):
     """Registration or promotion could not be completed; nothing half-done is left behind."""
 
@@ -98,7 +104,7 @@ def register_folder(folder: str | Path, name: str, *, class_ids: dict[str, str],
                     extra_tags: dict | None = None, store: str | Path | None = None,
                     min_probability_precision: float = DEFAULT_PRECISION,
                     threshold_max_cells: int = DEFAULT_MAX_CELLS, report: ModelReport | None = None,
-                    training: TrainingData | None = None) -> RegisteredVersion:
+                    training: TrainingData | None = None, ranking: dict | None = None) -> RegisteredVersion:
     """Bundle ``folder``, log it as a pyfunc model in experiment ``registry``, register it as ``name``.
 
     With ``store``, the default minimum probability is chosen on its validation split for
@@ -121,9 +127,10 @@ def register_folder(folder: str | Path, name: str, *, class_ids: dict[str, str],
         md5 = bundle.md5()
         tags = lineage_tags(params, model_kind=bundle.kind, members=len(bundle.members))
         card_kw = _card_inputs(name, bundle, class_ids, params, tags, store, training, report, test_f1, floor)
+        card_kw["ranking"] = ranking
         old = _existing_version(c, name, md5)
         if old is not None:
-            _refresh_card(c, name, old, card_kw)
+            _refresh_card(c, name, old, card_kw, extra_tags)
             f1 = old.tags.get("test_f1_macro")
             return RegisteredVersion(name, str(old.version), old.run_id or "", _float(f1), reused=True)
         tags.update({"test_f1_macro": "unknown" if test_f1 is None else f"{test_f1:.6f}",
@@ -233,12 +240,15 @@ def _newest(version) -> str:
     return f"*The card of version {version}, the newest registered.*\n\n"
 
 
-def _refresh_card(c, name: str, old, card_kw: dict) -> None:
-    """An unchanged bundle keeps its version; its card (and the model's, if it is the newest) is brought up to
-    date with today's reports."""
+def _refresh_card(c, name: str, old, card_kw: dict, extra_tags: dict | None = None) -> None:
+    """An unchanged bundle keeps its version; its card (and the model's, if it is the newest) and the tags that
+    depend on the other models (its validation rank) are brought up to date with today's reports."""
     run_id = old.run_id or (old.tags or {}).get("run_id")
     desc = fitted_card(name, run_id=run_id, **card_kw)
     try:
+        for k, v in (extra_tags or {}).items():
+            if (old.tags or {}).get(k) != str(v):
+                c.set_model_version_tag(name, old.version, k, str(v))
         if (old.description or "") != desc:
             c.update_model_version(name, old.version, description=desc)
             if run_id:
@@ -253,6 +263,50 @@ def _refresh_card(c, name: str, old, card_kw: dict) -> None:
                             f"command once more") from e
 
 
+def folder_val_f1(folder: str | Path) -> float | None:
+    """A model folder's validation macro F1, as its train stage wrote it (the ensemble's for models/sctab); None
+    when the folder records none (an imported checkpoint): it ranks last."""
+    import json
+
+    folder = Path(folder)
+    for name, path in (("ensemble.json", ("ensemble", "val_f1_macro")), ("metrics.json", ("val_f1_macro",))):
+        if (folder / name).is_file():
+            node = json.loads((folder / name).read_text())
+            for key in path:
+                node = node.get(key) if isinstance(node, dict) else None
+            try:
+                return None if node is None else float(node)
+            except (TypeError, ValueError) as e:
+                raise RegistryError(f"{folder / name}: val_f1_macro {node!r} is not a number") from e
+    return None
+
+
+def rank_models(models_dir: str | Path, names: dict[str, str], metrics: dict, rule: str = "sctab") -> dict:
+    """The pipeline's models by validation macro F1 (best first) and the one `sctab annotate` uses by default:
+    the best on validation (``rule`` best) or the scTab ensemble (``rule`` sctab, the paper's profiles; the best
+    when there is no scTab folder). Validation, not test: the test split stays a held-out report."""
+    if rule not in CHAMPION_RULES:
+        raise RegistryError(f"registry.champion must be one of {', '.join(CHAMPION_RULES)}, got {rule!r}")
+    rows = []
+    for folder_name, name in names.items():
+        folder = Path(models_dir) / folder_name
+        if folder.is_dir():
+            rows.append({"model": folder_name, "name": name, "val_f1_macro": folder_val_f1(folder),
+                         "test_f1_macro": (metrics.get(folder_name) or {}).get("test_f1_macro")})
+    rows.sort(key=lambda r: (r["val_f1_macro"] is None, -(r["val_f1_macro"] or 0.0)))  # unscored last
+    if not rows:
+        return {"rule": rule, "models": [], "default": None, "best": None}
+    best = rows[0]["name"]
+    default = names.get("sctab") if rule == "sctab" and any(r["model"] == "sctab" for r in rows) else best
+    return {"rule": rule, "models": rows, "default": default, "best": best}
+
+
+def mark_default(c, ranking: dict) -> None:
+    """Tag the default model ``annotate_default=true`` and the others registered with it ``false``."""
+    for r in ranking["models"]:
+        c.set_registered_model_tag(r["name"], DEFAULT_TAG, str(r["name"] == ranking["default"]).lower())
+
+
 def store_class_ids(store: str | Path) -> dict[str, str]:
     lookup = Store(store).lookup("cell_type")
     return dict(zip(lookup["label"].astype(str), lookup["ontology_term_id"].astype(str)))
@@ -260,12 +314,16 @@ def store_class_ids(store: str | Path) -> dict[str, str]:
 
 def register_pipeline_models(models_dir: str | Path, *, store: str | Path, ontology_path: str | Path,
                              metrics: dict, params: dict, per_class_f1: dict | None = None,
-                             reports_from: dict | None = None) -> list[RegisteredVersion]:
+                             reports_from: dict | None = None, ranking_out: dict | None = None
+                             ) -> list[RegisteredVersion]:
     """The register stage: every model folder named in ``registry.models`` that exists under ``models_dir``.
 
     ``metrics`` (metrics.json's models) and ``per_class_f1`` (:func:`sctab.registry.model_card.read_per_class_f1`)
     feed each model card; ``reports_from`` names their files for the card. The store's figures for the cards
-    are read before any model is registered, so a bad store stops the stage with nothing registered."""
+    are read before any model is registered, so a bad store stops the stage with nothing registered. The models
+    are ranked by validation macro F1 (:func:`rank_models`); the cards show the ranking, each version is tagged
+    with its validation F1 and rank, and the default model for `sctab annotate` (``registry.champion``) gets the
+    registered-model tag ``annotate_default=true``; ``ranking_out`` (a dict) receives the ranking."""
     reg = params.get("registry") or {}
     names = {**DEFAULT_NAMES, **(reg.get("models") or {})}
     fallback = {k: reg[k] for k in ("uncertainty_threshold", "coverage", "max_labels") if k in reg}
@@ -280,6 +338,8 @@ def register_pipeline_models(models_dir: str | Path, *, store: str | Path, ontol
     except ModelCardError as e:
         raise RegistryError(f"nothing registered: {e}") from e
     per_class_f1 = per_class_f1 or {}
+    ranking = rank_models(models_dir, names, metrics, str(reg.get("champion", "sctab")))
+    ranks = {r["name"]: i for i, r in enumerate(ranking["models"], 1)}
     out = []
     for folder_name, name in tqdm(names.items(), desc="register", unit="model", disable=None):
         folder = Path(models_dir) / folder_name
@@ -288,9 +348,22 @@ def register_pipeline_models(models_dir: str | Path, *, store: str | Path, ontol
         f1 = (metrics.get(folder_name) or {}).get("test_f1_macro")
         report = ModelReport(metrics=metrics.get(folder_name), per_class_f1=per_class_f1.get(folder_name),
                              sources=dict(reports_from or {}))
+        row = ranking["models"][ranks[name] - 1]
+        val = "unknown" if row["val_f1_macro"] is None else f"{row['val_f1_macro']:.6f}"
         out.append(register_folder(folder, name, class_ids=class_ids, ontology=onto, params=params,
                                    test_f1=None if f1 is None else float(f1), alias=reg.get("alias", CHALLENGER),
-                                   fallback=fallback, store=store, report=report, training=training, **floor))
+                                   fallback=fallback, store=store, report=report, training=training, ranking=ranking,
+                                   extra_tags={"val_f1_macro": val,
+                                               "val_rank": f"{ranks[name]} of {len(ranking['models'])}"},
+                                   **floor))
     if not out:
         raise RegistryError(f"no model folder of {sorted(names)} under {models_dir}")
+    try:
+        mark_default(client(), ranking)
+    except Exception as e:  # noqa: BLE001 - the versions are complete; only the default's marker is missing
+        raise RegistryError(f"every model was registered, but marking {ranking['default']} as the default for "
+                            f"`sctab annotate` failed ({type(e).__name__}: {str(e).splitlines()[0][:300]}); "
+                            f"run the stage once more") from e
+    if ranking_out is not None:
+        ranking_out.update(ranking)
     return out

@@ -15,6 +15,7 @@ from sctab.tracking import TrackingServerError, close_stale_runs, data_version
 from sctab.train.fitting import fit, fit_ensemble, for_file, seed_spread
 from sctab.train.runners import RayTrainRunner
 from sctab.train.spec import make_spec
+from sctab.train.tuned import tuned_overrides
 
 
 def main(argv: list[str] | None = None, models=MODEL_NAMES + BASELINES) -> None:
@@ -44,6 +45,8 @@ def parser(models=MODEL_NAMES + BASELINES) -> argparse.ArgumentParser:
     p.add_argument("--pca", default="data/pca", help="pca stage output, XGBoost's input (default: %(default)s)")
     p.add_argument("--ensemble", action="store_true", help="train one member per seed in ensemble.seeds "
                    "under one parent MLflow run (neural models)")
+    p.add_argument("--tuned", default=None, help="the tune stage's output (data/tuned): when it tuned this model "
+                   "(tune.in_dag), its best trial's settings replace those of models.<model> (default: none)")
     p.add_argument("--out", required=True, help="model folder to write (e.g. models/linear)")
     p.add_argument("--report", help="also write the metrics JSON here (a DVC metrics file)")
     p.add_argument("--experiment", default="train", help="MLflow experiment (default: %(default)s)")
@@ -78,6 +81,11 @@ def _main(argv: list[str] | None = None, models=MODEL_NAMES + BASELINES) -> None
     params = load_params(args.params)
     check_cuda_build(args.device, "--device")  # before any run starts
     settings, overrides = device_overrides(args.model, args.device)
+    tuned = tuned_overrides(args.tuned, args.model)
+    if tuned:
+        print(f"{args.model}: the tune stage's best settings: "
+              + ", ".join(f"{k} {v!r}" for k, v in sorted(tuned.items())), flush=True)
+    overrides = {**tuned, **overrides}
     spec = make_spec(params, args.model, store=args.store, augmentations=args.augmentations, pca_dir=args.pca,
                      overrides=overrides, **settings)
     # runs of this stage that a killed process left RUNNING (same model, same data version): FAILED, with why

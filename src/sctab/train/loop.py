@@ -143,7 +143,7 @@ def run_training(spec: TrainSpec, session: Session, logger: EpochLogger | None =
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=spec.lr_gamma)
 
-    start_epoch, history = 0, []
+    start_epoch, history, step = 0, [], 0
     best = {"f1": -1.0, "epoch": -1, "loss": float("nan")}
     best_state = None
     restored = session.load_state()
@@ -158,6 +158,7 @@ def run_training(spec: TrainSpec, session: Session, logger: EpochLogger | None =
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start_epoch, history, best = state["epoch"] + 1, list(state["history"]), dict(state["best"])
+        step = int(state.get("step", 0))
         if rank == 0:
             logger.log_resume(start_epoch)
     train_model = session.wrap(model)
@@ -187,15 +188,25 @@ def run_training(spec: TrainSpec, session: Session, logger: EpochLogger | None =
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # sum of loss x rows, on the device
         n_rows = n_batches = 0
         t0 = time.perf_counter()
+        epoch_lr = opt.param_groups[0]["lr"]  # StepLR's; a warm-up scales it per step and gives it back after
         with _join(train_model, world):
             for batch in train_loader:
                 _check_labels(batch.y, n_classes, "training split")  # on the host copy: no device round trip
+                if step < spec.warmup_steps:
+                    for g in opt.param_groups:
+                        g["lr"] = epoch_lr * (step + 1) / spec.warmup_steps
+                elif spec.warmup_steps and step == spec.warmup_steps:
+                    for g in opt.param_groups:
+                        g["lr"] = epoch_lr
+                step += 1
                 loss = train_step(train_model, batch, opt, device, class_weights=class_weights,
                                   lambda_sparse=lambda_sparse, precision=spec.precision, augmenter=augmenter,
                                   generator=gen)
                 loss_sum += loss.double() * len(batch)
                 n_rows, n_batches = n_rows + len(batch), n_batches + 1
         lr = opt.param_groups[0]["lr"]
+        for g in opt.param_groups:  # StepLR decays from its own value, not a warm-up's
+            g["lr"] = epoch_lr
         sched.step()
         # the epoch's one synchronisation: the device's running sum joins the host's counts
         sums = session.all_reduce(torch.stack([loss_sum, loss_sum.new_tensor(float(n_rows)),
@@ -206,23 +217,28 @@ def run_training(spec: TrainSpec, session: Session, logger: EpochLogger | None =
             raise TrainingError(f"training loss became {train_loss} in epoch {epoch} (lr {lr}); "
                                 f"lower the learning rate")
         val = evaluate_loader(model, val_loader, class_weights, child, device, session.all_reduce)
-        if val["f1_macro"] > best["f1"]:
-            best = {"f1": val["f1_macro"], "epoch": epoch, "loss": val["loss"]}
+        # the signal model selection and early stopping act on: the raw F1, or its moving average over epochs
+        prev = history[-1].get("val_f1_smoothed", history[-1]["val_f1_macro"]) if history else None
+        a = spec.val_smoothing
+        smoothed = val["f1_macro"] if prev is None or not a else a * prev + (1 - a) * val["f1_macro"]
+        if smoothed > best["f1"]:
+            best = {"f1": smoothed, "epoch": epoch, "loss": val["loss"]}
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         metrics = {
             "epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"], "val_f1_macro": val["f1_macro"],
             "lr": lr, "train_cells_per_s": float(sums[1]) / max(train_seconds, 1e-9),
             "train_rows": int(sums[1]), "val_rows": val["rows"], "epoch_seconds": time.perf_counter() - t0,
-            "best_val_f1_macro": best["f1"], "best_epoch": best["epoch"],
+            "best_val_f1_macro": best["f1"], "best_epoch": best["epoch"], "val_f1_smoothed": smoothed, "step": step,
         }
         history.append(metrics)
-        stop = spec.patience is not None and epoch - best["epoch"] >= spec.patience
+        stop = spec.patience is not None and epoch - best["epoch"] >= spec.patience and step >= spec.min_steps
         with tempfile.TemporaryDirectory(prefix="sctab-ckpt-") as tmp:
             ckpt = None
             if rank == 0:
                 ckpt = Path(tmp)
                 torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                            "scheduler": sched.state_dict(), "epoch": epoch, "history": history, "best": best},
+                            "scheduler": sched.state_dict(), "epoch": epoch, "history": history, "best": best,
+                            "step": step},
                            ckpt / STATE_FILE)
                 torch.save(best_state, ckpt / BEST_FILE)
             if rank == 0:  # before the report: an epoch that reached a checkpoint always has its metrics logged

@@ -30,6 +30,14 @@ class TrainSpec:
     # this many steps (at least one), so a 1,000-cell reference and a 15 M-cell census get the same number of
     # updates, not the same number of passes; early stopping (patience) still ends it sooner
     max_steps: int | None = None
+    # small references (docs/references.md): early stopping may not act before this many optimiser steps (the
+    # feature attention needs a few hundred before it selects genes), and acts on the validation macro F1
+    # smoothed over epochs (an exponential moving average with this weight on the past; 0 = the raw F1), since F1
+    # on a few hundred validation cells moves by several points from epoch to epoch; the learning rate rises
+    # linearly over the first warmup_steps steps
+    min_steps: int = 0
+    val_smoothing: float = 0.0
+    warmup_steps: int = 0
     augment: bool = False
     augmentations: str | None = None     # augmentations.npy (or its folder) when augment is on
     augment_clip: tuple[float, float] = (0.0, 9.0)
@@ -57,6 +65,12 @@ class TrainSpec:
                                            or self.max_steps < 1):
             raise ConfigError(f"models.{self.model}: max_steps must be a positive integer or null, "
                               f"got {self.max_steps!r}")
+        for name in ("min_steps", "warmup_steps"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ConfigError(f"models.{self.model}: {name} must be a non-negative integer, got {v!r}")
+        if not isinstance(self.val_smoothing, (int, float)) or not 0 <= self.val_smoothing < 1:
+            raise ConfigError(f"models.{self.model}: val_smoothing must be in [0, 1), got {self.val_smoothing!r}")
         for name in ("lr", "weight_decay", "lr_gamma"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or v < 0 or (name != "weight_decay" and v == 0):
@@ -105,7 +119,8 @@ class TrainSpec:
 
 _TRAIN_KEYS = {"loader", "block_row_groups", "eval_batch_size", "num_workers", "cpus_per_worker", "use_gpu",
                "device", "precision", "max_failures", "augment_clip", "checkpoints_to_keep"}
-_MODEL_KEYS = {"arch", "batch_size", "lr", "weight_decay", "lr_gamma", "epochs", "patience", "augment", "max_steps"}
+_MODEL_KEYS = {"arch", "batch_size", "lr", "weight_decay", "lr_gamma", "epochs", "patience", "augment", "max_steps",
+               "min_steps", "val_smoothing", "warmup_steps"}
 
 
 def spec_from_params(params: dict, model: str, *, store: str = "data/store", augmentations: str | None = None,

@@ -75,8 +75,11 @@ def run_study(model: str, params: dict, *, store: str | Path = "data/store", pca
               augmentations: str | Path | None = "data/augment", storage: str | Path | None = None,
               space: SearchSpace | None = None, fresh: bool = False, num_samples: int | None = None,
               max_concurrent: int | None = None, cpus_per_trial: int | None = None, reference_runs: bool = True,
-              verbose: int = 1) -> dict:
-    """Run (or resume) the study of ``model``; return its summary (best config, default vs tuned)."""
+              verbose: int = 1, time_budget_s: float | None = None) -> dict:
+    """Run (or resume) the study of ``model``; return its summary (best config, default vs tuned).
+
+    ``time_budget_s``: no trial starts after this many seconds and running ones are stopped (Ray Tune's budget;
+    the best trial so far wins); a new study only."""
     from mlflow.tracking import MlflowClient  # heavy, optional at import: loaded when a study runs
 
     ray_console.prepare()  # before Ray's first import
@@ -148,11 +151,12 @@ def run_study(model: str, params: dict, *, store: str | Path = "data/store", pca
                         metric=METRIC, mode=MODE, num_samples=n, max_concurrent_trials=conc,
                         search_alg=OptunaSearch(points_to_evaluate=space.points_to_evaluate or None,
                                                 seed=int(tcfg.get("seed", 0))),
-                        scheduler=_scheduler(model, params, tcfg, report_every)),
+                        scheduler=_scheduler(model, params, tcfg, report_every),
+                        time_budget_s=time_budget_s),
                     run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=verbose,
                                               failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)))
             grid = tuner.fit()
-            if grid.num_terminated + grid.num_errors < n:
+            if grid.num_terminated + grid.num_errors < n and not time_budget_s:
                 raise KeyboardInterrupt(f"study {name} was interrupted after {grid.num_terminated + grid.num_errors} "
                                         f"of {n} trials; run again to resume it")
         except BaseException:
