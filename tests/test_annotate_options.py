@@ -318,15 +318,14 @@ def test_register_ranks_on_validation_and_marks_the_annotate_default(models, sto
                                                                       tracking, capsys, tmp_path):
     """registry.champion: every model is registered; the ranking by validation F1 is in the tags, the cards and
     `sctab models`; best marks the top one as `sctab annotate`'s default, sctab the ensemble whatever its rank."""
+    import json
+    import shutil
     from pathlib import Path
 
     from sctab.annotation.resolve import DEFAULT_MODEL, default_model_uri
     from sctab.config import ConfigError, check_settings
     from sctab.registry import RegistryError, register_pipeline_models
     from sctab.registry.register import client, folder_val_f1, rank_models
-
-    import json
-    import shutil
 
     models = Path(shutil.copytree(models, tmp_path / "models"))
     names = {"sctab": "rank-ens", "linear": "rank-lin", "linear2": "rank-unscored"}

@@ -94,8 +94,8 @@ def build_pbmc68k(out: Path, cache: Path) -> dict:
     _write_h5ad(r.counts, r.genes, r.obs[["cell_type"]], out, "scanpy pbmc68k_reduced, counts reconstructed")
     return _facts(r.counts, r.obs, source="scanpy's bundled pbmc68k_reduced (.raw, 765 genes)",
                   counts=f"reconstructed from .raw and obs.n_counts, then rounded: {r.fraction_within_0_01:.2%} of "
-                         f"the non-zeros were within 0.01 of an integer, the largest distance {r.max_integer_distance:.3f}"
-                         f" ({r.max_relative_distance:.3%} of its count)")
+                         f"the non-zeros were within 0.01 of an integer, the largest distance "
+                         f"{r.max_integer_distance:.3f} ({r.max_relative_distance:.3%} of its count)")
 
 
 def build_kang(out: Path, cache: Path) -> dict:
