@@ -270,8 +270,9 @@ def _train_weights(cfg: Config) -> None:
     same regime). Saved as a list of state dicts at _weights_path.
 
     On one thread: float32 sums in an order fixed by the code alone, so the weights (and the exactness checks
-    judged on them) are the same on every machine, whatever its cores or load. Multi-threaded, the quick bench's
-    freshly trained weights differed run to run, and its exactness check failed on some of them."""
+    judged on them) are the same on every machine, whatever its cores. Multi-threaded, the sums followed the
+    thread count, so the quick bench's freshly trained weights could differ between machines; its exactness
+    check failed on some fresh-clone test runs under heavy load and passed on others."""
     torch.manual_seed(0)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
