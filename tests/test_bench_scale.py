@@ -98,7 +98,8 @@ def test_stages_are_rendered_by_dvc_in_dag_order(tmp_path):
     scale.make_workspace(tmp_path, scale.size_params(load_profile("tiny"), scale.Size(1)))
     stages = scale.render_stages(tmp_path)
     names = [s.name for s in stages]
-    assert names[:2] == ["ontology", "census"] and names[-2:] == ["evaluate", "register"] and len(names) == 15
+    assert names[:2] == ["ontology", "census"] and names[-2:] == ["evaluate", "register"] and len(names) == 16
+    assert names.index("tune") < min(names.index(n) for n in names if n.startswith("train_"))
     for s in stages:  # every ${...} substituted, and each stage after the stages making its inputs
         assert "${" not in s.cmd and s.cmd.startswith("python pipelines/"), s.cmd
         for up in scale.upstream(stages)[s.name]:
@@ -173,7 +174,7 @@ def test_quick_scale_run_writes_a_row_per_stage_and_size(tmp_path):
     [md] = out.glob("scale-*.md")
     assert md.with_suffix(".png").stat().st_size > 10_000
     rows = list(csv.DictReader(open(md.with_suffix(".csv"))))
-    stages = ["ontology", "census", "extract", "split", "store", "validate", "train_linear"]
+    stages = ["ontology", "census", "extract", "split", "store", "validate", "augment", "pca", "tune", "train_linear"]
     sizes = scale.QUICK_SIZES.split(",")
     assert [(x["size"], x["stage"]) for x in rows] == [(s, st) for s in sizes for st in stages]
     for x in rows:

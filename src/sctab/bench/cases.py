@@ -267,9 +267,22 @@ def _train_weights(cfg: Config) -> None:
     """A short training run on the bench store (fast path, AdamW at the tiny profile's lr and the paper's
     weight decay), so masks have the support sizes of a model in use, not of random weights. Member 0 is
     that run; members 1.. continue it for `member_steps` steps each on their own shuffle (distinct weights,
-    same regime). Saved as a list of state dicts at _weights_path."""
+    same regime). Saved as a list of state dicts at _weights_path.
+
+    On one thread: float32 sums in an order fixed by the code alone, so the weights (and the exactness checks
+    judged on them) are the same on every machine, whatever its cores. Multi-threaded, the sums followed the
+    thread count, so the quick bench's freshly trained weights could differ between machines; its exactness
+    check failed on some fresh-clone test runs under heavy load and passed on others."""
     torch.manual_seed(0)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _train_weights_on_this_thread(cfg)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_weights_on_this_thread(cfg: Config) -> None:
     store = _store(cfg)
     model = TabNet(cfg.n_genes, cfg.n_classes, n_d=cfg.n_d, n_a=cfg.n_a).train()
 

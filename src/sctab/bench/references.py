@@ -379,36 +379,45 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--seeds must be at least 1")
     started, load0, t0 = dt.datetime.now(), os.getloadavg(), time.perf_counter()
     root = Path(a.workdir) if a.workdir else Path(tempfile.mkdtemp(prefix="sctab-refs-"))
+    cmd = " ".join(shlex.quote(x) for x in ["benchmarks/references.py", *(sys.argv[1:] if argv is None else argv)])
+    out = a.out or str(RESULTS / f"references-{started:%Y-%m-%d-%H%M}.md")
+    commit = git_commit()
+    planned = [(name, cells) for name in a.sets for cells in a.cells]
     results = []
+
+    def write(final: bool) -> str:
+        """The results so far: rewritten after each set, so a long run interrupted keeps the sets it finished."""
+        state = "" if final else f" **Partial: {len(results)} of {len(planned)} set runs finished so far.**"
+        header = (f"## Reference suite, {started:%Y-%m-%d %H:%M}\n\nCommand: `{cmd}`; commit {commit}; wall time "
+                  f"{(time.perf_counter() - t0) / 60:.1f} min. Machine: {cpu_model()}, {platform.machine()}, "
+                  f"{os.cpu_count()} CPU cores; load average {', '.join(f'{v:.1f}' for v in load0)} at the start, "
+                  f"{', '.join(f'{v:.1f}' for v in os.getloadavg())} at the end. Each set through the reference "
+                  f"route (`sctab params --profile reference --input <set>.h5ad`, the set's settings, `dvc repro "
+                  f"evaluate`), {a.seeds} seed(s); these are small real sets, not the paper's census.{state}")
+        text = render(results, header)
+        if out != "-":
+            path = Path(out)
+            path.write_text(text + "\n")
+            path.with_suffix(".json").write_text(json.dumps(
+                {"command": cmd, "commit": commit, "started": started.isoformat(timespec="seconds"),
+                 "complete": final, "results": results, "summary": {r["set"]: summarise(r) for r in results}},
+                indent=1, default=str))
+            plot(results, path.with_suffix(".png"))
+        return text
+
     try:
-        for name in a.sets:
-            for cells in a.cells:
-                results.append(run_set(SETS[name], list(range(a.seeds)), root, Path(a.cache), cells or None, extra,
-                                       keep=a.keep))
+        for name, cells in planned:
+            results.append(run_set(SETS[name], list(range(a.seeds)), root, Path(a.cache), cells or None, extra,
+                                   keep=a.keep))
+            write(final=False)
     except (ReferenceSuiteError, ConfigError) as e:
-        print(f"bench-references: error: {e}", file=sys.stderr)
+        print(f"bench-references: error: {e}" + (f" (the sets finished before it are in {out})" if results else ""),
+              file=sys.stderr)
         return 1
     finally:
         if not a.workdir and not a.keep:
             shutil.rmtree(root, ignore_errors=True)
-    cmd = " ".join(shlex.quote(x) for x in ["benchmarks/references.py", *(sys.argv[1:] if argv is None else argv)])
-    header = (f"## Reference suite, {started:%Y-%m-%d %H:%M}\n\nCommand: `{cmd}`; commit {git_commit()}; wall time "
-              f"{(time.perf_counter() - t0) / 60:.1f} min. Machine: {cpu_model()}, {platform.machine()}, "
-              f"{os.cpu_count()} CPU cores; load average {', '.join(f'{v:.1f}' for v in load0)} at the start, "
-              f"{', '.join(f'{v:.1f}' for v in os.getloadavg())} at the end. Each set through the reference route "
-              f"(`sctab params --profile reference --input <set>.h5ad`, the set's settings, `dvc repro evaluate`), "
-              f"{a.seeds} seed(s); these are small real sets, not the paper's census.")
-    text = render(results, header)
-    print(text)
-    out = a.out or str(RESULTS / f"references-{started:%Y-%m-%d-%H%M}.md")
+    print(write(final=True))
     if out != "-":
-        out = Path(out)
-        out.write_text(text + "\n")
-        out.with_suffix(".json").write_text(json.dumps({"command": cmd, "commit": git_commit(),
-                                                        "started": started.isoformat(timespec="seconds"),
-                                                        "results": results,
-                                                        "summary": {r["set"]: summarise(r) for r in results}},
-                                                       indent=1, default=str))
-        plot(results, out.with_suffix(".png"))
         print(f"wrote {out} (+ .json, .png)", file=sys.stderr)
     return 0

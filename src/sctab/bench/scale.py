@@ -56,7 +56,7 @@ MARGINAL_MIN_S = 5.0
 SAMPLED = {"augment": ("augment.n_cells", 500_000), "train_celltypist": ("models.celltypist.n_cells", 1_500_000)}
 #: stages whose work is over the training split (the rest work on every cell that enters)
 TRAIN_STAGES_PREFIX = "train_"
-TRAIN_STAGES = {"augment", "pca"}
+TRAIN_STAGES = {"augment", "pca", "tune"}
 #: RAM of the AWS instance types infra/ray/cluster.yaml may name (GiB, AWS's published sizes)
 INSTANCE_RAM_GIB = {"g5.xlarge": 16, "g5.2xlarge": 32, "g5.4xlarge": 64, "g5.8xlarge": 128, "m6i.xlarge": 16,
                     "m6i.2xlarge": 32, "m6i.4xlarge": 64, "m6i.8xlarge": 128, "p3.2xlarge": 61, "g4dn.2xlarge": 32}

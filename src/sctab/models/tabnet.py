@@ -295,8 +295,11 @@ class TrainBNInput(DenseBNInput):
         return torch.addmm(self.shift @ weight.t(), self.x, (weight * self.scale).t())  # weights change: no cache
 
 
-#: default of TabNetEncoder.csr_densify_above (fraction of non-zero entries)
-CSR_DENSIFY_ABOVE = 0.05
+#: default of TabNetEncoder.csr_densify_above (fraction of non-zero entries): below it the sparse first layer runs.
+#: From the measured crossover of the two paths (`benchmarks/csr_crossover.py`, whole forward pass of the bench model,
+#: 2,048 cells x 19,331 genes): the sparse path was faster below 6.4% non-zero (16:12, loaded) and 6.9% (19:40,
+#: quiet) on the development machine (Intel Xeon, 2 cores); 6% keeps below both. Was 5%.
+CSR_DENSIFY_ABOVE = 0.06
 
 
 def csr_to_dense(x: torch.Tensor) -> torch.Tensor:
