@@ -39,8 +39,7 @@ def test_the_span_covers_every_buffer_of_a_memory_mapped_batch(tmp_path):
     assert batch.equals(written)  # advice changes nothing read
 
 
-def test_advice_on_an_empty_batch_is_nothing(tmp_path):
-    path, _ = _ipc(tmp_path)
+def test_advice_on_an_empty_batch_is_nothing():
     empty = pa.record_batch([pa.array([], pa.int64())], names=["y"])
     assert batch_span(empty) is None and will_need(empty) == 0
 

@@ -235,6 +235,7 @@ def _cmd_models(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from sctab.annotation.resolve import DEFAULT_TAG
     from sctab.registry.register import client
 
     c = client()
@@ -254,7 +255,7 @@ def _cmd_models(args) -> int:
         for v in sorted(c.search_model_versions(f"name = '{rm.name}'"), key=lambda v: int(v.version)):
             tags = v.tags or {}
             created = dt.datetime.fromtimestamp(v.creation_timestamp / 1000).strftime("%Y-%m-%d %H:%M")
-            star = " *" if (rm.tags or {}).get("annotate_default") == "true" else ""
+            star = " *" if (rm.tags or {}).get(DEFAULT_TAG) == "true" else ""
             t.add_row(rm.name + star, str(v.version), ", ".join(sorted(by_version.get(str(v.version), []))),
                       tags.get("val_f1_macro", ""), tags.get("val_rank", ""), tags.get("test_f1_macro", ""),
                       tags.get("min_probability", ""), tags.get("model_kind", ""), tags.get("data_version", ""),

@@ -222,7 +222,6 @@ def collect(ws: Path) -> dict:
         out["members_test"] = float(metrics["sctab"]["members_test_f1_macro_mean"])
     store = json.loads((ws / "data" / "store" / "store_report.json").read_text())
     out["rows"] = {k: int(v) for k, v in store["rows"].items()}
-    out["n_classes"] = int(store.get("n_classes") or 0) or None
     curves = ws / "reports" / "evaluate" / "plots" / "validation_curves.csv"
     out["curves"] = pd.read_csv(curves).to_dict(orient="list") if curves.exists() else None
     return out

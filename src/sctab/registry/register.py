@@ -33,6 +33,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 from tqdm.auto import tqdm
 
 from sctab.annotation.bundle import Bundle, update_meta, write_bundle
+from sctab.annotation.resolve import DEFAULT_TAG  # true on the annotate-default model, false on the others
 from sctab.data.store import Store
 from sctab.ontology.cell_ontology import load_cell_ontology
 from sctab.registry.model_card import (
@@ -59,8 +60,6 @@ PIP_REQUIREMENTS = ["torch==2.13.0", "numpy", "pandas", "scipy", "pyarrow", "ann
 
 #: registry.champion: which registered model `sctab annotate` uses by default
 CHAMPION_RULES = ("best", "sctab")
-#: the registered-model tag that marks it (true on one model of those registered together, false on the others)
-DEFAULT_TAG = "annotate_default"
 
 
 class RegistryError(RuntimeError):
