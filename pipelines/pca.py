@@ -7,7 +7,7 @@ import argparse
 from rich.console import Console
 
 from sctab.config import get, load_params
-from sctab.data.pca import BLAS_THREADS, write_pca
+from sctab.data.pca import BLAS_THREADS, components_for, write_pca
 from sctab.data.store import Store
 
 
@@ -29,7 +29,14 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.params)
     n_components, batch_size = int(get(params, "pca.n_components")), int(get(params, "pca.batch_size"))
     threads = int(get(params, "pca.blas_threads", BLAS_THREADS))
-    r = write_pca(Store(args.store), args.out, n_components, batch_size, blas_threads=threads)
+    store = Store(args.store)
+    asked = n_components
+    n_components = components_for(asked, store.split("train").n_rows, store.n_genes,
+                                  bool(get(params, "pca.shrink_to_train", False)))
+    if n_components != asked:
+        Console().print(f"PCA: the train split has {store.split('train').n_rows:,} rows: {n_components} components "
+                        f"instead of pca.n_components={asked} (pca.shrink_to_train)")
+    r = write_pca(store, args.out, n_components, batch_size, blas_threads=threads)
     rows = ", ".join(f"{s} {n:,}" for s, n in r["rows"].items())
     Console().print(f"PCA: {r['n_components']} of {r['n_genes']:,} genes explain {r['explained_variance_ratio']:.1%} "
                     f"of the train variance; projected {rows} rows to {args.out} in {r['seconds']['total']:.1f} s")

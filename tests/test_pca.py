@@ -16,7 +16,7 @@ import pytest
 import yaml
 from sklearn.decomposition import PCA
 
-from sctab.data.pca import PCAError, PCAModel, fit_pca, load_embedding, write_pca
+from sctab.data.pca import PCAError, PCAModel, components_for, fit_pca, load_embedding, write_pca
 from sctab.data.store import Store
 from tests.conftest import pipeline_help
 
@@ -216,6 +216,26 @@ def test_train_smaller_than_n_components(store_dir, tmp_path):
     assert not (tmp_path / "out").exists()
     pca = fit_pca(small, 16, 512, progress=False)  # one chunk shorter than batch_size
     assert pca.n_samples_seen == 20 and pca.n_components == 16
+
+
+def test_shrink_to_train_caps_components_at_rows_minus_one():
+    assert components_for(256, 222, 14_000, shrink_to_train=True) == 221
+    assert components_for(256, 5_000, 14_000, shrink_to_train=True) == 256
+    assert components_for(256, 5_000, 100, shrink_to_train=True) == 100
+    assert components_for(256, 222, 14_000, shrink_to_train=False) == 256  # the paper's profiles: fit_pca refuses
+
+
+def test_pipeline_shrinks_to_a_small_train_split(census_params, store_dir, tmp_path):
+    small = _mini_store(store_dir, tmp_path / "small", 20)
+    params = {k: v for k, v in copy.deepcopy(census_params).items() if not k.startswith("_")}
+    params["pca"] = {"n_components": 32, "batch_size": 300, "shrink_to_train": True}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    r = subprocess.run([sys.executable, str(REPO / "pipelines" / "pca.py"), "--params", "params.yaml",
+                        "--store", str(small.root), "--out", "out/pca"],
+                       cwd=tmp_path, env={**os.environ, **ONE_THREAD}, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "19 components instead of pca.n_components=32" in " ".join(r.stdout.split())
+    assert json.loads((tmp_path / "out" / "pca" / "report.json").read_text())["n_components"] == 19
 
 
 # ----------------------------------------------------------------------------------------------- model

@@ -340,6 +340,17 @@ class PCAModel:
             raise PCAError(f"PCA file {path}: {e}") from e
 
 
+def components_for(n_components: int, n_train: int, n_genes: int, shrink_to_train: bool) -> int:
+    """The components to fit: ``n_components``, or with ``shrink_to_train`` at most what the train split can
+    give (a covariance of n rows has rank n - 1 at most; never more than the genes). Why: a small reference's
+    train split can hold fewer cells than the paper's 256 components (500 cells split 70/15/15 by cell leave
+    about 350 before the type filters); the reference profiles shrink, the paper's profiles keep the error."""
+    n = int(n_components)
+    if shrink_to_train:
+        n = max(1, min(n, int(n_train) - 1, int(n_genes)))
+    return n
+
+
 # ------------------------------------------------------------------------------------------------ files
 def write_pca(store: Store, out_dir: str | Path, n_components: int, batch_size: int, progress: bool = True,
               blas_threads: int = BLAS_THREADS) -> dict:
