@@ -13,7 +13,8 @@ from sctab.data.store import Store
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        description="Fit an exact PCA (pca.n_components components) on the train split only: the gene-gene "
+        description="Fit an exact PCA (pca.n_components, with pca.shrink_to_train, at most train rows - 1) "
+        "on the train split only: the gene-gene "
         "covariance is accumulated over the store in pca.batch_size-row chunks, then one symmetric "
         "eigendecomposition gives the top components. Then project the train, val and test splits. Writes "
         "pca.npz, <split>.npy (float32 embedding), <split>_cell_type.npy (int64 codes) and "
@@ -30,13 +31,12 @@ def main(argv: list[str] | None = None) -> None:
     n_components, batch_size = int(get(params, "pca.n_components")), int(get(params, "pca.batch_size"))
     threads = int(get(params, "pca.blas_threads", BLAS_THREADS))
     store = Store(args.store)
-    asked = n_components
-    n_components = components_for(asked, store.split("train").n_rows, store.n_genes,
-                                  bool(get(params, "pca.shrink_to_train", False)))
-    if n_components != asked:
-        Console().print(f"PCA: the train split has {store.split('train').n_rows:,} rows: {n_components} components "
-                        f"instead of pca.n_components={asked} (pca.shrink_to_train)")
-    r = write_pca(store, args.out, n_components, batch_size, blas_threads=threads)
+    n_train = store.split("train").n_rows
+    k = components_for(n_components, n_train, store.n_genes, bool(get(params, "pca.shrink_to_train", False)))
+    if k != n_components:
+        Console().print(f"PCA: the train split has {n_train:,} rows: {k} components "
+                        f"instead of pca.n_components={n_components} (pca.shrink_to_train)")
+    r = write_pca(store, args.out, k, batch_size, blas_threads=threads)
     rows = ", ".join(f"{s} {n:,}" for s, n in r["rows"].items())
     Console().print(f"PCA: {r['n_components']} of {r['n_genes']:,} genes explain {r['explained_variance_ratio']:.1%} "
                     f"of the train variance; projected {rows} rows to {args.out} in {r['seconds']['total']:.1f} s")
