@@ -286,8 +286,9 @@ def test_output_bytes_per_cell_leave_a_fixed_output_out():
                 for st, o in (("ontology", "data/ontology/cl.obo"), ("census", "data/census"))]
 
     rows = row("c10k", 10_000, 30_000_000) + row("c20k", 20_000, 60_000_000)
-    header = {"started": "now", "quick": False, "command": "x", "commit": "c", "wall_min": 1.0, "machine": "m",
-              "load0": "0", "load1": "0", "profile": "scale", "overrides": "", "interval": 0.2}
+    header = {"started": "now", "quick": False, "run": "Command: `x`; commit c; wall time 1.0 min", "machine": "m",
+              "load": "load average 0 at the start, 0 at the end", "profile": "scale", "overrides": "",
+              "interval": 0.2}
     text = scale.markdown(rows, [], header, {})
     lines = {ln.split("|")[2].strip(): ln for ln in text.splitlines() if ln.startswith("| ontology |")
              or ln.startswith("| census |") and "`" in ln}

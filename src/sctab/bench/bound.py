@@ -11,21 +11,19 @@ what a bench row is), and writes each process's errors and the bound, with the c
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import shlex
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 from sctab.allocator import keep_freed_memory
 from sctab.bench.cases import EXACT_FACTOR, Config, _model_and_batches, one_thread, tie_bound
-from sctab.bench.runner import REPO, _allocator_text, cpu_model, git_commit
+from sctab.bench.runner import REPO
+from sctab.provenance import RunRecord, allocator_text, machine_text
 
 
 def _child(cfg: Config, f64_path: Path, out: Path) -> None:
@@ -70,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     if a._child:
         _child(cfg, Path(a._child[0]), Path(a._child[1]))
         return 0
-    t0, started, rows = time.perf_counter(), dt.datetime.now(), []
+    run, rows = RunRecord.start("benchmarks/exact_bound.py", argv, root=REPO), []
     with tempfile.TemporaryDirectory() as d:
         for i in range(a.processes):
             out = Path(d) / f"{i}.json"
@@ -82,13 +80,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"exact_bound: process {i} failed: {(r.stderr or r.stdout).strip()[-500:]}")
             rows.append(json.loads(out.read_text()))
             print(f"process {i}: {rows[-1]}", file=sys.stderr, flush=True)
-    cmd = " ".join(shlex.quote(x) for x in ["benchmarks/exact_bound.py", *(sys.argv[1:] if argv is None else argv)])
     bounds = [r["bound"] for r in rows]
-    lines = [f"## Exactness bound, {started:%Y-%m-%d %H:%M}{' (quick)' if a.quick else ''}", "",
-             f"Command: `{cmd}`; commit {git_commit()}; {a.processes} fresh processes; wall time "
-             f"{(time.perf_counter() - t0) / 60:.1f} min. Machine: {cpu_model()}, {os.cpu_count()} CPU cores, torch "
-             f"{torch.__version__}. Load average {', '.join(f'{v:.1f}' for v in os.getloadavg())} at the end. "
-             f"Allocator: {_allocator_text()}.", "",
+    lines = [f"## Exactness bound, {run.started:%Y-%m-%d %H:%M}{' (quick)' if a.quick else ''}", "",
+             f"{run.command_text()}; {a.processes} fresh processes. Machine: {machine_text()}. "
+             f"{run.load_summary().capitalize()}. Allocator: {allocator_text()}.", "",
              f"The bench's weights and the inference rows' {cfg.model_batches} batches of {cfg.batch_size} cells "
              f"({cfg.n_genes:,} genes); largest |p_f32 - p_f64| of the textbook model on all threads (what the "
              f"rows used before) and on one thread (what they use now), the bound ({EXACT_FACTOR:g}x the "
@@ -102,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"(max / min {max(bounds) / min(bounds):.3g})."]
     text = "\n".join(lines) + "\n"
     print(text)
-    dated = REPO / "benchmarks" / "results" / f"exact-bound-{started:%Y-%m-%d-%H%M}.md"
+    dated = REPO / "benchmarks" / "results" / f"exact-bound-{run.started:%Y-%m-%d-%H%M}.md"
     out = a.out if a.out is not None else (None if a.quick else str(dated))
     if out and out != "-":
         Path(out).write_text(text)

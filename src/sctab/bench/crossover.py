@@ -144,13 +144,10 @@ def table(res: dict, header: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import datetime as dt
-    import os
-    import platform
-    import shlex
 
     from sctab.bench.cases import Config
-    from sctab.bench.runner import REPO, cpu_model, git_commit
+    from sctab.bench.runner import REPO
+    from sctab.provenance import RunRecord, machine_text
 
     p = argparse.ArgumentParser(prog="benchmarks/csr_crossover.py", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny shapes (2,000 genes): a smoke run")
@@ -160,24 +157,18 @@ def main(argv: list[str] | None = None) -> int:
                    "'-' = do not write; quick runs write nothing unless given)")
     a = p.parse_args(argv)
     cfg = Config.quick(a.cache) if a.quick else Config(cache=a.cache)
-    started, load0, t0 = dt.datetime.now(), os.getloadavg(), time.perf_counter()
+    run = RunRecord.start("benchmarks/csr_crossover.py", argv, root=REPO)
     res = measure(cfg, repeats=a.repeats)
-    cmd = " ".join(shlex.quote(x) for x in ["benchmarks/csr_crossover.py", *(sys.argv[1:] if argv is None else argv)])
-    header = (f"## CSR inference: densify or sparse first layer, {started:%Y-%m-%d %H:%M}\n\nCommand: `{cmd}`; commit "
-              f"{git_commit()}; wall time {(time.perf_counter() - t0) / 60:.1f} min. Machine: {cpu_model()}, "
-              f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
-              f"({torch.get_num_threads()} threads); load average {', '.join(f'{v:.1f}' for v in load0)} at the "
-              f"start, {', '.join(f'{v:.1f}' for v in os.getloadavg())} at the end. Whole forward pass of the "
+    header = (f"## CSR inference: densify or sparse first layer, {run.started:%Y-%m-%d %H:%M}\n\n"
+              f"{run.command_text()}. Machine: {machine_text()}; {run.load_summary()}. Whole forward pass of the "
               f"trained bench model on one batch of {res['batch']:,} cells x {res['genes']:,} genes, thinned or "
               f"topped up to each density; medians of {res['repeats']} passes per path, the paths interleaved.")
     text = table(res, header)
     print(text)
-    dated = REPO / "benchmarks" / "results" / f"csr-crossover-{started:%Y-%m-%d-%H%M}.md"
+    dated = REPO / "benchmarks" / "results" / f"csr-crossover-{run.started:%Y-%m-%d-%H%M}.md"
     out = a.out if a.out is not None else (None if a.quick else str(dated))
     if out and out != "-":
         Path(out).write_text(text + "\n")
-        Path(out).with_suffix(".json").write_text(json.dumps({"command": cmd, "commit": git_commit(),
-                                                              "started": started.isoformat(timespec="seconds"),
-                                                              **res}, indent=1))
+        Path(out).with_suffix(".json").write_text(json.dumps({**run.as_dict(), **res}, indent=1))
         print(f"wrote {out}", file=sys.stderr)
     return 0 if all(r["agree"] for r in res["rows"]) else 1

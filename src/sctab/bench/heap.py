@@ -11,11 +11,7 @@ free inside them, in use), then the RSS once the free memory is given back (``ma
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import os
-import platform
 import resource
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -24,7 +20,8 @@ import psutil
 import torch
 
 from sctab.allocator import heap_stats, keep_freed_memory, mode, release_freed_memory
-from sctab.bench.runner import REPO, cpu_model, git_commit
+from sctab.bench.runner import REPO
+from sctab.provenance import RunRecord, machine_text
 
 MIB = 2**20
 
@@ -67,7 +64,7 @@ def run(args) -> str:
                          x_format="csr" if backend == "sparse" else "dense")
     weights, child = torch.ones(n_classes), torch.eye(n_classes)
     me = psutil.Process()
-    started, load0, t0 = dt.datetime.now(), os.getloadavg(), time.perf_counter()
+    run = RunRecord.start("benchmarks/eval_heap.py", args.argv, root=REPO)
     rows = []
     for p in range(1, args.passes + 1):
         t = time.perf_counter()
@@ -79,13 +76,9 @@ def run(args) -> str:
               f"{h.get('free', 0) / MIB:,.0f} MiB", file=sys.stderr, flush=True)
     release_freed_memory()
     live = me.memory_info().rss
-    cmd = " ".join(shlex.quote(x) for x in ["benchmarks/eval_heap.py", *args.argv])
-    lines = [f"## Memory of repeated evaluation passes, {started:%Y-%m-%d %H:%M}", "",
-             f"Command: `{cmd}`; commit {git_commit()}; wall time {(time.perf_counter() - t0) / 60:.1f} min; "
-             f"every row from this invocation.", "",
-             f"Machine: {cpu_model()}, {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
-             f"({torch.get_num_threads()} threads). Load average {', '.join(f'{x:.1f}' for x in load0)} at the "
-             f"start, {', '.join(f'{x:.1f}' for x in os.getloadavg())} at the end. Allocator: "
+    lines = [f"## Memory of repeated evaluation passes, {run.started:%Y-%m-%d %H:%M}", "",
+             f"{run.command_text()}; every row from this invocation.", "",
+             f"Machine: {machine_text()}. {run.load_summary().capitalize()}. Allocator: "
              f"{'freed memory kept (sctab.allocator)' if kept else 'glibc defaults'} (SCTAB_MALLOC={mode()}).", "",
              f"Model: {what}. Split `{args.split}` ({backend} loader), batches of {args.batch_size:,} cells, "
              f"{len(loader)} batches per pass; `sctab.train.loop.evaluate_loader`, as the training loop's "

@@ -16,11 +16,7 @@ the paper's census-scale result.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
-import shlex
 import shutil
 import subprocess
 import sys
@@ -34,9 +30,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from sctab.bench.runner import REPO, cpu_model, git_commit
+from sctab.bench.runner import REPO
 from sctab.bench.scale import stage_env, stop_leftovers
 from sctab.config import ConfigError, update_params_file
+from sctab.provenance import RunRecord, machine_text
 
 RESULTS = REPO / "benchmarks" / "results"
 MODELS = ("sctab", "mlp", "linear", "xgboost", "celltypist")
@@ -376,21 +373,18 @@ def main(argv: list[str] | None = None) -> int:
         extra[key] = yaml.safe_load(value)
     if a.seeds < 1:
         p.error("--seeds must be at least 1")
-    started, load0, t0 = dt.datetime.now(), os.getloadavg(), time.perf_counter()
+    run = RunRecord.start("benchmarks/references.py", argv, root=REPO)
+    started = run.started
     root = Path(a.workdir) if a.workdir else Path(tempfile.mkdtemp(prefix="sctab-refs-"))
-    cmd = " ".join(shlex.quote(x) for x in ["benchmarks/references.py", *(sys.argv[1:] if argv is None else argv)])
     out = a.out or str(RESULTS / f"references-{started:%Y-%m-%d-%H%M}.md")
-    commit = git_commit()
     planned = [(name, cells) for name in a.sets for cells in a.cells]
     results = []
 
     def write(final: bool) -> str:
         """The results so far: rewritten after each set, so a long run interrupted keeps the sets it finished."""
         state = "" if final else f" **Partial: {len(results)} of {len(planned)} set runs finished so far.**"
-        header = (f"## Reference suite, {started:%Y-%m-%d %H:%M}\n\nCommand: `{cmd}`; commit {commit}; wall time "
-                  f"{(time.perf_counter() - t0) / 60:.1f} min. Machine: {cpu_model()}, {platform.machine()}, "
-                  f"{os.cpu_count()} CPU cores; load average {', '.join(f'{v:.1f}' for v in load0)} at the start, "
-                  f"{', '.join(f'{v:.1f}' for v in os.getloadavg())} at the end. Each set through the reference "
+        header = (f"## Reference suite, {started:%Y-%m-%d %H:%M}\n\n{run.command_text()}. Machine: {machine_text()}; "
+                  f"{run.load_summary()}. Each set through the reference "
                   f"route (`sctab params --profile reference --input <set>.h5ad`, the set's settings, `dvc repro "
                   f"evaluate`), {a.seeds} seed(s); these are small real sets, not the paper's census.{state}")
         text = render(results, header)
@@ -398,8 +392,8 @@ def main(argv: list[str] | None = None) -> int:
             path = Path(out)
             path.write_text(text + "\n")
             path.with_suffix(".json").write_text(json.dumps(
-                {"command": cmd, "commit": commit, "started": started.isoformat(timespec="seconds"),
-                 "complete": final, "results": results, "summary": {r["set"]: summarise(r) for r in results}},
+                {**run.as_dict(), "complete": final, "results": results,
+                 "summary": {r["set"]: summarise(r) for r in results}},
                 indent=1, default=str))
             plot(results, path.with_suffix(".png"))
         return text

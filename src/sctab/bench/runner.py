@@ -11,29 +11,24 @@ the exactness criterion of cases.exactness; a row whose check fails does not mee
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import resource
-import shlex
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from sctab.allocator import ENV as MALLOC_ENV
 from sctab.allocator import keep_freed_memory
-from sctab.allocator import mode as malloc_mode
 from sctab.bench.cases import EXACT_FACTOR, REGISTRY, Config
 from sctab.bench.checks import bounded, check_text, info_text, not_checks, passed
 from sctab.bench.roofline import higher, measure_peaks, roofline_rows, roofline_table
 from sctab.bench.synthetic import make_store, store_stats
+from sctab.provenance import RunRecord, allocator_text, machine_text
 
 REPO = Path(__file__).resolve().parents[3]
 MERLIN_PY = REPO / ".venv-merlin" / "bin" / "python"
@@ -81,39 +76,6 @@ def build_merlin_env() -> str | None:
         tail = [ln for ln in (r.stderr or r.stdout).splitlines() if ln.strip() and "WARNING" not in ln][-1:]
         return f"`make merlin-env` failed (exit {r.returncode}): {(tail or ['no output'])[0][:200]}"
     return None
-
-
-def git_commit() -> str:
-    """HEAD's short hash, marked when the working tree has uncommitted changes to tracked files."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-    return f"{head}{' + uncommitted changes' if dirty else ''}"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def _allocator_text() -> str:
-    if malloc_mode() == "system":
-        return f"glibc's defaults in every part ({MALLOC_ENV}=system)"
-    return ("every part, ours and baseline, keeps freed memory for reuse, as the sctab entry points that train or "
-            f"predict do (sctab.allocator; {MALLOC_ENV}=system for glibc's defaults)")
-
-
-def _load(avg) -> str:
-    return ", ".join(f"{v:.1f}" for v in avg)
 
 
 def run_case(name: str, cfg: Config) -> dict:
@@ -302,22 +264,17 @@ def main(argv: list[str] | None = None) -> int:
     stats = store_stats(cfg.store_path)
     print("measuring the roofline (GEMM, triad) ...", file=sys.stderr, flush=True)
     peaks0 = measure_peaks(when="before the rows")  # again after them; the higher ceiling is kept (roofline.py)
-    load0, t0, started = os.getloadavg(), time.perf_counter(), dt.datetime.now()
+    run = RunRecord.start("benchmarks/run.py", argv, root=REPO)
     rows = []
     for n in names:
         print(f"running {n} ...", file=sys.stderr, flush=True)
         rows.append(run_case(n, cfg))
-    load1, wall = os.getloadavg(), time.perf_counter() - t0
-    cmd = " ".join(shlex.quote(x) for x in ["benchmarks/run.py", *(sys.argv[1:] if argv is None else argv)])
-    header = (f"## scTab bench, {started:%Y-%m-%d %H:%M}{' (quick)' if a.quick else ''}\n\n"
-              f"Command: `{cmd}`{' (via make bench)' if os.environ.get('MAKELEVEL') else ''}; commit "
-              f"{git_commit()}; {len(rows)} rows, all from this invocation; wall time {wall / 60:.1f} min.\n\n"
-              f"Machine: {cpu_model()}, {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
-              f"({torch.get_num_threads()} threads), {where}. Load average (1, 5, 15 min) "
-              f"{_load(load0)} at the start, {_load(load1)} at the end: the machine may be shared, so next to the "
-              f"wall-clock rate each figure has a CPU-time rate, items / (process CPU s / {os.cpu_count()} "
-              f"cores), the rate had the cores been ours; 'Met' is given for both. Allocator: "
-              f"{_allocator_text()}.\n\n"
+    header = (f"## scTab bench, {run.started:%Y-%m-%d %H:%M}{' (quick)' if a.quick else ''}\n\n"
+              f"{run.command_text(via='bench')}; {len(rows)} rows, all from this invocation.\n\n"
+              f"Machine: {machine_text()}, {where}. {run.load_summary().capitalize()}: the machine may be shared, "
+              f"so next to the wall-clock rate each figure has a CPU-time rate, items / (process CPU s / "
+              f"{os.cpu_count()} cores), the rate had the cores been ours; 'Met' is given for both. Allocator: "
+              f"{allocator_text()}.\n\n"
               f"Store: {cfg.n_cells:,} synthetic cells x "
               f"{cfg.n_genes:,} genes, {cfg.n_classes} classes, {stats['density']:.1%} non-zero "
               f"({stats['nnz'] / stats['cells']:,.0f} genes per cell), row groups of {cfg.row_group_size}, "
@@ -338,14 +295,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         peaks = None
     print(text)
-    dated = str(REPO / "benchmarks" / "results" / f"{started:%Y-%m-%d-%H%M}.md")
+    dated = str(REPO / "benchmarks" / "results" / f"{run.started:%Y-%m-%d-%H%M}.md")
     out = a.out if a.out is not None else (None if a.quick else dated)
     if out and out != "-":
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text + "\n")
-        record = {"command": cmd, "commit": git_commit(), "started": started.isoformat(timespec="seconds"),
-                  "wall_s": wall, "load_start": list(load0), "load_end": list(load1), "cpu": cpu_model(),
-                  "cores": os.cpu_count(), "torch": torch.__version__, "where": where, "quick": a.quick,
+        record = {**run.as_dict(), "cores": os.cpu_count(), "where": where, "quick": a.quick,
                   "config": asdict(cfg), "rows": rows, "roofline": None if peaks is None else
                   {"peaks": asdict(peaks), "rows": roofline_rows(rows, peaks)}}
         Path(out).with_suffix(".json").write_text(json.dumps(record, indent=1, default=float))

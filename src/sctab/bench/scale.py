@@ -19,13 +19,10 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
-import datetime as dt
 import json
 import math
 import os
-import platform
 import resource
-import shlex
 import shutil
 import subprocess
 import sys
@@ -37,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import psutil
 import yaml
+
+from sctab.provenance import RunRecord, machine_text
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -831,10 +830,8 @@ def markdown(rows: list[dict], fitted: list[dict], header: dict, nodes: dict[str
     by = {(r["size"], r["stage"]): r for r in rows}
     first = {s: next(r for r in rows if r["size"] == s) for s in sizes}
     lines = [f"## Scale curve, {header['started']}{' (quick)' if header['quick'] else ''}", "",
-             f"Command: `{header['command']}`; commit {header['commit']}; wall time {header['wall_min']:.1f} min; "
-             f"every row from this invocation.", "",
-             f"Machine: {header['machine']}. Load average (1, 5, 15 min) {header['load0']} at the start, "
-             f"{header['load1']} at the end.", "",
+             f"{header['run']}; every row from this invocation.", "",
+             f"Machine: {header['machine']}. {header['load'].capitalize()}.", "",
              f"Census: the embedded synthetic census of profile `{header['profile']}`, its cells per donor times "
              f"each x-size's factor, or sized to a c-size's cells by the profile's rule (`sctab params --cells`); "
              f"training: one epoch per neural model, scTab {SCTAB_MEMBERS} ensemble member "
@@ -999,8 +996,7 @@ def main(argv: list[str] | None = None) -> int:
     base_genes = int(overrides.get("synthetic.n_genes", profile["synthetic"]["n_genes"]))
     out_dir = Path(a.out) if a.out else (None if a.quick else REPO / "benchmarks" / "results")
 
-    cmd = " ".join(shlex.quote(x) for x in ["benchmarks/scale.py", *(sys.argv[1:] if argv is None else argv)])
-    load0, t0, started = os.getloadavg(), time.perf_counter(), dt.datetime.now()
+    run = RunRecord.start("benchmarks/scale.py", argv, root=REPO)
     work = Path(a.workdir) if a.workdir else Path(tempfile.mkdtemp(prefix="sctab-scale-"))
     rows: list[dict] = []
     try:
@@ -1013,26 +1009,18 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not a.keep and not a.workdir:
             shutil.rmtree(work, ignore_errors=True)
-    wall = time.perf_counter() - t0
-    load1 = os.getloadavg()
-
-    from sctab.bench.runner import cpu_model, git_commit
-
     fitted = fits(rows, base_genes)
     deps = deployments(fitted, os.cpu_count() or 1, gpu_rates()) if base_genes == PAPER["n_genes"] else []
-    header = {"started": f"{started:%Y-%m-%d %H:%M}", "quick": a.quick,
-              "command": cmd + (" (via make bench-scale)" if os.environ.get("MAKELEVEL") else ""),
-              "commit": git_commit(), "wall_min": wall / 60, "profile": a.profile, "base_genes": base_genes,
-              "machine": f"{cpu_model()}, {platform.machine()}, {os.cpu_count()} CPU cores, "
-                         f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM",
-              "load0": ", ".join(f"{v:.1f}" for v in load0), "load1": ", ".join(f"{v:.1f}" for v in load1),
+    header = {"started": f"{run.started:%Y-%m-%d %H:%M}", "quick": a.quick, "run": run.command_text(via="bench-scale"),
+              "profile": a.profile, "base_genes": base_genes, "machine": machine_text(ram=True),
+              "load": run.load_summary(),
               "interval": a.interval, "overrides": ", ".join(f"{k}={v}" for k, v in overrides.items()),
               "deployments": deps, "gpu_rates": gpu_rates() if deps else None}
     text = markdown(rows, fitted, header, nodes)
     print(text)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        stem = out_dir / f"scale-{started:%Y-%m-%d}"
+        stem = out_dir / f"scale-{run.started:%Y-%m-%d}"
         write_csv(rows, stem.with_suffix(".csv"))
         plot(rows, stem.with_suffix(".png"), base_genes)
         stem.with_suffix(".md").write_text(text)

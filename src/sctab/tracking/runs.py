@@ -8,12 +8,13 @@ holding ``dvc.yaml`` above the working directory, so copies of the repository tr
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
+
+from sctab import provenance
 
 DEFAULT_DB = "mlruns/mlflow.db"
 
@@ -124,16 +125,8 @@ def _experiment_id(name: str, uri: str) -> str:
 
 
 def git_commit(root: str | os.PathLike | None = None) -> str:
-    """HEAD of the project's git repository, suffixed ``-dirty`` when tracked files changed."""
-    cwd = project_root(root)
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return f"{sha}-dirty" if dirty else sha
+    """HEAD of the project's checkout, ``-dirty`` only when source paths changed (sctab.provenance)."""
+    return provenance.git_commit(project_root(root))
 
 
 def data_version(root: str | os.PathLike | None = None, path: str = "data/store") -> str:
