@@ -60,9 +60,9 @@ def test_quick_bench_runs_every_case_and_writes_the_table(tmp_path):
         assert "NO" not in cells[8], (ln, r.stderr[-1500:])
         assert "1 repeats" in cells[1] and "1 repeats" in cells[3], ln
     for ln in lines[1:]:  # model rows: the criterion with its bound, passed, and the support sizes they ran on
-        assert r"max \|p - p_f64\| (<= 4x textbook f32 error) " in ln, ln
-        assert "cells with another class than the textbook's (ties aside) 0 <= 0: yes" in ln, ln
-        assert "reported, not judged: textbook f32 vs f64 " in ln, ln
+        assert r"max \|p - p_f64\| (<= 4x reference f32 error) " in ln, ln
+        assert "cells with another class than the reference's (ties aside) 0 <= 0: yes" in ln, ln
+        assert "reported, not judged: reference f32 vs f64 " in ln, ln
     assert "masks: median" in lines[1]
     assert "`sctab annotate` end to end" in lines[2] and "3,000 cells" in lines[2]
     assert "written labels other than the fast path's (ties aside) 0 <= 0: yes" in lines[2]

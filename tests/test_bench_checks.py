@@ -1,5 +1,5 @@
 """Every bench row is judged (issue 26): checks are pass/fail with a stated bound and can fail; the exactness bound
-is the worst of several float32 draws of the textbook model; the device rows' checks (run here on the CPU, on
+is the worst of several float32 draws of the reference model; the device rows' checks (run here on the CPU, on
 real loaders and models); a GPU row has no CPU-time rate; the summary refuses a file without the runner's header."""
 
 from __future__ import annotations
@@ -98,19 +98,19 @@ def test_info_is_shown_and_not_judged():
 
 
 # ------------------------------------------------------------------------------------------ exactness
-KEY = f"max |p - p_f64| (<= {EXACT_FACTOR:g}x textbook f32 error)"
-CLASS = "cells with another class than the textbook's (ties aside)"
+KEY = f"max |p - p_f64| (<= {EXACT_FACTOR:g}x reference f32 error)"
+CLASS = "cells with another class than the reference's (ties aside)"
 
 
-def test_the_exactness_bound_is_the_worst_of_the_textbook_draws():
+def test_the_exactness_bound_is_the_worst_of_the_reference_draws():
     ref = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.5, 0.4]], dtype=torch.float64)
-    plain, other = ref + 1e-7, ref + 2e-6  # two float32 draws of the textbook: the second is the worse one
+    plain, other = ref + 1e-7, ref + 2e-6  # two float32 draws of the reference: the second is the worse one
     ours = ref + 5e-6
     one = exactness([ours], [plain], [ref])  # one draw: bound 4e-7, ours fails
     assert not one["check"][KEY]["ok"] and one["check"][KEY]["bound"] == pytest.approx(4e-7)
     both = exactness([ours], [plain], [ref], [[other]])  # the worst draw: bound 8e-6, ours passes
     assert both["check"][KEY]["ok"] and both["check"][KEY]["bound"] == pytest.approx(8e-6)
-    assert both["info"]["textbook f32 vs f64"] == pytest.approx(2e-6)
+    assert both["info"]["reference f32 vs f64"] == pytest.approx(2e-6)
     assert both["info"]["draws"] == "1.0e-07 / 2.0e-06"
     # the bound is the same whichever draw comes first
     swapped = exactness([ours], [other], [ref], [[plain]])
@@ -127,7 +127,7 @@ def test_exactness_another_class_fails_and_a_tie_does_not():
     tied = ref.clone()
     tied[1] = torch.tensor([0.1, 0.45, 0.45 + 1e-6], dtype=torch.float64)
     tb = tied.clone()
-    tb[1, 2] -= 2e-6  # the textbook picks class 1, ours class 2: within the rounding bound of float64
+    tb[1, 2] -= 2e-6  # the reference picks class 1, ours class 2: within the rounding bound of float64
     res = exactness([tied], [tb], [tied])
     assert res["check"][CLASS]["ok"] and res["info"]["ties within rounding"] == 1
 
@@ -153,7 +153,7 @@ def test_the_check_runs_on_one_thread_and_gives_the_same_bound_every_time():
     batches = [B(_sparse_data(seed=21)), B(_sparse_data(seed=22))]
     runs = [cases._exactness(model, batches, [b.x for b in batches]) for _ in range(2)]
     assert runs[0]["check"] == runs[1]["check"]
-    assert runs[0]["info"]["textbook f32 vs f64"] == runs[1]["info"]["textbook f32 vs f64"] > 0
+    assert runs[0]["info"]["reference f32 vs f64"] == runs[1]["info"]["reference f32 vs f64"] > 0
     assert runs[0]["check"][KEY]["ok"] and runs[0]["check"][CLASS]["ok"]
     assert "masks: median" in runs[0]["info"]["support"]
 

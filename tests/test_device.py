@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from sctab.config import ConfigError, check_device, check_precision, check_settings
 from sctab.models.device import DeviceError, autocast, cuda_usable, model_input, resolve_device, to_device
+from sctab.models.reference_tabnet import ReferenceTabNet
 from sctab.models.xgboost_model import XGBoostConfigError
 from sctab.models.xgboost_model import check_config as check_xgboost
 from sctab.models.xgboost_model import resolve_device as xgboost_device
@@ -165,16 +166,16 @@ def test_bf16_mixed_trains_with_entmax_and_losses_in_float32():
         assert model(x)[0].dtype == torch.float32
 
 
-def test_fast_path_equals_textbook_under_bf16_mixed():
+def test_fast_path_equals_the_reference_under_bf16_mixed():
     """Under bf16-mixed both paths run the same bf16 layers; the masked first layer and entmax stay float32,
-    so the fast path is the textbook model to float32 rounding there, and to bf16 rounding overall."""
+    so the fast path is the reference model to float32 rounding there, and to bf16 rounding overall."""
     from tests.test_tabnet import _sparse_data
 
     base = _sharp_model().train()
     x, y = _sparse_data(seed=6), torch.randint(0, 7, (64,))
     out = {}
     for fast in (True, False):
-        model = copy.deepcopy(base).set_fast(fast)
+        model = copy.deepcopy(base) if fast else ReferenceTabNet.like(base)
         torch.manual_seed(0)
         with autocast(torch.device("cpu"), "bf16-mixed"):
             logits, m_loss = model(x)

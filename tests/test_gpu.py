@@ -3,8 +3,9 @@
 Skipped as a whole, with the reason, where torch sees no CUDA device (a CPU-only build, or no GPU); run in
 full where it does (Python 3.12 and a CUDA build of torch, as GPU machines commonly have):
 
-* the fast paths equal the textbook model on CUDA, forward and gradients, dense and CSR input, and CUDA
-  equals the CPU on the same weights; under bf16-mixed, fast equals textbook to bf16 rounding;
+* the fast paths equal the reference TabNet (sctab.models.reference_tabnet) on CUDA, forward and gradients,
+  dense and CSR input, and CUDA equals the CPU on the same weights; under bf16-mixed, fast equals the
+  reference to bf16 rounding;
 * a two-epoch scTab run through Ray Train with one GPU worker on the test store;
 * XGBoost trains on CUDA, in a fit and in the trials of a Tune study alike;
 * `sctab annotate --device cuda` gives the CPU's labels;
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from sctab.models.device import cuda_usable, resolve_device, torch_build
+from sctab.models.reference_tabnet import ReferenceTabNet
 from tests.test_annotation import bundle_dir, models, test_counts  # noqa: F401  (fixtures)
 from tests.test_tabnet import _reference_forward, _sharp_model, _sparse_data
 
@@ -52,7 +54,7 @@ def _grads(model, x, y):
     return logits.detach(), [p.grad.detach().clone() for p in model.parameters()]
 
 
-def test_fast_paths_equal_the_textbook_model_forward_and_gradients(dev):
+def test_fast_paths_equal_the_reference_model_forward_and_gradients(dev):
     cpu_model = _sharp_model()
     model = copy.deepcopy(cpu_model).to(dev)
     x = _sparse_data(seed=3).to(dev)
@@ -72,7 +74,7 @@ def test_fast_paths_equal_the_textbook_model_forward_and_gradients(dev):
     model.train()
     fast_logits, fast_grads = _grads(model, x, y)
     csr_logits, csr_grads = _grads(model, x.to_sparse_csr(), y)
-    text_logits, text_grads = _grads(copy.deepcopy(model).set_fast(False), x, y)
+    text_logits, text_grads = _grads(ReferenceTabNet.like(model), x, y)
     torch.testing.assert_close(fast_logits, text_logits, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(csr_logits, fast_logits, atol=0, rtol=0)  # CSR in training: densified, same
     for a, b, c in zip(fast_grads, text_grads, csr_grads):
@@ -80,14 +82,14 @@ def test_fast_paths_equal_the_textbook_model_forward_and_gradients(dev):
         torch.testing.assert_close(c, a, atol=0, rtol=0)
 
 
-def test_fast_paths_equal_the_textbook_model_under_bf16_mixed(dev):
+def test_fast_paths_equal_the_reference_model_under_bf16_mixed(dev):
     from sctab.models.device import autocast
 
     model = _sharp_model().to(dev).train()
     x, y = _sparse_data(seed=6).to(dev), torch.randint(0, 7, (64,), device=dev)
     out = {}
     for fast in (True, False):
-        m = copy.deepcopy(model).set_fast(fast)
+        m = copy.deepcopy(model) if fast else ReferenceTabNet.like(model)
         with autocast(dev, "bf16-mixed"):
             out[fast] = _grads(m, x, y)
     (lf, gf), (ls, gs) = out[True], out[False]

@@ -1,6 +1,6 @@
 """`benchmarks/exact_bound.py`: is the exactness bound of the model rows stable from run to run?
 
-The model rows' bound is EXACT_FACTOR x the textbook model's float32 error against float64 (cases.exactness).
+The model rows' bound is EXACT_FACTOR x the reference model's float32 error against float64 (cases.exactness).
 Evaluated on all threads, that error moved from run to run on the same weights and batches (5.7e-8 in some
 bench runs, 8.0e-6 in others, results of 2026-11-25/26): how many threads a kernel got, which the machine's
 load decides, sets the summation order. The rows now evaluate the check on one thread (cases.one_thread). This
@@ -23,6 +23,7 @@ import torch
 from sctab.allocator import keep_freed_memory
 from sctab.bench.cases import EXACT_FACTOR, Config, _model_and_batches, one_thread, tie_bound
 from sctab.bench.runner import REPO
+from sctab.models.reference_tabnet import ReferenceTabNet
 from sctab.provenance import RunRecord, allocator_text, machine_text
 
 
@@ -34,22 +35,22 @@ def _child(cfg: Config, f64_path: Path, out: Path) -> None:
     dense = [b.x.to_dense() for b in batches]
     with torch.no_grad():
         if not f64_path.exists():  # the float64 reference: the same in every process, computed once
-            import copy
-
-            m64 = copy.deepcopy(model).double()
+            m64 = ReferenceTabNet.like(model).double()
             torch.save([torch.softmax(m64(x.double())[0], -1) for x in dense], f64_path)
             del m64
         p64 = torch.cat(torch.load(f64_path, weights_only=True))
 
+        reference = ReferenceTabNet.like(model)
+
         def err(fast: bool, csr: bool = False) -> float:
-            model.set_fast(fast)
-            p = [torch.softmax(model(b.x if csr else x)[0], -1) for b, x in zip(batches, dense)]
+            net = model if fast else reference
+            p = [torch.softmax(net(b.x if csr else x)[0], -1) for b, x in zip(batches, dense)]
             return float((torch.cat(p).double() - p64).abs().max())
 
-        res = {"textbook, all threads": err(False)}
+        res = {"reference, all threads": err(False)}
         with one_thread():
-            res["textbook, one thread"] = err(False)
-            res["bound"] = tie_bound(res["textbook, one thread"])
+            res["reference, one thread"] = err(False)
+            res["bound"] = tie_bound(res["reference, one thread"])
             res["ours (CSR), one thread"] = err(True, csr=True)
     out.write_text(json.dumps(res))
 
@@ -85,13 +86,13 @@ def main(argv: list[str] | None = None) -> int:
              f"{run.command_text()}; {a.processes} fresh processes. Machine: {machine_text()}. "
              f"{run.load_summary().capitalize()}. Allocator: {allocator_text()}.", "",
              f"The bench's weights and the inference rows' {cfg.model_batches} batches of {cfg.batch_size} cells "
-             f"({cfg.n_genes:,} genes); largest |p_f32 - p_f64| of the textbook model on all threads (what the "
+             f"({cfg.n_genes:,} genes); largest |p_f32 - p_f64| of the reference model on all threads (what the "
              f"rows used before) and on one thread (what they use now), the bound ({EXACT_FACTOR:g}x the "
              f"one-thread error) and the fast path's error on one thread (the CSR row's check).", "",
-             "| Process | textbook, all threads | textbook, one thread | bound | ours (CSR), one thread |",
+             "| Process | reference, all threads | reference, one thread | bound | ours (CSR), one thread |",
              "|---|---|---|---|---|"]
     for i, r in enumerate(rows):
-        lines.append(f"| {i} | {r['textbook, all threads']:.2e} | {r['textbook, one thread']:.2e} | "
+        lines.append(f"| {i} | {r['reference, all threads']:.2e} | {r['reference, one thread']:.2e} | "
                      f"{r['bound']:.2e} | {r['ours (CSR), one thread']:.2e} |")
     lines += ["", f"Bound over the processes: {min(bounds):.2e} to {max(bounds):.2e} "
                   f"(max / min {max(bounds) / min(bounds):.3g})."]

@@ -3,7 +3,7 @@
 A case is a function `(part, cfg) -> dict` registered in `REGISTRY` under a name; `part` is "ours" or
 "baseline" (each runs in its own subprocess, so each gets its own peak memory). It returns
 `{"samples": [...], "unit": ..., "label": ..., "check": {...}}`: throughput samples (one per repeat), what
-was measured, and, for "ours", the exactness check (`exactness`: float64 reference, textbook model) and
+was measured, and, for "ours", the exactness check (`exactness`: the reference TabNet in float32 and in float64) and
 what the speed depends on (the masks' support sizes). `Case.run=None` registers a row whose benchmark does
 not exist yet (shown as "not run").
 """
@@ -15,6 +15,7 @@ import copy
 import json
 import multiprocessing
 import os
+import resource
 import threading
 import time
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from sctab.data.loaders import SparseStreamLoader, StreamLoader, _GroupReader, m
 from sctab.data.store import Store
 from sctab.io import atomic_dir
 from sctab.models.entmax import entmax15, entmax15_sort
+from sctab.models.reference_tabnet import ReferenceTabNet
 from sctab.models.tabnet import TabNet
 
 # anndata and sctab.annotation are imported in the annotate row only: .venv-merlin, which runs this module for
@@ -254,7 +256,7 @@ def loader_anchor(anchor: str, x_format: str, cold: bool):
 #: bump when the short training run below changes: cached weights are keyed by it
 WEIGHTS_VERSION = 1
 #: the exactness criterion of every model row: ours may be at most this many times further from the
-#: float64 result than the textbook float32 model is, and must pick the textbook's class for every cell
+#: float64 result than the reference float32 model is, and must pick the reference's class for every cell
 EXACT_FACTOR = 4.0
 
 
@@ -376,26 +378,26 @@ def support_text(sizes: np.ndarray) -> str:
     return f"{len(sizes):,} masks: median {q[0]}, p90 {q[1]}, p99 {q[2]}, max {int(sizes.max())} genes"
 
 
-def exactness(ours: list[torch.Tensor], textbook: list[torch.Tensor], f64: list[torch.Tensor],
-              textbook_variants: tuple = ()) -> dict:
-    """The criterion of every model and annotate row: probabilities of ours and of the textbook model (float32)
-    against a float64 reference of the same model and inputs. Ours passes when its largest error is at most
-    EXACT_FACTOR times the textbook's float32 error and it picks the textbook's class for every cell (ties
+def exactness(ours: list[torch.Tensor], reference: list[torch.Tensor], f64: list[torch.Tensor],
+              reference_variants: tuple = ()) -> dict:
+    """The criterion of every model and annotate row: probabilities of ours and of the reference model (float32)
+    against a float64 copy of the reference on the same inputs. Ours passes when its largest error is at most
+    EXACT_FACTOR times the reference's float32 error and it picks the reference's class for every cell (ties
     within that bound aside). Returns ``{"check": ..., "info": ...}`` (sctab.bench.checks).
 
-    The textbook's float32 error is the worst over ``textbook`` and each of ``textbook_variants`` (the same
+    The reference's float32 error is the worst over ``reference`` and each of ``reference_variants`` (the same
     cells in the same order, computed another way), over all the cells. The rows evaluate everything on one
     thread (one_thread()), where the error is a fixed function of the code, weights and cells; multi-threaded,
     it moved with the machine's load (5.7e-8 in some bench runs and 8.0e-6 in others, same weights and batches).
 
     Why relative: float32 sums in another order (sparse products, top-k entmax) move probabilities by about
-    as much as float32 rounding does in the textbook model, and that size depends on the weights and the
+    as much as float32 rounding does in the reference model, and that size depends on the weights and the
     batch; an absolute bound (1e-5) failed on trained weights while ours was as close to float64 as the
-    textbook was."""
-    ours_c, tb_c, ref = torch.cat(ours).double(), torch.cat(textbook).double(), torch.cat(f64).double()
+    reference was."""
+    ours_c, tb_c, ref = torch.cat(ours).double(), torch.cat(reference).double(), torch.cat(f64).double()
     err_ours = float((ours_c - ref).abs().max())
     err_draws = [float((tb_c - ref).abs().max())]
-    for v in textbook_variants:
+    for v in reference_variants:
         err_draws.append(float((torch.cat(v).double() - ref).abs().max()))
     err_tb = max(err_draws)
     bound = tie_bound(err_tb)
@@ -405,24 +407,24 @@ def exactness(ours: list[torch.Tensor], textbook: list[torch.Tensor], f64: list[
     other = a_ours != a_tb
     tie = other & (gap <= bound)
     differ = int((other & ~tie).sum())
-    return {"check": {f"max |p - p_f64| (<= {EXACT_FACTOR:g}x textbook f32 error)": bounded(err_ours, bound),
-                      "cells with another class than the textbook's (ties aside)": bounded(differ, 0)},
-            "info": {"textbook f32 vs f64": err_tb,
+    return {"check": {f"max |p - p_f64| (<= {EXACT_FACTOR:g}x reference f32 error)": bounded(err_ours, bound),
+                      "cells with another class than the reference's (ties aside)": bounded(differ, 0)},
+            "info": {"reference f32 vs f64": err_tb,
                      "draws": " / ".join(f"{e:.1e}" for e in err_draws),
                      "ties within rounding": int(tie.sum())}}
 
 
-def tie_bound(err_textbook: float) -> float:
-    """The criterion's bound on the error (EXACT_FACTOR x the textbook's float32 error, at least 1e-7); two
+def tie_bound(err_reference: float) -> float:
+    """The criterion's bound on the error (EXACT_FACTOR x the reference's float32 error, at least 1e-7); two
     classes closer than this in float64 are a tie at float32."""
-    return EXACT_FACTOR * max(err_textbook, 1e-7)
+    return EXACT_FACTOR * max(err_reference, 1e-7)
 
 
 @contextlib.contextmanager
 def one_thread():
     """Torch on one thread inside the block. The exactness check runs there: a multi-threaded float32 evaluation
     sums in an order that depends on how many threads the GEMM and reduction kernels got, which the machine's
-    load decides (the textbook's error on the same weights and batches was 5.7e-8 in some bench runs and 8.0e-6
+    load decides (the plain model's error on the same weights and batches was 5.7e-8 in some bench runs and 8.0e-6
     in others); on one thread the order is the code's, so the check is a fixed function of the code, the
     weights and the cells."""
     threads = torch.get_num_threads()
@@ -436,13 +438,12 @@ def one_thread():
 def _exactness(model, batches, inputs) -> dict:
     """exactness() of one model on the measured batches, plus the support sizes its masks have there."""
     with torch.no_grad(), one_thread():
-        model.set_fast(False)
         dense = [b.x.to_dense() for b in batches]
-        ref = [torch.softmax(model(x)[0], -1) for x in dense]
-        m64 = copy.deepcopy(model).double()
+        reference = ReferenceTabNet.like(model)
+        ref = [torch.softmax(reference(x)[0], -1) for x in dense]
+        m64 = reference.double()
         p64 = [torch.softmax(m64(x.double())[0], -1) for x in dense]
-        del m64
-        model.set_fast(True)
+        del m64, reference
         got = [torch.softmax(model(x)[0], -1) for x in inputs]
     with torch.no_grad():
         sizes = support_sizes(model, inputs)
@@ -472,16 +473,16 @@ def sctab_inference(x_format: str):
             if fast:
                 res = _exactness(model, batches, inputs)
                 check, info = res["check"], res["info"]
-            model.set_fast(fast)
-            model(inputs[0])  # warm-up (entmax k adapts to the support size)
+            net = model if fast else ReferenceTabNet.like(model)
+            net(inputs[0])  # warm-up (entmax k adapts to the support size)
             rates = Rates()
             for _ in range(cfg.repeats):
                 rates.start()
-                rates.stop(sum(int(model(x)[0].shape[0]) for x in inputs))
+                rates.stop(sum(int(net(x)[0].shape[0]) for x in inputs))
             n0 = int(inputs[0].shape[0])
-            work = {**count_work(lambda: model(inputs[0]), n0), "what": f"one batch of {n0:,} cells"}
+            work = {**count_work(lambda: net(inputs[0]), n0), "what": f"one batch of {n0:,} cells"}
         label = (f"fast path, {x_format} input{csr_path(model, inputs[0])}" if fast
-                 else "textbook (sort entmax, dense), dense input")
+                 else "reference TabNet (sort entmax, dense), dense input")
         return rates.result(unit="cells/s", label=label, check=check, info=info, work=work)
     return run
 
@@ -493,13 +494,12 @@ def sctab_train_step(part: str, cfg: Config) -> dict:
     check = {}
     if fast:  # same loss on a fixed batch, from the same state
         losses = []
-        for f in (False, True):
-            m = copy.deepcopy(model).set_fast(f)
+        for m in (ReferenceTabNet.like(model), copy.deepcopy(model)):
             torch.manual_seed(5)
             logits, m_loss = m(x)
             losses.append(float(F.cross_entropy(logits, y) + m.lambda_sparse * m_loss))
-        check["|loss - loss_textbook|"] = bounded(abs(losses[0] - losses[1]), 1e-5)
-    model.set_fast(fast).train()
+        check["|loss - loss_reference|"] = bounded(abs(losses[0] - losses[1]), 1e-5)
+    model = (model if fast else ReferenceTabNet.like(model)).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
     def step():
@@ -516,7 +516,7 @@ def sctab_train_step(part: str, cfg: Config) -> dict:
         step()
         rates.stop(len(y))
     work = {**count_work(step, len(y)), "what": f"one step (fwd, bwd, AdamW) on {len(y):,} cells"}
-    label = "fast path (top-k entmax, sparse masked input)" if fast else "textbook (sort entmax, dense)"
+    label = "fast path (top-k entmax, sparse masked input)" if fast else "reference TabNet (sort entmax, dense)"
     return rates.result(unit="cells/s", label=label, check=check, work=work)
 
 
@@ -619,13 +619,13 @@ for _anchor, _title, _venv in (("scdataset", "scDataset 0.3 (h5ad)", "anchors"),
                      baseline=_title, min_ratio=1.0, baseline_venv=f".venv-{_venv}",
                      note=f"anchor in .venv-{_venv} (`make {_venv}-env`); docs/loader-anchors.md")
 register("entmax", "1.5-entmax of the attention scores (batch x genes)", None, entmax_case,
-         baseline="textbook full-sort entmax")
+         baseline="full-sort entmax (entmax15_sort)")
 register("infer_dense", "scTab inference, dense batch", 7_000, sctab_inference("dense"),
-         baseline="textbook scTab (sort entmax, dense)")
+         baseline="reference TabNet (sort entmax, dense)")
 register("infer_csr", "scTab inference, sparse CSR batch", 7_000, sctab_inference("csr"),
-         baseline="textbook scTab (sort entmax, dense)")
+         baseline="reference TabNet (sort entmax, dense)")
 register("train_step", "scTab training step (fwd + bwd + AdamW)", 2_200, sctab_train_step,
-         baseline="textbook scTab (sort entmax, dense)")
+         baseline="reference TabNet (sort entmax, dense)")
 register("train_e2e", "Train stage end to end: loader + training step, within 10% of the isolated step", None,
          train_end_to_end, baseline="isolated step, same batches", min_ratio=0.9)
 # ------------------------------------------------------------------------------------ sctab annotate
@@ -692,6 +692,19 @@ def _annotate_inputs(cfg: Config, n_cells: int) -> tuple[Path, Path]:
     return h5ad, bundle
 
 
+@contextlib.contextmanager
+def reference_members(ann):
+    """The annotator's members swapped for the reference TabNet with their weights (restored on exit)."""
+    fast = [m.module for m in ann.bundle.members]
+    for m in ann.bundle.members:
+        m.module = ReferenceTabNet.like(m.module)
+    try:
+        yield ann
+    finally:
+        for m, module in zip(ann.bundle.members, fast):
+            m.module = module
+
+
 def _annotate_exactness(ann, h5ad: Path, written: Path, n: int) -> dict:
     """exactness() of the ensemble on the file's first n cells, through the annotator's own block path
     (gene matching, normalisation, members' mean), and the written labels equal to the fast path's."""
@@ -703,22 +716,19 @@ def _annotate_exactness(ann, h5ad: Path, written: Path, n: int) -> dict:
     members = [m.module for m in ann.bundle.members]
     probs = {}
     with one_thread():  # see one_thread(): the check does not move with the machine's load
-        for fast in (True, False):
-            for m in members:
-                m.set_fast(fast)
-            probs[fast] = torch.from_numpy(ann.predict_block(counts)[0])
-        for m in members:
-            m.set_fast(True)
+        probs[True] = torch.from_numpy(ann.predict_block(counts)[0])
+        with reference_members(ann):
+            probs[False] = torch.from_numpy(ann.predict_block(counts)[0])
         x = torch.from_numpy(normalize_log1p(counts, ann.bundle.target_sum))
         with torch.no_grad():
-            p64 = torch.stack([torch.softmax(copy.deepcopy(m).double()(x.double())[0], -1)
+            p64 = torch.stack([torch.softmax(ReferenceTabNet.like(m).double()(x.double())[0], -1)
                                for m in members]).mean(0)
     res = exactness([probs[True]], [probs[False]], [p64])
     labels = np.asarray(ann.bundle.space.classes, dtype=object)[probs[True].argmax(1).numpy()]
     written_labels = anndata.read_h5ad(written, backed="r").obs["sctab_label"].to_numpy()[:n]
     # the file was written in blocks of another size (other float rounding): ties within rounding may go
     # either way there too
-    bound = tie_bound(res["info"]["textbook f32 vs f64"])
+    bound = tie_bound(res["info"]["reference f32 vs f64"])
     differ, _ = label_mismatches(written_labels, labels, p64.numpy(), bound)
     res["check"]["written labels other than the fast path's (ties aside)"] = bounded(differ, 0)
     return res
@@ -741,8 +751,8 @@ def label_mismatches(labels, expected, ref_probs, tie: float) -> tuple[int, int]
 
 def annotate_e2e(part: str, cfg: Config) -> dict:
     """`sctab annotate` (h5ad -> h5ad) with the 5 trained members. Ours: the fast TabNet path over every cell;
-    baseline: the same command with the textbook model (sort entmax), on the first annotate_baseline_cells.
-    Ours is checked on the first 2,048 cells against the textbook ensemble and a float64 one."""
+    baseline: the same command with the reference model (sort entmax), on the first annotate_baseline_cells.
+    Ours is checked on the first 2,048 cells against the reference ensemble and a float64 one."""
     import anndata
 
     from sctab.annotation import annotate_file, load_annotator
@@ -752,10 +762,8 @@ def annotate_e2e(part: str, cfg: Config) -> dict:
     h5ad, bundle = _annotate_inputs(cfg, cfg.annotate_cells)
     ann = load_annotator(bundle, device="cpu")
     fast = part == "ours"
-    for m in ann.bundle.members:
-        m.module.set_fast(fast)
     src = h5ad
-    if not fast:  # the textbook path is ~6x slower: time it on a slice
+    if not fast:  # the reference model is ~6x slower: time it on a slice
         src = Path(cfg.cache) / f"annotate-baseline-{_annotate_root(cfg, cfg.annotate_cells).name}-" \
                                 f"{cfg.annotate_baseline_cells}.h5ad"
         if not src.exists():
@@ -763,22 +771,21 @@ def annotate_e2e(part: str, cfg: Config) -> dict:
     rates = Rates()
     out = Path(cfg.cache) / f"annotated-{part}.h5ad"
     n = None
-    for _ in range(cfg.annotate_repeats):
-        rates.start()
-        report = annotate_file(src, out, ann, batch_size=cfg.batch_size, progress=False)
-        rates.stop(report.n_cells)
-        n = report.n_cells
-    # the row's peak RSS is the annotation's: read before the check, whose float64 copies of the five members
-    # and of a 2,048-cell batch (textbook path: dense BN, full sort) take more than the annotation itself
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    res = _annotate_exactness(ann, h5ad, out, min(2048, n)) if fast else {"check": {}, "info": {}}
-    out.unlink(missing_ok=True)
-    work = _annotate_work(cfg, ann, h5ad, out, min(2048, n))
+    with contextlib.nullcontext() if fast else reference_members(ann):
+        for _ in range(cfg.annotate_repeats):
+            rates.start()
+            report = annotate_file(src, out, ann, batch_size=cfg.batch_size, progress=False)
+            rates.stop(report.n_cells)
+            n = report.n_cells
+        # the row's peak RSS is the annotation's: read before the check, whose float64 copies of the five
+        # members and of a 2,048-cell batch (reference model: dense BN, full sort) take more than the annotation
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        res = _annotate_exactness(ann, h5ad, out, min(2048, n)) if fast else {"check": {}, "info": {}}
+        out.unlink(missing_ok=True)
+        work = _annotate_work(cfg, ann, h5ad, out, min(2048, n))  # of the members this part timed
     if fast:
         res["info"]["peak RSS with the check"] = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB"
-    label = (f"fast TabNet path, {n:,} cells" if fast else f"textbook TabNet (sort entmax), {n:,} cells")
+    label = (f"fast TabNet path, {n:,} cells" if fast else f"reference TabNet (sort entmax), {n:,} cells")
     return rates.result(unit="cells/s", label=label, check=res["check"], info=res["info"], peak_rss_mib=peak,
                         work=work)
 
@@ -800,7 +807,7 @@ def _annotate_work(cfg: Config, ann, h5ad: Path, out: Path, n: int) -> dict:
 
 
 register("annotate_e2e", "`sctab annotate` end to end, 100k cells, 5-member ensemble, < 4 GiB", 1_400,
-         annotate_e2e, baseline="same command, textbook model", max_rss_mib=4096)
+         annotate_e2e, baseline="same command, reference model", max_rss_mib=4096)
 
 
 # ------------------------------------------------------------------------------------------- device rows

@@ -11,7 +11,6 @@ pass the bench's exactness check at each density, or the timing compares differe
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import sys
@@ -58,9 +57,10 @@ def _paths():
 
 def time_paths(model, x: torch.Tensor, repeats: int) -> dict:
     """Seconds per forward pass on ``x`` for both paths (medians, the paths interleaved), and each path's
-    exactness check (sctab.bench.cases.exactness: on one thread, against the textbook float32 model and a
+    exactness check (sctab.bench.cases.exactness: on one thread, against the reference float32 model and a
     float64 copy, the bound every model row of the bench uses)."""
     from sctab.bench.cases import exactness, one_thread
+    from sctab.models.reference_tabnet import ReferenceTabNet
 
     enc = model.encoder
     saved = enc.csr_densify_above
@@ -70,12 +70,10 @@ def time_paths(model, x: torch.Tensor, repeats: int) -> dict:
         with torch.no_grad():
             with one_thread():
                 dense = x.to_dense()
-                model.set_fast(False)
-                ref = [torch.softmax(model(dense)[0], -1)]
-                m64 = copy.deepcopy(model).double()
-                p64 = [torch.softmax(m64(dense.double())[0], -1)]
-                del m64, dense
-                model.set_fast(True)
+                reference = ReferenceTabNet.like(model)
+                ref = [torch.softmax(reference(dense)[0], -1)]
+                p64 = [torch.softmax(reference.double()(dense.double())[0], -1)]
+                del reference, dense
                 for path, above in _paths():
                     enc.csr_densify_above = above
                     checks[path] = exactness([torch.softmax(model(x)[0], -1)], ref, p64)["check"]
@@ -109,7 +107,7 @@ def measure(cfg, densities=DENSITIES, repeats: int = 5) -> dict:
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model, batches = _model_and_batches(cfg, 1)
-    model.eval().set_fast(True)
+    model.eval()
     x = batches[0].x
     rows = []
     for d in densities:

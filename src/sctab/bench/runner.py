@@ -282,10 +282,11 @@ def main(argv: list[str] | None = None) -> int:
               f"n_a {cfg.n_a}, weights of a {cfg.train_steps}-step training run on this store (batch "
               f"{cfg.train_batch}, lr {cfg.train_lr}; members 1-{cfg.members - 1} of the annotate ensemble "
               f"{cfg.member_steps} steps further each), cached. Figures: median (min-max) of the repeats each row "
-              f"states. Exact: ours at most {EXACT_FACTOR:g}x as far from a float64 run of the same model as the "
-              f"textbook float32 model is (the check on one thread, where float32's summation order does not "
-              f"depend on the load), and the textbook's class on every cell but ties within that bound. Every check is "
-              f"pass/fail with its bound; a row that fails one does not meet its target. A GPU row has no "
+              f"states. Exact: ours at most {EXACT_FACTOR:g}x as far from a float64 run of the reference TabNet "
+              f"(sctab.models.reference_tabnet, no code shared with ours) as its float32 run is (the check on one "
+              f"thread, where float32's summation order does not depend on the load), and the reference's class on "
+              f"every cell but ties within that bound. Every check is pass/fail with its bound; a row that "
+              f"fails one does not meet its target. A GPU row has no "
               f"CPU-time rate.\n")
     text = table(rows, cfg, header)
     if any((r.get("ours") or {}).get("work") for r in rows if r.get("status") == "ok"):

@@ -27,6 +27,7 @@ from sctab.models.linear import LinearModel
 from sctab.models.mlp import MLP
 from sctab.models.neural import TorchClassifier, build_model, model_outputs, takes_sparse
 from sctab.models.published import load_published_sctab, save_published_style_checkpoint
+from sctab.models.reference_tabnet import ReferenceTabNet
 from sctab.models.tabnet import TabNet
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "ModelFolderError",
     "KINDS", "NEURAL_MODELS", "MODEL_NAMES", "BASELINES", "classifier_class", "is_neural", "build_model",
     "model_outputs", "takes_sparse",
-    "TabNet", "MLP", "LinearModel", "entmax15", "entmax15_sort", "sparsemax", "Entmax15", "Sparsemax",
+    "TabNet", "ReferenceTabNet", "MLP", "LinearModel",
+    "entmax15", "entmax15_sort", "sparsemax", "Entmax15", "Sparsemax",
     "load_published_sctab", "save_published_style_checkpoint",
 ]

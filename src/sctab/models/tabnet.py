@@ -14,7 +14,8 @@ scTab checkpoints load with ``strict=True`` (see
   BN -> * prior -> 1.5-entmax mask.
 * ``final_mapping``: Linear(n_d -> classes, no bias).
 
-Fast paths (each checked against the plain one in tests/test_tabnet.py):
+Fast paths (each checked against the independent plain model, ``reference_tabnet.ReferenceTabNet``, in
+tests/test_tabnet.py and tests/test_reference_tabnet.py):
 
 * masks by the exact top-k 1.5-entmax (``entmax.py``) instead of a full sort of 19,331 scores per cell;
 * the masked input ``M * x`` consumed sparsely by the first Linear (``MaskedInput``);
@@ -23,8 +24,8 @@ Fast paths (each checked against the plain one in tests/test_tabnet.py):
   map, so ``BN(x) @ W.T = (a*x) @ W.T + c @ W.T`` touches only the non-zeros (~8% of the genes);
 * in eval mode the attentive transformer's BN is folded into its Linear (one pass less over cells x genes).
 
-``TabNet.set_fast(False)`` switches all of them off: the textbook model (sort-based entmax, dense
-products), the baseline of ``make bench``.
+They are always on; the plain model to compare with is ``ReferenceTabNet.like(model)``, which shares no
+code with this module (the baseline of ``make bench``).
 
 Forward returns ``(logits, M_loss)`` with ``M_loss`` = mean over cells of the
 mask entropy sum(-M log(M + eps)), averaged over steps.  Train with
@@ -43,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .entmax import Entmax15, Sparsemax, entmax15_sort, support_entropy
+from .entmax import Entmax15, Sparsemax, support_entropy
 
 __all__ = [
     "TabNet",
@@ -363,8 +364,8 @@ class MaskedInput:
         return self.x.pairs(r, c) if self._sparse_x else self.x[r, c]
 
     def linear(self, weight: torch.Tensor) -> torch.Tensor:
-        """``(mask * x) @ W.T`` in float32 under every precision: the masked input is exact, and the fast and
-        textbook paths agree whatever autocast does to the dense layers after it."""
+        """``(mask * x) @ W.T`` in float32 under every precision: the masked input is exact, and the fast path
+        and the reference model agree whatever autocast does to the dense layers after it."""
         with _float32(weight):
             return self._linear(weight)
 
@@ -424,13 +425,11 @@ class GLULayer(nn.Module):
             _init_glu_fc(fc, input_dim, 2 * output_dim)
         self.fc = fc
         self.bn = GhostBatchNorm(2 * output_dim, virtual_batch_size, momentum)
-        #: False: textbook path (BN after the Linear); see TabNet.set_fast
-        self.fast = True
 
     def forward(self, x: "torch.Tensor | MaskedInput | SparseBNInput") -> torch.Tensor:
         if isinstance(x, (MaskedInput, *_BN_INPUTS)):
             h = self.bn(x.linear(self.fc.weight))
-        elif self.fast and not self.training:  # eval BN is affine: folded into the Linear, one pass fewer
+        elif not self.training:  # eval BN is affine: folded into the Linear, one pass fewer
             scale, shift = _bn_affine(self.bn.bn)
             h = F.linear(x, self.fc.weight * scale.unsqueeze(1), shift)
         else:
@@ -544,17 +543,15 @@ class AttentiveTransformer(nn.Module):
         self.fc = nn.Linear(input_dim, output_dim, bias=False)
         _init_plain_fc(self.fc, input_dim, output_dim)
         self.bn = GhostBatchNorm(output_dim, virtual_batch_size, momentum)
-        #: False: textbook path (dense BN pass, sort-based entmax, info None); see TabNet.set_fast
-        self.fast = True
 
     def forward(self, prior: Optional[torch.Tensor], att: torch.Tensor) -> torch.Tensor:
         return self.forward_with_info(prior, att)[0]
 
     def forward_with_info(self, prior: Optional[torch.Tensor], att: torch.Tensor, materialize: bool = True):
-        """Mask and the solver's :class:`SolveInfo` (where each row's support lies; None on the textbook path).
+        """Mask and the solver's :class:`SolveInfo` (where each row's support lies).
 
         ``materialize=False`` (fast path, inference): the mask is None and its non-zeros are in the info."""
-        if self.fast and not self.training:  # eval BN is affine: fold it into the Linear
+        if not self.training:  # eval BN is affine: fold it into the Linear
             scale, shift = _bn_affine(self.bn.bn)
             x = F.linear(att, self.fc.weight * scale.unsqueeze(1), shift)
         else:
@@ -563,10 +560,6 @@ class AttentiveTransformer(nn.Module):
             x = x * prior
         if x.dtype in (torch.float16, torch.bfloat16):
             x = x.float()  # entmax (its support, its gradient) in float32 under every precision
-        if not self.fast:
-            if not isinstance(self.selector, Entmax15):
-                raise ValueError("the textbook path is the sort-based 1.5-entmax (mask_type 'entmax')")
-            return entmax15_sort(x, dim=-1), None
         if not materialize:
             return None, self.selector.solve(x)
         return self.selector.forward_with_info(x)
@@ -607,8 +600,6 @@ class TabNetEncoder(nn.Module):
         self.gamma = gamma
         self.epsilon = epsilon
         self.mask_type = mask_type
-        #: compute the masked first layer sparsely (see MaskedInput); False = dense matmul
-        self.sparse_masked_input = True
         #: this model's transposed first-layer weights for inference (see WeightTCache)
         self.weight_cache = WeightTCache()
         #: in eval on the CPU, a CSR input denser than this is written into a dense batch (DenseBNInput)
@@ -662,9 +653,9 @@ class TabNetEncoder(nn.Module):
         self, x: torch.Tensor, return_masks: bool = False
     ) -> Tuple[List[torch.Tensor], torch.Tensor] | Tuple[List[torch.Tensor], torch.Tensor, List[torch.Tensor]]:
         if x.layout == torch.sparse_csr:
-            if self.training and self.sparse_masked_input and TrainBNInput.usable(x):
+            if self.training and TrainBNInput.usable(x):
                 x = first = TrainBNInput(csr_to_dense(x), self.initial_bn)  # batch statistics need the dense x
-            elif self.training or not self.sparse_masked_input:
+            elif self.training:
                 x = csr_to_dense(x)
                 x = self.initial_bn(x)
                 first = x
@@ -674,9 +665,9 @@ class TabNetEncoder(nn.Module):
                 x = first = SparseBNInput(x, self.initial_bn, self.weight_cache)
         elif x.layout != torch.strided:
             raise ValueError(f"TabNet takes a dense or sparse CSR input, got layout {x.layout}")
-        elif not self.training and self.sparse_masked_input:
+        elif not self.training:
             x = first = DenseBNInput(x, self.initial_bn, self.weight_cache)
-        elif self.sparse_masked_input and TrainBNInput.usable(x):
+        elif TrainBNInput.usable(x):
             x = first = TrainBNInput(x, self.initial_bn)
         else:
             x = first = self.initial_bn(x)
@@ -685,22 +676,15 @@ class TabNetEncoder(nn.Module):
         m_loss = att.new_zeros(())
         steps_output, masks = [], []
         # inference that reads only the masks' non-zeros (the first layer, the entropy) skips the dense masks
-        factored_ok = (not self.training and not torch.is_grad_enabled() and not return_masks
-                       and self.sparse_masked_input)
+        factored_ok = not self.training and not torch.is_grad_enabled() and not return_masks
         for step in range(self.n_steps):
             materialize = not (factored_ok and step + 1 == self.n_steps)  # a next step's prior needs it dense
             mask, info = self.att_transformers[step].forward_with_info(prior, att, materialize)
             # entropy sum(-M log(M + eps)), visiting only the support candidates
-            if info is None:  # textbook path: the dense formula over every gene
-                m_loss = m_loss + (-mask * torch.log(mask + self.epsilon)).sum(-1).mean()
-            else:
-                m_loss = m_loss + support_entropy(mask, info, self.epsilon).mean()
+            m_loss = m_loss + support_entropy(mask, info, self.epsilon).mean()
             if step + 1 < self.n_steps:
                 prior = (self.gamma - mask) if prior is None else (self.gamma - mask) * prior
-            use_info = info if self.sparse_masked_input else None
-            if use_info is None and isinstance(x, _BN_INPUTS):
-                x = x.dense()
-            masked = MaskedInput(mask, x, use_info, self.weight_cache)
+            masked = MaskedInput(mask, x, info, self.weight_cache)
             out = self.feat_transformers[step](masked)
             steps_output.append(F.relu(out[:, : self.n_d]))
             att = out[:, self.n_d :]
@@ -783,18 +767,6 @@ class TabNet(nn.Module):
         for d in steps_output[1:]:
             res = res + d
         return res
-
-    def set_fast(self, fast: bool = True) -> "TabNet":
-        """Switch every fast path on (default) or off (the textbook model: sort-based entmax, dense
-        masked input, dense BN passes, BN after each Linear); the weights and the result (to float rounding)
-        are the same."""
-        self.encoder.sparse_masked_input = bool(fast)
-        for at in self.encoder.att_transformers:
-            at.fast = bool(fast)
-        for m in self.modules():
-            if isinstance(m, GLULayer):
-                m.fast = bool(fast)
-        return self
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Summed decision-step output (the n_d-dim embedding before final_mapping)."""
