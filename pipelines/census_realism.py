@@ -24,7 +24,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="where the pyPLNmodels wheel is kept (default: %(default)s)")
     args = parser.parse_args(argv)
 
-    from sctab.evaluate.realism import RealDataError, embedded_stats, figure, markdown, pbmc68k_stats, scmark_stats
+    from sctab.evaluate.census_realism import (
+        RealDataError,
+        embedded_stats,
+        figure,
+        markdown,
+        pbmc68k_stats,
+        scmark_stats,
+    )
 
     try:
         params = load_params(args.params)

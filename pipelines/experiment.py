@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     # Ray, torch and MLflow: imported after argument parsing, so that --help stays instant
-    from sctab.experiments.report import summarise_experiment
+    from sctab.experiments.summary import summarise_experiment
     from sctab.experiments.sweep import SweepError, run_experiment
 
     try:

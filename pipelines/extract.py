@@ -7,9 +7,9 @@ from pathlib import Path
 
 from sctab.census.extract import extract
 from sctab.config import load_params
+from sctab.console_tables import print_filter_report
 from sctab.io import atomic_dir, write_json
 from sctab.ontology import CellOntology
-from sctab.reporting import print_filter_report
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from sctab.evaluate.realism import count_stats, markdown
+from sctab.evaluate.census_realism import count_stats, markdown
 from sctab.evaluate.structure import knn_purity
 from tests.conftest import pipeline_help
 

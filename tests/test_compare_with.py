@@ -215,7 +215,7 @@ def test_one_pass_over_the_file(setup, obo_file, tmp_path, monkeypatch):
     """Every block of rows is read once for both models: the real reader, wrapped to record what it is asked."""
     from dataclasses import replace
 
-    import sctab.annotation.files as files
+    import sctab.annotation.api as files
 
     asked = []
 

@@ -9,7 +9,8 @@ from matplotlib.image import imread
 
 from sctab.evaluate import figures
 from sctab.evaluate.paper import DATASET, PAPER, SOURCE, means, stds
-from sctab.evaluate.report import format_mean_std, side_by_side, write_report
+from sctab.evaluate.results_report import format_mean_std, side_by_side, write_report
+from sctab.experiments import figures as experiment_figures
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -123,23 +124,24 @@ def test_scaling_curve_hue_seeds_and_paper(tmp_path):
                              "test_f1_macro": 0.5 + 0.2 * frac + 0.01 * seed, "test_loss": 1.5 - frac})
     pts = pd.DataFrame(rows)
     out = tmp_path / "fig2d.png"
-    assert_png(figures.scaling_curve(pts, "n_train_cells", out, hue="model", title="Data scaling (Fig. 2d)",
+    assert_png(experiment_figures.scaling_curve(pts, "n_train_cells", out, hue="model", title="Data scaling (Fig. 2d)",
                                      profile="tiny"), out)
     paper = pd.DataFrame({"n_params": [1.7e6, 16.2e6], "test_f1_macro": [0.7864, 0.8323],
                           "test_f1_macro_std": [0.001, 0.001]})
     size = pd.DataFrame({"n_params": [1e4, 5e4, 2e5], "test_f1_macro": [0.5, np.nan, 0.6]})  # no test_loss column
     out2 = tmp_path / "fig2f.png"
-    assert_png(figures.scaling_curve(size, "n_params", out2, paper=paper, profile="tiny"), out2)
+    assert_png(experiment_figures.scaling_curve(size, "n_params", out2, paper=paper, profile="tiny"), out2)
     # no hue / empty hue name / hue column absent / x <= 0 on a log axis
     for i, hue in enumerate((None, "", "nonexistent")):
         o = tmp_path / f"nohue{i}.png"
-        assert_png(figures.scaling_curve(pts.assign(n_train_cells=pts.n_train_cells.where(pts.seed == 0, 0)),
+        assert_png(experiment_figures.scaling_curve(pts.assign(n_train_cells=pts.n_train_cells.where(pts.seed == 0, 0)),
                                          "n_train_cells", o, hue=hue), o)
     # a hue column whose values are all NaN
     o = tmp_path / "nanhue.png"
-    assert_png(figures.scaling_curve(pts.assign(model=np.nan), "n_train_cells", o, hue="model", xlog=False), o)
+    assert_png(experiment_figures.scaling_curve(pts.assign(model=np.nan), "n_train_cells", o, hue="model",
+                                                xlog=False), o)
     with pytest.raises(KeyError):
-        figures.scaling_curve(pts, "missing", tmp_path / "x.png")
+        experiment_figures.scaling_curve(pts, "missing", tmp_path / "x.png")
 
 
 def test_paired_comparison(tmp_path):
@@ -151,9 +153,9 @@ def test_paired_comparison(tmp_path):
                      "test_f1_macro": 0.775 + 0.0005 * seed})
     rows.append({"condition": "with augmentation", "seed": 9, "test_loss": 0.7, "test_f1_macro": np.nan})
     out = tmp_path / "supp_t3.png"
-    assert_png(figures.paired_comparison(pd.DataFrame(rows), out, profile="tiny"), out)
+    assert_png(experiment_figures.paired_comparison(pd.DataFrame(rows), out, profile="tiny"), out)
     out2 = tmp_path / "supp_t3_one.png"
-    assert_png(figures.paired_comparison(pd.DataFrame(rows[:2]), out2), out2)
+    assert_png(experiment_figures.paired_comparison(pd.DataFrame(rows[:2]), out2), out2)
 
 
 # ----------------------------------------------------------------------------------------- paper

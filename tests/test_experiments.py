@@ -92,7 +92,7 @@ def test_organ_points_score_the_tissue_over_its_truth(store_dir, census_params):
 def test_data_size_runs_points_once_and_summarises(workdir, census_params, store_dir, augment_dir):
     from mlflow.tracking import MlflowClient
 
-    from sctab.experiments.report import summarise_experiment
+    from sctab.experiments.summary import summarise_experiment
     from sctab.experiments.sweep import run_experiment
 
     tmp, uri = workdir
@@ -130,7 +130,7 @@ def test_data_size_runs_points_once_and_summarises(workdir, census_params, store
 
 @pytest.mark.slow
 def test_augmentation_and_organ(workdir, census_params, store_dir, augment_dir):
-    from sctab.experiments.report import summarise_experiment
+    from sctab.experiments.summary import summarise_experiment
     from sctab.experiments.sweep import run_experiment
 
     tmp, uri = workdir
@@ -163,7 +163,7 @@ def test_augmentation_and_organ(workdir, census_params, store_dir, augment_dir):
 
 @pytest.mark.slow
 def test_model_size_counts_parameters(workdir, census_params, store_dir, augment_dir):
-    from sctab.experiments.report import summarise_experiment
+    from sctab.experiments.summary import summarise_experiment
     from sctab.experiments.sweep import run_experiment
 
     tmp, uri = workdir

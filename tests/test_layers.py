@@ -3,7 +3,8 @@
 The order (issue 16), lowest first; packages in one tier are siblings and do not import each other:
 
     0a  sctab.config, sctab.io, sctab.security     stdlib, yaml, numpy only
-    0b  sctab.reporting, sctab.tracking            console tables, MLflow runs
+    0p  sctab.provenance                           git state, machine and load of a run
+    0b  sctab.console_tables, sctab.tracking            console tables, MLflow runs
     1   sctab.ontology
     2   sctab.census                               census access, extraction and the paper's filters
     3   sctab.data                                 split, store, loaders, augmentations, PCA
@@ -29,7 +30,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 TIERS: list[tuple[str, tuple[str, ...]]] = [
     ("0a", ("sctab.allocator", "sctab.config", "sctab.io", "sctab.security")),
-    ("0b", ("sctab.reporting", "sctab.tracking")),
+    ("0p", ("sctab.provenance",)),
+    ("0b", ("sctab.console_tables", "sctab.tracking")),
     ("1", ("sctab.ontology",)),
     ("2", ("sctab.census",)),
     ("3", ("sctab.data",)),

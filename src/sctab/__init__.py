@@ -8,7 +8,7 @@ The user-facing calls are here, imported on first use so ``import sctab`` stays 
 
 __version__ = "0.1.0"
 
-_LAZY = {"annotate": "sctab.annotation.files", "annotate_file": "sctab.annotation.files",
+_LAZY = {"annotate": "sctab.annotation.api", "annotate_file": "sctab.annotation.api",
          "plot_annotation": "sctab.annotation.plots", "load_annotator": "sctab.annotation.resolve",
          "AnnotateError": "sctab.annotation.errors"}
 __all__ = sorted(_LAZY)

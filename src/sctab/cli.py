@@ -123,7 +123,7 @@ def _cmd_annotate(args) -> int:
     if args.report_groupby and not args.report:
         raise ConfigError("--report-groupby names the dot plot's clusters of --report OUT.html; give --report too")
     if args.report:  # a bad page path or cluster column fails before any work
-        from sctab.annotation.report import check_groupby, check_report_path
+        from sctab.annotation.html_report import check_groupby, check_report_path
 
         check_report_path(args.report)
         check_groupby(args.input, args.report_groupby)
@@ -167,7 +167,7 @@ def _cmd_annotate(args) -> int:
             plot_annotation(adata, key_added=args.key_added, path=args.plot)
             print(f"wrote {args.plot}")
     if args.report:
-        from sctab.annotation.report import changes_section, comparison_section, write_report
+        from sctab.annotation.html_report import changes_section, comparison_section, write_report
 
         sections = [comparison_section(report.comparison)] if report.comparison is not None else []
         if report.changes is not None:

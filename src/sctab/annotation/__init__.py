@@ -9,11 +9,11 @@
 """
 
 from sctab.annotation.annotator import COLUMNS, UNASSIGNED, Annotator
+from sctab.annotation.api import AnnotationReport, annotate, annotate_file
 from sctab.annotation.bundle import Bundle, write_bundle
 from sctab.annotation.changes import CHANGES, Changes
 from sctab.annotation.compare import AGREEMENT, Comparison
 from sctab.annotation.errors import AnnotateError
-from sctab.annotation.files import AnnotationReport, annotate, annotate_file
 from sctab.annotation.plots import plot_annotation
 from sctab.annotation.resolve import DEFAULT_MODEL, load_annotator
 

@@ -25,7 +25,7 @@ from sctab.evaluate.metrics import correct_predictions, evaluate_probs
 from sctab.evaluate.organs import f1_by_organ
 from sctab.evaluate.paper import PAPER
 from sctab.evaluate.predict import predict_split_members
-from sctab.evaluate.report import format_mean_std, side_by_side, write_report
+from sctab.evaluate.results_report import format_mean_std, side_by_side, write_report
 from sctab.evaluate.structure import knn_purity
 from sctab.evaluate.uncertainty import calibration, uncertainty, uncertainty_auroc
 from sctab.io import atomic_dir, write_json

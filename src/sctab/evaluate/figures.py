@@ -1,4 +1,5 @@
-"""Figures of the paper's Results (Fig. 1c-e, 1g, 2b/d/f, 3d, Supp. Fig. 5) from plain data.
+"""Figures of the paper's evaluation results (Fig. 1c-e, 1g, Supp. Fig. 5) from plain data; the scaling and
+augmentation experiments' figures (Fig. 2b-d/f, 3d) are in ``sctab.experiments.figures``.
 
 Every function takes dicts / numpy arrays / pandas frames, writes one PNG to ``out`` (parents are made)
 and returns its Path. Nothing here loads a model or touches pyplot's global state: figures are built
@@ -21,12 +22,13 @@ DPI = 120
 PAPER_NOTE = "paper (full census, 22.2 M cells)"
 
 _DISPLAY = {"sctab": "scTab", "xgboost": "XGBoost", "mlp": "MLP", "linear": "Linear", "celltypist": "CellTypist"}
-_COLORS = {"sctab": "#1f77b4", "linear": "#ff7f0e", "mlp": "#2ca02c", "xgboost": "#d62728", "celltypist": "#9467bd"}
-_CYCLE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-          "#17becf"]
+MODEL_COLORS = {"sctab": "#1f77b4", "linear": "#ff7f0e", "mlp": "#2ca02c", "xgboost": "#d62728",
+                "celltypist": "#9467bd"}
+CYCLE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+         "#17becf"]
 
 
-# --------------------------------------------------------------------------------------------- helpers
+# ----------------------------------------------------------------- helpers (experiments/figures.py uses them too)
 
 
 def display_name(name: str) -> str:
@@ -34,17 +36,17 @@ def display_name(name: str) -> str:
     return _DISPLAY.get(str(name).lower(), str(name))
 
 
-def _title(text: str, profile: str) -> str:
+def titled(text: str, profile: str) -> str:
     return f"{text}\nprofile: {profile}" if profile else text
 
 
-def _figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
 
-def _save(fig: Figure, out) -> Path:
+def save_figure(fig: Figure, out) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=DPI, format="png")
@@ -67,11 +69,11 @@ def _mean_std(v) -> tuple[float, float]:
     return (float(m) if _finite(m) else np.nan), (float(s) if _finite(s) else np.nan)
 
 
-def _color(name: str, i: int) -> str:
-    return _COLORS.get(str(name).lower(), _CYCLE[i % len(_CYCLE)])
+def model_color(name: str, i: int) -> str:
+    return MODEL_COLORS.get(str(name).lower(), CYCLE[i % len(CYCLE)])
 
 
-def _no_data(ax, text: str = "no data") -> None:
+def no_data(ax, text: str = "no data") -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=11, color="0.4")
     ax.set_xticks([])
     ax.set_yticks([])
@@ -99,16 +101,16 @@ def model_comparison(f1: dict[str, float], out, paper: dict[str, float] | None =
     names = sorted(ours, key=lambda k: (not _finite(ours[k]), -ours[k] if _finite(ours[k]) else 0))
     names += [k for k in theirs if k not in ours]
 
-    fig = _figure(max(5.5, 1.3 * len(names) + 2.5), 4.6)
+    fig = new_figure(max(5.5, 1.3 * len(names) + 2.5), 4.6)
     ax = fig.add_subplot()
     if not names:
-        _no_data(ax)
+        no_data(ax)
     else:
         x = np.arange(len(names))
         w = 0.38 if theirs else 0.6
         xo = x - w / 2 if theirs else x
         vals = np.array([ours.get(k, np.nan) for k in names], dtype=float)
-        colors = [_color(k, i) for i, k in enumerate(names)]
+        colors = [model_color(k, i) for i, k in enumerate(names)]
         bars = ax.bar(xo, np.nan_to_num(vals, nan=0.0), w, color=colors, edgecolor="black", linewidth=0.6,
                       label=f"ours ({profile})" if profile else "ours")
         for b, v in zip(bars, vals):
@@ -136,8 +138,8 @@ def model_comparison(f1: dict[str, float], out, paper: dict[str, float] | None =
         ax.legend(loc="upper right", fontsize=8, framealpha=0.9, ncol=2)
         ax.grid(axis="y", alpha=0.3)
         ax.set_axisbelow(True)
-    ax.set_title(_title("Test macro F1 per model (Fig. 1c)", profile), fontsize=11)
-    return _save(fig, out)
+    ax.set_title(titled("Test macro F1 per model (Fig. 1c)", profile), fontsize=11)
+    return save_figure(fig, out)
 
 
 # ----------------------------------------------------------------------------------------- Fig. 1d
@@ -158,10 +160,10 @@ def organ_f1(per_organ: dict[str, dict[str, float]], out, models: Sequence[str] 
     first = data[models[0]] if models else {}
     organs.sort(key=lambda o: (not _finite(first.get(o)), -first[o] if _finite(first.get(o)) else 0, str(o)))
 
-    fig = _figure(max(6.0, 0.55 * len(organs) * max(1, len(models)) / 2 + 3), 4.8)
+    fig = new_figure(max(6.0, 0.55 * len(organs) * max(1, len(models)) / 2 + 3), 4.8)
     ax = fig.add_subplot()
     if not organs:
-        _no_data(ax)
+        no_data(ax)
     else:
         x = np.arange(len(organs))
         w = 0.8 / max(1, len(models))
@@ -171,7 +173,7 @@ def organ_f1(per_organ: dict[str, dict[str, float]], out, models: Sequence[str] 
             all_vals += list(vals)
             pos = x - 0.4 + w * (i + 0.5)
             label = display_name(m) + ("" if np.isfinite(vals).any() else " (no data)")
-            ax.bar(pos, np.where(np.isfinite(vals), vals, 0.0), w, color=_color(m, i), label=label,
+            ax.bar(pos, np.where(np.isfinite(vals), vals, 0.0), w, color=model_color(m, i), label=label,
                    edgecolor="black", linewidth=0.4)
             for p, v in zip(pos, vals):
                 if not np.isfinite(v):
@@ -183,8 +185,8 @@ def organ_f1(per_organ: dict[str, dict[str, float]], out, models: Sequence[str] 
         ax.legend(fontsize=8, loc="upper right", framealpha=0.9, ncol=len(models))
         ax.grid(axis="y", alpha=0.3)
         ax.set_axisbelow(True)
-    ax.set_title(_title("Test macro F1 per organ system (Fig. 1d)", profile), fontsize=11)
-    return _save(fig, out)
+    ax.set_title(titled("Test macro F1 per organ system (Fig. 1d)", profile), fontsize=11)
+    return save_figure(fig, out)
 
 
 # ----------------------------------------------------------------------------------------- Fig. 1e
@@ -201,7 +203,7 @@ def validation_curves(histories: dict[str, pd.DataFrame], out, profile: str = ""
     ensemble passed as "sctab seed 0", "sctab seed 1", ... share a colour; each model's best F1 epoch is
     starred. Single-epoch histories show as a marker.
     """
-    fig = _figure(11.0, 4.4)
+    fig = new_figure(11.0, 4.4)
     axes = fig.subplots(1, 2)
     cols = [("val_loss", "validation loss (cross-entropy)"), ("val_f1_macro", "validation macro F1")]
     bases: list[str] = []
@@ -216,7 +218,7 @@ def validation_curves(histories: dict[str, pd.DataFrame], out, profile: str = ""
             continue
         h = pd.DataFrame(h)
         b = _base_model(name)
-        color = _color(b, bases.index(b))
+        color = model_color(b, bases.index(b))
         ls = styles[member[b] % len(styles)]
         member[b] += 1
         x = pd.to_numeric(h["epoch"], errors="coerce") if "epoch" in h else pd.Series(np.arange(len(h)))
@@ -236,7 +238,7 @@ def validation_curves(histories: dict[str, pd.DataFrame], out, profile: str = ""
                 ax.plot([xs[k]], [y[k]], "*", color=color, ms=11, mec="black", mew=0.5)
     for ax, (col, label), ok in zip(axes, cols, plotted):
         if not ok:
-            _no_data(ax, f"no {col}")
+            no_data(ax, f"no {col}")
         else:
             ax.set_xlabel("epoch")
             ax.set_ylabel(label)
@@ -244,8 +246,8 @@ def validation_curves(histories: dict[str, pd.DataFrame], out, profile: str = ""
             ax.xaxis.get_major_locator().set_params(integer=True)
             ax.legend(fontsize=7, framealpha=0.9)
         ax.set_title(label, fontsize=10)
-    fig.suptitle(_title("Validation curves per epoch (Fig. 1e; star = best F1 epoch)", profile), fontsize=11)
-    return _save(fig, out)
+    fig.suptitle(titled("Validation curves per epoch (Fig. 1e; star = best F1 epoch)", profile), fontsize=11)
+    return save_figure(fig, out)
 
 
 # ----------------------------------------------------------------------------------------- Fig. 1g
@@ -298,17 +300,17 @@ def f1_vs_training_cells(per_class_f1: dict[str, float], train_counts: dict[str,
     n = np.array([float(train_counts[k]) for k in keys])
     skipped = len(per_class_f1) - len(keys)
 
-    fig = _figure(7.5, 6.2)
+    fig = new_figure(7.5, 6.2)
     gs = fig.add_gridspec(2, 2, width_ratios=(4, 1), height_ratios=(1, 4))
     ax = fig.add_subplot(gs[1, 0])
     top = fig.add_subplot(gs[0, 0], sharex=ax)
     right = fig.add_subplot(gs[1, 1], sharey=ax)
     if not keys:
-        _no_data(ax)
+        no_data(ax)
         top.axis("off")
         right.axis("off")
     else:
-        ax.scatter(n, f, s=18, alpha=0.75, color=_color(model, 0), edgecolor="black", linewidth=0.3)
+        ax.scatter(n, f, s=18, alpha=0.75, color=model_color(model, 0), edgecolor="black", linewidth=0.3)
         ax.set_xscale("log")
         ax.set_ylim(-0.03, 1.05)
         ax.set_xlabel("training cells of the cell type (log scale)")
@@ -328,9 +330,9 @@ def f1_vs_training_cells(per_class_f1: dict[str, float], train_counts: dict[str,
     extra = f"{len(keys)} cell types" + (f", Spearman rho = {rho:.2f}" if np.isfinite(rho) else "")
     if skipped:
         extra += f"; {skipped} without F1 or count left out"
-    fig.suptitle(_title(f"Per-cell-type F1 vs training cells, {display_name(model)} (Fig. 1g)\n{extra}", profile),
+    fig.suptitle(titled(f"Per-cell-type F1 vs training cells, {display_name(model)} (Fig. 1g)\n{extra}", profile),
                  fontsize=10)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 # ---------------------------------------------------------------------------------- Supp. Fig. 5
@@ -363,11 +365,11 @@ def uncertainty_embedding(xy: np.ndarray, uncertainty: np.ndarray, correct: np.n
     keep = np.isfinite(xy).all(axis=1) & np.isfinite(u)
     xy, u, c = xy[keep], u[keep], c[keep]
 
-    fig = _figure(12.0, 5.0)
+    fig = new_figure(12.0, 5.0)
     a1, a2 = fig.subplots(1, 2, width_ratios=(1.25, 1))
     if len(u) == 0:
-        _no_data(a1)
-        _no_data(a2)
+        no_data(a1)
+        no_data(a2)
     else:
         order = np.argsort(u, kind="stable")  # most uncertain cells on top
         s = max(0.5, min(12.0, 3000.0 / len(u)))
@@ -391,8 +393,8 @@ def uncertainty_embedding(xy: np.ndarray, uncertainty: np.ndarray, correct: np.n
         a2.grid(alpha=0.3)
         a2.set_title("uncertainty of correct vs wrong predictions"
                      + (f"\nAUROC (uncertainty flags wrong) = {auc:.3f}" if np.isfinite(auc) else ""), fontsize=10)
-    fig.suptitle(_title("Ensemble uncertainty on the test set (Supp. Fig. 5)", profile), fontsize=11)
-    return _save(fig, out)
+    fig.suptitle(titled("Ensemble uncertainty on the test set (Supp. Fig. 5)", profile), fontsize=11)
+    return save_figure(fig, out)
 
 
 def reliability_diagram(bins: list[dict], ece: float, out, profile: str = "") -> Path:
@@ -402,7 +404,7 @@ def reliability_diagram(bins: list[dict], ece: float, out, profile: str = "") ->
     are left out.
     """
     rows = [b for b in bins if _finite(b.get("count")) and float(b["count"]) > 0 and _finite(b.get("accuracy"))]
-    fig = _figure(6.0, 6.4)
+    fig = new_figure(6.0, 6.4)
     a1, a2 = fig.subplots(2, 1, height_ratios=(3, 1), sharex=True)
     a1.plot([0, 1], [0, 1], "--", color="0.5", lw=1, label="perfect calibration")
     if rows:
@@ -430,191 +432,8 @@ def reliability_diagram(bins: list[dict], ece: float, out, profile: str = "") ->
     a2.set_ylabel("cells")
     a2.grid(alpha=0.3)
     ece_txt = f"ECE = {float(ece):.4f}" if _finite(ece) else "ECE = n/a"
-    a1.set_title(_title(f"Reliability diagram, test set ({ece_txt})", profile), fontsize=11)
-    return _save(fig, out)
-
-
-# ------------------------------------------------------------------------------------ Fig. 2b/d/f
-
-
-def _numeric_x(values: pd.Series) -> tuple[np.ndarray, list | None]:
-    """Numeric x, or positions plus tick labels when x is categorical."""
-    num = pd.to_numeric(values, errors="coerce")
-    if num.notna().all() or values.isna().all():
-        return num.to_numpy(dtype=float), None
-    cats = list(dict.fromkeys(values.astype(str)))
-    return np.array([cats.index(v) for v in values.astype(str)], dtype=float), cats
-
-
-def scaling_curve(points: pd.DataFrame, x: str, out, hue: str | None = None, xlog: bool = True, title: str = "",
-                  profile: str = "", paper: pd.DataFrame | None = None) -> Path:
-    """Test macro F1 and test loss against ``x``, one line per ``hue`` value (Fig. 2b/2d/2f).
-
-    ``points`` has columns ``x``, ``test_f1_macro``, ``test_loss`` (and ``hue``); rows sharing an x (seeds)
-    are drawn as mean ± std. ``paper`` (optional) has ``x``, ``test_f1_macro`` and optionally
-    ``test_f1_macro_std``, ``test_loss``, ``test_loss_std`` (and ``hue``), drawn as open markers. With
-    ``xlog`` rows with x <= 0 cannot be placed and are left out (the panel says how many).
-    """
-    points = pd.DataFrame(points)
-    if x not in points.columns:
-        raise KeyError(f"scaling_curve: no column {x!r} in points (columns: {list(points.columns)})")
-    use_hue = bool(hue) and hue in points.columns
-    metrics = [("test_f1_macro", "test macro F1"), ("test_loss", "test loss (cross-entropy)")]
-    fig = _figure(11.0, 4.6)
-    axes = fig.subplots(1, 2)
-
-    xs_all, cats = _numeric_x(points[x])
-    df = points.assign(_x=xs_all, _h=points[hue].astype(str).where(points[hue].notna(), "n/a")
-                       if use_hue else "all")
-    dropped = 0
-    if xlog and cats is None:
-        bad = ~(df["_x"] > 0)
-        dropped = int(bad.sum())
-        df = df[~bad]
-    groups = list(dict.fromkeys(df["_h"]))
-    for ax, (col, label) in zip(axes, metrics):
-        drew = False
-        if col in df.columns:
-            for i, g in enumerate(groups):
-                sub = df[df["_h"] == g].assign(_y=lambda d: pd.to_numeric(d[col], errors="coerce"))
-                sub = sub[np.isfinite(sub["_y"])]
-                if sub.empty:
-                    continue
-                agg = sub.groupby("_x")["_y"].agg(["mean", "std", "count"]).sort_index()
-                color = _color(g, i) if use_hue else _COLORS["sctab"]
-                lab = (display_name(g) if use_hue else "ours") + (f" ({profile})" if profile and not use_hue else "")
-                yerr = agg["std"].where(agg["count"] > 1).fillna(0.0).to_numpy()
-                ax.errorbar(agg.index.to_numpy(), agg["mean"].to_numpy(), yerr=yerr if (agg["count"] > 1).any()
-                            else None, fmt="-o", color=color, ms=4, capsize=3, lw=1.4, label=lab)
-                drew = True
-        if paper is not None and col in paper.columns and x in paper.columns:
-            pp = pd.DataFrame(paper)
-            px = pd.to_numeric(pp[x], errors="coerce")
-            py = pd.to_numeric(pp[col], errors="coerce")
-            ok = np.isfinite(px) & np.isfinite(py) & ((px > 0) if xlog and cats is None else True)
-            if ok.any():
-                pstd = pd.to_numeric(pp[f"{col}_std"], errors="coerce") if f"{col}_std" in pp else None
-                phue = pp[hue].astype(str) if use_hue and hue in pp else pd.Series(["paper"] * len(pp), index=pp.index)
-                for j, g in enumerate(dict.fromkeys(phue[ok])):
-                    m = ok & (phue == g)
-                    color = _color(g, groups.index(g)) if g in groups else "0.2"
-                    order = np.argsort(px[m].to_numpy())
-                    ax.errorbar(px[m].to_numpy()[order], py[m].to_numpy()[order],
-                                yerr=None if pstd is None else pstd[m].fillna(0).to_numpy()[order],
-                                fmt="--D", mfc="white", color=color, ms=6, capsize=3, lw=1,
-                                label=f"{PAPER_NOTE}" + (f": {display_name(g)}" if g != "paper" else ""))
-                drew = True
-        if not drew:
-            _no_data(ax, f"no {col}")
-            ax.set_title(label, fontsize=10)
-            continue
-        if xlog and cats is None:
-            ax.set_xscale("log")
-        if cats is not None:
-            ax.set_xticks(range(len(cats)), cats, rotation=30, ha="right")
-        ax.set_xlabel(x + (" (log scale)" if xlog and cats is None else ""))
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7, framealpha=0.9)
-        ax.set_title(label + (f"  [{dropped} rows with {x} <= 0 left out]" if dropped else ""), fontsize=10)
-    head = title or f"Test metrics against {x}"
-    if len(df) and df.groupby(["_h", "_x"]).size().max() > 1:
-        head += " (mean ± std over seeds)"
-    fig.suptitle(_title(head, profile), fontsize=11)
-    return _save(fig, out)
-
-
-# ----------------------------------------------------------------------------------------- Supp. T3
-
-
-_CONDITIONS = ["without augmentation", "with augmentation"]
-
-
-def _paired_p(a: np.ndarray, b: np.ndarray) -> float:
-    if len(a) < 2 or np.allclose(a - b, (a - b)[0]):
-        return np.nan
-    from scipy.stats import ttest_rel
-
-    return float(ttest_rel(a, b).pvalue)
-
-
-def paired_comparison(df: pd.DataFrame, out, profile: str = "") -> Path:
-    """Test loss and macro F1 with vs without augmentation, one line per seed (Supp. Table 3, Fig. 3d).
-
-    ``df`` has columns ``condition`` ("with augmentation" / "without augmentation"), ``seed``, ``test_loss``
-    and ``test_f1_macro``. Each seed's two runs are joined; the black bar is mean ± std per condition, and
-    the panel title gives a paired t-test over the seeds that have both runs.
-    """
-    df = pd.DataFrame(df)
-    conds = [c for c in _CONDITIONS if c in set(df.get("condition", []))]
-    conds += sorted({str(c) for c in df.get("condition", [])} - set(conds))
-    fig = _figure(9.5, 4.6)
-    axes = fig.subplots(1, 2)
-    for ax, (col, label) in zip(axes, [("test_loss", "test loss (cross-entropy)"),
-                                       ("test_f1_macro", "test macro F1")]):
-        if col not in df.columns or not conds:
-            _no_data(ax, f"no {col}")
-            ax.set_title(label, fontsize=10)
-            continue
-        d = df.assign(_y=pd.to_numeric(df[col], errors="coerce"))
-        d = d[np.isfinite(d["_y"])]
-        wide = d.pivot_table(index="seed", columns="condition", values="_y", aggfunc="mean")
-        pos = {c: i for i, c in enumerate(conds)}
-        for i, (seed, row) in enumerate(wide.iterrows()):
-            cs = [c for c in conds if c in row.index and np.isfinite(row[c])]
-            ax.plot([pos[c] for c in cs], [row[c] for c in cs], "-o", color=_CYCLE[i % len(_CYCLE)], ms=5, lw=1,
-                    alpha=0.8, label=f"seed {seed}")
-        for c in conds:
-            v = d.loc[d["condition"] == c, "_y"].to_numpy()
-            if len(v):
-                ax.errorbar([pos[c] + 0.12], [v.mean()], yerr=[v.std(ddof=1)] if len(v) > 1 else None, fmt="s",
-                            color="black", capsize=4, ms=6)
-                ax.annotate(f"{v.mean():.4f}", (pos[c] + 0.16, v.mean()), fontsize=8, va="center")
-        p = np.nan
-        if len(conds) >= 2 and all(c in wide.columns for c in _CONDITIONS):
-            both = wide[_CONDITIONS].dropna()
-            p = _paired_p(both[_CONDITIONS[0]].to_numpy(), both[_CONDITIONS[1]].to_numpy())
-        ax.set_xticks(range(len(conds)), conds)
-        ax.set_xlim(-0.4, len(conds) - 0.4)
-        ax.set_ylabel(label)
-        ax.grid(axis="y", alpha=0.3)
-        if len(wide) <= 10:
-            ax.legend(fontsize=7, framealpha=0.9)
-        ax.set_title(label + (f"\npaired t-test p = {p:.2g} (n = {len(both)})" if np.isfinite(p) else ""),
-                     fontsize=10)
-    fig.suptitle(_title("Effect of data augmentation on the test set (Supp. Table 3; lines join seeds, "
-                        "black = mean ± std)", profile), fontsize=11)
-    return _save(fig, out)
-
-
-def organ_scaling(long: pd.DataFrame, out, model: str = "sctab", scheme: str = "donors", profile: str = "") -> Path:
-    """Test macro F1 per organ system against the training cells of donor subsets (Fig. 2c): one line per
-    organ, mean ± sd over seeds.
-
-    ``long`` has columns ``model``, ``scheme``, ``train_cells``, ``organ``, ``f1_macro`` (one row per point and
-    organ; rows sharing an organ and size are seeds)."""
-    d = pd.DataFrame(long)
-    if len(d):
-        d = d[(d["model"] == model) & (d["scheme"] == scheme)]
-    fig = _figure(8.5, 5.0)
-    ax = fig.add_subplot()
-    if d.empty or "train_cells" not in d:
-        _no_data(ax, f"no per-organ scores of {model} ({scheme})")
-    else:
-        full = d[d["train_cells"] == d["train_cells"].max()].groupby("organ")["f1_macro"].mean()
-        for i, organ in enumerate(full.sort_values(ascending=False).index):
-            g = d[d["organ"] == organ].groupby("train_cells")["f1_macro"]
-            m, s = g.mean(), g.std(ddof=1).fillna(0.0)
-            ax.plot(m.index, m.values, "o-", ms=3, lw=1.3, color=_CYCLE[i % len(_CYCLE)],
-                    label=f"{organ} ({len(d[d['organ'] == organ]['seed'].unique())} seeds)")
-            ax.fill_between(m.index, (m - s).values, (m + s).values, color=_CYCLE[i % len(_CYCLE)], alpha=0.15)
-        ax.set_xscale("log")
-        ax.set_xlabel(f"training cells ({scheme} subsets)")
-        ax.set_ylabel("test macro F1 of the organ system's cells")
-        ax.legend(fontsize=7, ncol=2, loc="lower right")
-        ax.grid(alpha=0.3)
-    ax.set_title(_title(f"{model}: data scaling per organ system (Fig. 2c analogue)", profile), fontsize=10)
-    return _save(fig, out)
+    a1.set_title(titled(f"Reliability diagram, test set ({ece_txt})", profile), fontsize=11)
+    return save_figure(fig, out)
 
 
 def cell_type_embedding(xy: np.ndarray, labels, out, purity: float | None = None, chance: float | None = None,
@@ -625,10 +444,10 @@ def cell_type_embedding(xy: np.ndarray, labels, out, purity: float | None = None
     labels = np.asarray(labels).astype(str)
     if xy.ndim != 2 or xy.shape[1] != 2 or len(xy) != len(labels):
         raise ValueError(f"xy must have shape (n, 2) with one label per row, not {xy.shape} and {len(labels)}")
-    fig = _figure(9.5, 6.0)
+    fig = new_figure(9.5, 6.0)
     ax = fig.add_subplot()
     if not len(xy):
-        _no_data(ax)
+        no_data(ax)
     else:
         s = max(0.5, min(12.0, 3000.0 / len(xy)))
         counts = pd.Series(labels).value_counts()
@@ -639,11 +458,11 @@ def cell_type_embedding(xy: np.ndarray, labels, out, purity: float | None = None
                        label=f"{len(counts) - len(shown)} other types")
         for i, lab in enumerate(shown):
             m = labels == lab
-            ax.scatter(xy[m, 0], xy[m, 1], s=s, color=_CYCLE[i % len(_CYCLE)], linewidths=0, rasterized=True,
+            ax.scatter(xy[m, 0], xy[m, 1], s=s, color=CYCLE[i % len(CYCLE)], linewidths=0, rasterized=True,
                        label=f"{lab} ({m.sum():,})")
         ax.legend(fontsize=6.5, markerscale=3, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
         ax.set_xticks([])
         ax.set_yticks([])
     sub = "" if purity is None else f"; kNN label purity {purity:.2f} (random neighbours {chance:.2f})"
-    ax.set_title(_title(f"test cells by annotated type{sub}", profile), fontsize=10)
-    return _save(fig, out)
+    ax.set_title(titled(f"test cells by annotated type{sub}", profile), fontsize=10)
+    return save_figure(fig, out)

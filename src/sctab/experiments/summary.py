@@ -9,10 +9,9 @@ import numpy as np
 import pandas as pd
 
 from sctab.data.store import Store
-from sctab.evaluate import figures
 from sctab.evaluate.metrics import AVERAGING
 from sctab.evaluate.paper import PAPER
-from sctab.experiments import analysis
+from sctab.experiments import analysis, figures
 from sctab.experiments.sweep import mlflow_experiment
 from sctab.io import atomic_dir
 from sctab.tracking import tracked_run
