@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sctab.bench.cases import REGISTRY, Config
+from sctab.bench.cases import REGISTRY
+from sctab.bench.fixtures import Config
 from sctab.bench.runner import table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -194,13 +195,13 @@ def test_inputs_built_in_a_spawned_process_name_the_cause_of_a_failure(tmp_path)
     the child's exception, not just an exit code: on a GPU machine this was all a bench row showed."""
     import os
 
-    from sctab.bench.cases import _in_spawned_process
+    from sctab.bench.fixtures import in_spawned_process
 
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     with pytest.raises(RuntimeError, match=r"makedirs failed in its process: (FileExistsError|NotADirectoryError)"):
-        _in_spawned_process(os.makedirs, str(blocker / "sub"))
-    _in_spawned_process(os.makedirs, str(tmp_path / "ok" / "sub"))  # success: no error, the work is done
+        in_spawned_process(os.makedirs, str(blocker / "sub"))
+    in_spawned_process(os.makedirs, str(tmp_path / "ok" / "sub"))  # success: no error, the work is done
     assert (tmp_path / "ok" / "sub").is_dir()
 
 

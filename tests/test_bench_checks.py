@@ -12,17 +12,11 @@ import pytest
 import torch
 
 from sctab.bench import cases
-from sctab.bench.cases import (
-    DEVICE_PROB_ATOL,
-    EXACT_FACTOR,
-    Config,
-    _loss_and_grads,
-    device_batches_equal,
-    exactness,
-    label_mismatches,
-    step_agreement,
-)
+from sctab.bench import exactness as criteria
+from sctab.bench.cases.device import _loss_and_grads, device_batches_equal
 from sctab.bench.checks import bounded, check_text, not_checks, passed
+from sctab.bench.exactness import DEVICE_PROB_ATOL, EXACT_FACTOR, exactness, label_mismatches, step_agreement
+from sctab.bench.fixtures import Config
 from sctab.bench.runner import judge, table
 
 CPU = torch.device("cpu")
@@ -133,15 +127,15 @@ def test_exactness_another_class_fails_and_a_tie_does_not():
 
 
 def test_the_check_runs_on_one_thread_and_gives_the_same_bound_every_time():
-    """cases._exactness on a real (small) TabNet: evaluated on one thread (threads restored after, also on an
+    """criteria.model_exactness on a real (small) TabNet: evaluated on one thread (threads restored after, also on an
     error), so two evaluations give the same errors and bound to the bit."""
     from tests.test_tabnet import _sharp_model, _sparse_data
 
     threads = torch.get_num_threads()
-    with cases.one_thread():
+    with criteria.one_thread():
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == threads
-    with pytest.raises(RuntimeError, match="inside"), cases.one_thread():
+    with pytest.raises(RuntimeError, match="inside"), criteria.one_thread():
         raise RuntimeError("inside")
     assert torch.get_num_threads() == threads
 
@@ -151,7 +145,7 @@ def test_the_check_runs_on_one_thread_and_gives_the_same_bound_every_time():
 
     model = _sharp_model()
     batches = [B(_sparse_data(seed=21)), B(_sparse_data(seed=22))]
-    runs = [cases._exactness(model, batches, [b.x for b in batches]) for _ in range(2)]
+    runs = [criteria.model_exactness(model, batches, [b.x for b in batches]) for _ in range(2)]
     assert runs[0]["check"] == runs[1]["check"]
     assert runs[0]["info"]["reference f32 vs f64"] == runs[1]["info"]["reference f32 vs f64"] > 0
     assert runs[0]["check"][KEY]["ok"] and runs[0]["check"][CLASS]["ok"]

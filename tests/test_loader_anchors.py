@@ -14,8 +14,9 @@ import torch
 
 from sctab.bench import anchors as A
 from sctab.bench import runner
-from sctab.bench.cases import REGISTRY, Case, Config
+from sctab.bench.cases import REGISTRY, Case
 from sctab.bench.checks import bounded
+from sctab.bench.fixtures import Config
 from sctab.bench.synthetic import make_store
 from sctab.data.store import Store
 

@@ -1,9 +1,9 @@
 """`benchmarks/exact_bound.py`: is the exactness bound of the model rows stable from run to run?
 
-The model rows' bound is EXACT_FACTOR x the reference model's float32 error against float64 (cases.exactness).
+The model rows' bound is EXACT_FACTOR x the reference model's float32 error against float64 (exactness.exactness).
 Evaluated on all threads, that error moved from run to run on the same weights and batches (5.7e-8 in some
 bench runs, 8.0e-6 in others, results of 2026-11-25/26): how many threads a kernel got, which the machine's
-load decides, sets the summation order. The rows now evaluate the check on one thread (cases.one_thread). This
+load decides, sets the summation order. The rows now evaluate the check on one thread (exactness.one_thread). This
 runs both, on the bench's weights and the inference rows' batches, in several fresh processes (a process is
 what a bench row is), and writes each process's errors and the bound, with the command and commit.
 """
@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from sctab.allocator import keep_freed_memory
-from sctab.bench.cases import EXACT_FACTOR, Config, _model_and_batches, one_thread, tie_bound
+from sctab.bench.exactness import EXACT_FACTOR, one_thread, tie_bound
+from sctab.bench.fixtures import Config, model_and_batches
 from sctab.bench.runner import REPO
 from sctab.models.reference_tabnet import ReferenceTabNet
 from sctab.provenance import RunRecord, allocator_text, machine_text
@@ -30,7 +31,7 @@ from sctab.provenance import RunRecord, allocator_text, machine_text
 def _child(cfg: Config, f64_path: Path, out: Path) -> None:
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     keep_freed_memory()  # as every bench part runs (sctab.bench.runner._child); SCTAB_MALLOC=system: glibc's
-    model, batches = _model_and_batches(cfg, cfg.model_batches)
+    model, batches = model_and_batches(cfg, cfg.model_batches)
     model.eval()
     dense = [b.x.to_dense() for b in batches]
     with torch.no_grad():

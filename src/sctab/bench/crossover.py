@@ -57,9 +57,9 @@ def _paths():
 
 def time_paths(model, x: torch.Tensor, repeats: int) -> dict:
     """Seconds per forward pass on ``x`` for both paths (medians, the paths interleaved), and each path's
-    exactness check (sctab.bench.cases.exactness: on one thread, against the reference float32 model and a
+    exactness check (sctab.bench.exactness.exactness: on one thread, against the reference float32 model and a
     float64 copy, the bound every model row of the bench uses)."""
-    from sctab.bench.cases import exactness, one_thread
+    from sctab.bench.exactness import exactness, one_thread
     from sctab.models.reference_tabnet import ReferenceTabNet
 
     enc = model.encoder
@@ -103,10 +103,10 @@ def crossover(rows: list[dict]) -> float | None:
 
 
 def measure(cfg, densities=DENSITIES, repeats: int = 5) -> dict:
-    from sctab.bench.cases import _model_and_batches
+    from sctab.bench.fixtures import model_and_batches
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    model, batches = _model_and_batches(cfg, 1)
+    model, batches = model_and_batches(cfg, 1)
     model.eval()
     x = batches[0].x
     rows = []
@@ -143,7 +143,7 @@ def table(res: dict, header: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
 
-    from sctab.bench.cases import Config
+    from sctab.bench.fixtures import Config
     from sctab.bench.runner import REPO
     from sctab.provenance import RunRecord, machine_text
 

@@ -40,7 +40,7 @@ def bench_model(args) -> tuple[torch.nn.Module, object, str]:
             raise SystemExit(f"{args.model}: a {member.kind} model; the evaluation pass runs the neural models "
                              f"(sctab, mlp, linear)")
         return member.module.eval(), Store(args.store), f"model folder {args.model} ({member.kind})"
-    from sctab.bench.cases import Config, trained_states
+    from sctab.bench.fixtures import Config, trained_states
     from sctab.bench.synthetic import make_store
     from sctab.models import TabNet
 

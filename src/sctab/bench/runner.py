@@ -4,8 +4,8 @@ subprocess for an honest peak RSS), print one markdown table and write it to ben
 Every row comes from the one invocation that writes the file, with the repeats the row states; the ratio is
 ours / baseline from the same invocation, so machine load affects both. The header records what a reader
 needs to judge the figures: the command, the git commit, the machine, the load average before and after,
-and the run's wall time. Model rows run on weights of a short training run (cases.trained_states) and carry
-the exactness criterion of cases.exactness; a row whose check fails does not meet its target.
+and the run's wall time. Model rows run on weights of a short training run (fixtures.trained_states) and carry
+the exactness criterion of exactness.exactness; a row whose check fails does not meet its target.
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ import numpy as np
 import torch
 
 from sctab.allocator import keep_freed_memory
-from sctab.bench.cases import EXACT_FACTOR, REGISTRY, Config
+from sctab.bench.cases import REGISTRY
 from sctab.bench.checks import bounded, check_text, info_text, not_checks, passed
+from sctab.bench.exactness import EXACT_FACTOR
+from sctab.bench.fixtures import Config
 from sctab.bench.roofline import higher, measure_peaks, roofline_rows, roofline_table
 from sctab.bench.synthetic import make_store, store_stats
 from sctab.provenance import RunRecord, allocator_text, machine_text
