@@ -31,7 +31,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from sctab.bench.runner import REPO
-from sctab.bench.scale import stage_env, stop_leftovers
+from sctab.bench.scale.measure import stage_env, stop_leftovers
 from sctab.config import ConfigError, update_params_file
 from sctab.provenance import RunRecord, machine_text
 
