@@ -43,6 +43,8 @@ from sctab.bench.scale.sizes import (
 )
 from sctab.provenance import RunRecord, machine_text
 
+__all__ = ["main"]
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
