@@ -566,23 +566,12 @@ class AttentiveTransformer(nn.Module):
 
 
 class TabNetEncoder(nn.Module):
-    """Initial BN, initial splitter, then n_steps of (attention mask -> feature transformer)."""
+    """Initial BN, initial splitter, then n_steps of (attention mask -> feature transformer). Built by
+    :class:`TabNet`, whose signature holds the defaults (the paper's)."""
 
-    def __init__(
-        self,
-        input_dim: int,
-        output_dim: int,
-        n_d: int = 128,
-        n_a: int = 64,
-        n_steps: int = 1,
-        gamma: float = 1.3,
-        n_independent: int = 5,
-        n_shared: int = 3,
-        epsilon: float = 1e-15,
-        virtual_batch_size: int = 256,
-        momentum: float = 0.02,
-        mask_type: str = "entmax",
-    ):
+    def __init__(self, input_dim: int, output_dim: int, *, n_d: int, n_a: int, n_steps: int, gamma: float,
+                 n_independent: int, n_shared: int, epsilon: float, virtual_batch_size: int, momentum: float,
+                 mask_type: str):
         super().__init__()
         if n_steps < 1:
             raise ValueError(f"n_steps must be a positive integer, got {n_steps}")
@@ -725,35 +714,10 @@ class TabNet(nn.Module):
         self.input_dim = input_dim
         self.output_dim = output_dim
         self.lambda_sparse = lambda_sparse
-        self.hparams = dict(
-            input_dim=input_dim,
-            output_dim=output_dim,
-            n_d=n_d,
-            n_a=n_a,
-            n_steps=n_steps,
-            gamma=gamma,
-            n_independent=n_independent,
-            n_shared=n_shared,
-            epsilon=epsilon,
-            virtual_batch_size=virtual_batch_size,
-            momentum=momentum,
-            mask_type=mask_type,
-            lambda_sparse=lambda_sparse,
-        )
-        self.encoder = TabNetEncoder(
-            input_dim,
-            output_dim,
-            n_d=n_d,
-            n_a=n_a,
-            n_steps=n_steps,
-            gamma=gamma,
-            n_independent=n_independent,
-            n_shared=n_shared,
-            epsilon=epsilon,
-            virtual_batch_size=virtual_batch_size,
-            momentum=momentum,
-            mask_type=mask_type,
-        )
+        arch = dict(n_d=n_d, n_a=n_a, n_steps=n_steps, gamma=gamma, n_independent=n_independent, n_shared=n_shared,
+                    epsilon=epsilon, virtual_batch_size=virtual_batch_size, momentum=momentum, mask_type=mask_type)
+        self.hparams = dict(input_dim=input_dim, output_dim=output_dim, **arch, lambda_sparse=lambda_sparse)
+        self.encoder = TabNetEncoder(input_dim, output_dim, **arch)
         self.final_mapping = nn.Linear(n_d, output_dim, bias=False)
         _init_plain_fc(self.final_mapping, n_d, output_dim)
 
