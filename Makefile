@@ -131,8 +131,8 @@ browser:  ## Debian's chromium for the UI test (installed with apt-get when miss
 	@test -x $(CHROMIUM) || { test "$$(id -u)" = 0 || { echo "the UI test needs Debian's chromium: sudo apt-get install chromium"; exit 1; }; \
 		apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; }
 
-test: venv browser postgres  ## the whole test suite, slow end-to-end tests included
-	$(PY) -m pytest $(PYTEST_ARGS)
+test: venv browser postgres  ## the whole test suite, slow end-to-end tests included, and its 25 slowest
+	$(PY) -m pytest --durations=25 $(PYTEST_ARGS)
 
 test-fast: venv  ## unit tests only
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

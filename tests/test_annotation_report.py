@@ -157,6 +157,7 @@ def test_markdown_tables_escape_html():
                    "<td>1</td></tr></table>\n<p>text</p>")
 
 
+@pytest.mark.needs_root  # Debian's Chromium (`make browser`)
 def test_rendered_in_chromium_with_its_figures(voted, tmp_path):
     from playwright.sync_api import sync_playwright
 

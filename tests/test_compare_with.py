@@ -387,6 +387,7 @@ def test_promote_check_prints_and_records_the_changes(setup, ontology, obo_file,
 
 
 @pytest.mark.slow
+@pytest.mark.needs_root  # PostgreSQL's server (`make postgres`)
 @pytest.mark.timeout(480)
 def test_promote_check_through_the_team_server(setup, ontology, obo_file, tmp_path, monkeypatch, capsys):
     """The same against PostgreSQL + `mlflow server --app-name basic-auth` with served artifacts, where the

@@ -143,6 +143,7 @@ def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180
 
 
 @pytest.mark.timeout(1500)
+@pytest.mark.needs_root  # Debian's Chromium for the UI (`make browser`)
 def test_promote_annotate_serve_and_ui(project, tmp_path):
     """The issue's "done when": after `dvc repro`, promote, annotate a real h5ad, serve it, look at the UI."""
     import anndata

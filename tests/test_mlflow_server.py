@@ -29,7 +29,7 @@ import yaml
 from tests.mlflow_server import team_server_running
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.slow, pytest.mark.needs_root, pytest.mark.timeout(300)]
 
 # retries long enough to ride out a restart (~10 s): 0, 1, 2, 4, 8, 16 s between attempts, plus jitter
 RETRY_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "8", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",

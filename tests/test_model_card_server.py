@@ -22,7 +22,7 @@ from tests.test_annotation import write_model_folders
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = os.environ.get("SCTAB_CHROMIUM", "/usr/bin/chromium")
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.slow, pytest.mark.needs_root, pytest.mark.timeout(600)]
 
 
 @pytest.fixture(scope="module")
