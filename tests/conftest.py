@@ -197,3 +197,57 @@ def _mlflow_uris_do_not_leak():
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+# ------------------------------------------- model folders, a bundle and the store's test cells as raw counts
+@pytest.fixture(scope="module")
+def models(store_dir, tmp_path_factory) -> Path:
+    from tests.model_folders import write_model_folders
+
+    return write_model_folders(tmp_path_factory.mktemp("annot-models"), store_dir)
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(models, store_dir, ontology, tmp_path_factory) -> Path:
+    from sctab.annotation import write_bundle
+    from sctab.registry.register import store_class_ids
+
+    return write_bundle(models / "sctab", tmp_path_factory.mktemp("bundle") / "bundle",
+                        class_ids=store_class_ids(store_dir), ontology=ontology)
+
+
+@pytest.fixture(scope="module")
+def annotator(bundle_dir):
+    from sctab.annotation import load_annotator
+
+    return load_annotator(bundle_dir)
+
+
+@pytest.fixture(scope="module")
+def test_counts(store_dir, census_params):
+    """Raw counts (census, all genes) of the store's test cells, in store order (an AnnData)."""
+    import cellxgene_census
+    import numpy as np
+    import pandas as pd
+    import scipy.sparse as sp
+
+    from sctab.data.store import Store
+
+    obs = Store(store_dir).read_obs("test", columns=("soma_joinid", "cell_type"))
+    with cellxgene_census.open_soma(uri=census_params["census"]["uri"]) as census:
+        adata = cellxgene_census.get_anndata(census, "Homo sapiens", X_name=census_params["census"]["x_layer"],
+                                             obs_coords=obs["soma_joinid"].to_numpy())
+    order = pd.Series(np.arange(adata.n_obs), index=adata.obs["soma_joinid"].to_numpy())
+    adata = adata[order.loc[obs["soma_joinid"].to_numpy()].to_numpy()].copy()
+    adata.var_names = adata.var["feature_id"].astype(str).to_numpy()
+    adata.obs_names = [f"cell{i}" for i in range(adata.n_obs)]
+    adata.X = sp.csr_matrix(adata.X, dtype=np.float32)
+    return adata
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A git clone of the working tree with a small census profile (tests/dvc_project.py)."""
+    from tests.dvc_project import clone_project
+
+    return clone_project(tmp_path_factory.mktemp("proj") / "repo")

@@ -20,7 +20,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sctab.cli import main as cli
-from tests.test_annotation import bundle_dir, models  # noqa: F401 - module fixtures: a small scTab bundle
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 CASES = {"annotate": 0, "ok": 0, "refused": 0}

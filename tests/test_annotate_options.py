@@ -16,7 +16,6 @@ from sctab.annotation.voting import HETEROGENEOUS, default_resolution, majority_
 from sctab.cli import main as cli
 from sctab.data.store import Store
 from sctab.registry.thresholds import precision_threshold
-from tests.test_annotation import annotator, bundle_dir, models, test_counts  # noqa: F401 - module fixtures
 
 
 @pytest.fixture(scope="module")

@@ -19,74 +19,10 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from sctab.annotation import AnnotateError, annotate, annotate_file, load_annotator, write_bundle
+from sctab.annotation import AnnotateError, annotate, annotate_file, load_annotator
 from sctab.cli import main as cli
 from sctab.data.store import Store
-
-SMALL_SCTAB = {"n_d": 8, "n_a": 8, "n_shared": 1, "n_independent": 1, "virtual_batch_size": 64}
-
-
-def _neural(store, out, name, seed, arch=None):
-    import torch
-
-    from sctab import models
-    from sctab.models import FeatureSpace, TorchClassifier, build_model
-
-    torch.manual_seed(seed)
-    model = build_model(name, store.n_genes, store.n_classes, **(arch or {}))
-    with torch.no_grad():  # spread the logits so labels differ between cells
-        for p in model.parameters():
-            p.mul_(3.0)
-    clf = TorchClassifier(kind=name, module=model, space=FeatureSpace.of(store), config=dict(arch or {}))
-    return models.save(out, clf, target_sum=10_000.0, meta={"run_id": f"run{seed}", "seed": seed}, history=[])
-
-
-def write_model_folders(root: Path, store_dir, linear_seeds=(0,)) -> Path:
-    """Random-weight model folders as the pipeline writes them: ``linear`` (then ``linear2``, ``linear3`` for
-    more seeds) and a two-member ``sctab`` ensemble. Registration and annotation do not care how good they are."""
-    store = Store(store_dir)
-    for i, seed in enumerate(linear_seeds):
-        _neural(store, root / ("linear" if i == 0 else f"linear{i + 1}"), "linear", seed)
-    for s in (0, 1):
-        _neural(store, root / "sctab" / f"seed_{s}", "sctab", s, SMALL_SCTAB)
-    (root / "sctab" / "ensemble.json").write_text(json.dumps({"model": "sctab", "members": {"seed_0": "run0",
-                                                                                            "seed_1": "run1"}}))
-    return root
-
-
-@pytest.fixture(scope="module")
-def models(store_dir, tmp_path_factory) -> Path:
-    return write_model_folders(tmp_path_factory.mktemp("annot-models"), store_dir)
-
-
-@pytest.fixture(scope="module")
-def bundle_dir(models, store_dir, ontology, tmp_path_factory) -> Path:
-    from sctab.registry.register import store_class_ids
-
-    return write_bundle(models / "sctab", tmp_path_factory.mktemp("bundle") / "bundle",
-                        class_ids=store_class_ids(store_dir), ontology=ontology)
-
-
-@pytest.fixture(scope="module")
-def annotator(bundle_dir):
-    return load_annotator(bundle_dir)
-
-
-@pytest.fixture(scope="module")
-def test_counts(store_dir, census_params) -> anndata.AnnData:
-    """Raw counts (census, all genes) of the store's test cells, in store order."""
-    import cellxgene_census
-
-    obs = Store(store_dir).read_obs("test", columns=("soma_joinid", "cell_type"))
-    with cellxgene_census.open_soma(uri=census_params["census"]["uri"]) as census:
-        adata = cellxgene_census.get_anndata(census, "Homo sapiens", X_name=census_params["census"]["x_layer"],
-                                             obs_coords=obs["soma_joinid"].to_numpy())
-    order = pd.Series(np.arange(adata.n_obs), index=adata.obs["soma_joinid"].to_numpy())
-    adata = adata[order.loc[obs["soma_joinid"].to_numpy()].to_numpy()].copy()
-    adata.var_names = adata.var["feature_id"].astype(str).to_numpy()
-    adata.obs_names = [f"cell{i}" for i in range(adata.n_obs)]
-    adata.X = sp.csr_matrix(adata.X, dtype=np.float32)
-    return adata
+from tests.model_folders import write_pbmc_h5ad
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -264,15 +200,6 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(case, bundle_dir, test_co
 
 
 # ----------------------------------------------------------------------- real public data in packages
-def write_pbmc_h5ad(path: Path) -> Path:
-    """CellTypist's sample: raw UMI counts of 559 real PBMCs by gene symbol (a cells x genes CSV) as an h5ad."""
-    csv = resources.files("celltypist") / "data" / "samples" / "sample_cell_by_gene.csv"
-    frame = pd.read_csv(csv, index_col=0)
-    adata = anndata.AnnData(sp.csr_matrix(frame.to_numpy(dtype=np.float32)), obs=pd.DataFrame(index=frame.index),
-                            var=pd.DataFrame(index=frame.columns.astype(str)))
-    return _write(adata, path)
-
-
 @pytest.fixture(scope="module")
 def pbmc_symbols(tmp_path_factory) -> Path:
     return write_pbmc_h5ad(tmp_path_factory.mktemp("pbmc") / "pbmc_symbols.h5ad")

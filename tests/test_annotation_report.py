@@ -16,7 +16,6 @@ import pytest
 from sctab.annotation import AnnotateError
 from sctab.annotation.html_report import Section, build_page, dot_table, label_shares, markdown_html, write_report
 from sctab.cli import main as cli
-from tests.test_annotation import annotator, bundle_dir, models, test_counts  # noqa: F401 - module fixtures
 from tests.test_dvc_pipeline import CHROMIUM
 
 NOTE = Path("/tmp/note")

@@ -209,7 +209,7 @@ def test_eval_heap_reports_each_pass_and_the_live_memory(store_dir, tmp_path):
     """benchmarks/eval_heap.py on a model folder: a row per pass with glibc's heap figures, and the RSS once
     the heap's free memory is returned (what the scale curve's training-memory explanation rests on)."""
     from sctab.bench.heap import main
-    from tests.test_annotation import write_model_folders
+    from tests.model_folders import write_model_folders
 
     models = write_model_folders(tmp_path / "models", store_dir)
     out = tmp_path / "heap.md"

@@ -245,7 +245,7 @@ def test_two_pipeline_models_on_the_store_cells(store_dir, ontology, obo_file, t
     (random weights, the store's classes): every cell's change is its pair's, and the summary adds up."""
     from sctab.data.store import Store
     from sctab.registry.register import store_class_ids
-    from tests.test_annotation import write_model_folders
+    from tests.model_folders import write_model_folders
 
     folders = write_model_folders(tmp_path / "models", store_dir)
     ids = store_class_ids(store_dir)

@@ -23,7 +23,6 @@ from sctab.models.xgboost_model import check_config as check_xgboost
 from sctab.models.xgboost_model import resolve_device as xgboost_device
 from sctab.train.ray_train import _use_gpu, model_device_setting, trial_resources
 from sctab.train.spec import TrainSpec
-from tests.test_annotation import bundle_dir, models, test_counts  # noqa: F401  (fixtures)
 
 
 # ------------------------------------------------------------------------------------------- the policy

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_dvc_pipeline import _run, project  # noqa: F401 - the fixture: a clone with a small census
+from tests.dvc_project import run as _run
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 TARGET = "train_linear"

@@ -18,40 +18,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
-from tests.conftest import small_params
+from tests.dvc_project import run as _run
 from tests.ray_cluster import free_port, kill_group
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-
-def _run(args, cwd, check=True):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
-    r = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    if check and r.returncode:
-        raise AssertionError(f"{' '.join(args)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
-    return r
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    """A git clone of the working tree (tracked files as they are now) with a small census profile."""
-    dst = tmp_path_factory.mktemp("proj") / "repo"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
-                           text=True, check=True).stdout.split()
-    for f in files:
-        if (REPO / f).is_file():
-            (dst / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / f, dst / f)
-    params = small_params(Path("data/census/soma"))
-    header = "# test profile\n"
-    (dst / "params.yaml").write_text(header + yaml.safe_dump(params, sort_keys=False))
-    _run(["git", "init", "-q"], dst)
-    _run(["git", "add", "-A"], dst)
-    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], dst)
-    return dst
 
 
 def test_repro_twice_status_clean_and_push(project):
@@ -149,7 +121,7 @@ def test_promote_annotate_serve_and_ui(project, tmp_path):
     import anndata
     import requests
 
-    from tests.test_annotation import write_pbmc_h5ad
+    from tests.model_folders import write_pbmc_h5ad
 
     if not (project / "reports/registry/registered.json").exists():
         _run(["dvc", "repro"], project)

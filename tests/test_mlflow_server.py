@@ -208,7 +208,7 @@ def test_register_and_promote_through_the_team_server(server_env, store_dir, ont
 @pytest.fixture(scope="module")
 def reg_folders(store_dir, tmp_path_factory) -> Path:
     """Small model folders to register (random weights: registration does not care how good they are)."""
-    from tests.test_annotation import write_model_folders
+    from tests.model_folders import write_model_folders
 
     return write_model_folders(tmp_path_factory.mktemp("reg-models"), store_dir, linear_seeds=(0, 5))
 

@@ -163,7 +163,7 @@ def test_bad_card_inputs_stop_the_register_stage_with_nothing_registered(store_d
                                                                          tracking, tmp_path, capsys):
     from sctab.registry import RegistryError, register_pipeline_models
     from sctab.registry.register import client
-    from tests.test_annotation import write_model_folders
+    from tests.model_folders import write_model_folders
 
     models = write_model_folders(tmp_path / "models", store_dir)
     with pytest.raises(RegistryError, match="nothing registered: the params name no profile"):

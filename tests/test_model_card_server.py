@@ -17,7 +17,7 @@ from sctab.registry import register_pipeline_models
 from sctab.registry.model_card import ARTIFACT, HEADINGS, read_per_class_f1
 from sctab.registry.register import client
 from tests.mlflow_server import team_server_running
-from tests.test_annotation import write_model_folders
+from tests.model_folders import write_model_folders
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"

@@ -13,7 +13,7 @@ from sctab.cli import main as cli
 from sctab.data.store import Store
 from sctab.registry import RegistryError, promote, register_folder
 from sctab.registry.register import client, store_class_ids
-from tests.test_annotation import SMALL_SCTAB, write_model_folders
+from tests.model_folders import SMALL_SCTAB, write_model_folders
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,8 @@ from sctab.bench.serving import body, run
 from sctab.data.store import Store
 from sctab.registry import register_folder
 from sctab.registry.register import store_class_ids
+from tests.model_folders import write_model_folders
 from tests.ray_cluster import free_port, kill_group
-from tests.test_annotation import write_model_folders
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
