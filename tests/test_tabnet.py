@@ -312,7 +312,7 @@ def test_inference_paths_match_the_reference(n_steps, densify_above):
 
 
 def test_csr_to_dense_and_duplicates():
-    from sctab.models.tabnet import csr_to_dense
+    from sctab.models.tabnet_inputs import csr_to_dense
 
     x = _sparse_data(seed=12)
     assert torch.equal(csr_to_dense(x.to_sparse_csr()), x)

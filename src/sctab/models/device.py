@@ -108,7 +108,7 @@ def autocast(device: torch.device, precision: str | int = "32"):
 def model_input(x: torch.Tensor, device: torch.device, dense: bool) -> torch.Tensor:
     """A batch's ``x`` on ``device`` as the model takes it: a CSR batch is copied sparse (~10x fewer bytes)
     and densified there when ``dense`` (the MLP, the linear model, augmentation and training need dense)."""
-    from sctab.models.tabnet import csr_to_dense  # scipy's C loop on the CPU: ~10x faster than to_dense()
+    from sctab.models.tabnet_inputs import csr_to_dense  # scipy's C loop on the CPU: ~10x faster than to_dense()
 
     x = to_device(x, device)
     return csr_to_dense(x) if dense and x.layout == torch.sparse_csr else x
