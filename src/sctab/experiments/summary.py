@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from sctab.data.store import Store
+from sctab.evaluate import figures as evaluation_figures
 from sctab.evaluate.metrics import AVERAGING
 from sctab.evaluate.paper import PAPER
 from sctab.experiments import analysis, figures
@@ -90,9 +91,10 @@ def summarise_experiment(name: str, table: pd.DataFrame, params: dict, out_dir: 
         else:
             summary = analysis.organ_summary(table)
             tissue = ((params.get("experiments") or {}).get("organ") or {}).get("tissue", "lung")
-            figures.organ_f1({m: {t: float(g["tissue_test_f1_macro"].mean()) for t, g in d.groupby("training")}
-                              for m, d in ok.groupby("model")}, tmp / "organ.png",
-                             models=tuple(sorted(ok["model"].unique())), profile=profile)
+            per_model = {m: {t: float(g["tissue_test_f1_macro"].mean()) for t, g in d.groupby("training")}
+                         for m, d in ok.groupby("model")}
+            evaluation_figures.organ_f1(per_model, tmp / "organ.png", models=tuple(sorted(ok["model"].unique())),
+                                        profile=profile)
             paper = "- paper (lung): " + "; ".join(f"{k}: {_paper_ms(v)}" for k, v in PAPER["lung_holdout"].items())
             paper += f"\n- here: test cells with tissue_general = {tissue}"
             paper += _organ_findings(table, extra)
