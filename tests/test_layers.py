@@ -2,6 +2,7 @@
 
 The order (issue 16), lowest first; packages in one tier are siblings and do not import each other:
 
+    0s  sctab.params_schema                        the typed params sections
     0a  sctab.config, sctab.io, sctab.security     stdlib, yaml, numpy only
     0p  sctab.provenance                           git state, machine and load of a run
     0b  sctab.console_tables, sctab.tracking            console tables, MLflow runs
@@ -29,6 +30,7 @@ from tests.imports import import_graph, module_files
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 TIERS: list[tuple[str, tuple[str, ...]]] = [
+    ("0s", ("sctab.params_schema",)),
     ("0a", ("sctab.allocator", "sctab.config", "sctab.io", "sctab.security")),
     ("0p", ("sctab.provenance",)),
     ("0b", ("sctab.console_tables", "sctab.tracking")),

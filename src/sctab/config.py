@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from sctab.params_schema import ConfigError, Params, build_params
+
 # ruamel.yaml (round-trip YAML, a dvc dependency) is imported by update_params_file only: the `sctab` command
 # imports this module at start-up and most commands never write params back.
 
@@ -21,8 +23,6 @@ PROFILES_DIR = REPO_ROOT / "conf" / "profiles"
 REQUIRED_SECTIONS = ("profile", "census", "ontology", "filters", "split", "store")
 
 
-class ConfigError(ValueError):
-    """A parameter file or profile is missing, unknown or malformed."""
 
 
 #: where models run: ``auto`` = a GPU when one is there and torch can use it (sctab.models.device resolves it)
@@ -92,7 +92,13 @@ def load_params(path: str | os.PathLike = "params.yaml") -> dict[str, Any]:
     if missing:
         raise ConfigError(f"parameter file {path} lacks section(s): {', '.join(missing)}")
     check_settings(params, str(path))
+    build_params(params, str(path))  # every key known and of its type (sctab.params_schema)
     return params
+
+
+def load_typed_params(path: str | os.PathLike = "params.yaml") -> Params:
+    """The params file as the typed :class:`sctab.params_schema.Params`."""
+    return build_params(load_params(path), str(path))
 
 
 def load_profile(name: str, profiles_dir: Path = PROFILES_DIR) -> dict[str, Any]:
