@@ -88,8 +88,7 @@ def census_params(tmp_path_factory) -> dict:
     from sctab.census.synthetic import build_synthetic_census
 
     params = small_params(tmp_path_factory.mktemp("census") / "soma")
-    info = build_synthetic_census(params)
-    params["_census_info"] = info
+    build_synthetic_census(params)
     return params
 
 

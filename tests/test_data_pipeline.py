@@ -262,7 +262,7 @@ def test_store_layout_both_writes_the_sparse_layout_beside_the_dense(tmp_path, c
     for f in sorted((store_dir / "train").glob("*.parquet")):
         assert pq.read_table(f).equals(pq.read_table(tmp_path / "both" / "train" / f.name))
     p["store"]["layout"] = "csr"
-    with pytest.raises(StoreError, match="store.layout must be one of"):
+    with pytest.raises(ConfigError, match="store.layout must be one of"):  # the params schema names it
         write_store(p, extraction.obs, extraction.var, split_result.assignment, split_result.subsets, ontology,
                     tmp_path / "bad", read_counts)
 

@@ -93,6 +93,7 @@ class FiltersParams:
 @dataclass(frozen=True)
 class GenesParams:
     biotype: str = "protein_coding"                      # paper: 19,331 protein-coding genes
+    feature_list: Optional[str] = None                   # a file of gene ids, in model-input order, instead
     restrict_to_inputs: bool = False                     # h5ad source: keep only genes every input has
 
 
@@ -111,7 +112,7 @@ class StoreParams:
     row_group_size: int = 1024
     truncate_to_row_group: bool = False
     chunk_size: int = 4096
-    layout: Literal["dense", "sparse", "both"] = "dense"
+    layout: Literal["dense", "both"] = "dense"             # both: dense parts + sparse/ for the sparse loader
 
 
 @dataclass(frozen=True)
@@ -413,3 +414,46 @@ def defaults_of(cls: type) -> dict:
         else:
             out[f.name] = None
     return out
+
+
+# ------------------------------------------------------------------------------------------------ reading
+_PARAMS_FIELDS = {f.name: f for f in dataclasses.fields(Params)}
+_PARAMS_HINTS: dict[str, Any] = {}
+
+
+def section(params: Params | dict | None, path: str) -> Any:
+    """The typed value at ``path`` (``"split"``, ``"models.sctab"``, ``"experiments.organ.tissue"``, ``"seed"``)
+    of a :class:`Params` or of a loaded params dict.
+
+    Why: the library reads every setting through here, so each key has one default (this module's) and one
+    type. A dict may be partial (a test's, a hand-written one): a section it lacks comes back with its
+    defaults (``None`` for ``synthetic`` and ``profile``); a key it has is checked as :func:`build_params` does.
+    """
+    head, _, rest = path.partition(".")
+    if head not in _PARAMS_FIELDS:
+        raise ConfigError(f"params have no section {head!r}; sections: {', '.join(_PARAMS_FIELDS)}")
+    if isinstance(params, Params):
+        node = getattr(params, head)
+    else:
+        if not _PARAMS_HINTS:
+            _PARAMS_HINTS.update(typing.get_type_hints(Params))
+        raw = (params or {}).get(head)
+        hint = _PARAMS_HINTS[head]
+        if raw is not None:
+            node = _convert(hint, raw, head)
+        elif dataclasses.is_dataclass(hint):
+            node = build(hint, {}, head)
+        else:
+            f = _PARAMS_FIELDS[head]
+            node = f.default_factory() if f.default_factory is not dataclasses.MISSING else (
+                None if f.default is dataclasses.MISSING else f.default)
+    for part in rest.split(".") if rest else []:
+        if not dataclasses.is_dataclass(node) or not hasattr(node, part):
+            raise ConfigError(f"params have no key {path!r}")
+        node = getattr(node, part)
+    return node
+
+
+def as_dict(value: Any) -> Any:
+    """A section (or any schema value) as plain dicts and lists: for code that writes params back or logs them."""
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value

@@ -23,6 +23,7 @@ from sctab.census.filters import FilterError, FilterParams, add_tech_sample, obs
 from sctab.census.genes import protein_coding_ids, read_feature_list
 from sctab.census.source import OBS_COLUMNS, VAR_COLUMNS, check_columns, get_experiment, open_census
 from sctab.config import ConfigError
+from sctab.params_schema import section
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ class Extraction:
 
 def value_filter_of(params: dict) -> str | None:
     """``census.obs_value_filter``, or None; anything but a non-empty string is a ConfigError."""
-    vf = params["census"].get("obs_value_filter")
+    vf = section(params, "census").obs_value_filter
     if vf is None or (isinstance(vf, str) and not vf.strip()):
         return None
     if not isinstance(vf, str):
@@ -109,20 +110,20 @@ def select_genes(exp, params: dict) -> pd.DataFrame:
     var_df = exp.ms["RNA"].var
     check_columns(var_df.schema.names, VAR_COLUMNS, "var")
     var = var_df.read(column_names=VAR_COLUMNS).concat().to_pandas()
-    gcfg = params.get("genes", {}) or {}
-    if gcfg.get("feature_list"):
-        wanted = read_feature_list(gcfg["feature_list"])
+    genes = section(params, "genes")
+    if genes.feature_list:
+        wanted = read_feature_list(genes.feature_list)
         dup = pd.Index(wanted)[pd.Index(wanted).duplicated()]
         if len(dup):
-            raise ValueError(f"gene list {gcfg['feature_list']} has duplicate ids, e.g. {list(dup[:3])}")
+            raise ValueError(f"gene list {genes.feature_list} has duplicate ids, e.g. {list(dup[:3])}")
         pos = var.set_index("feature_id")
         missing = [g for g in wanted if g not in pos.index]
         if missing:
-            raise ValueError(f"{len(missing)} gene(s) of {gcfg['feature_list']} are not in the census var, "
+            raise ValueError(f"{len(missing)} gene(s) of {genes.feature_list} are not in the census var, "
                              f"e.g. {missing[:5]}")
         sel = pos.loc[wanted].reset_index()[VAR_COLUMNS]
     else:
-        biotype = gcfg.get("biotype", "protein_coding")
+        biotype = genes.biotype
         if biotype != "protein_coding":
             raise ValueError(f"genes.biotype {biotype!r} not supported (only protein_coding, or set "
                              "genes.feature_list)")
@@ -187,10 +188,10 @@ def _h5ad_obs(params: dict, fp: FilterParams, ontology, value_filter: str | None
 def extract(params: dict, ontology) -> Extraction:
     """Run the six filters over the census (or h5ad reference) named by params and choose the gene space."""
     fp = FilterParams.from_params(params)
-    chunk = int(params["census"].get("chunk_size", 100_000))
+    chunk = section(params, "census").chunk_size
     value_filter = value_filter_of(params)
     info = None
-    if params["census"].get("source") == "h5ad":
+    if section(params, "census").source == "h5ad":
         obs, var, steps, info = _h5ad_obs(params, fp, ontology, value_filter)
         n_census_genes = info["genes_universe"]
     else:

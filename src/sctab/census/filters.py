@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from sctab.params_schema import section
+
 log = logging.getLogger(__name__)
 
 
@@ -30,15 +32,10 @@ class FilterParams:
 
     @classmethod
     def from_params(cls, params: dict) -> "FilterParams":
-        f = params.get("filters")
-        if not isinstance(f, dict):
-            raise FilterError("params lack the 'filters' section")
-        try:
-            return cls(primary_only=bool(f["primary_only"]), assays=tuple(f["assays"]), root_term=str(f["root_term"]),
-                       min_ancestors=int(f["min_ancestors"]), min_cells_per_type=int(f["min_cells_per_type"]),
-                       min_donors_per_type=int(f["min_donors_per_type"]))
-        except KeyError as e:
-            raise FilterError(f"filters.{e.args[0]} is missing from params") from None
+        f = section(params, "filters")
+        return cls(primary_only=f.primary_only, assays=tuple(f.assays), root_term=f.root_term,
+                   min_ancestors=f.min_ancestors, min_cells_per_type=f.min_cells_per_type,
+                   min_donors_per_type=f.min_donors_per_type)
 
 
 def add_tech_sample(obs: pd.DataFrame) -> pd.DataFrame:

@@ -42,10 +42,11 @@ from sctab.census.counts import (
 from sctab.census.genes import gencode_genes, read_feature_list
 from sctab.census.source import OBS_COLUMNS
 from sctab.config import ConfigError
+from sctab.params_schema import CensusParams, section
 
 CL_ID = re.compile(r"^CL:\d{7}$")
 UNKNOWN = "unknown"
-DEFAULT_DONOR_COLUMNS = ("dataset_id", "donor_id")
+DEFAULT_DONOR_COLUMNS = tuple(CensusParams().donor_columns)  # the schema's default
 # census obs columns a file may lack; filled with "unknown" (tissue_general from tissue when only that is there)
 DESCRIPTIVE = ("assay", "tissue", "tissue_general", "disease", "development_stage")
 READ_BLOCK = 4096  # rows per h5py read when gathering the cells the store asks for
@@ -64,10 +65,8 @@ class H5adSettings:
 
     @classmethod
     def from_params(cls, params: dict) -> "H5adSettings":
-        c = params["census"]
-        inputs = c.get("inputs") or []
-        if isinstance(inputs, str):
-            inputs = [inputs]
+        c = section(params, "census")
+        inputs = c.inputs
         if not inputs:
             raise ConfigError("census.source is 'h5ad' but census.inputs lists no file (write params with "
                               "`sctab params --profile reference --input a.h5ad ...`)")
@@ -80,14 +79,11 @@ class H5adSettings:
         dup = sorted({str(p) for p in paths if paths.count(p) > 1})
         if dup:
             raise ConfigError(f"census.inputs names a file more than once: {dup}")
-        donors = c.get("donor_columns") or list(DEFAULT_DONOR_COLUMNS)
-        if isinstance(donors, str):
-            donors = [donors]
-        lm_path = c.get("label_map")
-        return cls(inputs=paths, label_column=c.get("label_column"), label_map=read_label_map(lm_path),
-                   label_map_path=str(lm_path) if lm_path else None, donor_columns=tuple(str(d) for d in donors),
-                   layer=c.get("layer"), gene_column=c.get("gene_column"),
-                   allow_non_integer=bool(c.get("allow_non_integer", False)))
+        donors = c.donor_columns or list(DEFAULT_DONOR_COLUMNS)
+        lm_path = c.label_map
+        return cls(inputs=paths, label_column=c.label_column, label_map=read_label_map(lm_path),
+                   label_map_path=str(lm_path) if lm_path else None, donor_columns=tuple(donors),
+                   layer=c.layer, gene_column=c.gene_column, allow_non_integer=c.allow_non_integer)
 
 
 def read_label_map(path) -> dict[str, str]:
@@ -111,17 +107,17 @@ def read_label_map(path) -> dict[str, str]:
 def gene_universe(params: dict) -> pd.DataFrame:
     """The profile's gene set before it meets the files: ``genes.feature_list`` in its order, else every
     protein-coding gene of the bundled GENCODE table. ``soma_joinid`` = position here, the id the store uses."""
-    g = params.get("genes", {}) or {}
+    g = section(params, "genes")
     table = gencode_genes().drop_duplicates("feature_id")
-    if g.get("feature_list"):
-        ids = read_feature_list(g["feature_list"])
+    if g.feature_list:
+        ids = read_feature_list(g.feature_list)
         if len(set(ids)) != len(ids):
-            raise ValueError(f"gene list {g['feature_list']} has duplicate ids")
+            raise ValueError(f"gene list {g.feature_list} has duplicate ids")
         names = table.set_index("feature_id")["feature_name"].reindex(ids)
         out = pd.DataFrame({"feature_id": ids, "feature_name": names.fillna(pd.Series(ids, index=ids)).to_numpy()})
     else:
-        if g.get("biotype", "protein_coding") != "protein_coding":
-            raise ValueError(f"genes.biotype {g.get('biotype')!r} not supported (only protein_coding, or set "
+        if g.biotype != "protein_coding":
+            raise ValueError(f"genes.biotype {g.biotype!r} not supported (only protein_coding, or set "
                              "genes.feature_list)")
         out = table.loc[table["feature_biotype"] == "protein_coding", ["feature_id", "feature_name"]]
     out = out.reset_index(drop=True)
@@ -306,7 +302,7 @@ def read_obs(params: dict, ontology) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     obs["cell_type"] = obs["cell_type_ontology_term_id"].map(labels).fillna(UNKNOWN)
     obs = obs[OBS_COLUMNS + ["tech_sample", "_file"]]
     genes = universe
-    if (params.get("genes") or {}).get("restrict_to_inputs"):
+    if section(params, "genes.restrict_to_inputs"):
         genes = universe[found_any].reset_index(drop=True)
     report = {"inputs": per_file, "genes_universe": int(len(universe)),
               "label_mapping": dict(sorted(texts.items()))}

@@ -16,6 +16,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from sctab.config import ConfigError
+from sctab.params_schema import section
 
 # cellxgene_census (tiledbsoma) is imported where a census is opened: it costs seconds at `sctab` start-up.
 
@@ -34,25 +35,24 @@ SOURCES = ("embedded", "cellxgene", "h5ad")
 
 
 def census_description(params: dict) -> str:
-    c = params["census"]
-    if c.get("source") == "h5ad":
-        return f"h5ad reference of {len(c.get('inputs') or [])} file(s)"
-    return f"embedded census at {c.get('uri')}" if c.get("source") == "embedded" or c.get("uri") else \
-        f"CELLxGENE census {c.get('version')}"
+    c = section(params, "census")
+    if c.source == "h5ad":
+        return f"h5ad reference of {len(c.inputs)} file(s)"
+    return f"embedded census at {c.uri}" if c.source == "embedded" or c.uri else f"CELLxGENE census {c.version}"
 
 
 def open_census(params: dict):
-    """Open the census named by `params['census']` (a context manager, like cellxgene_census.open_soma)."""
+    """Open the census named by the params' ``census`` section (a context manager, like cellxgene_census.open_soma)."""
     import cellxgene_census
 
-    c = params["census"]
-    source = c.get("source")
+    c = section(params, "census")
+    source = c.source
     if source == "h5ad":
         raise ConfigError("census.source is 'h5ad': a reference of .h5ad files has no SOMA census to open "
                           "(sctab.census.h5ad reads it)")
     if source not in SOURCES:
         raise ConfigError(f"census.source must be one of {', '.join(SOURCES)}, got {source!r}")
-    uri = c.get("uri")
+    uri = c.uri
     if uri:
         path = Path(uri)
         if "://" not in str(uri) and not path.exists():
@@ -64,14 +64,14 @@ def open_census(params: dict):
             raise CensusError(f"{uri} is not a readable SOMA census: {e}") from e
     if source == "embedded":
         raise ConfigError("census.source is 'embedded' but census.uri is not set")
-    version = c.get("version")
+    version = c.version
     if not version:
         raise ConfigError("census.version must be set for the cellxgene census (e.g. '2023-05-15')")
     return cellxgene_census.open_soma(census_version=str(version))
 
 
 def get_experiment(census, params: dict):
-    organism = params["census"].get("organism", "homo_sapiens")
+    organism = section(params, "census").organism
     try:
         exp = census["census_data"][organism]
     except KeyError:
@@ -89,14 +89,15 @@ def open_counts(params: dict) -> Iterator[CountsReader]:
     the h5ad source, a reader of the input files' counts on the profile's genes.
 
     The store writer takes this reader as an argument, so sctab.data does not need to know about censuses."""
-    if params["census"].get("source") == "h5ad":
+    census_params = section(params, "census")
+    if census_params.source == "h5ad":
         from sctab.census.h5ad import open_h5ad_counts  # anndata + h5py: only for this source
 
         with open_h5ad_counts(params) as read:
             yield read
         return
     with open_census(params) as census:
-        X = get_experiment(census, params).ms["RNA"].X[params["census"].get("x_layer", "raw")]
+        X = get_experiment(census, params).ms["RNA"].X[census_params.x_layer]
         yield functools.partial(read_counts, X)
 
 

@@ -23,9 +23,8 @@ What makes it behave like real data (and makes every filter of the paper do some
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Sequence
 
 import anndata as ad
 import numpy as np
@@ -37,6 +36,7 @@ from tqdm.auto import tqdm
 from sctab.census.genes import gencode_genes, protein_coding_ids
 from sctab.io import atomic_dir
 from sctab.ontology.bundled import load_bundled_cl
+from sctab.params_schema import OntologyParams, SyntheticParams, section
 
 TENX_ASSAYS = {
     "10x 3' v2": "EFO:0009899",
@@ -126,38 +126,18 @@ DISEASES = (("normal", "PATO:0000461"), ("COVID-19", "MONDO:0100096"), ("lung ad
 DEV_STAGES = tuple((f"{age}-year-old human stage", f"HsapDv:{age + 80:07d}") for age in range(22, 80, 3))
 
 
-@dataclass
-class SyntheticCensusConfig:
-    seed: int = 0
-    n_genes: int = 1500
-    n_datasets: int = 12
-    donors_per_dataset: Sequence[int] = (4, 9)
-    cells_per_donor: Sequence[int] = (250, 700)
-    secondary_fraction: float = 0.15
-    non10x_fraction: float = 0.25
-    n_noncoding_genes: int | None = None  # default: 10% of n_genes
-    cl_version: str = "v2026-03-26"
-    # effect sizes (log scale)
-    ancestor_lfc: float = 1.0
-    own_lfc: float = 0.1
-    module_lfc: float = 2.5
-    state_lfc: float = 1.2
-    donor_sd: float = 0.35
-    assay_sd: float = 0.3
-    dataset_sd: float = 0.15
-    library_size: float = 600.0
-    # extra real CL types spread over the tissues (the `bench` profile uses them to reach 164 classes)
-    extra_types: int = 0
+@dataclass(frozen=True)
+class SyntheticCensusConfig(SyntheticParams):
+    """The generator's settings: the params' ``synthetic`` section (sctab.params_schema holds the keys and their
+    defaults) plus the Cell Ontology release whose terms it draws."""
+
+    cl_version: str = OntologyParams.cl_version
 
     @classmethod
     def from_params(cls, params: dict) -> "SyntheticCensusConfig":
-        syn = dict(params.get("synthetic", {}))
-        syn.setdefault("cl_version", params.get("ontology", {}).get("cl_version", cls.cl_version))
-        known = set(cls.__dataclass_fields__)
-        unknown = set(syn) - known
-        if unknown:
-            raise ValueError(f"unknown synthetic census parameter(s): {', '.join(sorted(unknown))}")
-        return cls(**syn)
+        syn = section(params, "synthetic") or SyntheticParams()
+        return cls(**{f.name: getattr(syn, f.name) for f in fields(SyntheticParams)},
+                   cl_version=section(params, "ontology.cl_version"))
 
 
 def _term_rng(seed: int, key: str) -> np.random.Generator:
@@ -533,9 +513,10 @@ def _add_dataframe(coll, key: str, df: pd.DataFrame) -> None:
 
 
 def build_synthetic_census(params: dict, uri: str | Path | None = None, progress: bool | None = None) -> dict:
-    """Generate and write the embedded census described by `params['synthetic']`, donor by donor (memory flat in
-    cells: sctab.census.streaming); returns its summary. `progress`: a bar of cells written (None: on a terminal)."""
+    """Generate and write the embedded census described by the params' ``synthetic`` section, donor by donor
+    (memory flat in cells: sctab.census.streaming); returns its summary.
+    `progress`: a bar of cells written (None: on a terminal)."""
     from sctab.census.streaming import write_census_streaming
 
     cfg = SyntheticCensusConfig.from_params(params)
-    return write_census_streaming(cfg, Path(uri or params["census"]["uri"]), progress=progress)
+    return write_census_streaming(cfg, Path(uri or section(params, "census.uri")), progress=progress)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from sctab.params_schema import section
+
 SPLITS = ("train", "val", "test")
 
 
@@ -32,7 +34,7 @@ class Split:
 
 
 def _fractions(params: dict) -> dict[str, float]:
-    fr = params["split"]["fractions"]
+    fr = section(params, "split.fractions")
     if set(fr) != set(SPLITS):
         raise SplitError(f"split.fractions must name exactly {SPLITS}, got {sorted(fr)}")
     total = sum(float(v) for v in fr.values())
@@ -61,16 +63,16 @@ LEAKY = ("split.by is 'cell': cells of one donor sit in train, val and test, so 
 
 
 def _split_by(params: dict) -> str:
-    by = params["split"].get("by", "donor")
+    by = section(params, "split.by")
     if by not in ("donor", "cell"):
         raise SplitError(f"split.by must be 'donor' or 'cell', got {by!r}")
     return by
 
 
 def _too_few_donors(n: int, params: dict) -> SplitError:
-    c = params.get("census", {}) or {}
-    where = (f"the inputs {', '.join(map(str, c.get('inputs') or []))} (donors = census.donor_columns "
-             f"{c.get('donor_columns') or ['dataset_id', 'donor_id']})" if c.get("source") == "h5ad"
+    c = section(params, "census")
+    where = (f"the inputs {', '.join(map(str, c.inputs))} (donors = census.donor_columns "
+             f"{c.donor_columns})" if c.source == "h5ad"
              else "the extracted cells (donors = dataset_id + donor_id)")
     return SplitError(f"{n} donor(s) in {where}: a donor split into train/val/test needs at least {MIN_DONORS} "
                       f"(70/15/15 of the donors). Name another group column with census.donor_columns (e.g. a "
@@ -80,8 +82,8 @@ def _too_few_donors(n: int, params: dict) -> SplitError:
 
 def split_cells(obs: pd.DataFrame, params: dict) -> Split:
     fractions = _fractions(params)
-    sp = params["split"]
-    seed, attempts = int(sp.get("seed", 0)), int(sp.get("max_attempts", 100))
+    sp = section(params, "split")
+    seed, attempts = sp.seed, sp.max_attempts
     by = _split_by(params)
     group = obs["tech_sample"].astype(str) if by == "donor" else obs["soma_joinid"].astype(np.int64).astype(str)
     donors = np.array(sorted(group.unique()))
@@ -113,7 +115,7 @@ def split_cells(obs: pd.DataFrame, params: dict) -> Split:
         "cell_type": types,
         "split": split,
     })
-    subsets = nested_subsets(assignment, sp.get("subsample_fractions", [0.15, 0.3, 0.5, 0.7, 1.0]), seed)
+    subsets = nested_subsets(assignment, sp.subsample_fractions, seed)
     donors_per = {s: int(sum(1 for v in mapping.values() if v == s)) for s in SPLITS}
     if by == "cell":  # the groups were cells; count the real donors per split
         donors_per = {s: int(assignment.loc[assignment["split"] == s, "tech_sample"].nunique()) for s in SPLITS}

@@ -40,11 +40,11 @@ from sctab.data.normalize import normalize_log1p
 from sctab.data.split import SPLITS
 from sctab.data.spool import CountSpool
 from sctab.io import atomic_dir, write_json
+from sctab.params_schema import section
 
 if TYPE_CHECKING:
     import scipy.sparse as sp
 
-LAYOUTS = ("dense", "both")
 SPARSE_DIR = "sparse"
 CODE_COLUMNS = ["cell_type", "dataset_id", "donor_id", "assay", "development_stage", "disease", "tissue",
                 "tissue_general", "tech_sample"]
@@ -99,15 +99,10 @@ def write_store(params: dict, obs: pd.DataFrame, var: pd.DataFrame, assignment: 
     pipeline the census reader of ``sctab.census.source.open_counts``. The writer opens no census itself, so
     it writes counts from any source and sctab.data does not depend on census code.
     """
-    st = params["store"]
-    target_sum = float(st.get("target_sum", 10_000))
-    rg = int(st.get("row_group_size", 1024))
-    chunk = max(rg, int(st.get("chunk_size", 50_000)) // rg * rg)
-    truncate = bool(st.get("truncate_to_row_group", False))
-    layout = st.get("layout", "dense")
-    if layout not in LAYOUTS:
-        raise StoreError(f"store.layout must be one of {LAYOUTS}, got {layout!r}")
-    seed = int(params.get("seed", 0))
+    st = section(params, "store")
+    target_sum, rg, truncate, layout = st.target_sum, st.row_group_size, st.truncate_to_row_group, st.layout
+    chunk = max(rg, st.chunk_size // rg * rg)
+    seed = section(params, "seed")
 
     n_obs = len(obs)
     obs = obs.merge(assignment[["soma_joinid", "split"]], on="soma_joinid", how="inner", validate="one_to_one")
