@@ -169,14 +169,18 @@ class NeuralModelParams:
     lr: float = 0.005                                    # paper: scTab 0.005, MLP 0.002, linear 0.0005
     weight_decay: float = 0.05                           # paper: scTab and MLP 0.05, linear 0.01
     lr_gamma: float = 0.9                                # paper: StepLR 0.9 per epoch
-    epochs: int = 50
+    epochs: Optional[int] = None                         # None: 50, or as many as max_steps needs
     patience: Optional[int] = None
-    max_steps: Optional[int] = None
+    max_steps: Optional[int] = None                      # a budget in optimiser steps instead of epochs
     min_steps: int = 0
     val_smoothing: float = 0.0
     warmup_steps: int = 0
     augment: bool = False                                # paper: scTab and MLP with augmentation
     arch: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.epochs is not None and self.max_steps is not None:
+            raise ConfigError("give either epochs or max_steps (a budget in optimiser steps), not both")
 
 
 @dataclass(frozen=True)
@@ -193,6 +197,18 @@ class XGBoostParams:
     nthread: int = 1
     num_workers: int = 1
     seed: int = 0
+    # more booster settings a tuned config may carry (XGBoost names); None: XGBoost's own default
+    min_child_weight: Optional[float] = None
+    colsample_bytree: Optional[float] = None
+    colsample_bylevel: Optional[float] = None
+    colsample_bynode: Optional[float] = None
+    gamma: Optional[float] = None
+    reg_lambda: Optional[float] = None
+    reg_alpha: Optional[float] = None
+    max_bin: Optional[int] = None
+    max_delta_step: Optional[float] = None
+    grow_policy: Optional[str] = None
+    max_leaves: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -213,6 +229,10 @@ class CellTypistParams:
     n_jobs: int = 1
     max_memory_gib: Optional[float] = None
     seed: int = 0
+    # the logistic-regression path (use_SGD: false); None: celltypist's own default
+    C: Optional[float] = None
+    solver: Optional[str] = None
+    max_iter: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -233,7 +253,12 @@ class EnsembleParams:
 @dataclass(frozen=True)
 class TuneParams:
     models: list[str] = field(default_factory=lambda: ["xgboost", "celltypist"])
-    num_samples: dict[str, int] = field(default_factory=dict)
+    num_samples: Union[int, dict[str, int]] = field(default_factory=dict)   # per model; 8 where unnamed
+
+    def samples_for(self, model: str) -> int:
+        """Trials of ``model``'s study."""
+        n = self.num_samples
+        return int(n.get(model, 8) if isinstance(n, dict) else n)
     max_concurrent: int = 2
     cpus_per_trial: int = 1
     gpus_per_trial: Union[str, float] = "auto"
@@ -350,7 +375,10 @@ def build(cls: type, raw: Any, where: str):
             values[name] = _convert(hints[name], raw[name], f"{where}.{name}")
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{where}: section or key {name!r} is missing")
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ConfigError as e:  # a section's own check (__post_init__)
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:
@@ -449,7 +477,7 @@ def section(params: Params | dict | None, path: str) -> Any:
                 None if f.default is dataclasses.MISSING else f.default)
     for part in rest.split(".") if rest else []:
         if not dataclasses.is_dataclass(node) or not hasattr(node, part):
-            raise ConfigError(f"params have no key {path!r}")
+            raise ConfigError(f"params have no {path} section or key")
         node = getattr(node, part)
     return node
 

@@ -11,6 +11,7 @@ from sctab.config import ConfigError, check_device, load_params
 from sctab.io import write_json
 from sctab.models import BASELINES, MODEL_NAMES
 from sctab.models.device import check_cuda_build
+from sctab.params_schema import section
 from sctab.tracking import TrackingServerError, close_stale_runs, data_version
 from sctab.train.fitting import fit, fit_ensemble, for_file, seed_spread
 from sctab.train.runners import RayTrainRunner
@@ -95,7 +96,7 @@ def _main(argv: list[str] | None = None, models=MODEL_NAMES + BASELINES) -> None
     if args.ensemble:
         if args.model in BASELINES:
             sys.exit(f"train: --ensemble is for the neural models ({', '.join(MODEL_NAMES)}), not {args.model}")
-        seeds = list((params.get("ensemble") or {}).get("seeds") or [])
+        seeds = list(section(params, "ensemble.seeds"))
         summary = fit_ensemble(spec, params, seeds, args.out, experiment=args.experiment)
         report = {"model": args.model, **summary["ensemble"], "members_mean": summary["members_mean"],
                   "members_std": summary["members_std"], "n_members": len(seeds)}
@@ -107,10 +108,10 @@ def _main(argv: list[str] | None = None, models=MODEL_NAMES + BASELINES) -> None
         result = fit(spec, params, args.out, experiment=args.experiment, runner=runner)
         m = result.metrics
         report = {"model": args.model, **for_file(m)}
-        ens = params.get("ensemble") or {}
-        n_spread = int(ens.get("spread_seeds", 1))
+        ens = section(params, "ensemble")
+        n_spread = ens.spread_seeds
         if n_spread > 1:
-            seeds = [int(spec.seed)] + [int(s) for s in ens.get("seeds") or [] if int(s) != int(spec.seed)]
+            seeds = [int(spec.seed)] + [int(s) for s in ens.seeds if int(s) != int(spec.seed)]
             spread = seed_spread(spec, params, result, seeds[:n_spread], experiment=args.experiment, runner=runner)
             report["seeds"] = {k: spread[k] for k in ("seeds", "val_f1_macro", "test_f1_macro")}
         detail = (f"best epoch {m['best_epoch']}, " if "best_epoch" in m else

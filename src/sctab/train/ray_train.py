@@ -16,6 +16,7 @@ import torch
 
 from sctab.config import ConfigError
 from sctab.models.device import DeviceError, cuda_hint, device_name, torch_build
+from sctab.params_schema import section
 from sctab.tracking import TrackedRun
 from sctab.train import ray_console
 from sctab.train.loop import EpochLogger, TrainingError, load_checkpoint_dir, run_training
@@ -88,7 +89,7 @@ def _use_gpu(spec: TrainSpec, resources: dict) -> bool:
 
 
 #: models whose trials can use a GPU, and where their device setting lives
-_GPU_MODELS = {"xgboost": ("models", "xgboost", "device")}
+_GPU_MODELS = {"xgboost": "models.xgboost.device"}
 
 
 def model_device_setting(params: dict, model: str) -> str:
@@ -97,10 +98,9 @@ def model_device_setting(params: dict, model: str) -> str:
     from sctab.models import is_neural
 
     if is_neural(model):
-        return str((params.get("train") or {}).get("device", "auto"))
+        return str(section(params, "train.device"))
     if model in _GPU_MODELS:
-        a, b, c = _GPU_MODELS[model]
-        return str(((params.get(a) or {}).get(b) or {}).get(c, "auto"))
+        return str(section(params, _GPU_MODELS[model]))
     return "cpu"
 
 

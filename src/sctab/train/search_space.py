@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from sctab.config import REPO_ROOT
+from sctab.params_schema import as_dict, section
 from sctab.train.baselines import baseline_config
 from sctab.train.spec import BaselineSpec, make_spec
 
@@ -152,4 +153,5 @@ def model_config(model: str, params: dict, overrides: dict) -> dict:
     spec = make_spec(copy.deepcopy(params), model, augmentations="(checked when a trial starts)", overrides=overrides)
     if isinstance(spec, BaselineSpec):
         return baseline_config(spec)
-    return {**(params.get("models") or {}).get(model, {}), **overrides}
+    settings = as_dict(section(params, f"models.{model}"))
+    return {**{k: v for k, v in settings.items() if v is not None}, **overrides}

@@ -6,13 +6,13 @@ batch size and epochs. Everything a Ray worker needs travels in a plain dict (``
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from sctab.config import ConfigError, check_device, check_precision
 from sctab.models import BASELINES, MODEL_NAMES
+from sctab.params_schema import as_dict, section
 
 
 @dataclass
@@ -117,32 +117,18 @@ class TrainSpec:
         return {k: v for k, v in self.to_dict().items() if k not in ("arch", "store", "augmentations", "device")}
 
 
-_TRAIN_KEYS = {"loader", "block_row_groups", "eval_batch_size", "num_workers", "cpus_per_worker", "use_gpu",
-               "device", "precision", "max_failures", "augment_clip", "checkpoints_to_keep"}
-_MODEL_KEYS = {"arch", "batch_size", "lr", "weight_decay", "lr_gamma", "epochs", "patience", "augment", "max_steps",
-               "min_steps", "val_smoothing", "warmup_steps"}
-
-
 def spec_from_params(params: dict, model: str, *, store: str = "data/store", augmentations: str | None = None,
                      seed: int | None = None, **overrides) -> TrainSpec:
-    """Build a TrainSpec from params.yaml; unknown keys are errors so typos never pass silently."""
-    models = params.get("models") or {}
-    if model not in models:
-        raise ConfigError(f"params have no models.{model} section (have: {', '.join(models) or 'none'})")
-    mcfg = copy.deepcopy(models[model])
-    tcfg = copy.deepcopy(params.get("train") or {})
-    for where, cfg, allowed in (("train", tcfg, _TRAIN_KEYS), (f"models.{model}", mcfg, _MODEL_KEYS)):
-        unknown = sorted(set(cfg) - allowed)
-        if unknown:
-            raise ConfigError(f"params {where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
-    if mcfg.get("max_steps") is not None and "epochs" in mcfg:
-        raise ConfigError(f"params models.{model}: give either epochs or max_steps (a budget in optimiser steps), "
-                          f"not both")
-    kwargs = {**tcfg, **mcfg}
-    kwargs["arch"] = kwargs.get("arch") or {}
+    """Build a TrainSpec from the ``train`` and ``models.<model>`` sections (checked by sctab.params_schema, so
+    a misspelt key is an error) and ``overrides`` (an experiment's or a tuning trial's settings)."""
+    if model in BASELINES:
+        raise ConfigError(f"{model} is a baseline: it has no TrainSpec (make_spec builds its BaselineSpec)")
+    kwargs = {**as_dict(section(params, "train")), **as_dict(_model_section(params, model))}
+    if kwargs["epochs"] is None:
+        del kwargs["epochs"]  # TrainSpec's default, or as many as max_steps needs
     if kwargs.get("augment"):
         kwargs["augmentations"] = augmentations
-    kwargs["seed"] = int(params.get("seed", 0) if seed is None else seed)
+    kwargs["seed"] = int(section(params, "seed") if seed is None else seed)
     known = {f.name for f in fields(TrainSpec)}
     bad = sorted(set(overrides) - known)
     if bad:
@@ -194,6 +180,13 @@ class BaselineSpec:
         return {}  # the settings are the model's own config (model.yaml ``config``)
 
 
+def _model_section(params, model: str):
+    """The typed ``models.<model>`` section; a ConfigError naming the models the params know otherwise."""
+    if model not in (*MODEL_NAMES, *BASELINES):
+        raise ConfigError(f"params have no models.{model} section (models: {', '.join((*MODEL_NAMES, *BASELINES))})")
+    return section(params, f"models.{model}")
+
+
 def make_spec(params: dict, model: str, *, store: str = "data/store", augmentations: str | None = None,
               pca_dir: str | None = None, seed: int | None = None, overrides: dict | None = None,
               **settings) -> TrainSpec | BaselineSpec:
@@ -202,10 +195,9 @@ def make_spec(params: dict, model: str, *, store: str = "data/store", augmentati
     ``overrides`` are model settings (a tuning trial's config, a sweep point's); ``settings`` are runner
     settings of the neural kinds (num_workers, cpus_per_worker, ...)."""
     if model in BASELINES:
-        section = (params.get("models") or {}).get(model)
-        if not section:
-            raise ConfigError(f"params have no models.{model} section")
-        config = {**section, **(overrides or {})}
+        # None = the library's default (or no cap), as if the key were left out
+        config = {k: v for k, v in as_dict(_model_section(params, model)).items() if v is not None}
+        config.update(overrides or {})
         return BaselineSpec(model=model, store=store, config=config, pca_dir=pca_dir,
                             seed=int(config.get("seed", 0) if seed is None else seed), **settings)
     changes = {**settings, **(overrides or {})}

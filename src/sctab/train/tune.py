@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from sctab.models import SEEDS_FILE, is_neural
+from sctab.params_schema import TuneParams, as_dict, section
 from sctab.tracking import (
     close_run,
     close_stale_runs,
@@ -64,13 +65,6 @@ def study_name(model: str) -> str:
     return f"tune-{model}"
 
 
-def _num(section: dict, key: str, model: str, default):
-    v = section.get(key, default)
-    if isinstance(v, dict):
-        v = v.get(model, default)
-    return v
-
-
 def run_study(model: str, params: dict, *, store: str | Path = "data/store", pca_dir: str | Path | None = "data/pca",
               augmentations: str | Path | None = "data/augment", storage: str | Path | None = None,
               space: SearchSpace | None = None, fresh: bool = False, num_samples: int | None = None,
@@ -86,12 +80,12 @@ def run_study(model: str, params: dict, *, store: str | Path = "data/store", pca
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
-    tcfg = params.get("tune") or {}
+    tcfg = section(params, "tune")
     space = space or load_search_space(model)
     check_against_model(space, params)
-    n = int(num_samples if num_samples is not None else _num(tcfg, "num_samples", model, 8))
-    conc = int(max_concurrent if max_concurrent is not None else tcfg.get("max_concurrent", 1))
-    cpus = int(cpus_per_trial if cpus_per_trial is not None else tcfg.get("cpus_per_trial", 1))
+    n = int(num_samples if num_samples is not None else tcfg.samples_for(model))
+    conc = int(max_concurrent if max_concurrent is not None else tcfg.max_concurrent)
+    cpus = int(cpus_per_trial if cpus_per_trial is not None else tcfg.cpus_per_trial)
     if n < 1 or conc < 1 or cpus < 1:
         raise StudyError(f"num_samples, max_concurrent and cpus_per_trial must be >= 1 (got {n}, {conc}, {cpus})")
     root = project_root()
@@ -128,7 +122,7 @@ def run_study(model: str, params: dict, *, store: str | Path = "data/store", pca
         pid = parent.run_id
         _log_study_params(client, pid, model, space, n, conc, cpus, tcfg)
 
-        report_every = int(tcfg.get("report_every", 10))
+        report_every = tcfg.report_every
         ctx = TrialContext(model=model, params=params, store=str(Path(store).resolve()),
                            pca_dir=str(Path(pca_dir).resolve()) if pca_dir else None,
                            augmentations=str(Path(augmentations).resolve()) if augmentations else None,
@@ -137,7 +131,7 @@ def run_study(model: str, params: dict, *, store: str | Path = "data/store", pca
         t0 = time.perf_counter()
         try:
             references = _reference_runs(model, params, space, ctx, client, pid) if reference_runs else {}
-            resources = trial_resources(tcfg.get("gpus_per_trial", "auto"), model_device_setting(params, model), cpus,
+            resources = trial_resources(tcfg.gpus_per_trial, model_device_setting(params, model), cpus,
                                         conc, ensure_ray(), "tune")
             client.set_tag(pid, "trial_resources", json.dumps(resources))
             trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
@@ -150,7 +144,7 @@ def run_study(model: str, params: dict, *, store: str | Path = "data/store", pca
                     tune_config=tune.TuneConfig(
                         metric=METRIC, mode=MODE, num_samples=n, max_concurrent_trials=conc,
                         search_alg=OptunaSearch(points_to_evaluate=space.points_to_evaluate or None,
-                                                seed=int(tcfg.get("seed", 0))),
+                                                seed=tcfg.seed),
                         scheduler=_scheduler(model, params, tcfg, report_every),
                         time_budget_s=time_budget_s),
                     run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=verbose,
@@ -170,17 +164,17 @@ def run_study(model: str, params: dict, *, store: str | Path = "data/store", pca
         return summary
 
 
-def _scheduler(model: str, params: dict, tcfg: dict, report_every: int):
+def _scheduler(model: str, params: dict, tcfg: TuneParams, report_every: int):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     if model not in STEPPED:
         return FIFOScheduler()
-    m = (params.get("models") or {}).get(model) or {}
+    m = section(params, f"models.{model}")
     if model == "xgboost":
-        steps = math.ceil(int(m.get("n_estimators", 100)) / report_every)
+        steps = math.ceil(m.n_estimators / report_every)
     else:
-        steps = int(m.get("epochs", 10))
-    asha = tcfg.get("asha") or {}
+        steps = m.epochs or 10
+    asha = tcfg.asha
     # a grace period past the last report means no early stopping at all
     return ASHAScheduler(time_attr="training_iteration", max_t=steps + 1,
                          grace_period=min(int(asha.get("grace_period", 1)), steps + 1),
@@ -192,7 +186,7 @@ def _log_study_params(client, pid, model, space, n, conc, cpus, tcfg) -> None:
 
     existing = client.get_run(pid).data.params
     new = {"model": model, "num_samples": str(n), "max_concurrent": str(conc), "cpus_per_trial": str(cpus),
-           "sampler": "optuna TPE", "seed": str(tcfg.get("seed", 0)),
+           "sampler": "optuna TPE", "seed": str(tcfg.seed),
            **{f"space.{k}": json.dumps(v) for k, v in space.space.items()}}
     todo = [Param(k, v) for k, v in new.items() if k not in existing]
     if todo:
@@ -217,14 +211,14 @@ def _reference_runs(model, params, space, ctx: TrialContext, client, pid) -> dic
         r = _reference_fit(model, params, overrides, ctx, role)
         out[role] = {"val_f1_macro": r["val_f1_macro"], "test_f1_macro": r["test_f1_macro"],
                      "mlflow_run_id": r["mlflow_run_id"]}
-        out[role]["config"] = {k: plain(v) for k, v in flatten({**((params.get("models") or {}).get(model) or {}),
-                                                                  **overrides}).items()}
+        settings = {k: v for k, v in as_dict(section(params, f"models.{model}")).items() if v is not None}
+        out[role]["config"] = {k: plain(v) for k, v in flatten({**settings, **overrides}).items()}
     return out
 
 
 def _reference_fit(model, params, overrides, ctx: TrialContext, role: str) -> dict:
     """In the driver: a neural model with a Ray Train worker's threads, a baseline with its own settings."""
-    threads = int((params.get("train") or {}).get("cpus_per_worker", ctx.threads)) if is_neural(model) else None
+    threads = section(params, "train.cpus_per_worker") if is_neural(model) else None
     name = "default settings" if role == "default" else "params.yaml settings"
     return fit_in_trial(ctx, overrides, run_name=name, tags={"study": ctx.study, "role": role},
                         runner=LocalRunner(threads=threads))

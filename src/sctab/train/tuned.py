@@ -15,15 +15,13 @@ from pathlib import Path
 
 from sctab.config import ConfigError
 from sctab.io import write_json
+from sctab.params_schema import section
 
 TUNED_FILE = "tuned.json"
 
 
 def in_dag(params: dict) -> bool:
-    v = (params.get("tune") or {}).get("in_dag", False)
-    if not isinstance(v, bool):
-        raise ConfigError(f"tune.in_dag must be true or false, got {v!r}")
-    return v
+    return section(params, "tune.in_dag")
 
 
 def run_tune_stage(params: dict, *, store: str | Path, pca_dir: str | Path, augmentations: str | Path,
@@ -31,16 +29,16 @@ def run_tune_stage(params: dict, *, store: str | Path, pca_dir: str | Path, augm
     """The studies of ``tune.models`` (when ``tune.in_dag``), their best settings written to ``out``/tuned.json
     (and each study's summary to ``out``/<model>.json); returns what tuned.json holds."""
     out = Path(out)
-    tcfg = params.get("tune") or {}
-    if not in_dag(params):
+    tcfg = section(params, "tune")
+    if not tcfg.in_dag:
         record = {"in_dag": False, "models": {}}
         write_json(out / TUNED_FILE, record)
         return record
-    models = list(tcfg.get("models") or [])
+    models = list(tcfg.models)
     if not models:
         raise ConfigError("tune.in_dag is true but tune.models names no model to tune")
-    budget = tcfg.get("time_budget_s")
-    if budget is not None and (not isinstance(budget, (int, float)) or isinstance(budget, bool) or budget <= 0):
+    budget = tcfg.time_budget_s
+    if budget is not None and budget <= 0:
         raise ConfigError(f"tune.time_budget_s must be a positive number of seconds or null, got {budget!r}")
     from sctab.train.tune import run_study  # Ray and Optuna: only when a study runs
 

@@ -16,6 +16,7 @@ from typing import Mapping
 import great_expectations.expectations as gxe
 import pandas as pd
 
+from sctab.params_schema import section
 from sctab.validate import frames
 from sctab.validate.messages import Explainer, each, fmt_num, observed, plural, summarised
 from sctab.validate.stats import StoreStats, parquet_rows
@@ -52,7 +53,7 @@ class SuiteSpec:
 # ---------------------------------------------------------------------------------------- extract
 def extract_suite(obs: pd.DataFrame, params: Mapping) -> SuiteSpec:
     """Cells kept by extraction: unique ids, primary data only, allowed assays."""
-    f = params.get("filters", {})
+    f = section(params, "filters")
     cell = lambda r: f"soma_joinid {r.get('soma_joinid')}"  # noqa: E731
     checks = [
         Check(
@@ -75,7 +76,7 @@ def extract_suite(obs: pd.DataFrame, params: Mapping) -> SuiteSpec:
             summarised("cell", ("has no cell_type_ontology_term_id", "have no cell_type_ontology_term_id"), cell),
         ),
     ]
-    if f.get("primary_only", False):
+    if f.primary_only:
         checks.append(
             Check(
                 gxe.ExpectColumnValuesToBeInSet(
@@ -90,8 +91,8 @@ def extract_suite(obs: pd.DataFrame, params: Mapping) -> SuiteSpec:
                 ),
             )
         )
-    assays = list(f.get("assays") or [])
-    if assays and (params.get("census") or {}).get("source") == "h5ad":
+    assays = list(f.assays)
+    if assays and section(params, "census.source") == "h5ad":
         # an .h5ad input without an assay column reads 'unknown': the assay filter was a no-op for its cells
         # (the filter report says so), so 'unknown' is allowed here too
         assays.append("unknown")
@@ -121,9 +122,8 @@ def _assay_explainer(allowed: list[str]) -> Explainer:
 # ---------------------------------------------------------------------------------------- filters
 def filters_suite(obs: pd.DataFrame, ontology, params: Mapping) -> SuiteSpec:
     """Per cell type: enough cells, enough donors, specific enough, a native cell (the paper's filters)."""
-    f = params["filters"]
-    min_cells, min_donors = int(f["min_cells_per_type"]), int(f["min_donors_per_type"])
-    min_anc, root = int(f["min_ancestors"]), str(f["root_term"])
+    f = section(params, "filters")
+    min_cells, min_donors, min_anc, root = f.min_cells_per_type, f.min_donors_per_type, f.min_ancestors, f.root_term
     frame = frames.cell_type_frame(obs, ontology, root)
     eff_root = frame.attrs.get("root_term", root)
     root_text = root if eff_root == root else f"{root} (obsolete, replaced by {eff_root})"
@@ -181,11 +181,11 @@ def filters_suite(obs: pd.DataFrame, ontology, params: Mapping) -> SuiteSpec:
 def split_suites(obs: pd.DataFrame, assignment: pd.DataFrame, params: Mapping) -> list[SuiteSpec]:
     """Donor-wise split: no donor in two splits, donor fractions near target, every type everywhere,
     every cell of obs assigned exactly once."""
-    fractions = {str(k): float(v) for k, v in params["split"]["fractions"].items()}
+    fractions = section(params, "split.fractions")
     splits = list(fractions)
-    tol = float(params.get("validate", {}).get("split_fraction_tolerance", 0.05))
+    tol = section(params, "validate.split_fraction_tolerance")
     slack = 1e-9  # 0.75 - 0.70 is 0.05000000000000004 in floating point; a boundary case passes
-    if params["split"].get("by", "donor") == "cell":  # cells were split, not donors: each cell is its own group
+    if section(params, "split.by") == "cell":  # cells were split, not donors: each cell is its own group
         assignment = assignment.assign(tech_sample=assignment["soma_joinid"].astype(str))
 
     donors = frames.donor_split_frame(assignment)
@@ -274,8 +274,8 @@ def store_suite(
 ) -> SuiteSpec:
     """One split of the store: row count, X length, values finite, >= 0, <= log1p(target_sum),
     expm1 row sums == target_sum, cell_type codes inside the lookup."""
-    target = float(params.get("store", {}).get("target_sum", 10_000))
-    rtol = float(params.get("validate", {}).get("row_sum_rtol", 0.01))
+    target = section(params, "store.target_sum")
+    rtol = section(params, "validate.row_sum_rtol")
     cap = math.log1p(target)
     where = lambda r: f"row {r.get('row')} of {r.get('part')}"  # noqa: E731
     checks: list[Check] = []

@@ -10,6 +10,7 @@ from typing import Mapping
 import pandas as pd
 
 from sctab.io import atomic_dir, write_json
+from sctab.params_schema import section
 from sctab.validate import frames
 from sctab.validate.context import build_docs, make_context, run_suite
 from sctab.validate.messages import exception_text
@@ -68,7 +69,7 @@ def build_suites(
     """Every suite with its frame; the store is streamed here (one batch of rows at a time)."""
     _require(obs, OBS_COLUMNS, "obs (data/extract/obs.parquet)")
     _require(assignment, ASSIGNMENT_COLUMNS, "assignment (data/split/assignment.parquet)")
-    splits = [str(s) for s in params["split"]["fractions"]]
+    splits = list(section(params, "split.fractions"))
     if expected_rows is None:
         expected_rows = frames.split_row_counts(assignment)
         expected_rows = {s: expected_rows.get(s, 0) for s in splits}
