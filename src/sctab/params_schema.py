@@ -281,6 +281,7 @@ class DataSizeParams:
     schemes: list[str] = field(default_factory=lambda: ["cells", "donors"])
     fractions: list[int] = field(default_factory=lambda: [15, 30, 50, 70, 100])   # paper Fig. 2
     equal_steps: bool = False
+    per_organ: bool = True                               # also score each organ system (paper Fig. 2c)
 
 
 @dataclass(frozen=True)

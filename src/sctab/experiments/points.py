@@ -15,6 +15,8 @@ import math
 from dataclasses import dataclass, field
 
 from sctab.config import ConfigError
+from sctab.models import MODEL_NAMES
+from sctab.params_schema import as_dict, section
 
 EXPERIMENTS = ("model-size", "data-size", "augmentation", "organ")
 
@@ -35,8 +37,8 @@ class Point:
         """Hash of everything the point's result depends on (settings, training section, profile, and for a
         tissue score its averaging rule, so a run scored under another rule is not reused)."""
         blob = {"model": self.model, "overrides": self.overrides, "eval_tissue": self.eval_tissue,
-                "models": (params.get("models") or {}).get(self.model), "train": params.get("train"),
-                "profile": params.get("profile")}
+                "models": as_dict(section(params, f"models.{self.model}")), "train": as_dict(section(params, "train")),
+                "profile": section(params, "profile")}
         if self.eval_tissue:
             blob["eval_average_over"] = self.eval_average_over
         if self.eval_organs:
@@ -44,38 +46,35 @@ class Point:
         return hashlib.sha1(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _section(params: dict, name: str) -> dict:
-    exp = params.get("experiments")
-    if not isinstance(exp, dict):
-        raise ConfigError("params have no `experiments` section (regenerate params.yaml from a profile)")
-    sec = exp.get(name.replace("-", "_"))
-    if not isinstance(sec, dict):
-        raise ConfigError(f"params have no experiments.{name.replace('-', '_')} section")
-    return sec
+def _section(params: dict, name: str):
+    """The typed ``experiments.<name>`` section (``model-size`` -> ``model_size``)."""
+    return section(params, f"experiments.{name.replace('-', '_')}")
 
 
-def _common(params: dict, model: str, sec: dict | None = None, **extra) -> dict:
-    exp = params["experiments"]
-    out = {"augment": bool(exp.get("augment", False))}
-    epochs = (sec or {}).get("epochs") or exp.get("epochs")
+def _common(params: dict, model: str, sec=None, **extra) -> dict:
+    """The settings every point shares: augmentation off or on, and the experiment's epochs (the section's,
+    else ``experiments.epochs``; none: the model's own budget)."""
+    exp = section(params, "experiments")
+    out = {"augment": exp.augment}
+    epochs = getattr(sec, "epochs", None) or exp.epochs
     if epochs:
         out["epochs"] = int(epochs)
-    if model not in (params.get("models") or {}):
-        raise ConfigError(f"experiments name model {model!r}, which params.models lacks")
+    if model not in MODEL_NAMES:
+        raise ConfigError(f"experiments name model {model!r}, which is not a neural model ({', '.join(MODEL_NAMES)})")
     out.update(extra)
     return out
 
 
-def _seeds(params: dict, sec: dict | None = None) -> list[int]:
-    seeds = (sec or {}).get("seeds") or params["experiments"].get("seeds") or [0]
+def _seeds(params: dict, sec=None) -> list[int]:
+    seeds = getattr(sec, "seeds", None) or section(params, "experiments.seeds") or [0]
     return [int(s) for s in seeds]
 
 
 def model_size(params: dict) -> list[Point]:
     sec = _section(params, "model-size")
-    model = sec.get("model", "sctab")
-    base_arch = copy.deepcopy((params["models"][model]).get("arch") or {})
-    widths = sec.get("widths") or []
+    model = sec.model
+    base_arch = copy.deepcopy(section(params, f"models.{model}").arch) if model in MODEL_NAMES else {}
+    widths = sec.widths
     if not widths:
         raise ConfigError("experiments.model_size.widths is empty")
     points = []
@@ -91,40 +90,40 @@ def model_size(params: dict) -> list[Point]:
 def data_size(params: dict) -> list[Point]:
     sec = _section(params, "data-size")
     points = []
-    for model in sec.get("models") or ["sctab", "linear"]:
-        for scheme in sec.get("schemes") or ["cells", "donors"]:
+    for model in sec.models:
+        for scheme in sec.schemes:
             if scheme not in ("cells", "donors"):
                 raise ConfigError(f"experiments.data_size.schemes: {scheme!r} is neither cells nor donors")
-            for frac in sec.get("fractions") or [15, 30, 50, 70, 100]:
+            for frac in sec.fractions:
                 for seed in _seeds(params, sec):
                     over = _common(params, model, sec, subset=f"{scheme}_{int(frac)}", seed=seed)
-                    if sec.get("equal_steps"):  # as many optimiser steps on a subset as on all of train
-                        base = over.get("epochs") or int(params["models"][model].get("epochs", 10))
+                    if sec.equal_steps:  # as many optimiser steps on a subset as on all of train
+                        base = over.get("epochs") or section(params, f"models.{model}.epochs") or 10
                         over["epochs"] = int(math.ceil(base * 100 / float(frac)))
                     points.append(Point(f"{model}-{scheme}{frac}-seed{seed}", model, over,
                                         {"scheme": scheme, "fraction": int(frac), "seed": seed},
-                                        eval_organs=bool(sec.get("per_organ", True))))
+                                        eval_organs=sec.per_organ))
     return points
 
 
 def augmentation(params: dict) -> list[Point]:
     sec = _section(params, "augmentation")
-    model = sec.get("model", "sctab")
+    model = sec.model
     points = []
     for seed in _seeds(params, sec):
         for on in (True, False):
             cond = "with augmentation" if on else "without augmentation"
             points.append(Point(f"{model}-{'aug' if on else 'noaug'}-seed{seed}", model,
-                                _common(params, model, sec, subset=sec.get("subset"), seed=seed, augment=on),
+                                _common(params, model, sec, subset=sec.subset, seed=seed, augment=on),
                                 {"condition": cond, "seed": seed}))
     return points
 
 
 def organ(params: dict) -> list[Point]:
     sec = _section(params, "organ")
-    tissue = sec.get("tissue", "lung")
+    tissue = sec.tissue
     points = []
-    for model in sec.get("models") or ["sctab", "linear"]:
+    for model in sec.models:
         for seed in _seeds(params, sec):
             for only in (True, False):
                 train = f"{tissue} only" if only else "cross-organ"

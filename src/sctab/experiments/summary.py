@@ -15,6 +15,7 @@ from sctab.evaluate.paper import PAPER
 from sctab.experiments import analysis, figures
 from sctab.experiments.sweep import mlflow_experiment
 from sctab.io import atomic_dir
+from sctab.params_schema import section
 from sctab.tracking import tracked_run
 
 HEADLINE = {
@@ -36,7 +37,7 @@ def _paper_ms(d) -> str:
 def summarise_experiment(name: str, table: pd.DataFrame, params: dict, out_dir: str | Path, *,
                          store: str | Path = "data/store", augmentations: str | Path | None = None) -> Path:
     """Write the experiment's tables and figure to ``out_dir`` and attach them to its MLflow experiment."""
-    profile = str(params.get("profile", "?"))
+    profile = str(section(params, "profile") or "?")
     out_dir = Path(out_dir)
     extra: dict = {}
     with atomic_dir(out_dir) as tmp:
@@ -68,10 +69,9 @@ def summarise_experiment(name: str, table: pd.DataFrame, params: dict, out_dir: 
             summary, tests = analysis.augmentation_summary(table)
             extra["paired_tests"] = tests
             if augmentations:
-                sec = (params.get("experiments") or {}).get("augmentation") or {}
                 extra["explained_variance"] = analysis.explained_variance(
-                    Store(store), augmentations, int(sec.get("r2_cells", 3000)),
-                    clip=tuple((params.get("train") or {}).get("augment_clip", (0.0, 9.0))))
+                    Store(store), augmentations, section(params, "experiments.augmentation.r2_cells"),
+                    clip=tuple(section(params, "train.augment_clip")))
             figures.paired_comparison(ok, tmp / "augmentation.png", profile=profile)
             pa = PAPER["augmentation"]
             lines = [f"- paired t-test over seeds, {m}: mean difference (with - without) "
@@ -90,7 +90,7 @@ def summarise_experiment(name: str, table: pd.DataFrame, params: dict, out_dir: 
             paper = "\n".join(lines)
         else:
             summary = analysis.organ_summary(table)
-            tissue = ((params.get("experiments") or {}).get("organ") or {}).get("tissue", "lung")
+            tissue = section(params, "experiments.organ.tissue")
             per_model = {m: {t: float(g["tissue_test_f1_macro"].mean()) for t, g in d.groupby("training")}
                          for m, d in ok.groupby("model")}
             evaluation_figures.organ_f1(per_model, tmp / "organ.png", models=tuple(sorted(ok["model"].unique())),

@@ -24,6 +24,7 @@ from sctab.evaluate.organs import f1_by_organ
 from sctab.evaluate.predict import predict_split
 from sctab.evaluate.scores import score_probs
 from sctab.experiments.points import Point, experiment_points
+from sctab.params_schema import section
 from sctab.tracking import (
     close_run,
     close_stale_runs,
@@ -131,11 +132,11 @@ def run_experiment(name: str, params: dict, *, store: str | Path = "data/store",
 
     points = experiment_points(name, params)
     hashes = {p.key: p.digest(params) for p in points}
-    exp_cfg = params.get("experiments") or {}
-    conc = int(max_concurrent or exp_cfg.get("max_concurrent", 1))
+    exp_cfg = section(params, "experiments")
+    conc = int(max_concurrent or exp_cfg.max_concurrent)
     # a trial lost with its node (or its process) is retried up to this many times, from its last checkpoint
-    max_failures = int(exp_cfg.get("max_failures", 2))
-    cpus = int(cpus_per_trial or exp_cfg.get("cpus_per_trial", 1))
+    max_failures = exp_cfg.max_failures
+    cpus = int(cpus_per_trial or exp_cfg.cpus_per_trial)
     root = project_root()
     storage = Path(storage or root / "ray_results").resolve()
     exp_name = mlflow_experiment(name)
@@ -227,7 +228,7 @@ def _run_grid(mode, group, name, exp_name, exp, path, storage, params, hashes, s
         ctx = SweepContext(base=base, points={p.key: p for p in group}, hashes=hashes)
         try:
             device = model_device_setting(params, group[0].model)  # the points are neural: train.device
-            resources = trial_resources((params.get("experiments") or {}).get("gpus_per_trial", "auto"), device,
+            resources = trial_resources(section(params, "experiments.gpus_per_trial"), device,
                                         cpus, conc, ensure_ray(), "experiments")
             parent.set_tags(trial_resources=json.dumps(resources))
             trainable = tune.with_resources(tune.with_parameters(run_point, ctx=ctx), resources)
