@@ -28,10 +28,12 @@ import yaml
 from sctab import models
 from sctab.annotation.errors import AnnotateError
 from sctab.models import Classifier, Ensemble, FeatureSpace
+from sctab.params_schema import RegistryParams
 from sctab.security import UntrustedPickleError
 
 FORMAT = 1
-DEFAULT_FALLBACK = {"uncertainty_threshold": 0.5, "coverage": 0.9, "max_labels": 5}
+# the schema's registry defaults (a bundle written without them gets these)
+DEFAULT_FALLBACK = {k: getattr(RegistryParams, k) for k in ("uncertainty_threshold", "coverage", "max_labels")}
 
 
 @dataclass

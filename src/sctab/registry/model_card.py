@@ -21,6 +21,7 @@ import pandas as pd
 
 from sctab.data.split import LEAKY
 from sctab.data.store import Store, StoreError
+from sctab.params_schema import section
 
 # the registry's description columns are VARCHAR(5000) in a database-backed MLflow server
 DESCRIPTION_LIMIT = 5000
@@ -120,16 +121,16 @@ def model_card(name: str, *, kind: str, members: int, classes: list[str], class_
     """The card as Markdown. ``genes``: the model's var (feature_id, feature_name); ``max_class_rows``: show
     only that many classes (lowest F1 first) where the full table would not fit a description; ``ranking``: the
     register stage's validation ranking of the pipeline's models (:func:`sctab.registry.register.rank_models`)."""
-    profile = params.get("profile")
+    profile = section(params, "profile")
     if not profile:
         raise ModelCardError(f"model card of {name}: the params name no profile")
     if not classes:
         raise ModelCardError(f"model card of {name}: the model has no classes")
     if genes is None or len(genes) == 0 or "feature_id" not in genes.columns:
         raise ModelCardError(f"model card of {name}: the model has no genes (a var with feature_id)")
-    census = params.get("census") or {}
-    split_by = str((params.get("split") or {}).get("by", "donor"))
-    synthetic = census.get("source") == "embedded"
+    census = section(params, "census")
+    split_by = section(params, "split.by")
+    synthetic = census.source == "embedded"
     report = report or ModelReport()
     m = report.metrics or {}
     out = [f"# {name}: model card", ""]
@@ -142,8 +143,8 @@ def model_card(name: str, *, kind: str, members: int, classes: list[str], class_
                                                        " (no evaluate metrics for this model)") + ".", ""]
 
     out += ["## Training data", "", "| | |", "|---|---|",
-            f"| source | {census.get('source', 'unknown')}"
-            + (f" (census {census['version']})" if census.get("version") else "") + " |",
+            f"| source | {census.source}"
+            + (f" (census {census.version})" if census.version and census.source != "h5ad" else "") + " |",
             f"| profile | {profile} |"]
     if data is None:
         out += ["", "Store figures not available: registered without a store."]
@@ -177,7 +178,7 @@ def model_card(name: str, *, kind: str, members: int, classes: list[str], class_
 
     ids = genes["feature_id"].astype(str).tolist()
     names = genes["feature_name"].astype(str).tolist() if "feature_name" in genes.columns else ids
-    biotype = (params.get("genes") or {}).get("biotype")
+    biotype = section(params, "genes.biotype")
     shown = ", ".join(f"{n} (`{i}`)" for i, n in zip(ids[:8], names[:8]))
     out += ["## Genes", "", f"{len(ids):,} genes" + (f" ({biotype.replace('_', '-')})" if biotype else "")
             + f", addressed by Ensembl id, in the model's input order: {shown}"

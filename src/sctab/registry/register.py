@@ -36,6 +36,7 @@ from sctab.annotation.bundle import Bundle, update_meta, write_bundle
 from sctab.annotation.resolve import DEFAULT_TAG  # true on the annotate-default model, false on the others
 from sctab.data.store import Store
 from sctab.ontology.cell_ontology import load_cell_ontology
+from sctab.params_schema import RegistryParams, section
 from sctab.registry.model_card import (
     ARTIFACT,
     ModelCardError,
@@ -52,8 +53,7 @@ from sctab.tracking import fluent_uris, lineage_tags, tracked_run, tracking_uri
 EXPERIMENT = "registry"
 CHALLENGER = "challenger"
 CHAMPION = "champion"
-DEFAULT_NAMES = {"sctab": "sctab-ensemble", "linear": "sctab-linear", "mlp": "sctab-mlp",
-                 "xgboost": "sctab-xgboost", "celltypist": "sctab-celltypist"}
+DEFAULT_NAMES = RegistryParams().models  # model kind -> registered name (the schema's registry.models)
 PIP_REQUIREMENTS = ["torch==2.13.0", "numpy", "pandas", "scipy", "pyarrow", "anndata", "xgboost", "pyyaml",
                     "celltypist", "mlflow"]
 
@@ -323,12 +323,13 @@ def register_pipeline_models(models_dir: str | Path, *, store: str | Path, ontol
     are ranked by validation macro F1 (:func:`rank_models`); the cards show the ranking, each version is tagged
     with its validation F1 and rank, and the default model for `sctab annotate` (``registry.champion``) gets the
     registered-model tag ``annotate_default=true``; ``ranking_out`` (a dict) receives the ranking."""
-    reg = params.get("registry") or {}
-    names = {**DEFAULT_NAMES, **(reg.get("models") or {})}
-    fallback = {k: reg[k] for k in ("uncertainty_threshold", "coverage", "max_labels") if k in reg}
-    floor = {"min_probability_precision": float(reg.get("min_probability_precision", DEFAULT_PRECISION)),
-             "threshold_max_cells": int(reg.get("threshold_max_cells", DEFAULT_MAX_CELLS))}
-    if not params.get("profile"):
+    reg = section(params, "registry")
+    names = {**DEFAULT_NAMES, **reg.models}
+    fallback = {"uncertainty_threshold": reg.uncertainty_threshold, "coverage": reg.coverage,
+                "max_labels": reg.max_labels}
+    floor = {"min_probability_precision": reg.min_probability_precision,
+             "threshold_max_cells": reg.threshold_max_cells}
+    if not section(params, "profile"):
         raise RegistryError("nothing registered: the params name no profile (the model cards need it)")
     class_ids = store_class_ids(store)
     onto = load_cell_ontology(ontology_path)
@@ -337,7 +338,7 @@ def register_pipeline_models(models_dir: str | Path, *, store: str | Path, ontol
     except ModelCardError as e:
         raise RegistryError(f"nothing registered: {e}") from e
     per_class_f1 = per_class_f1 or {}
-    ranking = rank_models(models_dir, names, metrics, str(reg.get("champion", "sctab")))
+    ranking = rank_models(models_dir, names, metrics, reg.champion)
     ranks = {r["name"]: i for i, r in enumerate(ranking["models"], 1)}
     out = []
     for folder_name, name in tqdm(names.items(), desc="register", unit="model", disable=None):

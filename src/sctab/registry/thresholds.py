@@ -19,9 +19,10 @@ from sctab.data.store import Store
 from sctab.evaluate.metrics import correct_predictions
 from sctab.evaluate.predict import check_fits_store
 from sctab.models import Classifier
+from sctab.params_schema import RegistryParams
 
-DEFAULT_PRECISION = 0.95
-DEFAULT_MAX_CELLS = 200_000
+DEFAULT_PRECISION = RegistryParams.min_probability_precision  # the schema's registry defaults
+DEFAULT_MAX_CELLS = RegistryParams.threshold_max_cells
 RULE = ("smallest t such that the precision of validation cells with top probability >= t is >= the target "
         "(0 when all cells already meet it or no t does)")
 
