@@ -7,10 +7,11 @@ import time
 
 from rich.console import Console
 
-from sctab.config import get, load_params
+from sctab.config import load_params
 from sctab.data.augment import compute_augmentations, write_augmentations
 from sctab.data.store import Store
 from sctab.io import atomic_dir, write_json
+from sctab.params_schema import section
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -24,15 +25,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="data/augment", help="output folder (default: %(default)s)")
     args = parser.parse_args(argv)
 
-    cfg = get(load_params(args.params), "augment")
-    if cfg.get("enabled", True) is False:  # e.g. a reference of one donor: no donor differences to compute
+    params = load_params(args.params)
+    if not section(params, "augment.enabled"):  # e.g. a reference of one donor: no donor differences to compute
         with atomic_dir(args.out) as tmp:
             write_json(tmp / "augment_report.json", {"enabled": False, "note": "augment.enabled is false: no "
                        "vectors; models with models.<model>.augment true cannot train on this output"})
         print(f"augment.enabled is false: wrote only {args.out}/augment_report.json (no augmentation vectors)")
         return
     t0 = time.perf_counter()
-    vectors, r = compute_augmentations(Store(args.store), cfg)
+    vectors, r = compute_augmentations(Store(args.store), section(params, "augment"))
     write_augmentations(vectors, r, args.out)
     con = Console()
     con.print(f"subsampled {r['cells_subsampled']:,} of {r['train_cells']:,} train cells ({r['n_types']} types); "

@@ -12,6 +12,7 @@ from pathlib import Path
 from sctab.census.source import census_description
 from sctab.config import load_params
 from sctab.io import write_json
+from sctab.params_schema import section
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,21 +26,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--summary", default="data/census/summary.json", help="summary JSON (default: %(default)s)")
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    c = params["census"]
-    if c.get("source") != "embedded":
-        record = {"source": c.get("source"), "version": c.get("version"), "uri": c.get("uri"),
-                  "data": c.get("data"), "obs_value_filter": c.get("obs_value_filter")}
-        if c.get("source") == "h5ad":
+    c = section(params, "census")
+    if c.source != "embedded":
+        record = {"source": c.source, "version": c.version, "uri": c.uri, "data": c.data,
+                  "obs_value_filter": c.obs_value_filter}
+        if c.source == "h5ad":
             record["inputs"] = [{"file": str(p), "bytes": Path(p).stat().st_size if Path(p).is_file() else None}
-                                for p in c.get("inputs") or []]
-        print(f"profile {params['profile']!r} reads {census_description(params)}; nothing to generate")
+                                for p in c.inputs]
+        print(f"profile {section(params, 'profile')!r} reads {census_description(params)}; nothing to generate")
         write_json(args.summary, record)
         return
     from sctab.census.synthetic import build_synthetic_census  # anndata + tiledbsoma: seconds, embedded only
 
     info = build_synthetic_census(params, args.out, progress=True)  # a bar of cells written, donor by donor
     write_json(args.summary, info)
-    print(f"wrote embedded census to {args.out or params['census']['uri']}: "
+    print(f"wrote embedded census to {args.out or c.uri}: "
           f"{info['n_cells']} cells x {info['n_genes']} genes, {info['n_datasets']} datasets, "
           f"{info['n_donors']} donors")
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from sctab.config import ConfigError, load_params
+from sctab.params_schema import section
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         params = load_params(args.params)
-        if (params.get("census") or {}).get("source") != "embedded":
+        if section(params, "census.source") != "embedded":
             raise ConfigError("census.source is not 'embedded': the comparison measures the embedded census")
         print("measuring the embedded census, its largest dataset, scMARK and pbmc68k_reduced ...", flush=True)
         stats = [embedded_stats(params), embedded_stats(params, one_dataset=True), scmark_stats(args.cache),

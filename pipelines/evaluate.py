@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from sctab.config import check_device, load_params
+from sctab.params_schema import section
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         keep_freed_memory()  # prediction's per-batch buffers reuse freed memory (SCTAB_MALLOC=system: off)
         params = load_params(args.params)
-        device = check_device(args.device or (params.get("train") or {}).get("device", "auto"), "--device")
+        device = check_device(args.device or section(params, "train.device"), "--device")
         evaluate_models(args.models, args.store, args.out, params, embedding_cells=args.embedding_cells,
                         device=device)
     except (FileNotFoundError, ValueError) as e:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 
-from sctab.config import get, load_params
+from sctab.config import load_params
 from sctab.ontology import load_bundled_cl, write_cl_obo
+from sctab.params_schema import section
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -20,7 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", default="params.yaml", help="YAML parameter file (default: %(default)s)")
     parser.add_argument("--out", default="data/ontology/cl.obo", help="OBO file to write (default: %(default)s)")
     args = parser.parse_args(argv)
-    version = get(load_params(args.params), "ontology.cl_version")
+    version = section(load_params(args.params), "ontology.cl_version")
     path = write_cl_obo(version, args.out)
     print(f"wrote {len(load_bundled_cl(version))} Cell Ontology {version} terms to {path}")
 

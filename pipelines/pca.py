@@ -6,9 +6,10 @@ import argparse
 
 from rich.console import Console
 
-from sctab.config import get, load_params
+from sctab.config import load_params
 from sctab.data.pca import BLAS_THREADS, components_for, write_pca
 from sctab.data.store import Store
+from sctab.params_schema import section
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -28,11 +29,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
-    n_components, batch_size = int(get(params, "pca.n_components")), int(get(params, "pca.batch_size"))
-    threads = int(get(params, "pca.blas_threads", BLAS_THREADS))
+    pca = section(params, "pca")
+    n_components, batch_size = pca.n_components, pca.batch_size
+    threads = pca.blas_threads or BLAS_THREADS
     store = Store(args.store)
     n_train = store.split("train").n_rows
-    k = components_for(n_components, n_train, store.n_genes, bool(get(params, "pca.shrink_to_train", False)))
+    k = components_for(n_components, n_train, store.n_genes, pca.shrink_to_train)
     if k != n_components:
         Console().print(f"PCA: the train split has {n_train:,} rows: {k} components "
                         f"instead of pca.n_components={n_components} (pca.shrink_to_train)")

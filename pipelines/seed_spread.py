@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from sctab.config import ConfigError, load_params
+from sctab.params_schema import section
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise FileNotFoundError(f"{folder}/metrics.json is missing: run `make repro` (or dvc repro "
                                         f"train_{model}) first")
             spec = make_spec(params, model, store=args.store, augmentations=args.augmentations, pca_dir=args.pca)
-            seeds = [int(spec.seed)] + [int(s) for s in (params.get("ensemble") or {}).get("seeds") or []
+            seeds = [int(spec.seed)] + [int(s) for s in section(params, "ensemble.seeds")
                                         if int(s) != int(spec.seed)]
             first = FitResult(run_id="", out_dir=None, metrics=json.loads((folder / "metrics.json").read_text()),
                               classifier=None)
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"| sctab (a single ensemble member) | {', '.join(map(str, summary.get('seeds', [])))} | "
                          f"{s['mean']:.4f} ± {s['sd']:.4f} | {', '.join(f'{v:.4f}' for v in s['values'])} |")
         (out / "summary.md").write_text(
-            "# Test macro F1 over seeds\n\nProfile: **" + str(params.get("profile", "?")) + "**. A difference "
+            "# Test macro F1 over seeds\n\nProfile: **" + str(section(params, "profile") or "?") + "**. A difference "
             "between two models, or between default and tuned settings, smaller than these spreads cannot be told "
             "from a different seed.\n\n" + "\n".join(lines) + "\n")
         print("\n".join(lines))

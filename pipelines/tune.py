@@ -9,6 +9,7 @@ from pathlib import Path
 
 from sctab.config import ConfigError, load_params, update_params_file
 from sctab.io import write_json
+from sctab.params_schema import section
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         params = load_params(args.params)
-        models = args.model or list((params.get("tune") or {}).get("models") or [])
+        models = args.model or list(section(params, "tune.models"))
         if not models:
             raise ConfigError("no model to tune: give --model or set tune.models in params.yaml")
         if args.space and len(models) != 1:

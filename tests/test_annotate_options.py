@@ -361,7 +361,7 @@ def test_register_ranks_on_validation_and_marks_the_annotate_default(models, sto
     (models / "linear" / "metrics.json").write_text(json.dumps({"val_f1_macro": "n/a"}))
     with pytest.raises(RegistryError, match="val_f1_macro 'n/a' is not a number"):
         rank_models(models, names, {}, "best")
-    with pytest.raises(ConfigError, match="registry.champion must be best"):
+    with pytest.raises(ConfigError, match="registry.champion must be one of best, sctab"):
         check_settings({"registry": {"champion": "newest"}})
 
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from sctab.config import ConfigError, available_profiles, check_device, load_profile, profile_path
+from sctab.params_schema import section
 
 
 def _cmd_params(args) -> int:
@@ -56,9 +57,10 @@ def _census_size(n_cells: int, profile: dict) -> tuple[dict, float]:
 
     from sctab.census.synthetic import SyntheticCensusConfig, expected_cells, scaled_to_cells
 
-    if profile["census"].get("source") != "embedded" or not profile.get("synthetic"):
-        raise ConfigError(f"--cells sizes the embedded synthetic census; profile {profile['profile']!r} reads "
-                          f"census.source {profile['census'].get('source')!r} (use tiny, bench or scale)")
+    source = section(profile, "census.source")
+    if source != "embedded" or section(profile, "synthetic") is None:
+        raise ConfigError(f"--cells sizes the embedded synthetic census; profile {section(profile, 'profile')!r} "
+                          f"reads census.source {source!r} (use tiny, bench or scale)")
     cfg = SyntheticCensusConfig.from_params(profile)
     values = scaled_to_cells(cfg, n_cells)
     return values, expected_cells(replace(cfg, **values))
@@ -68,9 +70,10 @@ def _reference_inputs(paths: list[str], profile: dict) -> dict:
     """census.inputs and census.data (the folder DVC watches: the inputs' common folder) for an h5ad profile."""
     import os
 
-    if profile["census"].get("source") != "h5ad":
+    source = section(profile, "census.source")
+    if source != "h5ad":
         raise ConfigError(f"--input is for a profile whose census.source is h5ad (e.g. reference); "
-                          f"{profile['profile']!r} reads {profile['census'].get('source')!r}")
+                          f"{section(profile, 'profile')!r} reads {source!r}")
     for p in paths:
         if not Path(p).is_file() or not p.endswith(".h5ad"):
             raise ConfigError(f"--input {p} is not an existing .h5ad file")

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from sctab.params_schema import ConfigError, Params, build_params
+from sctab.params_schema import ConfigError, Params, build_params, section
 
 # ruamel.yaml (round-trip YAML, a dvc dependency) is imported by update_params_file only: the `sctab` command
 # imports this module at start-up and most commands never write params back.
@@ -48,21 +48,19 @@ def check_precision(value: Any, where: str = "precision") -> str:
 
 
 def check_settings(params: dict[str, Any], source: str = "params") -> None:
-    """The device and precision settings of a params file, checked before any stage starts."""
-    train = params.get("train") or {}
-    if "device" in train:
-        check_device(train["device"], f"{source}: train.device")
-    if "precision" in train:
-        check_precision(train["precision"], f"{source}: train.precision")
-    for section in ("tune", "experiments"):
-        v = (params.get(section) or {}).get("gpus_per_trial", "auto")
-        if v != "auto" and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
-            raise ConfigError(f"{source}: {section}.gpus_per_trial must be auto or a number >= 0 (a fraction "
+    """The device and precision settings of a params file, checked before any stage starts (the schema checks
+    their types; these their values)."""
+    try:
+        train, tune, experiments = (section(params, s) for s in ("train", "tune", "experiments"))
+        section(params, "registry")
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    check_device(train.device, f"{source}: train.device")
+    check_precision(train.precision, f"{source}: train.precision")
+    for name, v in (("tune", tune.gpus_per_trial), ("experiments", experiments.gpus_per_trial)):
+        if v != "auto" and (isinstance(v, (bool, str)) or v < 0):
+            raise ConfigError(f"{source}: {name}.gpus_per_trial must be auto or a number >= 0 (a fraction "
                               f"shares a GPU between trials), got {v!r}")
-    champion = (params.get("registry") or {}).get("champion", "sctab")
-    if champion not in ("best", "sctab"):
-        raise ConfigError(f"{source}: registry.champion must be best (the best model on validation) or sctab (the "
-                          f"scTab ensemble), got {champion!r}")
 
 
 def available_profiles(profiles_dir: Path = PROFILES_DIR) -> list[str]:
@@ -91,8 +89,8 @@ def load_params(path: str | os.PathLike = "params.yaml") -> dict[str, Any]:
     missing = [s for s in REQUIRED_SECTIONS if s not in params]
     if missing:
         raise ConfigError(f"parameter file {path} lacks section(s): {', '.join(missing)}")
-    check_settings(params, str(path))
     build_params(params, str(path))  # every key known and of its type (sctab.params_schema)
+    check_settings(params, str(path))
     return params
 
 
@@ -103,21 +101,9 @@ def load_typed_params(path: str | os.PathLike = "params.yaml") -> Params:
 
 def load_profile(name: str, profiles_dir: Path = PROFILES_DIR) -> dict[str, Any]:
     params = load_params(profile_path(name, profiles_dir))
-    if params.get("profile") != name:
-        raise ConfigError(f"profile file {name}.yaml declares profile {params.get('profile')!r}")
+    if section(params, "profile") != name:
+        raise ConfigError(f"profile file {name}.yaml declares profile {section(params, 'profile')!r}")
     return params
-
-
-def get(params: dict, dotted: str, default: Any = ...) -> Any:
-    """`get(params, "filters.min_cells_per_type")` with an error naming the missing key."""
-    node: Any = params
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            if default is not ...:
-                return default
-            raise ConfigError(f"parameter {dotted!r} is missing (profile {params.get('profile')!r})")
-        node = node[part]
-    return node
 
 
 def update_params_file(path: str | os.PathLike, dotted: str, values: dict[str, Any]) -> dict[str, Any]:

@@ -134,6 +134,7 @@ class AugmentParams:
     n_vectors: int = 5000                                # paper
     max_pairs_per_type: Optional[int] = None             # not in the paper: every donor pair of a type
     seed: int = 0
+    minibatch_above: int = 100_000                       # not in the paper: MiniBatchKMeans beyond this many vectors
 
 
 @dataclass(frozen=True)

@@ -19,14 +19,13 @@ from tqdm.auto import tqdm
 
 from sctab.data.store import Store
 from sctab.io import atomic_dir, write_json
+from sctab.params_schema import AugmentParams, build
 
 # scikit-learn (k-means) and torch (the online Augmenter) are imported where used: the augment stage needs only
 # the first, training only the second, and each costs seconds to import.
 
 FILE_NAME = "augmentations.npy"  # the published artifact's name
 REPORT_NAME = "augment_report.json"
-_KEYS = ("n_cells", "zero_threshold", "clamp", "n_clusters", "min_cluster_size", "n_vectors", "seed")
-_MINIBATCH_ABOVE = 100_000  # vectors; full KMeans beyond this is slow and memory hungry
 
 
 class AugmentError(ValueError):
@@ -34,24 +33,23 @@ class AugmentError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------ computation
-def compute_augmentations(store: Store, cfg: dict) -> tuple[np.ndarray, dict]:
+def compute_augmentations(store: Store, cfg: AugmentParams | dict) -> tuple[np.ndarray, dict]:
     """The paper's six steps on the train split; returns (n_vectors, n_genes) float32 and a report.
 
-    cfg: the `augment` params section; optional `max_pairs_per_type` (null: all) and `minibatch_above`
-    (MiniBatchKMeans beyond this many vectors, default 100,000). The report holds no timings so that
-    re-runs write identical files.
+    cfg: the `augment` params section (sctab.params_schema.AugmentParams, or a mapping of its keys);
+    `max_pairs_per_type` null: every pair; `minibatch_above`: MiniBatchKMeans beyond this many vectors (full
+    KMeans is slow and memory hungry there). The report holds no timings so that re-runs write identical files.
     """
-    missing = [k for k in _KEYS if k not in cfg]
-    if missing:
-        raise AugmentError(f"augment parameters lack {', '.join(missing)}")
-    seed = int(cfg["seed"])
-    thr, clamp = float(cfg["zero_threshold"]), float(cfg["clamp"])
+    if not isinstance(cfg, AugmentParams):
+        cfg = build(AugmentParams, cfg, "augment")
+    seed = int(cfg.seed)
+    thr, clamp = float(cfg.zero_threshold), float(cfg.clamp)
     if not 0 <= thr < clamp:
         raise AugmentError(f"need 0 <= zero_threshold < clamp (got {thr} and {clamp})")
-    n_vectors = int(cfg["n_vectors"])
-    if int(cfg["n_cells"]) <= 0 or n_vectors <= 0 or int(cfg["n_clusters"]) <= 0:
+    n_vectors = int(cfg.n_vectors)
+    if int(cfg.n_cells) <= 0 or n_vectors <= 0 or int(cfg.n_clusters) <= 0:
         raise AugmentError("n_cells, n_vectors and n_clusters must be positive")
-    max_pairs = cfg.get("max_pairs_per_type")
+    max_pairs = cfg.max_pairs_per_type
 
     try:
         obs = store.read_obs("train", ["cell_type", "tech_sample"])
@@ -63,7 +61,7 @@ def compute_augmentations(store: Store, cfg: dict) -> tuple[np.ndarray, dict]:
 
     # 1. class-balanced subsample: every type gets the same budget, so common types do not dominate
     ct = obs["cell_type"].to_numpy()
-    chosen, cap = balanced_subsample(ct, int(cfg["n_cells"]), seed)
+    chosen, cap = balanced_subsample(ct, int(cfg.n_cells), seed)
     counts = np.unique(ct, return_counts=True)[1]
     report.update({"n_types": int(len(counts)), "cells_per_type_cap": cap, "cells_subsampled": int(len(chosen)),
                    "types_below_cap": int((counts < cap).sum())})
@@ -114,18 +112,18 @@ def compute_augmentations(store: Store, cfg: dict) -> tuple[np.ndarray, dict]:
     diffs = diffs[nonzero]
 
     # 6. k-means; sample only from the big clusters (small ones hold outlier donors)
-    minibatch_above = int(cfg.get("minibatch_above", _MINIBATCH_ABOVE))
-    labels, k, algo = _kmeans(diffs, int(cfg["n_clusters"]), seed, minibatch_above)
+    minibatch_above = cfg.minibatch_above
+    labels, k, algo = _kmeans(diffs, int(cfg.n_clusters), seed, minibatch_above)
     sizes = np.bincount(labels, minlength=k)
-    big = np.flatnonzero(sizes > int(cfg["min_cluster_size"]))
-    report.update({"vectors_clustered": int(diffs.shape[0]), "n_clusters": int(cfg["n_clusters"]),
+    big = np.flatnonzero(sizes > int(cfg.min_cluster_size))
+    report.update({"vectors_clustered": int(diffs.shape[0]), "n_clusters": int(cfg.n_clusters),
                    "n_clusters_used": k, "kmeans": algo,
                    "cluster_sizes": sorted((int(s) for s in sizes), reverse=True),
-                   "min_cluster_size": int(cfg["min_cluster_size"]), "clusters_kept": int(len(big))})
-    if k < int(cfg["n_clusters"]):
-        report["note"] = f"only {k} difference vectors, so k-means used {k} clusters instead of {cfg['n_clusters']}"
+                   "min_cluster_size": int(cfg.min_cluster_size), "clusters_kept": int(len(big))})
+    if k < int(cfg.n_clusters):
+        report["note"] = f"only {k} difference vectors, so k-means used {k} clusters instead of {cfg.n_clusters}"
     if len(big) == 0:
-        raise AugmentError(f"no k-means cluster has more than min_cluster_size={cfg['min_cluster_size']} vectors "
+        raise AugmentError(f"no k-means cluster has more than min_cluster_size={cfg.min_cluster_size} vectors "
                            f"(largest: {int(sizes.max())} of {diffs.shape[0]}); use a smaller min_cluster_size")
     members = np.flatnonzero(np.isin(labels, big))
     replace = len(members) < n_vectors

@@ -22,6 +22,7 @@ import scipy.sparse as sp
 
 from sctab.census.scrt import RealDataError, fetch_wheel, read_scrt
 from sctab.evaluate.structure import knn_purity
+from sctab.params_schema import section
 
 __all__ = ["CountStats", "RealDataError", "count_stats", "embedded_stats", "fetch_scmark", "figure", "markdown",
            "pbmc68k_stats", "pca_of_counts", "scmark_stats"]
@@ -104,7 +105,7 @@ def embedded_stats(params: dict, one_dataset: bool = False) -> CountStats:
     adata, _ = generate_census_anndata(SyntheticCensusConfig.from_params(params))
     keep = adata.obs["is_primary_data"].to_numpy(bool) & adata.obs["assay"].astype(str).str.startswith("10x").to_numpy()
     adata = adata[keep]
-    name, note = f"embedded ({params.get('profile', '?')})", "all primary 10x cells; every gene of the census"
+    name, note = f"embedded ({section(params, 'profile') or '?'})", "all primary 10x cells; every gene of the census"
     if one_dataset:
         biggest = adata.obs["dataset_id"].value_counts().index[0]
         adata = adata[adata.obs["dataset_id"] == biggest]

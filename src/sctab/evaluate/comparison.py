@@ -30,6 +30,7 @@ from sctab.evaluate.structure import knn_purity
 from sctab.evaluate.uncertainty import calibration, uncertainty, uncertainty_auroc
 from sctab.io import atomic_dir, write_json
 from sctab.models import SEEDS_FILE, Ensemble
+from sctab.params_schema import section
 from sctab.tracking import TrackedRun, tracked_run
 
 ORDER = ("sctab", "xgboost", "mlp", "linear", "celltypist")
@@ -46,7 +47,7 @@ def evaluate_models(models_dir: str | Path, store_path: str | Path, out: str | P
     write metrics, plots and the report to ``out``."""
     t0 = time.perf_counter()
     store = Store(store_path)
-    profile = str(params.get("profile", "?"))
+    profile = str(section(params, "profile") or "?")
     folders = sorted((p for p in Path(models_dir).iterdir() if p.is_dir() and not p.name.startswith(".")),
                      key=lambda p: (ORDER.index(p.name) if p.name in ORDER else len(ORDER), p.name))
     if not folders:
@@ -117,7 +118,7 @@ def evaluate_models(models_dir: str | Path, store_path: str | Path, out: str | P
                                      figs / "f1_vs_training_cells.png", model=ref, profile=profile)
         sections = _sections(metrics, per_organ, PAPER, side_by_side, profile)
         if ens is not None:
-            xy, idx, z = _embedding(store, embedding_cells, int(params.get("seed", 0)))
+            xy, idx, z = _embedding(store, embedding_cells, section(params, "seed"))
             figures.uncertainty_embedding(xy, ens["uncertainty"][idx], ens["correct"][idx],
                                           figs / "uncertainty_embedding.png", profile=profile)
             types = np.asarray(classes, dtype=object)[store.read_obs("test", columns=("cell_type",))[
@@ -150,7 +151,7 @@ def evaluate_models(models_dir: str | Path, store_path: str | Path, out: str | P
                          "text": f"{ref} F1 per cell type against its number of training cells; the five lowest:",
                          "table": worst, "figures": ["figures/f1_vs_training_cells.png"]})
         write_report(tmp, profile=profile, sections=sections,
-                     embedded=(params.get("census") or {}).get("source") == "embedded")
+                     embedded=section(params, "census.source") == "embedded")
     flat = {k: {m: (round(float(v), 6) if isinstance(v, float) else v) for m, v in d.items()}
             for k, d in metrics.items()}
     summary = {"profile": profile, "models": flat,

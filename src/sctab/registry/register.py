@@ -351,7 +351,7 @@ def register_pipeline_models(models_dir: str | Path, *, store: str | Path, ontol
         row = ranking["models"][ranks[name] - 1]
         val = "unknown" if row["val_f1_macro"] is None else f"{row['val_f1_macro']:.6f}"
         out.append(register_folder(folder, name, class_ids=class_ids, ontology=onto, params=params,
-                                   test_f1=None if f1 is None else float(f1), alias=reg.get("alias", CHALLENGER),
+                                   test_f1=None if f1 is None else float(f1), alias=reg.alias,
                                    fallback=fallback, store=store, report=report, training=training, ranking=ranking,
                                    extra_tags={"val_f1_macro": val,
                                                "val_rank": f"{ranks[name]} of {len(ranking['models'])}"},

@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from sctab import provenance
+from sctab.params_schema import section
 
 DEFAULT_DB = "mlruns/mlflow.db"
 
@@ -146,7 +147,7 @@ def lineage_tags(params: dict, **extra) -> dict[str, str]:
     """Tags every run carries: git commit, profile, data version, plus the caller's (seed, model type...)."""
     tags = {
         "git_commit": git_commit(),
-        "profile": str(params.get("profile", "unknown")),
+        "profile": str(section(params, "profile") or "unknown"),
         "data_version": data_version(),
     }
     tags.update({k: str(v) for k, v in extra.items() if v is not None})

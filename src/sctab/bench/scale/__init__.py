@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
 
     from sctab.config import ConfigError, load_profile
+    from sctab.params_schema import section
 
     try:
         sizes = [Size.parse(s) for s in (a.sizes or (QUICK_SIZES if a.quick else DEFAULT_SIZES)).split(",") if s]
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         nodes = node_ram(REPO / "infra" / "ray" / "cluster.yaml")
     except (ScaleError, ConfigError) as e:
         p.error(str(e))
-    base_genes = int(overrides.get("synthetic.n_genes", profile["synthetic"]["n_genes"]))
+    base_genes = int(overrides.get("synthetic.n_genes", section(profile, "synthetic.n_genes")))
     out_dir = Path(a.out) if a.out else (None if a.quick else REPO / "benchmarks" / "results")
 
     run = RunRecord.start("benchmarks/scale.py", argv, root=REPO)

@@ -19,6 +19,7 @@ import yaml
 
 from sctab.bench.scale.dag import basis, render_stages, with_upstream
 from sctab.bench.scale.sizes import REPO, ScaleError, Size, size_params
+from sctab.params_schema import section
 
 #: the bench stops before a stage when less than this is free where its workspace lies
 MIN_FREE_DISK = 4 * 2**30
@@ -224,7 +225,7 @@ def run_size(size: Size, profile: dict, overrides: dict, stages_wanted: list[str
                                  f"log {log}):\n{tail}")
             outs = {o: tree_bytes(ws / o) for o in st.outs}
             rows.append({"size": size.label, "factor": size.factor,
-                         "n_genes": int(params["synthetic"]["n_genes"]), "stage": st.name,
+                         "n_genes": section(params, "synthetic.n_genes"), "stage": st.name,
                          "basis": basis(st.name), "out_bytes": sum(outs.values()), "outs": outs, **res})
             echo(f"[{size.label}] {st.name}: {res['wall_s']:.1f} s, peak {res['peak_pss_bytes'] / 2**20:,.0f} MiB "
                  f"(RSS sum {res['peak_rss_bytes'] / 2**20:,.0f} MiB)")

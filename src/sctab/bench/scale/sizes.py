@@ -12,6 +12,9 @@ from pathlib import Path
 import psutil
 import yaml
 
+from sctab.models import MODEL_NAMES
+from sctab.params_schema import section
+
 REPO = Path(__file__).resolve().parents[4]
 
 #: the paper's census (Methods): cells after the filters, training cells, genes
@@ -84,7 +87,8 @@ class Size:
 
 
 def set_dotted(params: dict, dotted: str, value) -> None:
-    """``params[a][b][c] = value`` for ``a.b.c``; the path must exist up to its last key."""
+    """Set ``a.b.c`` of a params dict (a profile being rewritten) to ``value``; the path must exist up to its
+    last key."""
     node = params
     parts = dotted.split(".")
     for p in parts[:-1]:
@@ -100,19 +104,15 @@ def budget_overrides(params: dict) -> dict:
     a fixed number of XGBoost rounds without early stopping, one CellTypist epoch, and the sampled stages on
     every training cell (what their cost per sampled cell is measured on)."""
     out = {}
-    for name, m in (params.get("models") or {}).items():
-        if name == "celltypist" or not isinstance(m, dict) or not ({"epochs", "max_steps"} & set(m)):
-            continue
+    for name in MODEL_NAMES:  # the neural kinds
         out[f"models.{name}.epochs"] = 1
-        if "max_steps" in m:
+        if section(params, f"models.{name}.max_steps") is not None:
             out[f"models.{name}.max_steps"] = None
-    if "xgboost" in (params.get("models") or {}):
-        out["models.xgboost.n_estimators"] = XGBOOST_ROUNDS
-        out["models.xgboost.early_stopping_rounds"] = None
-    if "celltypist" in (params.get("models") or {}):
-        out["models.celltypist.epochs"] = CELLTYPIST_EPOCHS
-        out["models.celltypist.max_memory_gib"] = celltypist_budget_gib(params)
-    seeds = (params.get("ensemble") or {}).get("seeds")
+    out["models.xgboost.n_estimators"] = XGBOOST_ROUNDS
+    out["models.xgboost.early_stopping_rounds"] = None
+    out["models.celltypist.epochs"] = CELLTYPIST_EPOCHS
+    out["models.celltypist.max_memory_gib"] = celltypist_budget_gib(params)
+    seeds = section(params, "ensemble.seeds")
     if seeds:
         out["ensemble.seeds"] = list(seeds)[:SCTAB_MEMBERS]
         out["ensemble.spread_seeds"] = 1
@@ -126,7 +126,7 @@ def celltypist_budget_gib(params: dict, ram_bytes: float | None = None) -> float
     profile's own cap when smaller (GiB, one decimal)."""
     ram = float(ram_bytes if ram_bytes is not None else psutil.virtual_memory().total)
     mine = math.floor(ram * CELLTYPIST_RAM_SHARE / 2**30 * 10) / 10
-    own = ((params.get("models") or {}).get("celltypist") or {}).get("max_memory_gib")
+    own = section(params, "models.celltypist.max_memory_gib")
     return float(min(mine, own)) if own is not None else float(mine)
 
 
@@ -134,20 +134,21 @@ def size_params(profile: dict, size: Size, overrides: dict | None = None) -> dic
     """The profile with the size's census (cells per donor x factor, genes) and the scale budgets, then
     ``overrides`` (dotted keys, e.g. from ``--set``) on top."""
     params = copy.deepcopy(profile)
-    syn = params.get("synthetic")
-    if not isinstance(syn, dict) or (params.get("census") or {}).get("source") != "embedded":
-        raise ScaleError(f"profile {params.get('profile')!r} does not build the embedded synthetic census; the "
-                         "scale bench needs census.source: embedded and a synthetic section")
+    syn = section(params, "synthetic")
+    if syn is None or section(params, "census.source") != "embedded":
+        raise ScaleError(f"profile {section(params, 'profile')!r} does not build the embedded synthetic census; "
+                         "the scale bench needs census.source: embedded and a synthetic section")
     if size.cells is not None:
         from sctab.census.synthetic import SyntheticCensusConfig, scaled_to_cells
 
-        syn.update(scaled_to_cells(SyntheticCensusConfig.from_params(params), size.cells))
+        census = scaled_to_cells(SyntheticCensusConfig.from_params(params), size.cells)
     else:
-        lo, hi = syn["cells_per_donor"]
-        syn["cells_per_donor"] = [max(1, round(lo * size.factor)), max(1, round(hi * size.factor))]
+        lo, hi = syn.cells_per_donor
+        census = {"cells_per_donor": [max(1, round(lo * size.factor)), max(1, round(hi * size.factor))]}
     if size.n_genes is not None:
-        syn["n_genes"] = int(size.n_genes)
-    for k, v in {**budget_overrides(params), **(overrides or {})}.items():
+        census["n_genes"] = int(size.n_genes)
+    for k, v in {**{f"synthetic.{k}": v for k, v in census.items()}, **budget_overrides(params),
+                 **(overrides or {})}.items():
         set_dotted(params, k, v)
     return params
 
