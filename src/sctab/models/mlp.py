@@ -14,14 +14,7 @@ class MLP(nn.Module):
     Paper defaults: 8 hidden layers of 128 units, dropout 0.1.
     """
 
-    def __init__(
-        self,
-        n_genes: int,
-        n_classes: int,
-        n_hidden: int = 8,
-        hidden_size: int = 128,
-        dropout: float = 0.1,
-    ):
+    def __init__(self, n_genes: int, n_classes: int, n_hidden: int = 8, hidden_size: int = 128, dropout: float = 0.1):
         super().__init__()
         if n_hidden < 0:
             raise ValueError(f"n_hidden must be >= 0, got {n_hidden}")

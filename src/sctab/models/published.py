@@ -211,12 +211,8 @@ def _find_hparams(ckpt_path: Path) -> Optional[Path]:
     return None
 
 
-def read_published_checkpoint(
-    ckpt_path: str | os.PathLike,
-    hparams_path: str | os.PathLike | None = None,
-    map_location: Any = "cpu",
-    stub_globals: bool = True,
-) -> PublishedCheckpoint:
+def read_published_checkpoint(ckpt_path: str | os.PathLike, hparams_path: str | os.PathLike | None = None,
+                              map_location: Any = "cpu", stub_globals: bool = True) -> PublishedCheckpoint:
     """Read state dict (prefix stripped), extra buffers and hparams of a scTab checkpoint."""
     path = Path(ckpt_path)
     if not path.is_file():
@@ -272,12 +268,8 @@ def _mismatch_report(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) 
     return problems
 
 
-def load_published_sctab(
-    ckpt_path: str | os.PathLike,
-    hparams_path: str | os.PathLike | None = None,
-    map_location: Any = "cpu",
-    stub_globals: bool = True,
-) -> TabNet:
+def load_published_sctab(ckpt_path: str | os.PathLike, hparams_path: str | os.PathLike | None = None,
+                         map_location: Any = "cpu", stub_globals: bool = True) -> TabNet:
     """Build a :class:`TabNet` from a published scTab checkpoint, in eval mode.
 
     ``hparams_path`` defaults to ``hparams.yaml`` beside the checkpoint (or one

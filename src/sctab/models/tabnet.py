@@ -111,14 +111,8 @@ class GhostBatchNorm(nn.Module):
 class GLULayer(nn.Module):
     """fc (no bias) -> ghost BN -> GLU; ``fc`` may be a shared Linear."""
 
-    def __init__(
-        self,
-        input_dim: int,
-        output_dim: int,
-        fc: Optional[nn.Linear] = None,
-        virtual_batch_size: int = 256,
-        momentum: float = 0.02,
-    ):
+    def __init__(self, input_dim: int, output_dim: int, fc: Optional[nn.Linear] = None, virtual_batch_size: int = 256,
+                 momentum: float = 0.02):
         super().__init__()
         self.output_dim = output_dim
         if fc is None:
@@ -141,16 +135,8 @@ class GLULayer(nn.Module):
 class GLUBlock(nn.Module):
     """n_glu GLU layers with sqrt(0.5)-scaled residuals (none around the first if ``first``)."""
 
-    def __init__(
-        self,
-        input_dim: int,
-        output_dim: int,
-        n_glu: int,
-        first: bool = False,
-        shared_layers: Optional[nn.ModuleList] = None,
-        virtual_batch_size: int = 256,
-        momentum: float = 0.02,
-    ):
+    def __init__(self, input_dim: int, output_dim: int, n_glu: int, first: bool = False,
+                 shared_layers: Optional[nn.ModuleList] = None, virtual_batch_size: int = 256, momentum: float = 0.02):
         super().__init__()
         self.first = first
         self.n_glu = n_glu
@@ -177,15 +163,8 @@ class GLUBlock(nn.Module):
 class FeatTransformer(nn.Module):
     """Shared GLU block (common to all steps) followed by a step-specific one."""
 
-    def __init__(
-        self,
-        input_dim: int,
-        output_dim: int,
-        shared_layers: Optional[nn.ModuleList],
-        n_independent: int,
-        virtual_batch_size: int = 256,
-        momentum: float = 0.02,
-    ):
+    def __init__(self, input_dim: int, output_dim: int, shared_layers: Optional[nn.ModuleList], n_independent: int,
+                 virtual_batch_size: int = 256, momentum: float = 0.02):
         super().__init__()
         if shared_layers is None or len(shared_layers) == 0:
             self.shared = nn.Identity()
@@ -231,14 +210,8 @@ def _make_selector(mask_type: str) -> nn.Module:
 class AttentiveTransformer(nn.Module):
     """Feature mask = entmax(ghostBN(fc(a)) * prior) over the input genes."""
 
-    def __init__(
-        self,
-        input_dim: int,
-        output_dim: int,
-        virtual_batch_size: int = 256,
-        momentum: float = 0.02,
-        mask_type: str = "entmax",
-    ):
+    def __init__(self, input_dim: int, output_dim: int, virtual_batch_size: int = 256, momentum: float = 0.02,
+                 mask_type: str = "entmax"):
         super().__init__()
         self.selector = _make_selector(mask_type)
         self.fc = nn.Linear(input_dim, output_dim, bias=False)
@@ -395,22 +368,10 @@ class TabNet(nn.Module):
     the weight of ``M_loss`` in ``CE + lambda_sparse * M_loss``.
     """
 
-    def __init__(
-        self,
-        input_dim: int,
-        output_dim: int,
-        n_d: int = 128,
-        n_a: int = 64,
-        n_steps: int = 1,
-        gamma: float = 1.3,
-        n_independent: int = 5,
-        n_shared: int = 3,
-        epsilon: float = 1e-15,
-        virtual_batch_size: int = 256,
-        momentum: float = 0.02,
-        mask_type: str = "entmax",
-        lambda_sparse: float = 1e-5,
-    ):
+    def __init__(self, input_dim: int, output_dim: int, n_d: int = 128, n_a: int = 64, n_steps: int = 1,
+                 gamma: float = 1.3, n_independent: int = 5, n_shared: int = 3, epsilon: float = 1e-15,
+                 virtual_batch_size: int = 256, momentum: float = 0.02, mask_type: str = "entmax",
+                 lambda_sparse: float = 1e-5):
         super().__init__()
         self.input_dim = input_dim
         self.output_dim = output_dim
