@@ -1,9 +1,9 @@
 """`sctab annotate --compare-labels COLUMN`: a file's own labels against the predictions through the Cell Ontology.
 
 Three layers: the ontology relations on hand-picked CL terms (no model); the real scRT cells (the pyPLNmodels
-1.0.10 wheel, as tests/test_scrt_reference.py uses them) annotated by a model fitted on them and relabelled with a
-coarser and a finer vocabulary, where the agreement of every cell follows from its prediction; and bad input,
-which must be a clear error with nothing written.
+1.0.10 wheel, as tests/census/test_scrt_reference.py uses them) annotated by a model fitted on them and
+relabelled with a coarser and a finer vocabulary, where the agreement of every cell follows from its prediction;
+and bad input, which must be a clear error with nothing written.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ models on the same cells, read in the Cell Ontology.
 The models are hand-built linear models over real Ensembl ids whose weights send each marker gene to one class,
 so every cell's label under each model, and so the change between them, is known in advance: real Cell Ontology
 terms give finer, coarser, sibling and other pairs; a gene only one model reads gives a cell that only the other
-model leaves Unassigned. Registration and promotion go through a real MLflow store (sqlite), as test_registry.py.
+model leaves Unassigned. Registration and promotion go through a real MLflow store (sqlite), as
+registry/test_registry.py.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A malicious pickle (its ``__reduce__`` would create a marker file) is refused in every place sctab could
 load a pickle: CellTypist model files, predictor folders, XGBoost model paths, torch checkpoints (weights-only
 unpickler). The marker never appears. With the explicit trust flag the same kind of file loads (for the
-CellTypist file the pipeline wrote itself: tests/test_celltypist_model.py).
+CellTypist file the pipeline wrote itself: tests/models/test_celltypist_model.py).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """`dvc repro` interrupted mid-stage (Ctrl-C in `store`, SIGKILL in `train_linear`) and run again.
 
-In a throw-away clone of the repository (tests/test_dvc_pipeline.py's `project` fixture): no partial output
+In a throw-away clone of the repository (tests/project/test_dvc_pipeline.py's `project` fixture): no partial output
 is ever taken as complete (every writer fills a temporary folder and renames it into place), the re-run
 redoes exactly the interrupted stage, and the outputs equal those of an uninterrupted run of the same stages:
 the store bit for bit (its md5 in dvc.lock), the linear model's weights, gene and class tables and metrics

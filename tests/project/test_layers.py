@@ -119,7 +119,7 @@ def test_the_checker_catches_an_upward_import(tmp_path):
 
 def test_sctab_layers_only_point_down():
     violations = layer_violations(SRC)
-    assert not violations, "imports against the layer order of tests/test_layers.py:\n" + "\n".join(violations)
+    assert not violations, "imports against the layer order of tests/project/test_layers.py:\n" + "\n".join(violations)
 
 
 def test_every_package_lists_its_api():
