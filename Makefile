@@ -142,14 +142,14 @@ test-gpu: venv  ## the GPU suite (pytest -m gpu): CUDA == CPU, Ray Train on a GP
 	$(PY) -m pytest -m gpu -rs $(PYTEST_ARGS)
 
 fuzz: venv  ## the hypothesis tests with new random examples (make test replays fixed ones); SEED=n to replay
-	$(PY) -m pytest tests/test_store_fuzz.py tests/test_annotate_fuzz.py --hypothesis-profile=explore $(if $(SEED),--hypothesis-seed=$(SEED)) -s $(PYTEST_ARGS)
+	$(PY) -m pytest tests/sctab_data/test_store_fuzz.py tests/annotation/test_annotate_fuzz.py --hypothesis-profile=explore $(if $(SEED),--hypothesis-seed=$(SEED)) -s $(PYTEST_ARGS)
 
 # merlin-dataloader 23.8 (optional loader backend) cannot share the main env: it needs pip 23.2 to install,
 # pandas<1.6 (so numpy<2) and dask 2023.9.x (docs/published-artifacts.md). Pins: the `merlin`
 # extra of pyproject.toml. dask-cuda is pinned (merlin-core needs it) because later releases depend on
 # rapids-dask-dependency, a stub that downloads from an NVIDIA index; 23.10 pins dask/distributed 2023.9.2
 # (not the 2023.9.3 of the pitfalls note). pyarrow 22+ refuses numpy 1.x at import. The project goes in
-# with --no-deps, plus only what sctab.data.loaders and tests/test_loaders.py import.
+# with --no-deps, plus only what sctab.data.loaders and tests/sctab_data/test_loaders.py import.
 MERLIN_VENV ?= .venv-merlin
 MERLIN_PY   := $(MERLIN_VENV)/bin/python
 
@@ -166,11 +166,11 @@ $(MERLIN_VENV)/.installed: pyproject.toml
 merlin-env: $(MERLIN_VENV)/.installed  ## create .venv-merlin with merlin-dataloader 23.8 (optional backend)
 
 test-merlin: merlin-env  ## the merlin loader tests, in .venv-merlin
-	$(MERLIN_PY) -m pytest tests/test_loaders.py -k merlin $(PYTEST_ARGS)
+	$(MERLIN_PY) -m pytest tests/sctab_data/test_loaders.py -k merlin $(PYTEST_ARGS)
 
 # Loader anchors of the bench (issue 26; docs/loader-anchors.md): scDataset and tiledbsoma-ml in their own venv
 # (Python 3.11 from /usr/bin, torch pinned first so pip takes the local CPU build), the project with --no-deps
-# plus what sctab.bench and tests/test_loader_anchors.py import. `make bench` skips the anchor rows without it.
+# plus what sctab.bench and tests/bench/test_loader_anchors.py import. `make bench` skips the anchor rows without it.
 ANCHORS_VENV   ?= .venv-anchors
 ANCHORS_PY     := $(ANCHORS_VENV)/bin/python
 ANCHORS_PYTHON ?= /usr/bin/python3.11
@@ -188,7 +188,7 @@ $(ANCHORS_VENV)/.installed: pyproject.toml
 anchors-env: $(ANCHORS_VENV)/.installed  ## create .venv-anchors with scDataset 0.3 and tiledbsoma-ml 0.1 (bench anchors)
 
 test-anchors: anchors-env  ## the loader-anchor tests, in .venv-anchors
-	$(ANCHORS_PY) -m pytest tests/test_loader_anchors.py $(PYTEST_ARGS)
+	$(ANCHORS_PY) -m pytest tests/bench/test_loader_anchors.py $(PYTEST_ARGS)
 
 # annbatch 0.3 needs Python >= 3.12 (pyenv's 3.12.1 here), anndata >= 0.12.9, zarr >= 3.1.4 and dask, plus
 # zarrs (its docs: the Rust codec pipeline for local-filesystem throughput): its own venv, .venv-annbatch.
@@ -210,7 +210,7 @@ $(ANNBATCH_VENV)/.installed: pyproject.toml
 annbatch-env: $(ANNBATCH_VENV)/.installed  ## create .venv-annbatch (Python 3.12) with annbatch 0.3 (bench anchor)
 
 test-annbatch: annbatch-env  ## the loader-anchor tests, in .venv-annbatch (the annbatch ones run there)
-	$(ANNBATCH_PY) -m pytest tests/test_loader_anchors.py $(PYTEST_ARGS)
+	$(ANNBATCH_PY) -m pytest tests/bench/test_loader_anchors.py $(PYTEST_ARGS)
 
 # Loader and scTab throughput vs in-run baselines (issue 7); synthetic stores cached in benchmarks/.cache/.
 # BENCH_ARGS="--quick" for a smoke run, "--cases loader_csr infer_csr" for a subset; DEVICE=cuda adds the GPU

@@ -11,6 +11,7 @@ import yaml
 from hypothesis import settings
 
 from sctab.config import PROFILES_DIR
+from tests.paths import PIPELINES
 
 # The property-based tests replay the same examples on every run, so a red CI can be reproduced and a green
 # one is not luck; `make fuzz` (--hypothesis-profile=explore) draws new examples each time.
@@ -27,7 +28,7 @@ def pipeline_help(name: str) -> str:
     import importlib.util
     import io
 
-    path = Path(__file__).resolve().parents[1] / "pipelines" / f"{name}.py"
+    path = PIPELINES / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"pipeline_{name}", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

@@ -11,8 +11,7 @@ from pathlib import Path
 import yaml
 
 from tests.conftest import small_params
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.paths import REPO_ROOT as REPO
 
 
 def run(args, cwd, check=True):

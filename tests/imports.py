@@ -1,7 +1,8 @@
 """The import graph of a source tree, read with ``ast`` (nothing is imported or run).
 
 Every import counts: module level, inside functions, under ``if TYPE_CHECKING`` and relative ones, because a
-hidden import is still a dependency (of a layer, of a DVC stage). Used by test_layers.py and test_dvc_deps.py.
+hidden import is still a dependency (of a layer, of a DVC stage). Used by project/test_layers.py and
+project/test_dvc_deps.py.
 """
 
 from __future__ import annotations

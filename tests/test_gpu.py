@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from sctab.models.device import cuda_usable, resolve_device, torch_build
 from sctab.models.reference_tabnet import ReferenceTabNet
-from tests.test_tabnet import _reference_forward, _sharp_model, _sparse_data
+from tests.models.test_tabnet import _reference_forward, _sharp_model, _sparse_data
 
 DEVICE = os.environ.get("SCTAB_TEST_GPU_DEVICE", "cuda")
 _REASON = (f"no CUDA device: {torch_build()}" if torch.version.cuda is None else
