@@ -14,7 +14,9 @@ import pandas as pd
 import pytest
 
 from sctab.annotation import AnnotateError
-from sctab.annotation.html_report import Section, build_page, dot_table, label_shares, markdown_html, write_report
+from sctab.annotation.html_render import markdown_html
+from sctab.annotation.html_report import Section, build_page, write_report
+from sctab.annotation.report_tables import dot_table, label_shares
 from sctab.cli import main as cli
 from tests.project.test_dvc_pipeline import CHROMIUM
 
@@ -107,7 +109,7 @@ def test_label_shares_name_each_kind_of_cell():
     assert shares["cells"].tolist() == [2, 1, 1, 1]
     assert shares.index[2] == "'Unassigned': below the minimum probability 0.3 (a coarse label still given)"
     assert shares["share"].tolist() == ["40.0%", "20.0%", "20.0%", "20.0%"]
-    from sctab.annotation.html_report import coarse_labels
+    from sctab.annotation.report_tables import coarse_labels
 
     assert coarse_labels(obs, "k")["cells"].to_dict() == {"lymphocyte": 2}
 
@@ -221,7 +223,7 @@ def test_help_explains_the_options(capsys):
 @pytest.mark.slow  # 23-40 s here (2 shared cores), most of it pynndescent's numba compilation
 def test_neighbours_from_pynndescent_size_on():
     """From 8,192 cells scanpy's kNN goes through pynndescent, whose output scanpy cannot read unwrapped."""
-    from sctab.annotation.html_report import _neighbours
+    from sctab.annotation.report_embedding import _neighbours
     from sctab.annotation.voting import PYNNDESCENT_FROM
 
     a = anndata.AnnData(np.zeros((PYNNDESCENT_FROM, 1), dtype=np.float32))

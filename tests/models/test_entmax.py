@@ -11,7 +11,6 @@ from entmax import sparsemax as ref_sparsemax
 
 from sctab.models.entmax import (
     HINT_QUANTILE,
-    PREFILTER_MIN_N,
     Entmax15,
     SolveInfo,
     entmax15,
@@ -21,6 +20,7 @@ from sctab.models.entmax import (
     sparsemax,
     support_entropy,
 )
+from sctab.models.entmax_solvers import PREFILTER_MIN_N
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

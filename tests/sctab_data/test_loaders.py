@@ -14,7 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from sctab.data.loaders import Batch, LoaderError, MerlinNotInstalled, epoch_plan, make_loader
+from sctab.data.epoch_plan import epoch_plan
+from sctab.data.loaders import Batch, LoaderError, make_loader
+from sctab.data.merlin_loader import MerlinNotInstalled
 from sctab.data.store import Store, StoreError
 
 try:
@@ -366,7 +368,7 @@ def test_read_ahead_threads_run_at_lower_priority(sparse_store):
 
 
 def test_csr_rows_take_and_concat_match_dense():
-    from sctab.data.loaders import CSRRows
+    from sctab.data.csr_rows import CSRRows
 
     rng = np.random.default_rng(0)
     x = np.where(rng.random((50, 30)) < 0.2, rng.random((50, 30)), 0).astype(np.float32)

@@ -8,8 +8,9 @@
                    compare_with="models:/sctab-ensemble@champion")   # + obs sctab_change, uns sctab_changes
 """
 
+from sctab.annotation.annotation_report import AnnotationReport
 from sctab.annotation.annotator import COLUMNS, UNASSIGNED, Annotator
-from sctab.annotation.api import AnnotationReport, annotate, annotate_file
+from sctab.annotation.api import annotate, annotate_file
 from sctab.annotation.bundle import Bundle, write_bundle
 from sctab.annotation.changes import CHANGES, Changes
 from sctab.annotation.compare import AGREEMENT, Comparison

@@ -28,7 +28,9 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from sctab.data.loaders import CSRRows, _SparseGroupReader, make_loader
+from sctab.data.csr_rows import CSRRows
+from sctab.data.group_readers import SparseGroupReader
+from sctab.data.loaders import make_loader
 from sctab.data.store import Store
 
 ANCHORS = ("scdataset", "tiledbsoma_ml", "annbatch")
@@ -55,7 +57,7 @@ class AnchorError(RuntimeError):
 def source_cells(store: Store, split: str = "train") -> tuple[sp.csr_matrix, np.ndarray, list[str]]:
     """The split's cells in store order as (CSR float32 cells x genes, int64 labels, gene ids in order),
     read from the sparse layout (the bytes our sparse loader reads)."""
-    reader = _SparseGroupReader(store, split, ())
+    reader = SparseGroupReader(store, split, ())
     parts = [reader.read(g, None) for g in range(len(reader.split.row_groups))]
     x = CSRRows.concat([p["x"] for p in parts])
     m = sp.csr_matrix((x.values, x.indices, x.indptr), shape=(len(x), store.n_genes))

@@ -13,7 +13,8 @@ import numpy as np
 from sctab.bench.cases.registry import Rates, register
 from sctab.bench.checks import bounded
 from sctab.bench.fixtures import Config, bench_store
-from sctab.data.loaders import SparseStreamLoader, StreamLoader, _GroupReader, make_loader
+from sctab.data.group_readers import GroupReader
+from sctab.data.loaders import SparseStreamLoader, StreamLoader, make_loader
 
 
 def _loader_rate(ld, repeats: int, max_batches: Optional[int] = None) -> Rates:
@@ -48,7 +49,7 @@ class ReadAheadStreamLoader(StreamLoader):
     def _fetch(self, block):
         reader = getattr(self._local, "reader", None)
         if reader is None:  # parquet file handles are not shared between threads
-            reader = self._local.reader = _GroupReader(self.store, self.split_name, self.columns)
+            reader = self._local.reader = GroupReader(self.store, self.split_name, self.columns)
         buf = reader.empty(block.n_rows)
         at = 0
         for g, sel in zip(block.groups, block.select):
