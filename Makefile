@@ -137,7 +137,7 @@ test: venv browser postgres  ## the whole test suite, slow end-to-end tests incl
 test-fast: venv  ## unit tests only
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-# The GPU suite (tests/test_gpu.py, docs/gpu.md): skipped with its reason where torch sees no CUDA device.
+# The GPU suite (tests/models/test_gpu.py, docs/gpu.md): skipped with its reason where torch sees no CUDA device.
 test-gpu: venv  ## the GPU suite (pytest -m gpu): CUDA == CPU, Ray Train on a GPU, XGBoost on CUDA, bf16
 	$(PY) -m pytest -m gpu -rs $(PYTEST_ARGS)
 

@@ -10,7 +10,7 @@ import pandas as pd
 
 from sctab.census.source import open_counts
 from sctab.config import load_params
-from sctab.data.store import write_store
+from sctab.data.store_writer import write_store
 from sctab.ontology import CellOntology
 
 

@@ -124,7 +124,7 @@ def read_counts(census_params):
 @pytest.fixture(scope="session")
 def store_dir(tmp_path_factory, census_params, extraction, split_result, ontology) -> Path:
     from sctab.census.source import open_counts
-    from sctab.data.store import write_store
+    from sctab.data.store_writer import write_store
 
     out = tmp_path_factory.mktemp("store") / "store"
     with open_counts(census_params) as read_counts:  # closed again: later tests fork loader workers

@@ -8,19 +8,9 @@ The user-facing calls are here, imported on first use so ``import sctab`` stays 
 
 __version__ = "0.1.0"
 
+from sctab.lazy import lazy_namespace
+
 _LAZY = {"annotate": "sctab.annotation.api", "annotate_file": "sctab.annotation.api",
          "plot_annotation": "sctab.annotation.plots", "load_annotator": "sctab.annotation.resolve",
          "AnnotateError": "sctab.annotation.errors"}
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'sctab' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
+__getattr__, __dir__, __all__ = lazy_namespace(__name__, _LAZY)

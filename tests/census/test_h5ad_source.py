@@ -22,7 +22,8 @@ from sctab.census.extract import extract
 from sctab.census.filters import FilterError
 from sctab.census.source import open_counts
 from sctab.data.split import SplitError, split_cells
-from sctab.data.store import Store, write_store
+from sctab.data.store import Store
+from sctab.data.store_writer import write_store
 from tests.h5ad_export import RAW_FREE_TEXT, export_datasets
 from tests.paths import PIPELINES
 

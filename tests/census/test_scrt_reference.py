@@ -17,7 +17,8 @@ from sctab.census.scrt import fetch_wheel
 from sctab.census.source import open_counts
 from sctab.config import load_profile
 from sctab.data.split import split_cells
-from sctab.data.store import Store, write_store
+from sctab.data.store import Store
+from sctab.data.store_writer import write_store
 from tests.paths import REPO_ROOT as REPO
 
 CACHE = Path(os.environ.get("SCTAB_TEST_CACHE", REPO / "benchmarks" / ".cache" / "real-data"))

@@ -1,6 +1,6 @@
 """The device policy, the host -> device copy and bf16-mixed precision, checked on whatever this machine has.
 
-The GPU itself is tests/test_gpu.py's; here is what runs anywhere: ``auto`` resolves to what torch can use,
+The GPU itself is tests/models/test_gpu.py's; here is what runs anywhere: ``auto`` resolves to what torch can use,
 ``cuda`` without a usable GPU is an error naming the torch build, settings are validated where params are
 read, Ray gets GPUs only when torch can use them, bf16 autocast trains (on the CPU too) with entmax and the
 losses in float32, and a CSR batch reaches the model as the same values.
@@ -201,7 +201,7 @@ def test_training_on_the_sparse_layout_equals_the_dense_one(census_params, store
     """The full-scale profile's loader: CSR batches densified on the device train exactly as dense batches."""
     import shutil
 
-    from sctab.data.store import write_sparse_layout
+    from sctab.data.store_writer import write_sparse_layout
     from sctab.train.loop import LocalSession, run_training
     from sctab.train.spec import spec_from_params
 

@@ -2,6 +2,7 @@
 
 The order (issue 16), lowest first; packages in one tier are siblings and do not import each other:
 
+    0l  sctab.lazy                                 names of a package imported on first use
     0s  sctab.params_schema                        the typed params sections
     0a  sctab.config, sctab.io, sctab.security     stdlib, yaml, numpy only
     0p  sctab.provenance                           git state, machine and load of a run
@@ -29,6 +30,7 @@ from tests.imports import import_graph, module_files
 from tests.paths import SRC
 
 TIERS: list[tuple[str, tuple[str, ...]]] = [
+    ("0l", ("sctab.lazy",)),
     ("0s", ("sctab.params_schema",)),
     ("0a", ("sctab.allocator", "sctab.config", "sctab.io", "sctab.security")),
     ("0p", ("sctab.provenance",)),

@@ -17,7 +17,8 @@ from sctab.census.source import CensusError, open_counts
 from sctab.config import ConfigError, load_profile
 from sctab.data.normalize import normalize_log1p
 from sctab.data.split import SPLITS, SplitError, split_cells
-from sctab.data.store import Store, StoreError, balanced_class_weights, write_store
+from sctab.data.store import Store, StoreError, balanced_class_weights
+from sctab.data.store_writer import write_store
 
 
 # ----------------------------------------------------------------------------------------- extraction

@@ -313,7 +313,7 @@ def test_merlin_epoch_abandoned_early_stops_its_thread(tmp_path):
 @pytest.fixture(scope="module")
 def sparse_store(store_dir, tmp_path_factory):
     """A copy of the tiny store with the sparse layout written beside the dense parts."""
-    from sctab.data.store import write_sparse_layout
+    from sctab.data.store_writer import write_sparse_layout
 
     root = tmp_path_factory.mktemp("sparse") / "store"
     shutil.copytree(store_dir, root)

@@ -64,7 +64,7 @@ def test_flipped_byte_in_obs_columns_and_var_names_the_file(store_copy):
 
 # ------------------------------------------------------------------ the sparse layout (Arrow IPC) carries digests
 def _sparse_copy(store_copy):
-    from sctab.data.store import write_sparse_layout
+    from sctab.data.store_writer import write_sparse_layout
 
     write_sparse_layout(store_copy)
     return sorted((store_copy / "sparse" / "train").glob("part.*.arrow"))[0]

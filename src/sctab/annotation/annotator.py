@@ -40,7 +40,7 @@ class Annotator:
 
     @property
     def genes(self) -> list[str]:
-        return self.bundle.genes
+        return self.bundle.space.genes
 
     @property
     def threshold(self) -> float:

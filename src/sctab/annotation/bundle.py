@@ -176,14 +176,6 @@ class Bundle:
         return self.classifier.space
 
     @property
-    def members(self) -> list[Classifier]:
-        return self.classifier.members
-
-    @property
-    def genes(self) -> list[str]:
-        return self.space.genes
-
-    @property
     def target_sum(self) -> float:
         return float(self.meta["normalisation"]["target_sum"])
 

@@ -118,5 +118,5 @@ def load_annotator(model: str | Path | None = None, *, trust_pickle: bool = Fals
         # members are in memory now; the folder is only needed for describing where it came from
         bundle.path = Path(text)
     return Annotator(bundle=bundle, uncertainty_threshold=uncertainty_threshold,
-                     description={"model": text, "kind": bundle.kind, "members": len(bundle.members),
-                                  "genes": len(bundle.genes), "classes": bundle.space.n_classes})
+                     description={"model": text, "kind": bundle.kind, "members": len(bundle.classifier.members),
+                                  "genes": len(bundle.space.genes), "classes": bundle.space.n_classes})

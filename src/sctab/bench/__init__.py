@@ -5,18 +5,9 @@
 Names are imported on first use: the cases import torch and the models.
 """
 
-import importlib
+
+from sctab.lazy import lazy_namespace
 
 _LAZY = {"Config": "sctab.bench.fixtures", "REGISTRY": "sctab.bench.cases", "register": "sctab.bench.cases",
          "run_case": "sctab.bench.runner", "make_store": "sctab.bench.synthetic"}
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'sctab.bench' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
+__getattr__, __dir__, __all__ = lazy_namespace(__name__, _LAZY)

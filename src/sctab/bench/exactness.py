@@ -117,7 +117,7 @@ def label_mismatches(labels, expected, ref_probs, tie: float) -> tuple[int, int]
     return int((other & ~near).sum()), int((other & near).sum())
 
 
-#: the device rows' bounds, from docs/gpu.md (what tests/test_gpu.py asserts of CUDA against the CPU):
+#: the device rows' bounds, from docs/gpu.md (what tests/models/test_gpu.py asserts of CUDA against the CPU):
 #: float32 within 1e-4 abs + 1e-4 rel (forward), gradients within 1e-4 abs + 1e-3 rel; bf16-mixed within
 #: 2e-2 abs + 2e-2 rel (forward) and a relative difference of the gradient vector below 2e-2
 DEVICE_BOUNDS = {"32": {"loss": (1e-4, 1e-4), "grad": (1e-4, 1e-3)},

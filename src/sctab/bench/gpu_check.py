@@ -34,7 +34,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[3]
 STAGE = Path(os.environ.get("SCTAB_GPU_STAGE", "/tmp/sctab-gpu"))
-#: what the GPU suite (tests/test_gpu.py, through the fixtures it imports) and the device rows import, beyond torch
+#: what the GPU suite (tests/models/test_gpu.py and the fixtures it imports) and the device rows import besides torch
 REQUIREMENTS = ["numpy>=1.26", "scipy>=1.11", "pandas>=2.0", "pyarrow>=15", "anndata>=0.10", "scikit-learn>=1.4",
                 "tiledbsoma>=1.10", "cellxgene-ontology-guide>=1.0", "pronto>=2.5", "mlflow>=3.0,<4",
                 "ray[default,train,tune]>=2.40", "optuna>=4", "xgboost>=2.0", "entmax>=1.3", "pyyaml>=6",
@@ -227,7 +227,7 @@ def run(results: Path, site: Path | None, device: str, quick: bool, python: str)
         (results / "nvidia.txt").write_text(subprocess.run([smi], capture_output=True, text=True).stdout)
     with open(results / "gpu-tests.log", "w") as log:
         tests = subprocess.run([python, "-m", "pytest", "-m", "gpu", "-rs", "-v", "-p", "no:cacheprovider",
-                                "tests/test_gpu.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+                                "tests/models/test_gpu.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     rows = ["device_loader", "device_train_step", "device_train_step_bf16", "device_inference", "device_annotate",
             "device_train_e2e"]
     bench = [python, "benchmarks/run.py", "--device", device, "--cases", *rows,

@@ -23,6 +23,11 @@ from sctab.allocator import heap_stats, keep_freed_memory, mode, release_freed_m
 from sctab.bench.runner import REPO
 from sctab.provenance import RunRecord, machine_text
 
+#: `--help`'s description
+DESCRIPTION = ("Repeated evaluation passes of one model over one split: after each pass the RSS and "
+               "glibc's heaps (held, free inside them, in use), then the RSS once the free memory is returned. Shows "
+               "whether a process's memory grows with the cells it evaluates or reaches a steady state.")
+
 MIB = 2**20
 
 
@@ -95,11 +100,7 @@ def run(args) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="benchmarks/eval_heap.py",
-        description="Repeated evaluation passes of one model over one split: after each pass the RSS and "
-        "glibc's heaps (held, free inside them, in use), then the RSS once the free memory is returned. Shows "
-        "whether a process's memory grows with the cells it evaluates or reaches a steady state.")
+    p = argparse.ArgumentParser(prog="benchmarks/eval_heap.py", description=DESCRIPTION)
     p.add_argument("--model", help="a model folder (models/<kind>/...; an ensemble's first member); default: "
                    "the bench's trained 19,331-gene TabNet")
     p.add_argument("--store", help="the store the model folder was trained on (with --model)")

@@ -35,6 +35,11 @@ from sctab.bench.scale.measure import stage_env, stop_leftovers
 from sctab.config import ConfigError, update_params_file
 from sctab.provenance import RunRecord, machine_text
 
+#: `--help`'s description
+DESCRIPTION = ("Real-data reference suite: each set through `sctab params --profile reference` + "
+               "`dvc repro evaluate` in a throw-away workspace, test macro F1 per model (mean ± sd over "
+               "seeds), the validation ranking and validation curves -> benchmarks/results/references-*.md")
+
 RESULTS = REPO / "benchmarks" / "results"
 MODELS = ("sctab", "mlp", "linear", "xgboost", "celltypist")
 #: the ensemble counts as holding its place when its mean test F1 is at most this far below the best other model's
@@ -345,11 +350,7 @@ def plot(results: list[dict], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="benchmarks/references.py",
-        description="Real-data reference suite: each set through `sctab params --profile reference` + "
-                    "`dvc repro evaluate` in a throw-away workspace, test macro F1 per model (mean ± sd over "
-                    "seeds), the validation ranking and validation curves -> benchmarks/results/references-*.md")
+    p = argparse.ArgumentParser(prog="benchmarks/references.py", description=DESCRIPTION)
     p.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS), help="sets to run (default: all)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per set (default %(default)s)")
     p.add_argument("--cells", type=int, nargs="+", default=[0],

@@ -32,6 +32,11 @@ from sctab.bench.roofline import higher, measure_peaks, roofline_rows, roofline_
 from sctab.bench.synthetic import make_store, store_stats
 from sctab.provenance import RunRecord, allocator_text, machine_text
 
+#: `--help`'s description
+DESCRIPTION = ("Loader and scTab throughput against in-run baselines (issue 7): prints a markdown table "
+               "(medians over repeats, baseline, ratio, target, peak RSS) and writes it to "
+               "benchmarks/results/<date>.md. Synthetic 10x-like stores are built once under --cache.")
+
 REPO = Path(__file__).resolve().parents[3]
 MERLIN_PY = REPO / ".venv-merlin" / "bin" / "python"
 
@@ -219,11 +224,7 @@ def table(rows: list[dict], cfg: Config, header: str = "") -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="benchmarks/run.py",
-        description="Loader and scTab throughput against in-run baselines (issue 7): prints a markdown table "
-        "(medians over repeats, baseline, ratio, target, peak RSS) and writes it to benchmarks/results/<date>.md. "
-        "Synthetic 10x-like stores are built once under --cache.")
+    p = argparse.ArgumentParser(prog="benchmarks/run.py", description=DESCRIPTION)
     p.add_argument("--quick", action="store_true", help="tiny shapes and few repeats: a smoke run in seconds")
     p.add_argument("--cases", nargs="*", default=None, help=f"subset of cases (default all: {', '.join(REGISTRY)})")
     p.add_argument("--repeats", type=int, default=None, help="repeats per figure (default 5, quick 3; the annotate "

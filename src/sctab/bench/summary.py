@@ -20,6 +20,11 @@ import numpy as np
 
 from sctab.bench.runner import REPO, _fmt, _ratio, target_text
 
+#: `--help`'s description
+DESCRIPTION = ("Summarise several `make bench` runs (their .json records) into one table: median, min and "
+               "max of the runs' medians per row, the median ratio to the same-run baseline, target and met (the "
+               "median over runs meets the target and every run's checks passed).")
+
 RESULTS = REPO / "benchmarks" / "results"
 
 
@@ -150,11 +155,7 @@ def render(runs: list[dict], summary: list[dict], command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="benchmarks/summarize.py",
-        description="Summarise several `make bench` runs (their .json records) into one table: median, min and "
-        "max of the runs' medians per row, the median ratio to the same-run baseline, target and met (the "
-        "median over runs meets the target and every run's checks passed).")
+    p = argparse.ArgumentParser(prog="benchmarks/summarize.py", description=DESCRIPTION)
     p.add_argument("runs", nargs="*", type=Path, help="run records (.json beside each results file); default: "
                    "the --last newest full runs in benchmarks/results")
     p.add_argument("--last", type=int, default=3, help="how many newest runs when none are named (default 3)")

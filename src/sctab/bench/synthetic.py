@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 
 from sctab.data.normalize import normalize_log1p
-from sctab.data.store import PartWriter, write_frame, write_sparse_layout, x_list_array
+from sctab.data.store_writer import PartWriter, write_frame, write_sparse_layout, x_list_array
 from sctab.io import atomic_dir
 
 VERSION = 1  # bump when the generator changes: cached stores are keyed by it

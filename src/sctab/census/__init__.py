@@ -10,7 +10,8 @@ donor to SOMA: sctab.census.streaming).
 Names are imported on first use, so that ``import sctab.census.filters`` does not load tiledbsoma or anndata.
 """
 
-import importlib
+
+from sctab.lazy import lazy_namespace
 
 _LAZY = {
     "CensusError": "sctab.census.source", "OBS_COLUMNS": "sctab.census.source", "VAR_COLUMNS": "sctab.census.source",
@@ -31,14 +32,4 @@ _LAZY = {
     "scaled_to_cells": "sctab.census.synthetic", "expected_cells": "sctab.census.synthetic",
     "write_census_streaming": "sctab.census.streaming", "census_layout": "sctab.census.streaming",
 }
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'sctab.census' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
+__getattr__, __dir__, __all__ = lazy_namespace(__name__, _LAZY)

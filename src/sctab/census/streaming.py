@@ -26,19 +26,21 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from sctab.census.synthetic import (
-    COARSE_T,
-    DEV_STAGES,
-    OTHER_ASSAYS,
-    SINGLE_DATASET_TYPES,
-    TENX_ASSAYS,
     SyntheticCensusConfig,
-    TissueSpec,
     _add_dataframe,
     _Context,
     _context,
     _donor_start,
     _term_rng,
     _uuid_like,
+)
+from sctab.census.synthetic_catalog import (
+    COARSE_T,
+    DEV_STAGES,
+    OTHER_ASSAYS,
+    SINGLE_DATASET_TYPES,
+    TENX_ASSAYS,
+    TissueSpec,
 )
 from sctab.io import atomic_dir
 

@@ -9,14 +9,15 @@ the augmentation vectors and the PCA embedding of the XGBoost baseline.
 Names are imported on first use, so that ``import sctab.data.split`` does not load torch or scikit-learn.
 """
 
-import importlib
+
+from sctab.lazy import lazy_namespace
 
 _LAZY = {
     "SPLITS": "sctab.data.split", "Split": "sctab.data.split", "SplitError": "sctab.data.split",
     "split_cells": "sctab.data.split",
     "normalize_log1p": "sctab.data.normalize",
     "Store": "sctab.data.store", "StoreError": "sctab.data.store", "balanced_class_weights": "sctab.data.store",
-    "write_sparse_layout": "sctab.data.store", "write_store": "sctab.data.store",
+    "write_sparse_layout": "sctab.data.store_writer", "write_store": "sctab.data.store_writer",
     "label_rows": "sctab.data.subsets", "train_rows": "sctab.data.subsets",
     "Batch": "sctab.data.loaders", "LoaderError": "sctab.data.loaders", "make_loader": "sctab.data.loaders",
     "AugmentError": "sctab.data.augment", "Augmenter": "sctab.data.augment",
@@ -25,14 +26,4 @@ _LAZY = {
     "PCAError": "sctab.data.pca", "PCAModel": "sctab.data.pca", "load_embedding": "sctab.data.pca",
     "write_pca": "sctab.data.pca",
 }
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'sctab.data' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
+__getattr__, __dir__, __all__ = lazy_namespace(__name__, _LAZY)

@@ -23,7 +23,7 @@ Each chunk's product is a float32 SYRK added to a float64 sum. Measured against 
 and 3e-7 for all 256, the explained variance ratio total within 1e-8, every |cos| between components 1.0000000;
 the float64 product is 2x slower (20.7 s against 10.6 s per 4,096 x 19,331 chunk on one core). The shift
 matters: without it the same float32 products were off by 8e-6 in the top eigenvalues, and a gene whose mean
-is large against its spread would lose its variance (tests/test_pca.py: mean 1e3, sd 1e-2).
+is large against its spread would lose its variance (tests/sctab_data/test_pca.py: mean 1e3, sd 1e-2).
 
 Memory is flat in cells: the float64 Gram matrix (n_genes^2 x 8 B), the float32 chunk product (n_genes^2 x
 4 B), one chunk (batch_size x n_genes x 4 B) and one row group; at 19,331 genes and 4,096 rows 2.8 + 1.4 +

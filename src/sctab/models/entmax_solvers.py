@@ -236,6 +236,17 @@ def _attempt_bounded(x: torch.Tensor, kind: str, cap: int):
     return rows, idx, p, support
 
 
+
+def _put_support(supports: torch.Tensor | None, rows: torch.Tensor | None, support: torch.Tensor) -> None:
+    """Write the support sizes of the solved rows (all of them when ``rows`` is None) into ``supports``."""
+    if supports is None:
+        return
+    if rows is None:
+        supports.copy_(support.squeeze(-1))
+    else:
+        supports[rows] = support.squeeze(-1)
+
+
 def solve_topk(x: torch.Tensor, kind: str, k: int, info: Optional[SolveInfo], materialize: bool = True,
                 prefilter: bool = True):
     """Bound and top-k solver with exact per-row fallback (``materialize=False``: no dense output, out is None
@@ -258,11 +269,7 @@ def solve_topk(x: torch.Tensor, kind: str, k: int, info: Optional[SolveInfo], ma
     def record(sel_rows, sel_idx, sel_p, support, attempt):
         nonlocal out, max_support
         max_support = max(max_support, int(support.max()))
-        if supports is not None:
-            if sel_rows is None:
-                supports.copy_(support.squeeze(-1))
-            else:
-                supports[sel_rows] = support.squeeze(-1)
+        _put_support(supports, sel_rows, support)
         if out is None and materialize:
             out = x.new_zeros(B, n)
         if sel_rows is None:
@@ -317,11 +324,7 @@ def solve_topk(x: torch.Tensor, kind: str, k: int, info: Optional[SolveInfo], ma
     if xr.shape[0] > 0:  # exact fallback: full sort of the remaining rows only
         p_dense, support = solve_sort(xr, kind)
         max_support = max(max_support, int(support.max()))
-        if supports is not None:
-            if rows is None:
-                supports.copy_(support.squeeze(-1))
-            else:
-                supports[rows] = support.squeeze(-1)
+        _put_support(supports, rows, support)
         if rows is None:  # no attempt solved anything
             out = p_dense
         elif materialize:

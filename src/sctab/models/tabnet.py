@@ -15,7 +15,7 @@ scTab checkpoints load with ``strict=True`` (see
 * ``final_mapping``: Linear(n_d -> classes, no bias).
 
 Fast paths (each checked against the independent plain model, ``reference_tabnet.ReferenceTabNet``, in
-tests/test_tabnet.py and tests/test_reference_tabnet.py):
+tests/models/test_tabnet.py and tests/models/test_reference_tabnet.py):
 
 * masks by the exact top-k 1.5-entmax (``entmax.py``) instead of a full sort of 19,331 scores per cell;
 * the masked input ``M * x`` consumed sparsely by the first Linear (``MaskedInput``; the inputs and the

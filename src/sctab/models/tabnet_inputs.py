@@ -9,7 +9,7 @@ genes lives here:
 * ``WeightTCache``: the transposed first-layer weights, made once per weight version for inference;
 * ``csr_to_dense``: scipy's densify of a CSR batch on the CPU.
 
-Each is checked against the reference TabNet (tests/test_tabnet.py, tests/test_reference_tabnet.py).
+Each is checked against the reference TabNet (tests/models/test_tabnet.py, tests/models/test_reference_tabnet.py).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ a link is, so:
   sub-cellular "cell parts", e.g. CL:0017503 basophilic cytoplasm is_a GO cytoplasm part_of cell,
   whose only CL ancestor is CL:0000000 at distance 3) get a ``relationship: ancestor_via_non_cl X``
   to the most specific such ancestors, so the closure of is_a plus that relation equals the bundled
-  ancestor sets exactly, for every term (checked by tests/test_ontology.py).
+  ancestor sets exactly, for every term (checked by tests/ontology/test_ontology.py).
 
 Deprecated terms have no ancestors in the bundle; they keep ``is_obsolete`` and, when it is a CL
 term, ``replaced_by`` so callers can follow them (CL:0000003 "native cell" is obsolete in every

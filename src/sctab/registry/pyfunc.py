@@ -39,7 +39,7 @@ class SctabAnnotatorModel(mlflow.pyfunc.PythonModel):
         bundle = Bundle.load(context.artifacts[BUNDLE], trust_pickle=True,
                              device=os.environ.get(DEVICE_ENV, "auto"))
         self.annotator = Annotator(bundle=bundle)
-        self.position = {g: i for i, g in enumerate(bundle.genes)}
+        self.position = {g: i for i, g in enumerate(bundle.space.genes)}
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         counts = request_counts(model_input, self.annotator.genes, self.position)

@@ -124,7 +124,7 @@ def register_folder(folder: str | Path, name: str, *, class_ids: dict[str, str],
                                          max_cells=threshold_max_cells)
             bundle.meta = update_meta(bdir, min_probability=floor)
         md5 = bundle.md5()
-        tags = lineage_tags(params, model_kind=bundle.kind, members=len(bundle.members))
+        tags = lineage_tags(params, model_kind=bundle.kind, members=len(bundle.classifier.members))
         card_kw = _card_inputs(name, bundle, class_ids, params, tags, store, training, report, test_f1, floor)
         card_kw["ranking"] = ranking
         old = _existing_version(c, name, md5)
@@ -143,8 +143,8 @@ def register_folder(folder: str | Path, name: str, *, class_ids: dict[str, str],
                          "min_probability_reached": str(floor["reached"]).lower()})
         tags.update({k: str(v) for k, v in (extra_tags or {}).items()})
         with fluent_uris(), tracked_run(EXPERIMENT, name=f"register {name}", params=params, tags=tags) as run:
-            run.log_params({"model_folder": str(folder), "kind": bundle.kind, "members": len(bundle.members),
-                            "genes": len(bundle.genes), "classes": bundle.space.n_classes,
+            run.log_params({"model_folder": str(folder), "kind": bundle.kind, "members": len(bundle.classifier.members),
+                            "genes": len(bundle.space.genes), "classes": bundle.space.n_classes,
                             "uncertainty_threshold": bundle.fallback["uncertainty_threshold"],
                             **({"min_probability": floor["value"],
                                 "min_probability_precision": floor["precision_target"]} if floor else {})})
@@ -225,7 +225,7 @@ def _card_inputs(name: str, bundle: Bundle, class_ids: dict, params: dict, tags:
         training = training_data(store, tags["data_version"])
     if report is None:
         report = ModelReport(metrics=None if test_f1 is None else {"test_f1_macro": float(test_f1)})
-    kw = {"kind": bundle.kind, "members": len(bundle.members), "classes": list(bundle.space.classes),
+    kw = {"kind": bundle.kind, "members": len(bundle.classifier.members), "classes": list(bundle.space.classes),
           "class_ids": class_ids, "genes": bundle.space.var, "params": params, "data": training, "report": report,
           "min_probability": floor, "git_commit": tags["git_commit"]}
     try:

@@ -22,13 +22,13 @@ from sctab.models.reference_tabnet import ReferenceTabNet
 @contextlib.contextmanager
 def reference_members(ann):
     """The annotator's members swapped for the reference TabNet with their weights (restored on exit)."""
-    fast = [m.module for m in ann.bundle.members]
-    for m in ann.bundle.members:
+    fast = [m.module for m in ann.bundle.classifier.members]
+    for m in ann.bundle.classifier.members:
         m.module = ReferenceTabNet.like(m.module)
     try:
         yield ann
     finally:
-        for m, module in zip(ann.bundle.members, fast):
+        for m, module in zip(ann.bundle.classifier.members, fast):
             m.module = module
 
 
@@ -40,7 +40,7 @@ def _annotate_exactness(ann, h5ad: Path, written: Path, n: int) -> dict:
     from sctab.data.normalize import normalize_log1p
 
     counts = anndata.read_h5ad(h5ad, backed="r")[:n].to_memory().X  # the bundle's genes, in its order
-    members = [m.module for m in ann.bundle.members]
+    members = [m.module for m in ann.bundle.classifier.members]
     probs = {}
     with one_thread():  # see one_thread(): the check does not move with the machine's load
         probs[True] = torch.from_numpy(ann.predict_block(counts)[0])
@@ -114,7 +114,7 @@ def _annotate_work(cfg: Config, ann, h5ad: Path, out: Path, n: int) -> dict:
         anndata.read_h5ad(h5ad, backed="r")[:n].to_memory().write_h5ad(head)
     work = count_work(lambda: annotate_file(head, out, ann, batch_size=cfg.batch_size, progress=False), n)
     out.unlink(missing_ok=True)
-    return {**work, "what": f"torch ops of {len(ann.bundle.members)} members on {n:,} cells (file I/O and "
+    return {**work, "what": f"torch ops of {len(ann.bundle.classifier.members)} members on {n:,} cells (file I/O and "
                             "normalisation in numpy not counted)"}
 
 

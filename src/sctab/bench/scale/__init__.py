@@ -43,16 +43,17 @@ from sctab.bench.scale.sizes import (
 )
 from sctab.provenance import RunRecord, machine_text
 
+#: `--help`'s description
+DESCRIPTION = ("Scale curve (make bench-scale): run every stage of dvc.yaml on the embedded census at several "
+               "sizes, record each stage's wall time and the peak RSS of its whole process tree, fit how both grow "
+               "with cells, flag what grows too fast and extrapolate to the paper's census (22.2 M cells) and the "
+               "nodes of infra/ray/cluster.yaml. Writes benchmarks/results/scale-<date>.md, .csv and .png.")
+
 __all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="benchmarks/scale.py",
-        description="Scale curve (make bench-scale): run every stage of dvc.yaml on the embedded census at several "
-        "sizes, record each stage's wall time and the peak RSS of its whole process tree, fit how both grow with "
-        "cells, flag what grows too fast and extrapolate to the paper's census (22.2 M cells) and the nodes of "
-        "infra/ray/cluster.yaml. Writes benchmarks/results/scale-<date>.md, .csv and .png.")
+    p = argparse.ArgumentParser(prog="benchmarks/scale.py", description=DESCRIPTION)
     p.add_argument("--sizes", default=None, help=f"comma-separated sizes: x<factor> scales the profile's cells per "
                    f"donor, c<cells> (e.g. c500k) sizes the census to about that many cells as `sctab params --cells` "
                    f"does, @<genes> after either also sets the genes (default {DEFAULT_SIZES}; quick {QUICK_SIZES}; "
