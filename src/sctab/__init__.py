@@ -13,4 +13,5 @@ from sctab.lazy import lazy_namespace
 _LAZY = {"annotate": "sctab.annotation.api", "annotate_file": "sctab.annotation.api",
          "plot_annotation": "sctab.annotation.plots", "load_annotator": "sctab.annotation.resolve",
          "AnnotateError": "sctab.annotation.errors"}
-__getattr__, __dir__, __all__ = lazy_namespace(__name__, _LAZY)
+__all__ = sorted(_LAZY)
+__getattr__, __dir__ = lazy_namespace(__name__, _LAZY)

@@ -12,8 +12,9 @@ import sys
 from typing import Callable
 
 
-def lazy_namespace(package: str, names: dict[str, str]) -> tuple[Callable, Callable, list[str]]:
-    """``(__getattr__, __dir__, __all__)`` for ``package``, whose public ``names`` map to their modules."""
+def lazy_namespace(package: str, names: dict[str, str]) -> tuple[Callable, Callable]:
+    """``(__getattr__, __dir__)`` for ``package``, whose public ``names`` map to their modules (the package's
+    ``__all__`` lists them too)."""
 
     def __getattr__(name: str):
         if name in names:
@@ -23,4 +24,4 @@ def lazy_namespace(package: str, names: dict[str, str]) -> tuple[Callable, Calla
     def __dir__() -> list[str]:
         return sorted(set(vars(sys.modules[package])) | set(names))
 
-    return __getattr__, __dir__, sorted(names)
+    return __getattr__, __dir__

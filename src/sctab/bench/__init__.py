@@ -10,4 +10,5 @@ from sctab.lazy import lazy_namespace
 
 _LAZY = {"Config": "sctab.bench.fixtures", "REGISTRY": "sctab.bench.cases", "register": "sctab.bench.cases",
          "run_case": "sctab.bench.runner", "make_store": "sctab.bench.synthetic"}
-__getattr__, __dir__, __all__ = lazy_namespace(__name__, _LAZY)
+__all__ = sorted(_LAZY)
+__getattr__, __dir__ = lazy_namespace(__name__, _LAZY)

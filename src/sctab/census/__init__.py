@@ -32,4 +32,5 @@ _LAZY = {
     "scaled_to_cells": "sctab.census.synthetic", "expected_cells": "sctab.census.synthetic",
     "write_census_streaming": "sctab.census.streaming", "census_layout": "sctab.census.streaming",
 }
-__getattr__, __dir__, __all__ = lazy_namespace(__name__, _LAZY)
+__all__ = sorted(_LAZY)
+__getattr__, __dir__ = lazy_namespace(__name__, _LAZY)

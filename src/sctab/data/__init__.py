@@ -26,4 +26,5 @@ _LAZY = {
     "PCAError": "sctab.data.pca", "PCAModel": "sctab.data.pca", "load_embedding": "sctab.data.pca",
     "write_pca": "sctab.data.pca",
 }
-__getattr__, __dir__, __all__ = lazy_namespace(__name__, _LAZY)
+__all__ = sorted(_LAZY)
+__getattr__, __dir__ = lazy_namespace(__name__, _LAZY)
