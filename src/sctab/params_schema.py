@@ -192,7 +192,7 @@ class XGBoostParams:
     eta: float = 0.05                                    # paper
     subsample: float = 0.75                              # paper
     max_depth: int = 10                                  # paper
-    early_stopping_rounds: int = 10                      # paper
+    early_stopping_rounds: Optional[int] = 10            # paper; null: no early stopping
     tree_method: str = "hist"
     device: str = "auto"
     nthread: int = 1
@@ -429,7 +429,12 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     raise ConfigError(f"{where} must be {_name(tp)}, got {value!r}")
 
 
+_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
 def _name(tp: Any) -> str:
+    if tp in _WORDS:
+        return _WORDS[tp]
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 

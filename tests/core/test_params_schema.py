@@ -29,12 +29,12 @@ def test_params_yaml_builds_typed(tmp_path):
 
 @pytest.mark.parametrize("path, value, message", [
     (("models", "sctab", "lrr"), 0.1, r"params.models.sctab: unknown key\(s\) lrr"),
-    (("split", "seed"), "one", r"params.split.seed must be int"),
+    (("split", "seed"), "one", r"params.split.seed must be an integer"),
     (("split", "by"), "lane", r"params.split.by must be one of donor, cell"),
-    (("store", "target_sum"), True, r"params.store.target_sum must be float"),
+    (("store", "target_sum"), True, r"params.store.target_sum must be a number"),
     (("filters", "assays"), "10x", r"params.filters.assays must be a list"),
     (("registry", "champion"), "mlp", r"params.registry.champion must be one of best, sctab"),
-    (("tune", "in_dag"), "yes", r"params.tune.in_dag must be bool"),
+    (("tune", "in_dag"), "yes", r"params.tune.in_dag must be true or false"),
 ])
 def test_a_bad_key_names_its_path(path, value, message):
     raw = yaml.safe_load((PROFILES_DIR / "tiny.yaml").read_text())
