@@ -47,7 +47,7 @@ def check_precision(value: Any, where: str = "precision") -> str:
     raise ConfigError(f"{where} must be one of {', '.join(PRECISIONS)}, got {value!r}")
 
 
-def check_settings(params: dict[str, Any], source: str = "params") -> None:
+def check_settings(params: Params | dict[str, Any], source: str = "params") -> None:
     """The device and precision settings of a params file, checked before any stage starts (the schema checks
     their types; these their values)."""
     try:
@@ -89,8 +89,8 @@ def load_params(path: str | os.PathLike = "params.yaml") -> dict[str, Any]:
     missing = [s for s in REQUIRED_SECTIONS if s not in params]
     if missing:
         raise ConfigError(f"parameter file {path} lacks section(s): {', '.join(missing)}")
-    build_params(params, str(path))  # every key known and of its type (sctab.params_schema)
-    check_settings(params, str(path))
+    typed = build_params(params, str(path))  # every key known and of its type (sctab.params_schema)
+    check_settings(typed, str(path))
     return params
 
 

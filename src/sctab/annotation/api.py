@@ -28,7 +28,7 @@ from sctab.annotation.errors import AnnotateError
 from sctab.annotation.inputs import check_input, file_graph, file_obs, open_h5, read_errors, read_legacy
 from sctab.annotation.outputs import OUTPUT_SUFFIXES, add_to_adata, write_file
 from sctab.annotation.predict import annotate_cells
-from sctab.annotation.settings import cluster_column, settle, user_labels
+from sctab.annotation.settings import cluster_column, settle_call, user_labels
 from sctab.census.counts import LegacyH5ad, adata_matrices, choose_matrix, h5ad_matrices
 
 __all__ = ["AnnotationReport", "annotate", "annotate_file"]
@@ -76,12 +76,7 @@ def annotate(adata, model=None, *, layer: str | None = None, gene_column: str | 
     if not isinstance(adata, anndata.AnnData):
         raise AnnotateError(f"annotate expects an AnnData, got {type(adata).__name__}; for a file use "
                             f"annotate_file or `sctab annotate`")
-    s = settle(model, trust_pickle=trust_pickle, uncertainty_threshold=uncertainty_threshold,
-               min_probability=min_probability, restrict_to=restrict_to, majority_voting=majority_voting,
-               over_clustering=over_clustering, resolution=resolution, min_prop=min_prop, ontology=ontology,
-               compare_with=compare_with, gene_column=gene_column, min_gene_coverage=min_gene_coverage,
-               batch_size=batch_size, progress=progress, probabilities=probabilities, compare_labels=compare_labels,
-               label_map=label_map)
+    s = settle_call(model, locals())
     t0 = time.perf_counter()
     user, onto = user_labels(adata.obs, compare_labels, s.ann, label_map, s.ontology, "the AnnData")
     clusters = cluster_column(adata.obs, s.voting.column, "the AnnData") if s.voting and s.voting.column else None
@@ -117,12 +112,7 @@ def annotate_file(input: str | Path, output: str | Path, model=None, *, layer: s
     if out.suffix not in OUTPUT_SUFFIXES:
         raise AnnotateError(f"output {out} must end in one of {', '.join(OUTPUT_SUFFIXES)}")
     check_input(src)
-    s = settle(model, trust_pickle=trust_pickle, uncertainty_threshold=uncertainty_threshold,
-               min_probability=min_probability, restrict_to=restrict_to, majority_voting=majority_voting,
-               over_clustering=over_clustering, resolution=resolution, min_prop=min_prop, ontology=ontology,
-               compare_with=compare_with, gene_column=gene_column, min_gene_coverage=min_gene_coverage,
-               batch_size=batch_size, progress=progress, probabilities=probabilities, compare_labels=compare_labels,
-               label_map=label_map)
+    s = settle_call(model, locals())
     voting, where = s.voting, str(src)
     t0 = time.perf_counter()
     legacy = clusters = graph = None

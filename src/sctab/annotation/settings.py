@@ -5,6 +5,7 @@ nothing is written. Both entry points share this so that they refuse the same th
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -58,6 +59,16 @@ def settle(model, *, trust_pickle: bool, uncertainty_threshold, min_probability,
                     gene_column=gene_column, min_gene_coverage=min_gene_coverage, batch_size=batch_size,
                     progress=progress, probabilities=probabilities, compare_labels=compare_labels,
                     label_map=label_map)
+
+
+#: the options of ``annotate`` and ``annotate_file`` that :func:`settle` checks (its keyword arguments)
+SETTLE_OPTIONS = tuple(inspect.signature(settle).parameters)[1:]
+
+
+def settle_call(model, options: dict) -> Settings:
+    """:func:`settle` with the options picked from ``options`` (an entry point's ``locals()``), so that both
+    entry points pass the same list."""
+    return settle(model, **{k: options[k] for k in SETTLE_OPTIONS})
 
 
 def as_annotator(model, trust_pickle: bool, uncertainty_threshold, min_probability=None,
