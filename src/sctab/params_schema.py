@@ -174,6 +174,7 @@ class NeuralModelParams:
     patience: Optional[int] = None
     max_steps: Optional[int] = None                      # a budget in optimiser steps instead of epochs
     min_steps: int = 0
+    max_epochs: Optional[int] = None                     # caps max_steps in epochs (min_steps in proportion)
     val_smoothing: float = 0.0
     warmup_steps: int = 0
     augment: bool = False                                # paper: scTab and MLP with augmentation
@@ -182,6 +183,9 @@ class NeuralModelParams:
     def __post_init__(self):
         if self.epochs is not None and self.max_steps is not None:
             raise ConfigError("give either epochs or max_steps (a budget in optimiser steps), not both")
+        if self.max_epochs is not None and self.max_steps is None:
+            raise ConfigError("max_epochs caps a step budget (max_steps), and there is none; with an epoch count, "
+                              "set epochs instead")
 
 
 @dataclass(frozen=True)

@@ -67,7 +67,8 @@ def test_train_stage_console(census_params, store_dir, tmp_path):
     assert not [n for n in NOISE if n in out], out
     assert re.search(r"Ray dashboard: http://127\.0\.0\.1:\d+", out), out
     assert len(re.findall(r"\[linear seed 0\] epoch \d+:", out)) == 3, out
-    unexpected = [line for line in out.strip().splitlines() if line.strip() and not any(re.search(p, line) for p in EXPECTED)]
+    unexpected = [line for line in out.strip().splitlines()
+                  if line.strip() and not any(re.search(p, line) for p in EXPECTED)]
     assert not unexpected, out
     r = _train(tmp_path, store_dir, params, uri, SCTAB_LOG="debug")
     out = r.stdout + r.stderr

@@ -149,6 +149,38 @@ def test_a_step_budget_sets_the_epochs_from_the_train_rows(census_params, store_
         spec_from_params(p, "linear", max_steps=0)
 
 
+def test_max_epochs_caps_a_step_budget_and_min_steps_in_proportion(census_params, store_dir, augment_dir, tmp_path,
+                                                                    torch_one_thread):
+    """models.<m>.max_epochs: on few train cells a step budget is at most that many epochs, and min_steps keeps
+    its share of the run (the reference profiles: 3,000 / 1,500 steps become 800 / 400 on 222 cells)."""
+    n = Store(store_dir).split("train").n_rows
+    spe = -(-n // 64)
+    frozen = dict(model="linear", batch_size=64, patience=1, lr=1e-12, max_steps=10 * spe,
+                  min_steps=8 * spe)
+    capped = _spec(census_params, store_dir, augment_dir, max_epochs=5, **frozen)
+    assert (capped.epochs_for(n), capped.min_steps_for(n)) == (5, 4 * spe)
+    spe2 = -(-n // 128)  # two workers: half the steps an epoch, the same 4/5 share held
+    assert (capped.epochs_for(n, world_size=2), capped.min_steps_for(n, world_size=2)) == (5, 4 * spe2)
+    assert capped.with_(max_epochs=50).min_steps_for(n) == 8 * spe  # a cap above the budget changes nothing
+    # a model that cannot improve stops once patience and the (cut) min_steps allow: epoch 3, not epoch 7
+    held = run_training(_spec(census_params, store_dir, augment_dir, **frozen),
+                        LocalSession(tmp_path / "a", device="cpu"))["history"]
+    cut = run_training(capped, LocalSession(tmp_path / "b", device="cpu"))["history"]
+    assert (len(held), len(cut)) == (8, 4)
+    with pytest.raises(ConfigError, match="max_epochs must be a positive integer"):
+        capped.with_(max_epochs=0)
+    with pytest.raises(ConfigError, match="max_epochs caps a step budget"):
+        _spec(census_params, store_dir, augment_dir, model="linear", max_epochs=5)
+    p = copy.deepcopy(census_params)
+    del p["models"]["linear"]["epochs"]
+    p["models"]["linear"]["max_epochs"] = 5
+    with pytest.raises(ConfigError, match="max_epochs caps a step budget"):
+        spec_from_params(p, "linear")
+    p["models"]["linear"]["max_steps"] = 100
+    assert spec_from_params(p, "linear").max_epochs == 5
+    assert spec_from_params(p, "linear", epochs=4).max_epochs is None  # an experiment's epochs drop the budget
+
+
 def test_small_reference_settings_warm_up_smooth_and_hold_early_stopping(census_params, store_dir, augment_dir,
                                                                           tmp_path, torch_one_thread):
     """warmup_steps scales the lr per step without moving StepLR; val_smoothing is an EMA of the validation F1

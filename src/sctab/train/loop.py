@@ -178,9 +178,13 @@ def run_training(spec: TrainSpec, session: Session, logger: EpochLogger | None =
     metrics: dict = history[-1] if history else {}
     n_train = len(rows) if rows is not None else store.split("train").n_rows
     n_epochs = spec.epochs_for(n_train, world)  # a step budget (max_steps) becomes epochs over these rows
+    min_steps = spec.min_steps_for(n_train, world)
     if rank == 0 and spec.max_steps is not None and start_epoch == 0:
+        capped = n_epochs * spec.steps_per_epoch(n_train, world) < spec.max_steps
         print(f"{spec.model}: budget of {spec.max_steps:,} optimiser steps = {n_epochs} epochs over "
-              f"{n_train:,} train cells (batch {spec.batch_size})", flush=True)
+              f"{n_train:,} train cells (batch {spec.batch_size})"
+              + (f"; capped at max_epochs {spec.max_epochs} ({n_epochs * spec.steps_per_epoch(n_train, world):,} "
+                 f"steps, early stopping from step {min_steps:,})" if capped else ""), flush=True)
     for epoch in range(start_epoch, n_epochs):
         train_loader.set_epoch(epoch)
         gen = torch.Generator(device=device).manual_seed(spec.seed * 1_000_003 + epoch * 1_009 + rank)
@@ -231,7 +235,7 @@ def run_training(spec: TrainSpec, session: Session, logger: EpochLogger | None =
             "best_val_f1_macro": best["f1"], "best_epoch": best["epoch"], "val_f1_smoothed": smoothed, "step": step,
         }
         history.append(metrics)
-        stop = spec.patience is not None and epoch - best["epoch"] >= spec.patience and step >= spec.min_steps
+        stop = spec.patience is not None and epoch - best["epoch"] >= spec.patience and step >= min_steps
         with tempfile.TemporaryDirectory(prefix="sctab-ckpt-") as tmp:
             ckpt = None
             if rank == 0:

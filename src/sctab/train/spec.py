@@ -36,6 +36,10 @@ class TrainSpec:
     # on a few hundred validation cells moves by several points from epoch to epoch; the learning rate rises
     # linearly over the first warmup_steps steps
     min_steps: int = 0
+    # a cap on a step budget in passes over the train cells: max_steps updates are at most this many epochs, and
+    # min_steps shrinks in the same proportion. On 222 train cells (4 steps an epoch) 3,000 steps would be 750
+    # epochs of overfitting; capped at 200 they are 800 steps, with early stopping from step 400. None = no cap
+    max_epochs: int | None = None
     val_smoothing: float = 0.0
     warmup_steps: int = 0
     augment: bool = False
@@ -65,6 +69,13 @@ class TrainSpec:
                                            or self.max_steps < 1):
             raise ConfigError(f"models.{self.model}: max_steps must be a positive integer or null, "
                               f"got {self.max_steps!r}")
+        if self.max_epochs is not None:
+            if not isinstance(self.max_epochs, int) or isinstance(self.max_epochs, bool) or self.max_epochs < 1:
+                raise ConfigError(f"models.{self.model}: max_epochs must be a positive integer or null, "
+                                  f"got {self.max_epochs!r}")
+            if self.max_steps is None:
+                raise ConfigError(f"models.{self.model}: max_epochs caps a step budget (max_steps), and there is "
+                                  f"none; with an epoch count, set epochs instead")
         for name in ("min_steps", "warmup_steps"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
@@ -101,12 +112,24 @@ class TrainSpec:
     def with_seed(self, seed: int) -> "TrainSpec":
         return self.with_(seed=int(seed))
 
+    def steps_per_epoch(self, n_rows: int, world_size: int = 1) -> int:
+        return max(1, math.ceil(n_rows / (self.batch_size * max(1, world_size))))
+
     def epochs_for(self, n_rows: int, world_size: int = 1) -> int:
-        """Epochs of this run over ``n_rows`` train rows: ``epochs``, or as many as ``max_steps`` needs."""
+        """Epochs of this run over ``n_rows`` train rows: ``epochs``, or as many as ``max_steps`` needs (at most
+        ``max_epochs``)."""
         if self.max_steps is None:
             return self.epochs
-        steps_per_epoch = max(1, math.ceil(n_rows / (self.batch_size * max(1, world_size))))
-        return max(1, math.ceil(self.max_steps / steps_per_epoch))
+        n = max(1, math.ceil(self.max_steps / self.steps_per_epoch(n_rows, world_size)))
+        return n if self.max_epochs is None else min(n, self.max_epochs)
+
+    def min_steps_for(self, n_rows: int, world_size: int = 1) -> int:
+        """The steps before early stopping may act: ``min_steps``, cut in the proportion ``max_epochs`` cuts the
+        step budget on ``n_rows`` train rows (so it stays the same share of the run)."""
+        if self.max_steps is None or self.max_epochs is None:
+            return self.min_steps
+        budget = self.max_epochs * self.steps_per_epoch(n_rows, world_size)
+        return self.min_steps if budget >= self.max_steps else self.min_steps * budget // self.max_steps
 
     @property
     def run_name(self) -> str:
@@ -134,7 +157,7 @@ def spec_from_params(params: dict, model: str, *, store: str = "data/store", aug
     if bad:
         raise ConfigError(f"unknown training setting(s) {bad}")
     if "epochs" in overrides and "max_steps" not in overrides:  # an experiment's epochs replace the step budget
-        kwargs["max_steps"] = None
+        kwargs["max_steps"] = kwargs["max_epochs"] = None
     kwargs.update(overrides)
     if kwargs.get("augment") and not kwargs.get("augmentations"):  # switched on by an override
         kwargs["augmentations"] = augmentations

@@ -107,7 +107,7 @@ def budget_overrides(params: dict) -> dict:
     for name in MODEL_NAMES:  # the neural kinds
         out[f"models.{name}.epochs"] = 1
         if section(params, f"models.{name}.max_steps") is not None:
-            out[f"models.{name}.max_steps"] = None
+            out[f"models.{name}.max_steps"] = out[f"models.{name}.max_epochs"] = None
     out["models.xgboost.n_estimators"] = XGBOOST_ROUNDS
     out["models.xgboost.early_stopping_rounds"] = None
     out["models.celltypist.epochs"] = CELLTYPIST_EPOCHS
