@@ -152,7 +152,7 @@ def test_a_step_budget_sets_the_epochs_from_the_train_rows(census_params, store_
 def test_max_epochs_caps_a_step_budget_and_min_steps_in_proportion(census_params, store_dir, augment_dir, tmp_path,
                                                                     torch_one_thread):
     """models.<m>.max_epochs: on few train cells a step budget is at most that many epochs, and min_steps keeps
-    its share of the run (the reference profiles: 3,000 / 1,500 steps become 800 / 400 on 222 cells)."""
+    its share of the run (the reference profiles: 3,000 / 1,500 steps become 1,600 / 800 on 222 cells)."""
     n = Store(store_dir).split("train").n_rows
     spe = -(-n // 64)
     frozen = dict(model="linear", batch_size=64, patience=1, lr=1e-12, max_steps=10 * spe,

@@ -38,7 +38,7 @@ class TrainSpec:
     min_steps: int = 0
     # a cap on a step budget in passes over the train cells: max_steps updates are at most this many epochs, and
     # min_steps shrinks in the same proportion. On 222 train cells (4 steps an epoch) 3,000 steps would be 750
-    # epochs of overfitting; capped at 200 they are 800 steps, with early stopping from step 400. None = no cap
+    # epochs of overfitting; capped at 400 they are 1,600 steps, with early stopping from step 800. None = no cap
     max_epochs: int | None = None
     val_smoothing: float = 0.0
     warmup_steps: int = 0
