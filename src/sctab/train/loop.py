@@ -180,11 +180,12 @@ def run_training(spec: TrainSpec, session: Session, logger: EpochLogger | None =
     n_epochs = spec.epochs_for(n_train, world)  # a step budget (max_steps) becomes epochs over these rows
     min_steps = spec.min_steps_for(n_train, world)
     if rank == 0 and spec.max_steps is not None and start_epoch == 0:
-        capped = n_epochs * spec.steps_per_epoch(n_train, world) < spec.max_steps
+        budget = n_epochs * spec.steps_per_epoch(n_train, world)  # the steps these epochs take
+        capped = budget < spec.max_steps
         print(f"{spec.model}: budget of {spec.max_steps:,} optimiser steps = {n_epochs} epochs over "
               f"{n_train:,} train cells (batch {spec.batch_size})"
-              + (f"; capped at max_epochs {spec.max_epochs} ({n_epochs * spec.steps_per_epoch(n_train, world):,} "
-                 f"steps, early stopping from step {min_steps:,})" if capped else ""), flush=True)
+              + (f"; capped at max_epochs {spec.max_epochs} ({budget:,} steps, early stopping from step "
+                 f"{min_steps:,})" if capped else ""), flush=True)
     for epoch in range(start_epoch, n_epochs):
         train_loader.set_epoch(epoch)
         gen = torch.Generator(device=device).manual_seed(spec.seed * 1_000_003 + epoch * 1_009 + rank)
